@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and benchmarks use as real peers and stand-ins:
+# xdelta3, zstd and bsdiff (codec peers), docker-registry (the device's OCI registry),
+# skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK).
+set -euo pipefail
+packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup-debian: all packages present"
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The packaged registry and broker start as system services on some machines; the tests run their own.
+for svc in docker-registry mosquitto; do
+  $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
+done
