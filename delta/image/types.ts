@@ -1,0 +1,57 @@
+/**
+ * What every image reader and writer agrees on: a docker-archive, an OCI layout folder and an
+ * OCI registry all serve an image as a config blob plus an ordered list of layers.
+ */
+
+export type LayerCompression = "none" | "gzip" | "zstd";
+
+export interface LayerInfo {
+  /** Digest of the layer blob as stored (compressed or not), `sha256:…`. */
+  readonly digest: string;
+  /** Size of the stored blob in bytes. */
+  readonly size: number;
+  /** Media type of the stored blob (OCI or Docker). */
+  readonly mediaType: string;
+  readonly compression: LayerCompression;
+  /** sha256 of the uncompressed tar, `sha256:…`, from the config's rootfs.diff_ids. */
+  readonly diffId: string;
+}
+
+export interface ImageInfo {
+  /** Repository name without registry host, e.g. `apps/telemetry`; empty when unknown. */
+  readonly repository: string;
+  /** Tag, e.g. `1.4.2`; empty when unknown. */
+  readonly tag: string;
+  /** Digest of the manifest this image was read from, `sha256:…`, when there is one. */
+  readonly manifestDigest?: string;
+  /** Raw config JSON bytes (kept exact: its digest is the image id). */
+  readonly config: Uint8Array;
+  /** `sha256:…` of config. */
+  readonly configDigest: string;
+  readonly layers: readonly LayerInfo[];
+}
+
+/** A readable image: its description plus streams of its blobs. */
+export interface ImageReader {
+  readonly info: ImageInfo;
+  /** The stored blob of layer i (compressed as stored). */
+  openLayerBlob(index: number): Promise<AsyncIterable<Uint8Array>>;
+  /** The uncompressed tar of layer i. */
+  openLayerTar(index: number): Promise<AsyncIterable<Uint8Array>>;
+  close(): Promise<void>;
+}
+
+/** One layer to write: its uncompressed tar as a stream, with the diff_id it must hash to. */
+export interface LayerToWrite {
+  readonly diffId: string;
+  /** Uncompressed size in bytes. */
+  readonly size: number;
+  open(): Promise<AsyncIterable<Uint8Array>>;
+}
+
+export interface ImageToWrite {
+  readonly repository: string;
+  readonly tag: string;
+  readonly config: Uint8Array;
+  readonly layers: readonly LayerToWrite[];
+}
