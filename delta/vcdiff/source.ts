@@ -3,6 +3,7 @@
  * into one virtual source (the image engine adds a registry-backed one). The decoder and the
  * encoder read the source only through this interface.
  */
+import { type FileHandle, open } from "node:fs/promises";
 import { VcdiffError } from "./format.js";
 
 export interface SourceReader {
@@ -31,5 +32,102 @@ export class BufferSource implements SourceReader {
       );
     }
     into.set(this.bytes.subarray(position, position + length), offset);
+  }
+}
+
+/** A source file read by position through one file handle; positions beyond 4 GiB are fine. */
+export class FileSource implements SourceReader {
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+    readonly size: number,
+  ) {}
+
+  static async open(path: string): Promise<FileSource> {
+    const handle = await open(path, "r");
+    try {
+      const stats = await handle.stat();
+      if (!stats.isFile()) throw new Error(`${path} is not a regular file`);
+      return new FileSource(path, handle, stats.size);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+  }
+
+  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    if (position < 0 || position + length > this.size) {
+      throw new VcdiffError(
+        "SOURCE",
+        `read of ${length} bytes at ${position} is past the end of ${this.path} (${this.size} bytes)`,
+        -1,
+      );
+    }
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.handle.read(into, offset + done, length - done, position + done);
+      if (bytesRead === 0) {
+        throw new VcdiffError(
+          "SOURCE",
+          `${this.path} ended at ${position + done} while reading ${length} bytes at ${position}; did it shrink?`,
+          -1,
+        );
+      }
+      done += bytesRead;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
+  }
+}
+
+/** Several sources as one virtual source, one after another (the image engine's source layers). */
+export class ConcatSource implements SourceReader {
+  readonly size: number;
+  /** starts[i] is the virtual position of parts[i]'s first byte. */
+  private readonly starts: number[] = [];
+
+  constructor(readonly parts: readonly SourceReader[]) {
+    let size = 0;
+    for (const part of parts) {
+      this.starts.push(size);
+      size += part.size;
+    }
+    this.size = size;
+  }
+
+  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    if (position < 0 || position + length > this.size) {
+      throw new VcdiffError(
+        "SOURCE",
+        `read of ${length} bytes at ${position} is past the end of a ${this.size}-byte source of ${this.parts.length} parts`,
+        -1,
+      );
+    }
+    // Binary search for the last part that starts at or before position.
+    let lo = 0;
+    let hi = this.parts.length - 1;
+    while (lo < hi) {
+      const mid = Math.ceil((lo + hi) / 2);
+      if (this.starts[mid] <= position) lo = mid;
+      else hi = mid - 1;
+    }
+    let done = 0;
+    for (let i = lo; done < length; i++) {
+      const part = this.parts[i];
+      const from = position + done - this.starts[i];
+      const n = Math.min(length - done, part.size - from);
+      if (n > 0) await part.read(from, into, offset + done, n);
+      done += Math.max(n, 0);
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const part of this.parts) await part.close?.();
   }
 }

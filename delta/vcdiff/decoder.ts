@@ -1,0 +1,824 @@
+/**
+ * Streaming VCDIFF (RFC 3284) decoder with xdelta3's extensions (application header, Adler-32).
+ *
+ * The delta arrives as a stream and is buffered one window at a time; the source is read by
+ * random access; the target is produced one window at a time. Each window is decoded in two
+ * passes over its instructions: the first validates them and collects the source ranges the
+ * COPYs need, those ranges are read with few `source.read` calls, and the second pass writes
+ * the target window synchronously. Memory is bounded by the largest window.
+ */
+import {
+  ADD,
+  adler32,
+  Cursor,
+  DEFAULT_CODE_TABLE,
+  DEFAULT_WINDOW_SIZE,
+  FIRST_NEAR_MODE,
+  FIRST_SAME_MODE,
+  MAGIC,
+  MAX_APP_HEADER,
+  MAX_INTEGER,
+  MAX_SECTION_SIZE,
+  MAX_SOURCE_SEGMENT,
+  MAX_WINDOW_SIZE,
+  MODE_HERE,
+  MODE_SELF,
+  NEAR_SLOTS,
+  NOOP,
+  RUN,
+  SAME_SLOTS,
+  SECONDARY_COMPRESSORS,
+  VCD_ADDRCOMP,
+  VCD_ADLER32,
+  VCD_APPHEADER,
+  VCD_CODETABLE,
+  VCD_DATACOMP,
+  VCD_DECOMPRESS,
+  VCD_INSTCOMP,
+  VCD_SOURCE,
+  VCD_TARGET,
+  VcdiffError,
+} from "./format.js";
+import { BufferSource, type SourceReader } from "./source.js";
+
+export interface VcdiffHeader {
+  appHeader?: Uint8Array;
+}
+
+export interface DecodeOptions {
+  /** Absent: deltas with VCD_SOURCE windows are refused with a clear error. */
+  source?: SourceReader;
+  /** Default true: VCD_ADLER32 windows are verified. */
+  verifyChecksum?: boolean;
+  /** Default MAX_WINDOW_SIZE: larger target windows are refused before anything is allocated. */
+  maxWindowSize?: number;
+  /** How much earlier output VCD_TARGET windows may copy from; default TARGET_HISTORY. */
+  targetHistory?: number;
+  onHeader?(header: VcdiffHeader): void;
+}
+
+/** VCD_TARGET windows may copy from this much earlier output; keeping more would pin memory for a rare feature. */
+export const TARGET_HISTORY = DEFAULT_WINDOW_SIZE;
+/** At most this many earlier windows are kept for VCD_TARGET, so tiny hostile windows cannot pile up. */
+const MAX_HISTORY_WINDOWS = 4096;
+/** A window whose source COPYs need more separate ranges than this is refused: the range table is sized by it. */
+export const MAX_SOURCE_RANGES = 1 << 20;
+/** Source ranges closer than this are read in one call: fewer reads cost less than the bytes skipped. */
+const SOURCE_READ_GAP = 64 * 1024;
+/** Bytes of window header between the delta length and the sections, at most (four varints, a byte, a checksum). */
+const MAX_WINDOW_HEADER = 4 * 10 + 1 + 4;
+/** Spare room when the input buffer grows, so small chunks that follow fit without another copy. */
+const INPUT_SLACK = 64 * 1024;
+/** Copies and ADDs shorter than this are done byte by byte: a native call costs more than the loop. */
+const SHORT_COPY = 16;
+
+const WIN_INDICATOR_BITS = VCD_SOURCE | VCD_TARGET | VCD_ADLER32;
+const HDR_INDICATOR_BITS = VCD_DECOMPRESS | VCD_CODETABLE | VCD_APPHEADER;
+const SAME_CACHE_SIZE = SAME_SLOTS * 256;
+
+/** The delta stream, buffered so that a whole window can be read from one contiguous array. */
+class DeltaInput {
+  buf: Uint8Array = new Uint8Array(0);
+  start = 0;
+  end = 0;
+  /** Whether buf is ours to write into (chunks from the stream are adopted without copying, read-only). */
+  private owned = false;
+  /** Offset in the delta of buf[start]. */
+  offset = 0;
+  private ended = false;
+  private readonly it: AsyncIterator<Uint8Array>;
+
+  constructor(delta: AsyncIterable<Uint8Array>) {
+    this.it = delta[Symbol.asyncIterator]();
+  }
+
+  get available(): number {
+    return this.end - this.start;
+  }
+
+  /** Offset in the delta of buf[0]: add an index into buf to get a delta offset. */
+  get base(): number {
+    return this.offset - this.start;
+  }
+
+  /** Pulls one more non-empty chunk; false at the end of the delta. */
+  async more(): Promise<boolean> {
+    while (!this.ended) {
+      const r = await this.it.next();
+      if (r.done) {
+        this.ended = true;
+        return false;
+      }
+      const chunk = r.value;
+      if (chunk.length > 0) {
+        this.append(chunk);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** Buffers at least n bytes; false if the delta ends first. */
+  async ensure(n: number): Promise<boolean> {
+    if (this.available >= n) return true;
+    this.reserve(n);
+    while (this.available < n) {
+      if (!(await this.more())) return false;
+    }
+    return true;
+  }
+
+  consume(n: number): void {
+    this.start += n;
+    this.offset += n;
+  }
+
+  async close(): Promise<void> {
+    if (!this.ended) {
+      this.ended = true;
+      await this.it.return?.();
+    }
+  }
+
+  /** Makes room for n live bytes in an owned buffer, so the chunks that follow are appended without regrowing. */
+  private reserve(n: number): void {
+    if (this.owned && this.buf.length - this.start >= n) return;
+    if (this.available === 0) return; // the next chunk is adopted as it is
+    this.regrow(n);
+  }
+
+  private regrow(capacity: number): void {
+    const live = this.available;
+    if (this.owned && this.buf.length >= capacity) {
+      this.buf.copyWithin(0, this.start, this.end);
+    } else {
+      const next = new Uint8Array(capacity + INPUT_SLACK);
+      next.set(this.buf.subarray(this.start, this.end));
+      this.buf = next;
+    }
+    this.start = 0;
+    this.end = live;
+    this.owned = true;
+  }
+
+  private append(chunk: Uint8Array): void {
+    const live = this.available;
+    if (live === 0) {
+      this.buf = chunk;
+      this.start = 0;
+      this.end = chunk.length;
+      this.owned = false;
+      return;
+    }
+    if (!this.owned || this.buf.length - this.end < chunk.length) this.regrow(live + chunk.length);
+    this.buf.set(chunk, this.end);
+    this.end += chunk.length;
+  }
+
+  /**
+   * Runs a synchronous parser over the buffered bytes, pulling more input and retrying while it
+   * runs out of bytes. The parser must have no side effects. Consumes what it read.
+   */
+  async parse<T>(parser: (c: Cursor) => T): Promise<T> {
+    for (;;) {
+      const c = new Cursor(this.buf, this.start, this.end, this.base);
+      try {
+        const value = parser(c);
+        this.consume(c.pos - this.start);
+        return value;
+      } catch (err) {
+        if (err instanceof VcdiffError && err.code === "TRUNCATED" && (await this.more())) continue;
+        throw err;
+      }
+    }
+  }
+}
+
+/** A window's header fields and where its sections start in the delta buffer. */
+interface WindowHeader {
+  /** Offset of the Win_Indicator in the delta, for error messages. */
+  offset: number;
+  indicator: number;
+  segmentLength: number;
+  segmentPosition: number;
+  targetLength: number;
+  dataLength: number;
+  instLength: number;
+  addrLength: number;
+  /** Adler-32 of the target window, or -1 when the window has none. */
+  checksum: number;
+}
+
+function parseFileHeader(c: Cursor): VcdiffHeader {
+  for (let i = 0; i < MAGIC.length; i++) {
+    const at = c.base + c.pos;
+    const b = c.byte("the VCDIFF magic D6 C3 C4 00");
+    if (b !== MAGIC[i]) {
+      throw new VcdiffError(
+        "BAD_MAGIC",
+        `expected the VCDIFF magic D6 C3 C4 00, found byte 0x${hex(b)} at position ${i}; this is not a VCDIFF delta (or it is compressed: decompress it first)`,
+        at,
+      );
+    }
+  }
+  const at = c.base + c.pos;
+  const indicator = c.byte("the header indicator");
+  if ((indicator & ~HDR_INDICATOR_BITS) !== 0) {
+    throw new VcdiffError("CORRUPT", `header indicator 0x${hex(indicator)} has undefined bits set`, at);
+  }
+  if (indicator & VCD_DECOMPRESS) {
+    const id = c.byte("the secondary compressor id");
+    const name = SECONDARY_COMPRESSORS[id] ?? "unknown";
+    throw new VcdiffError(
+      "UNSUPPORTED",
+      `the delta uses secondary compression (VCD_DECOMPRESS) with compressor id ${id} (${name}); re-encode it without secondary compression (xdelta3 -S none)`,
+      at,
+    );
+  }
+  if (indicator & VCD_CODETABLE) {
+    throw new VcdiffError(
+      "UNSUPPORTED",
+      "the delta uses a custom code table (VCD_CODETABLE), which this decoder does not support; re-encode it with the default code table (xdelta3 and deltaship use it)",
+      at,
+    );
+  }
+  const header: VcdiffHeader = {};
+  if (indicator & VCD_APPHEADER) {
+    const lenAt = c.base + c.pos;
+    const length = c.varint("the application header length");
+    if (length > MAX_APP_HEADER) {
+      throw new VcdiffError(
+        "LIMIT",
+        `application header of ${length} bytes is larger than the limit of ${MAX_APP_HEADER}`,
+        lenAt,
+      );
+    }
+    header.appHeader = c.bytes(length, "application header").slice();
+  }
+  return header;
+}
+
+function hex(b: number): string {
+  return b.toString(16).padStart(2, "0");
+}
+
+/** Keeps the most recent target windows for VCD_TARGET windows, within a byte budget. */
+class TargetHistory implements SourceReader {
+  private readonly windows: Uint8Array[] = [];
+  private readonly starts: number[] = [];
+  private held = 0;
+  /** Target bytes produced so far. */
+  size = 0;
+
+  constructor(private readonly budget: number) {}
+
+  add(window: Uint8Array): void {
+    if (window.length === 0) return;
+    this.windows.push(window);
+    this.starts.push(this.size);
+    this.size += window.length;
+    this.held += window.length;
+    while (
+      this.windows.length > 1 &&
+      (this.held - this.windows[0].length >= this.budget || this.windows.length > MAX_HISTORY_WINDOWS)
+    ) {
+      this.held -= this.windows[0].length;
+      this.windows.shift();
+      this.starts.shift();
+    }
+  }
+
+  /** Synchronous underneath; async only to fit SourceReader. */
+  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    const oldest = this.size - this.held;
+    if (position < oldest) {
+      throw new VcdiffError(
+        "LIMIT",
+        `a VCD_TARGET window copies from target offset ${position}, but only the last ${this.held} bytes of output (from ${oldest}) are kept; raise targetHistory`,
+        -1,
+      );
+    }
+    let i = this.windows.length - 1;
+    while (this.starts[i] > position) i--;
+    let done = 0;
+    while (done < length) {
+      const w = this.windows[i];
+      const from = position + done - this.starts[i];
+      const n = Math.min(length - done, w.length - from);
+      into.set(w.subarray(from, from + n), offset + done);
+      done += n;
+      i++;
+    }
+  }
+}
+
+/** Per-stream decoding state reused from window to window: caches, the source-range table, the source buffer. */
+class WindowDecoder {
+  private readonly near = new Float64Array(NEAR_SLOTS);
+  private readonly same = new Float64Array(SAME_CACHE_SIZE);
+  /** Source ranges [rangeStart, rangeEnd) relative to the segment, and where each sits in sourceBytes. */
+  private rangeStart = new Float64Array(1024);
+  private rangeEnd = new Float64Array(1024);
+  private rangeAt = new Float64Array(1024);
+  private rangeCount = 0;
+  private lastRange = 0;
+  private sourceBytes = new Uint8Array(0);
+
+  /** Delta buffer and the positions of the current window's sections in it. */
+  private buf: Uint8Array = new Uint8Array(0);
+  private base = 0;
+  private dataStart = 0;
+  private instStart = 0;
+  private addrStart = 0;
+
+  async decode(
+    input: DeltaInput,
+    w: WindowHeader,
+    source: SourceReader | undefined,
+    history: TargetHistory,
+  ): Promise<Uint8Array> {
+    this.buf = input.buf;
+    this.base = input.base;
+    this.dataStart = input.start;
+    this.instStart = this.dataStart + w.dataLength;
+    this.addrStart = this.instStart + w.instLength;
+    const target = new Uint8Array(w.targetLength);
+    this.rangeCount = 0;
+    if (w.segmentLength > 0) {
+      this.run(w, target, false);
+      await this.readSourceRanges(w, (w.indicator & VCD_SOURCE ? source : history)!);
+    }
+    this.run(w, target, true);
+    return target;
+  }
+
+  private corrupt(message: string, index: number): VcdiffError {
+    return new VcdiffError("CORRUPT", message, this.base + index);
+  }
+
+  /**
+   * Walks the window's instructions. With execute false it validates them and records the
+   * source ranges the COPYs need; with execute true it writes the target window.
+   */
+  private run(w: WindowHeader, target: Uint8Array, execute: boolean): void {
+    const buf = this.buf;
+    const near = this.near;
+    const same = this.same;
+    near.fill(0);
+    same.fill(0);
+    let nextSlot = 0;
+    const { type1, size1, mode1, type2, size2, mode2 } = DEFAULT_CODE_TABLE;
+    const segLen = w.segmentLength;
+    const tLen = w.targetLength;
+    let dp = this.dataStart;
+    const dEnd = this.instStart;
+    let ip = this.instStart;
+    const iEnd = this.addrStart;
+    let ap = this.addrStart;
+    const aEnd = ap + w.addrLength;
+    const src = this.sourceBytes;
+    let tp = 0;
+
+    while (ip < iEnd) {
+      const codeAt = ip;
+      const code = buf[ip++];
+      for (let half = 0; half < 2; half++) {
+        const type = half === 0 ? type1[code] : type2[code];
+        if (type === NOOP) continue;
+        let size = half === 0 ? size1[code] : size2[code];
+        if (size === 0) {
+          const sizeAt = ip;
+          let b = 0x80;
+          while (b & 0x80) {
+            if (ip >= iEnd) throw this.corrupt("instruction section ends inside an instruction size", sizeAt);
+            b = buf[ip++];
+            size = size * 128 + (b & 0x7f);
+            if (size > MAX_INTEGER) throw this.corrupt("instruction size does not fit in 53 bits", sizeAt);
+          }
+        }
+        if (size > tLen - tp) {
+          throw this.corrupt(
+            `instruction of ${size} bytes at target position ${tp} overflows the ${tLen}-byte target window`,
+            codeAt,
+          );
+        }
+        if (type === ADD) {
+          if (size > dEnd - dp) {
+            throw this.corrupt(
+              `ADD of ${size} bytes needs more than the ${dEnd - dp} left in the data section`,
+              codeAt,
+            );
+          }
+          if (execute) {
+            if (size < SHORT_COPY) {
+              for (let k = 0; k < size; k++) target[tp + k] = buf[dp + k];
+            } else {
+              target.set(buf.subarray(dp, dp + size), tp);
+            }
+          }
+          dp += size;
+        } else if (type === RUN) {
+          if (dp >= dEnd) throw this.corrupt("RUN needs a byte but the data section is used up", codeAt);
+          const value = buf[dp++];
+          if (execute) target.fill(value, tp, tp + size);
+        } else {
+          // COPY: decode the address against source segment ‖ target so far.
+          const mode = half === 0 ? mode1[code] : mode2[code];
+          const here = segLen + tp;
+          const addrAt = ap;
+          let addr: number;
+          if (mode >= FIRST_SAME_MODE) {
+            if (ap >= aEnd) throw this.corrupt("address section ends inside a COPY address", addrAt);
+            addr = same[(mode - FIRST_SAME_MODE) * 256 + buf[ap++]];
+          } else {
+            let value = 0;
+            let b = 0x80;
+            while (b & 0x80) {
+              if (ap >= aEnd) throw this.corrupt("address section ends inside a COPY address", addrAt);
+              b = buf[ap++];
+              value = value * 128 + (b & 0x7f);
+              if (value > MAX_INTEGER) throw this.corrupt("COPY address does not fit in 53 bits", addrAt);
+            }
+            if (mode === MODE_SELF) addr = value;
+            else if (mode === MODE_HERE) addr = here - value;
+            else addr = near[mode - FIRST_NEAR_MODE] + value;
+          }
+          if (addr < 0 || addr >= here) {
+            throw this.corrupt(
+              `COPY address ${addr} is outside the ${here} bytes available (mode ${mode})`,
+              addrAt,
+            );
+          }
+          near[nextSlot] = addr;
+          nextSlot = (nextSlot + 1) % NEAR_SLOTS;
+          same[addr % SAME_CACHE_SIZE] = addr;
+
+          let to = tp;
+          let n = size;
+          let from = addr - segLen; // position in the target window when the copy starts past the segment
+          if (addr < segLen) {
+            const fromSource = Math.min(n, segLen - addr);
+            if (execute) {
+              const at = this.sourceIndex(addr);
+              if (fromSource < SHORT_COPY) {
+                for (let k = 0; k < fromSource; k++) target[to + k] = src[at + k];
+              } else {
+                target.set(src.subarray(at, at + fromSource), to);
+              }
+            } else {
+              this.addRange(addr, addr + fromSource, addrAt);
+            }
+            to += fromSource;
+            n -= fromSource;
+            from = 0; // a copy that runs past the segment continues at the start of the target window
+          }
+          if (execute && n > 0) copyWithinTarget(target, from, to, n);
+        }
+        tp += size;
+      }
+    }
+    if (tp !== tLen) {
+      throw this.corrupt(`the instructions produce ${tp} bytes but the window header says ${tLen}`, iEnd);
+    }
+    if (dp !== dEnd) throw this.corrupt(`${dEnd - dp} bytes of the data section are left unused`, dp);
+    if (ap !== aEnd) throw this.corrupt(`${aEnd - ap} bytes of the address section are left unused`, ap);
+  }
+
+  /** Records that bytes [start, end) of the source segment are needed, merging with the previous range when they touch. */
+  private addRange(start: number, end: number, at: number): void {
+    const i = this.rangeCount - 1;
+    if (i >= 0 && start >= this.rangeStart[i] && start <= this.rangeEnd[i]) {
+      if (end > this.rangeEnd[i]) this.rangeEnd[i] = end;
+      return;
+    }
+    if (this.rangeCount === this.rangeStart.length) {
+      if (this.rangeCount >= MAX_SOURCE_RANGES) {
+        throw this.corrupt(
+          `the window's COPYs need more than ${MAX_SOURCE_RANGES} separate source ranges; re-encode with a smaller window`,
+          at,
+        );
+      }
+      const grow = (a: Float64Array) => {
+        const b = new Float64Array(a.length * 2);
+        b.set(a);
+        return b;
+      };
+      this.rangeStart = grow(this.rangeStart);
+      this.rangeEnd = grow(this.rangeEnd);
+      this.rangeAt = grow(this.rangeAt);
+    }
+    this.rangeStart[this.rangeCount] = start;
+    this.rangeEnd[this.rangeCount] = end;
+    this.rangeCount++;
+  }
+
+  /** Sorts and merges the recorded ranges, then reads them into sourceBytes. */
+  private async readSourceRanges(w: WindowHeader, source: SourceReader): Promise<void> {
+    const count = this.rangeCount;
+    if (count === 0) return;
+    let sorted = true;
+    for (let i = 1; i < count; i++) {
+      if (this.rangeStart[i] < this.rangeStart[i - 1]) {
+        sorted = false;
+        break;
+      }
+    }
+    if (!sorted) {
+      const order = Array.from({ length: count }, (_, i) => i);
+      order.sort((a, b) => this.rangeStart[a] - this.rangeStart[b]);
+      const starts = order.map((i) => this.rangeStart[i]);
+      const ends = order.map((i) => this.rangeEnd[i]);
+      for (let i = 0; i < count; i++) {
+        this.rangeStart[i] = starts[i];
+        this.rangeEnd[i] = ends[i];
+      }
+    }
+    // Merge overlapping ranges, and ranges separated by a small gap while the gaps stay within the
+    // window's size, so memory stays bounded by the window.
+    let gapBudget = w.targetLength;
+    let m = 0;
+    for (let i = 1; i < count; i++) {
+      const gap = this.rangeStart[i] - this.rangeEnd[m];
+      if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= gapBudget)) {
+        if (gap > 0) gapBudget -= gap;
+        if (this.rangeEnd[i] > this.rangeEnd[m]) this.rangeEnd[m] = this.rangeEnd[i];
+      } else {
+        m++;
+        this.rangeStart[m] = this.rangeStart[i];
+        this.rangeEnd[m] = this.rangeEnd[i];
+      }
+    }
+    this.rangeCount = m + 1;
+    let total = 0;
+    for (let i = 0; i < this.rangeCount; i++) {
+      this.rangeAt[i] = total;
+      total += this.rangeEnd[i] - this.rangeStart[i];
+    }
+    if (this.sourceBytes.length < total) this.sourceBytes = new Uint8Array(total);
+    for (let i = 0; i < this.rangeCount; i++) {
+      const position = w.segmentPosition + this.rangeStart[i];
+      const length = this.rangeEnd[i] - this.rangeStart[i];
+      try {
+        await source.read(position, this.sourceBytes, this.rangeAt[i], length);
+      } catch (err) {
+        const what = w.indicator & VCD_SOURCE ? "source" : "earlier target output";
+        const message = err instanceof Error ? err.message : String(err);
+        const code = err instanceof VcdiffError && err.code === "LIMIT" ? "LIMIT" : "SOURCE";
+        throw new VcdiffError(
+          code,
+          `reading ${length} bytes at offset ${position} of the ${what} failed: ${message}`,
+          w.offset,
+        );
+      }
+    }
+    this.lastRange = 0;
+  }
+
+  /** Index in sourceBytes of segment address addr (always inside a recorded range). */
+  private sourceIndex(addr: number): number {
+    let r = this.lastRange;
+    if (!(addr >= this.rangeStart[r] && addr < this.rangeEnd[r])) {
+      let lo = 0;
+      let hi = this.rangeCount - 1;
+      while (lo < hi) {
+        const mid = (lo + hi + 1) >>> 1;
+        if (this.rangeStart[mid] <= addr) lo = mid;
+        else hi = mid - 1;
+      }
+      r = lo;
+      this.lastRange = r;
+    }
+    return this.rangeAt[r] + (addr - this.rangeStart[r]);
+  }
+}
+
+/** Copies n bytes from target[from..] to target[to..] with from < to, byte by byte in effect when they overlap. */
+function copyWithinTarget(target: Uint8Array, from: number, to: number, n: number): void {
+  const distance = to - from;
+  if (n < SHORT_COPY) {
+    for (let k = 0; k < n; k++) target[to + k] = target[from + k];
+  } else if (distance >= n) {
+    target.copyWithin(to, from, from + n);
+  } else if (distance < SHORT_COPY) {
+    for (let k = 0; k < n; k++) target[to + k] = target[from + k];
+  } else {
+    // The output repeats target[from..to) with period distance: copy one period, then double what is written.
+    let written = distance;
+    target.copyWithin(to, from, to);
+    while (written < n) {
+      const chunk = Math.min(written, n - written);
+      target.copyWithin(to + written, to, to + chunk);
+      written += chunk;
+    }
+  }
+}
+
+function parseWindowHeader(c: Cursor, maxWindowSize: number): WindowHeader {
+  const offset = c.base + c.pos;
+  const indicator = c.byte("a window indicator");
+  if ((indicator & ~WIN_INDICATOR_BITS) !== 0) {
+    throw new VcdiffError("CORRUPT", `window indicator 0x${hex(indicator)} has undefined bits set`, offset);
+  }
+  if ((indicator & VCD_SOURCE) !== 0 && (indicator & VCD_TARGET) !== 0) {
+    throw new VcdiffError("CORRUPT", "window indicator has both VCD_SOURCE and VCD_TARGET set", offset);
+  }
+  let segmentLength = 0;
+  let segmentPosition = 0;
+  if (indicator & (VCD_SOURCE | VCD_TARGET)) {
+    const at = c.base + c.pos;
+    segmentLength = c.varint("the source segment length");
+    segmentPosition = c.varint("the source segment position");
+    if (segmentLength > MAX_SOURCE_SEGMENT || segmentPosition + segmentLength > MAX_INTEGER) {
+      throw new VcdiffError(
+        "LIMIT",
+        `source segment of ${segmentLength} bytes at ${segmentPosition} exceeds the limit of ${MAX_SOURCE_SEGMENT} bytes`,
+        at,
+      );
+    }
+  }
+  const deltaAt = c.base + c.pos;
+  const deltaLength = c.varint("the length of the delta encoding");
+  const tailStart = c.pos;
+  const targetAt = c.base + c.pos;
+  const targetLength = c.varint("the target window length");
+  if (targetLength > maxWindowSize) {
+    throw new VcdiffError(
+      "LIMIT",
+      `target window of ${targetLength} bytes is larger than the limit of ${maxWindowSize}; raise maxWindowSize if you trust this delta`,
+      targetAt,
+    );
+  }
+  const deltaIndAt = c.base + c.pos;
+  const deltaIndicator = c.byte("the delta indicator");
+  if (deltaIndicator !== 0) {
+    const known = VCD_DATACOMP | VCD_INSTCOMP | VCD_ADDRCOMP;
+    throw new VcdiffError(
+      (deltaIndicator & ~known) === 0 ? "UNSUPPORTED" : "CORRUPT",
+      (deltaIndicator & ~known) === 0
+        ? `delta indicator 0x${hex(deltaIndicator)} says sections are secondary-compressed, which this decoder does not support; re-encode with xdelta3 -S none`
+        : `delta indicator 0x${hex(deltaIndicator)} has undefined bits set`,
+      deltaIndAt,
+    );
+  }
+  const dataAt = c.base + c.pos;
+  const dataLength = c.varint("the data section length");
+  if (dataLength > targetLength) {
+    throw new VcdiffError(
+      "CORRUPT",
+      `data section of ${dataLength} bytes is larger than the ${targetLength}-byte target window it builds`,
+      dataAt,
+    );
+  }
+  const instAt = c.base + c.pos;
+  const instLength = c.varint("the instruction section length");
+  if (instLength > MAX_SECTION_SIZE) {
+    throw new VcdiffError(
+      "LIMIT",
+      `instruction section of ${instLength} bytes is larger than the limit of ${MAX_SECTION_SIZE}`,
+      instAt,
+    );
+  }
+  const addrAt = c.base + c.pos;
+  const addrLength = c.varint("the address section length");
+  if (addrLength > MAX_SECTION_SIZE) {
+    throw new VcdiffError(
+      "LIMIT",
+      `address section of ${addrLength} bytes is larger than the limit of ${MAX_SECTION_SIZE}`,
+      addrAt,
+    );
+  }
+  let checksum = -1;
+  if (indicator & VCD_ADLER32) {
+    const b = c.bytes(4, "the Adler-32 checksum");
+    checksum = ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
+  }
+  const headerTail = c.pos - tailStart;
+  if (headerTail > MAX_WINDOW_HEADER || deltaLength !== headerTail + dataLength + instLength + addrLength) {
+    throw new VcdiffError(
+      "CORRUPT",
+      `delta encoding length is ${deltaLength}, but the window header and sections add up to ${headerTail + dataLength + instLength + addrLength}`,
+      deltaAt,
+    );
+  }
+  return {
+    offset,
+    indicator,
+    segmentLength,
+    segmentPosition,
+    targetLength,
+    dataLength,
+    instLength,
+    addrLength,
+    checksum,
+  };
+}
+
+/**
+ * Decodes a VCDIFF delta stream, yielding the target one window at a time. Every malformed,
+ * truncated or unsupported input ends in a VcdiffError.
+ */
+export async function* decode(
+  delta: AsyncIterable<Uint8Array>,
+  options: DecodeOptions = {},
+): AsyncGenerator<Uint8Array> {
+  const input = new DeltaInput(delta);
+  const source = options.source;
+  const verifyChecksum = options.verifyChecksum !== false;
+  const maxWindowSize = options.maxWindowSize ?? MAX_WINDOW_SIZE;
+  const history = new TargetHistory(options.targetHistory ?? TARGET_HISTORY);
+  const windows = new WindowDecoder();
+  try {
+    const header = await input.parse(parseFileHeader);
+    options.onHeader?.(header);
+    let index = 0;
+    while (await input.ensure(1)) {
+      const w = await input.parse((c) => parseWindowHeader(c, maxWindowSize));
+      checkSegment(w, index, source, history.size);
+      const sections = w.dataLength + w.instLength + w.addrLength;
+      if (!(await input.ensure(sections))) {
+        throw new VcdiffError(
+          "TRUNCATED",
+          `window ${index} needs ${sections} bytes of sections, found ${input.available}`,
+          input.offset + input.available,
+        );
+      }
+      const target = await windows.decode(input, w, source, history);
+      if (verifyChecksum && w.checksum !== -1) {
+        const actual = adler32(target);
+        if (actual !== w.checksum) {
+          throw new VcdiffError(
+            "CHECKSUM",
+            `window ${index} decodes to Adler-32 ${actual.toString(16).padStart(8, "0")}, the delta says ${w.checksum.toString(16).padStart(8, "0")}; the source is probably not the one the delta was made from`,
+            w.offset,
+          );
+        }
+      }
+      input.consume(sections);
+      history.add(target);
+      index++;
+      if (target.length > 0) yield target;
+    }
+  } finally {
+    await input.close();
+  }
+}
+
+function checkSegment(
+  w: WindowHeader,
+  index: number,
+  source: SourceReader | undefined,
+  produced: number,
+): void {
+  const end = w.segmentPosition + w.segmentLength;
+  if (w.indicator & VCD_SOURCE) {
+    if (source === undefined) {
+      throw new VcdiffError(
+        "SOURCE",
+        `window ${index} copies from a source file (VCD_SOURCE), but no source was given; pass the source the delta was made from`,
+        w.offset,
+      );
+    }
+    if (end > source.size) {
+      throw new VcdiffError(
+        "SOURCE",
+        `window ${index} needs source bytes ${w.segmentPosition}..${end}, but the source has ${source.size} bytes; is it the source the delta was made from?`,
+        w.offset,
+      );
+    }
+  } else if (w.indicator & VCD_TARGET) {
+    if (end > produced) {
+      throw new VcdiffError(
+        "CORRUPT",
+        `window ${index} copies target bytes ${w.segmentPosition}..${end} (VCD_TARGET), but only ${produced} have been produced`,
+        w.offset,
+      );
+    }
+  }
+}
+
+async function* once(bytes: Uint8Array): AsyncGenerator<Uint8Array> {
+  yield bytes;
+}
+
+/** Decodes a delta held in memory against an optional source held in memory. */
+export async function decodeBuffer(
+  delta: Uint8Array,
+  source?: Uint8Array,
+  options: Omit<DecodeOptions, "source"> = {},
+): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let total = 0;
+  const src = source === undefined ? undefined : new BufferSource(source);
+  for await (const part of decode(once(delta), { ...options, source: src })) {
+    parts.push(part);
+    total += part.length;
+  }
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const part of parts) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
