@@ -1,0 +1,449 @@
+/**
+ * Images in an OCI registry (Distribution API v2): read one as an `ImageReader`, push one
+ * from uncompressed layer streams, and reach the low-level client for listings and deletes.
+ * See docs/registry.md.
+ */
+import { createHash } from "node:crypto";
+import { type BlobSourceOptions, RegistryBlobSource } from "./registry/blob-source.js";
+import {
+  type FetchedManifest,
+  RegistryClient,
+  type RegistryClientOptions,
+  verifyStream,
+} from "./registry/client.js";
+import { RegistryError } from "./registry/errors.js";
+import { decompressStream, gzipStream } from "./registry/layer-streams.js";
+import {
+  DOCKER_CONFIG,
+  DOCKER_LAYER_GZIP,
+  DOCKER_MANIFEST,
+  isImageManifest,
+  isIndex,
+  layerCompression,
+  OCI_CONFIG,
+  OCI_LAYER,
+  OCI_LAYER_GZIP,
+  OCI_MANIFEST,
+} from "./registry/media-types.js";
+import {
+  DIGEST_PATTERN,
+  formatReference,
+  type ImageReference,
+  manifestReference,
+  parseReference,
+} from "./registry/reference.js";
+import type { ImageInfo, ImageReader, ImageToWrite, LayerInfo, LayerToWrite } from "./types.js";
+
+export type { RegistryCredentials } from "./registry/auth.js";
+export { type BlobSourceOptions, RegistryBlobSource } from "./registry/blob-source.js";
+export { RegistryClient, type RegistryClientOptions, type UploadedBlob } from "./registry/client.js";
+export { RegistryError } from "./registry/errors.js";
+export * as mediaTypes from "./registry/media-types.js";
+export { formatReference, type ImageReference, parseReference } from "./registry/reference.js";
+
+export interface Platform {
+  readonly os: string;
+  readonly architecture: string;
+  /** e.g. `v8` for arm64, `v7` for arm; when unset any variant matches. */
+  readonly variant?: string;
+}
+
+export const DEFAULT_PLATFORM: Platform = { os: "linux", architecture: "amd64" };
+
+export interface RegistryOptions extends RegistryClientOptions {
+  /** Which image of an index / manifest list to read; linux/amd64 by default. */
+  readonly platform?: Platform;
+  /** Reuse a client (its connections and cached tokens); must be for the reference's registry. */
+  readonly client?: RegistryClient;
+}
+
+/** Largest image config we read: real ones are a few KB, history-heavy ones under 1 MiB. */
+const MAX_CONFIG_BYTES = 8 * 1024 * 1024;
+/** Index-inside-index nesting followed: one level is all that real registries produce. */
+const MAX_INDEX_DEPTH = 2;
+/** Layers per image accepted: overlayfs stops at 128 lower layers; room left for odd images. */
+const MAX_LAYERS = 1000;
+
+export function clientFor(ref: ImageReference, options: RegistryOptions = {}): RegistryClient {
+  if (options.client) {
+    if (options.client.registry !== ref.registry) {
+      throw new RegistryError(
+        `options.client is for ${options.client.registry} but the reference names ${ref.registry}; pass a client for the same registry`,
+      );
+    }
+    return options.client;
+  }
+  return new RegistryClient(ref.registry, options);
+}
+
+/** A registry image: the `ImageReader` plus what only a registry has. */
+export interface RegistryImage extends ImageReader {
+  readonly client: RegistryClient;
+  readonly reference: ImageReference;
+  /** The image manifest's exact bytes (its sha256 is `info.manifestDigest`). */
+  readonly manifest: FetchedManifest;
+  /** Digest of the index / manifest list the image was chosen from, when the reference named one. */
+  readonly indexDigest?: string;
+  /** Random access to an uncompressed layer blob by HTTP Range reads (a VCDIFF source). */
+  openLayerSource(index: number, options?: BlobSourceOptions): RegistryBlobSource;
+}
+
+export async function openRegistryImage(ref: string, options: RegistryOptions = {}): Promise<RegistryImage> {
+  const reference = parseReference(ref, options);
+  const client = clientFor(reference, options);
+  const repository = reference.repository;
+  const platform = options.platform ?? DEFAULT_PLATFORM;
+  let fetched = await client.getManifest(repository, manifestReference(reference));
+  let indexDigest: string | undefined;
+  for (let depth = 0; isIndex(fetched.mediaType); depth++) {
+    if (depth === MAX_INDEX_DEPTH) {
+      throw new RegistryError(
+        `${ref}: indexes nested deeper than ${MAX_INDEX_DEPTH}; not an image we can read`,
+      );
+    }
+    indexDigest ??= fetched.digest;
+    const chosen = choosePlatform(fetched, platform, ref);
+    fetched = await client.getManifest(repository, chosen);
+  }
+  if (!isImageManifest(fetched.mediaType)) {
+    throw new RegistryError(
+      `${ref}: manifest media type "${fetched.mediaType}" is not an OCI or Docker schema 2 image manifest (schema 1 and artifacts are not supported); push the image again with a current tool`,
+    );
+  }
+  const manifest = parseManifest(fetched.bytes, ref);
+  const config = await client.readBlob(repository, manifest.config.digest, MAX_CONFIG_BYTES);
+  if (config.length !== manifest.config.size) {
+    throw new RegistryError(
+      `${ref}: config blob has ${config.length} bytes but the manifest says ${manifest.config.size}; the manifest is inconsistent`,
+    );
+  }
+  const diffIds = parseDiffIds(config, ref);
+  if (diffIds.length !== manifest.layers.length) {
+    throw new RegistryError(
+      `${ref}: the manifest lists ${manifest.layers.length} layers but the config's rootfs.diff_ids has ${diffIds.length}; the image is inconsistent`,
+    );
+  }
+  const layers: LayerInfo[] = manifest.layers.map((layer, i) => ({
+    digest: layer.digest,
+    size: layer.size,
+    mediaType: layer.mediaType,
+    compression: layerCompression(layer.mediaType),
+    diffId: diffIds[i]!,
+  }));
+  const info: ImageInfo = {
+    repository,
+    tag: reference.tag ?? "",
+    manifestDigest: fetched.digest,
+    config,
+    configDigest: manifest.config.digest,
+    layers,
+  };
+  const layerAt = (index: number): LayerInfo => {
+    const layer = layers[index];
+    if (!layer) throw new RegistryError(`${ref}: no layer ${index}; the image has ${layers.length} layers`);
+    return layer;
+  };
+  return {
+    info,
+    client,
+    reference,
+    manifest: fetched,
+    indexDigest,
+    async openLayerBlob(index) {
+      const layer = layerAt(index);
+      return client.openBlob(repository, layer.digest, layer.size);
+    },
+    async openLayerTar(index) {
+      const layer = layerAt(index);
+      const blob = await client.openBlob(repository, layer.digest, layer.size);
+      const tar = decompressStream(blob, layer.compression);
+      return verifyStream(tar, layer.diffId, undefined, `uncompressed layer ${index} of ${ref} (diff_id)`);
+    },
+    openLayerSource(index, sourceOptions) {
+      const layer = layerAt(index);
+      if (layer.compression !== "none") {
+        throw new RegistryError(
+          `${ref}: layer ${index} is stored ${layer.compression}-compressed, so it has no random access; inflate it to a scratch file (openLayerTar) and read that`,
+        );
+      }
+      return new RegistryBlobSource(client, repository, layer.digest, layer.size, sourceOptions);
+    },
+    async close() {},
+  };
+}
+
+interface Descriptor {
+  readonly mediaType: string;
+  readonly digest: string;
+  readonly size: number;
+  readonly platform?: { os?: unknown; architecture?: unknown; variant?: unknown };
+}
+
+function parseDescriptor(value: unknown, where: string): Descriptor {
+  const d = value as Partial<Descriptor> | null;
+  if (
+    !d ||
+    typeof d.mediaType !== "string" ||
+    typeof d.digest !== "string" ||
+    !DIGEST_PATTERN.test(d.digest) ||
+    typeof d.size !== "number" ||
+    !Number.isSafeInteger(d.size) ||
+    d.size < 0
+  ) {
+    throw new RegistryError(
+      `${where}: expected a descriptor {mediaType, digest sha256:…, size}, found ${JSON.stringify(value)?.slice(0, 200)}`,
+    );
+  }
+  return d as Descriptor;
+}
+
+function parseJson(bytes: Uint8Array, what: string): Record<string, unknown> {
+  try {
+    const value = JSON.parse(new TextDecoder().decode(bytes));
+    if (value && typeof value === "object") return value;
+  } catch {
+    // Reported below.
+  }
+  throw new RegistryError(`${what} is not a JSON object`);
+}
+
+function parseManifest(bytes: Uint8Array, ref: string): { config: Descriptor; layers: Descriptor[] } {
+  const json = parseJson(bytes, `manifest of ${ref}`);
+  if (!Array.isArray(json.layers)) throw new RegistryError(`manifest of ${ref} has no "layers" list`);
+  if (json.layers.length > MAX_LAYERS) {
+    throw new RegistryError(
+      `manifest of ${ref} lists ${json.layers.length} layers, more than the ${MAX_LAYERS} we accept`,
+    );
+  }
+  return {
+    config: parseDescriptor(json.config, `manifest of ${ref}, config`),
+    layers: json.layers.map((l, i) => parseDescriptor(l, `manifest of ${ref}, layer ${i}`)),
+  };
+}
+
+function parseDiffIds(config: Uint8Array, ref: string): string[] {
+  const json = parseJson(config, `config of ${ref}`);
+  const rootfs = json.rootfs as { diff_ids?: unknown } | undefined;
+  const ids = rootfs?.diff_ids;
+  if (!Array.isArray(ids) || !ids.every((id) => typeof id === "string" && DIGEST_PATTERN.test(id))) {
+    throw new RegistryError(
+      `config of ${ref} has no rootfs.diff_ids list of sha256 digests; it is not an image config`,
+    );
+  }
+  return ids as string[];
+}
+
+/** Picks the manifest for `platform` from an index; the error lists what the index offers. */
+export function choosePlatform(index: FetchedManifest, platform: Platform, ref: string): string {
+  const json = parseJson(index.bytes, `index of ${ref}`);
+  if (!Array.isArray(json.manifests)) throw new RegistryError(`index of ${ref} has no "manifests" list`);
+  const entries = json.manifests.map((m, i) => parseDescriptor(m, `index of ${ref}, manifest ${i}`));
+  const matches = entries.filter(
+    (e) =>
+      e.platform?.os === platform.os &&
+      e.platform?.architecture === platform.architecture &&
+      (platform.variant === undefined || e.platform?.variant === platform.variant),
+  );
+  if (matches.length === 0) {
+    const offered = entries
+      .map((e) => [e.platform?.os, e.platform?.architecture, e.platform?.variant].filter(Boolean).join("/"))
+      .join(", ");
+    const wanted = [platform.os, platform.architecture, platform.variant].filter(Boolean).join("/");
+    throw new RegistryError(
+      `${ref} is a multi-platform index without ${wanted} (it has: ${offered || "no platforms"}); choose one of those with the platform option`,
+    );
+  }
+  // Without a variant asked for, prefer the entry that names none (the plain build).
+  return (matches.find((e) => e.platform?.variant === undefined) ?? matches[0]!).digest;
+}
+
+// ---- pushing ----
+
+/** A layer blob already in this registry (in the target repository or one it can mount from). */
+export interface ExistingLayer {
+  readonly diffId: string;
+  readonly digest: string;
+  readonly size: number;
+  readonly mediaType: string;
+  /** Repository that holds the blob, to mount it from when the target lacks it. */
+  readonly repository?: string;
+}
+
+export type LayerToPush = LayerToWrite | ExistingLayer;
+
+export interface ImageToPush {
+  readonly config: Uint8Array;
+  readonly layers: readonly LayerToPush[];
+}
+
+export interface PushOptions extends RegistryOptions {
+  /** How streamed layers are stored: `none` (digest = diff_id, the default) or `gzip`. */
+  readonly compression?: "none" | "gzip";
+  /** zlib level for `gzip`; 6 unless given. */
+  readonly gzipLevel?: number;
+  /** Repositories in the same registry to try mounting blobs from before uploading them. */
+  readonly mountFrom?: readonly string[];
+  /** `oci` (default) or `docker` schema 2 media types for the manifest and config. */
+  readonly manifestFormat?: "oci" | "docker";
+}
+
+export interface PushedLayer {
+  readonly diffId: string;
+  readonly digest: string;
+  readonly size: number;
+  readonly mediaType: string;
+  readonly outcome: "exists" | "mounted" | "uploaded";
+}
+
+export interface PushResult {
+  /** The reference the manifest was pushed under. */
+  readonly reference: string;
+  readonly manifestDigest: string;
+  readonly manifest: Uint8Array;
+  readonly manifestMediaType: string;
+  readonly configDigest: string;
+  readonly config: { readonly outcome: "exists" | "mounted" | "uploaded" };
+  readonly layers: readonly PushedLayer[];
+}
+
+function isStreamLayer(layer: LayerToPush): layer is LayerToWrite {
+  return typeof (layer as LayerToWrite).open === "function";
+}
+
+/**
+ * Pushes an image: config and layer blobs first (skipping those the repository has,
+ * mounting those another repository has, uploading the rest while checking each digest),
+ * the manifest last, and only once every blob is verified in place.
+ */
+export async function pushImage(
+  ref: string,
+  image: ImageToWrite | ImageToPush,
+  options: PushOptions = {},
+): Promise<PushResult> {
+  const reference = parseReference(ref, options);
+  const client = clientFor(reference, options);
+  const repository = reference.repository;
+  const compression = options.compression ?? "none";
+  const docker = options.manifestFormat === "docker";
+  const mountFrom = (options.mountFrom ?? []).filter((r) => r !== repository);
+
+  const diffIds = parseDiffIds(image.config, ref);
+  const expected = image.layers.map((l) => l.diffId);
+  if (diffIds.length !== expected.length || diffIds.some((id, i) => id !== expected[i])) {
+    throw new RegistryError(
+      `push ${ref}: the config's rootfs.diff_ids [${diffIds.join(", ")}] do not match the layers given [${expected.join(", ")}]; nothing was pushed, pass the layers in the config's order`,
+    );
+  }
+
+  const configDigest = `sha256:${createHash("sha256").update(image.config).digest("hex")}`;
+  const configOutcome = await placeBlob(client, repository, configDigest, mountFrom, async () =>
+    client.uploadBlob(repository, oneChunk(image.config), {
+      digest: configDigest,
+      size: image.config.length,
+    }),
+  );
+
+  const pushed: PushedLayer[] = [];
+  for (const [i, layer] of image.layers.entries()) {
+    if (!isStreamLayer(layer)) {
+      const from = [
+        ...(layer.repository && layer.repository !== repository ? [layer.repository] : []),
+        ...mountFrom,
+      ];
+      const outcome = await placeBlob(client, repository, layer.digest, from, async () => {
+        throw new RegistryError(
+          `push ${ref}: layer ${i} (${layer.digest}, diff_id ${layer.diffId}) is neither in ${repository} nor mountable from [${from.join(", ")}]; nothing was pushed, give the layer as a stream or name the repository that holds it`,
+        );
+      });
+      pushed.push({ ...pick(layer), outcome });
+      continue;
+    }
+    if (compression === "none") {
+      const mediaType = docker ? "application/vnd.docker.image.rootfs.diff.tar" : OCI_LAYER;
+      let size = layer.size;
+      const outcome = await placeBlob(client, repository, layer.diffId, mountFrom, async () => {
+        const blob = await client.uploadBlob(repository, await layer.open(), {
+          digest: layer.diffId,
+          size: layer.size,
+        });
+        size = blob.size;
+      });
+      pushed.push({ diffId: layer.diffId, digest: layer.diffId, size, mediaType, outcome });
+    } else {
+      // The gzip digest is known only after compressing, so there is nothing to look up first.
+      const tar = verifyStream(
+        await layer.open(),
+        layer.diffId,
+        layer.size,
+        `push ${ref}: layer ${i} tar (diff_id)`,
+      );
+      const blob = await client.uploadBlob(repository, gzipStream(tar, options.gzipLevel ?? 6));
+      pushed.push({
+        diffId: layer.diffId,
+        digest: blob.digest,
+        size: blob.size,
+        mediaType: docker ? DOCKER_LAYER_GZIP : OCI_LAYER_GZIP,
+        outcome: "uploaded",
+      });
+    }
+  }
+
+  const manifestMediaType = docker ? DOCKER_MANIFEST : OCI_MANIFEST;
+  const manifest = new TextEncoder().encode(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: manifestMediaType,
+      config: {
+        mediaType: docker ? DOCKER_CONFIG : OCI_CONFIG,
+        digest: configDigest,
+        size: image.config.length,
+      },
+      layers: pushed.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+    }),
+  );
+  const target = reference.tag ?? (reference.digest ? undefined : "latest");
+  const manifestDigest = await client.putManifest(
+    repository,
+    target ?? reference.digest!,
+    manifest,
+    manifestMediaType,
+  );
+  if (reference.digest && reference.digest !== manifestDigest) {
+    throw new RegistryError(
+      `push ${ref}: the manifest built has digest ${manifestDigest}, not the ${reference.digest} the reference names; the layers or config differ from the original`,
+    );
+  }
+  return {
+    reference: formatReference({ ...reference, tag: target, digest: manifestDigest }),
+    manifestDigest,
+    manifest,
+    manifestMediaType,
+    configDigest,
+    config: { outcome: configOutcome },
+    layers: pushed,
+  };
+}
+
+function pick(layer: ExistingLayer): Omit<PushedLayer, "outcome"> {
+  return { diffId: layer.diffId, digest: layer.digest, size: layer.size, mediaType: layer.mediaType };
+}
+
+/** HEAD the target; mount from the first repository that has the blob; else upload. */
+async function placeBlob(
+  client: RegistryClient,
+  repository: string,
+  digest: string,
+  mountFrom: readonly string[],
+  upload: () => Promise<unknown>,
+): Promise<"exists" | "mounted" | "uploaded"> {
+  if ((await client.blobSize(repository, digest)) !== undefined) return "exists";
+  for (const from of mountFrom) {
+    if (await client.mountBlob(repository, digest, from)) return "mounted";
+  }
+  await upload();
+  return "uploaded";
+}
+
+async function* oneChunk(bytes: Uint8Array): AsyncGenerator<Uint8Array> {
+  yield bytes;
+}
