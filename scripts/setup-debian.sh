@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks use as real peers and stand-ins:
 # xdelta3, zstd and bsdiff (codec peers), docker-registry (the device's OCI registry),
-# skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK).
+# skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK),
+# apache2-utils (htpasswd: bcrypt users for the registry's basic-auth test mode).
 set -euo pipefail
-packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl)
+packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
