@@ -7,6 +7,7 @@
 /** Table Storage rejects keys over 1 KiB; a longer id is a caller bug or hostile input. */
 export const MAX_KEY_LENGTH = 1024;
 
+// biome-ignore lint/suspicious/noControlCharactersInRegex: Table Storage forbids control characters in keys
 const FORBIDDEN = /[%/\\#?\u0000-\u001f\u007f-\u009f]/g;
 
 export function escapeKey(value: string): string {
