@@ -22,7 +22,7 @@ function bicepFiles(dir: string): string[] {
 function firstError(node: Node): Node | undefined {
   if (node.isError || node.isMissing) return node;
   for (const child of node.children) {
-    if (child !== null && child.hasError) return firstError(child) ?? child;
+    if (child?.hasError) return firstError(child) ?? child;
   }
   return undefined;
 }
