@@ -1,0 +1,439 @@
+import assert from "node:assert/strict";
+import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { type DecodeOptions, decode, decodeBuffer, type VcdiffHeader } from "../../delta/vcdiff/decoder.js";
+import {
+  VCD_CODETABLE,
+  VCD_DECOMPRESS,
+  VCD_SOURCE,
+  VCD_TARGET,
+  VcdiffError,
+} from "../../delta/vcdiff/format.js";
+import { BufferSource, ConcatSource, FileSource, type SourceReader } from "../../delta/vcdiff/source.js";
+import { buildDelta, bytes, code, text, varint } from "./delta-builder.js";
+
+const ALPHABET = bytes("0123456789abcdefghijklmnopqrstuvwxyz");
+
+async function rejectsWith(
+  promise: Promise<unknown>,
+  errorCode: VcdiffError["code"],
+  offset: number,
+  message?: RegExp,
+): Promise<void> {
+  await assert.rejects(promise, (err: unknown) => {
+    assert.ok(err instanceof VcdiffError, `expected a VcdiffError, got ${String(err)}`);
+    assert.equal(err.code, errorCode, err.message);
+    assert.equal(err.offset, offset, err.message);
+    if (message) assert.match(err.message, message);
+    return true;
+  });
+}
+
+async function* chunks(data: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
+  for (let i = 0; i < data.length; i += size) yield data.slice(i, i + size);
+}
+
+async function collect(iter: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  for await (const part of iter) parts.push(part);
+  return Uint8Array.from(parts.flatMap((p) => [...p]));
+}
+
+describe("VCDIFF decoder: instructions", () => {
+  test("ADD writes data section bytes, with the size in the opcode or as a varint", async () => {
+    const delta = buildDelta({
+      windows: [
+        {
+          targetLength: 25,
+          data: bytes("hello, decoder of VCDIFF!"),
+          inst: [code.add(5), code.add(0), ...varint(20)],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta)), "hello, decoder of VCDIFF!");
+  });
+
+  test("RUN repeats one data byte", async () => {
+    const delta = buildDelta({
+      windows: [
+        { targetLength: 1007, data: [0x41, 0x42], inst: [code.run, ...varint(7), code.run, ...varint(1000)] },
+      ],
+    });
+    const out = await decodeBuffer(delta);
+    assert.equal(text(out), "A".repeat(7) + "B".repeat(1000));
+  });
+
+  test("COPY decodes every address mode: self, here, near and same caches", async () => {
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: 36,
+          segmentPosition: 0,
+          targetLength: 20,
+          inst: [code.copy(0, 4), code.copy(2, 4), code.copy(6, 4), code.copy(1, 4), code.copy(3, 4)],
+          // self 10; near[0]=10 +6 = 16; same[10] = 10; here 48-48 = 0; near[1]=16 +4 = 20
+          addr: [10, 6, 10, 48, 4],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta, ALPHABET)), "abcdghijabcd0123klmn");
+  });
+
+  test("COPY reads the source segment at its position in the source", async () => {
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: 10,
+          segmentPosition: 26,
+          targetLength: 8,
+          inst: [code.copy(0, 4), code.copy(0, 4)],
+          addr: [6, 0],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta, ALPHABET)), "wxyzqrst");
+  });
+
+  test("a COPY that overlaps its own output repeats the bytes before it", async () => {
+    const short = buildDelta({
+      windows: [{ targetLength: 12, data: bytes("ab"), inst: [code.add(2), code.copy(0, 10)], addr: [0] }],
+    });
+    assert.equal(text(await decodeBuffer(short)), "abababababab");
+    const pattern = "0123456789ABCDEFGHIJ";
+    const long = buildDelta({
+      windows: [
+        {
+          targetLength: 1020,
+          data: bytes(pattern),
+          inst: [code.add(0), ...varint(20), code.copy(1, 0), ...varint(1000)],
+          addr: [20],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(long)), pattern.repeat(51));
+  });
+
+  test("a COPY that starts in the source segment continues into the target window", async () => {
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: 3,
+          segmentPosition: 0,
+          targetLength: 8,
+          data: bytes("ab"),
+          inst: [code.add(2), code.copy(0, 6)],
+          addr: [1],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta, bytes("XYZ"))), "abYZabYZ");
+  });
+
+  test("the address caches are reset at every window", async () => {
+    const delta = buildDelta({
+      windows: [
+        { indicator: VCD_SOURCE, segmentLength: 36, targetLength: 4, inst: [code.copy(0, 4)], addr: [20] },
+        // With fresh caches near[0] = 0 and same[20] = 0: addresses 5 and 0, not 25 and 20.
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: 36,
+          targetLength: 8,
+          inst: [code.copy(2, 4), code.copy(6, 4)],
+          addr: [5, 20],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta, ALPHABET)), "klmn56780123");
+  });
+
+  test("a VCD_TARGET window copies from earlier output", async () => {
+    const delta = buildDelta({
+      windows: [
+        { targetLength: 11, data: bytes("hello world"), inst: [code.add(11)] },
+        {
+          indicator: VCD_TARGET,
+          segmentLength: 5,
+          segmentPosition: 6,
+          targetLength: 6,
+          data: bytes("!"),
+          inst: [code.copy(0, 5), code.add(1)],
+          addr: [0],
+        },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta)), "hello worldworld!");
+  });
+
+  test("windows are yielded one by one, whatever the chunking of the delta", async () => {
+    const delta = buildDelta({
+      windows: [
+        { targetLength: 5, data: bytes("hello"), inst: [code.add(5)] },
+        { indicator: VCD_SOURCE, segmentLength: 36, targetLength: 4, inst: [code.copy(0, 4)], addr: [10] },
+      ],
+    });
+    for (const size of [1, 2, 3, 7, delta.length]) {
+      const parts: string[] = [];
+      for await (const part of decode(chunks(delta, size), { source: new BufferSource(ALPHABET) })) {
+        parts.push(text(part));
+      }
+      assert.deepEqual(parts, ["hello", "abcd"], `chunks of ${size}`);
+    }
+  });
+
+  test("an empty window produces nothing and a delta without windows decodes to empty", async () => {
+    assert.equal((await decodeBuffer(buildDelta({ windows: [] }))).length, 0);
+    assert.equal((await decodeBuffer(buildDelta({ windows: [{ targetLength: 0 }] }))).length, 0);
+  });
+});
+
+describe("VCDIFF decoder: header and checksum", () => {
+  test("the application header is read and handed to onHeader", async () => {
+    let seen: VcdiffHeader | undefined;
+    const delta = buildDelta({
+      appHeader: bytes("a.tar//b.tar/"),
+      windows: [{ targetLength: 2, data: bytes("hi"), inst: [code.add(2)] }],
+    });
+    const out = await decodeBuffer(delta, undefined, { onHeader: (h) => (seen = h) });
+    assert.equal(text(out), "hi");
+    assert.equal(text(seen!.appHeader!), "a.tar//b.tar/");
+    await decodeBuffer(buildDelta({ windows: [] }), undefined, { onHeader: (h) => (seen = h) });
+    assert.deepEqual(seen, {});
+  });
+
+  test("a window's Adler-32 is verified, and ignored when verifyChecksum is false", async () => {
+    const window = { targetLength: 5, data: bytes("hello"), inst: [code.add(5)] };
+    const good = buildDelta({ windows: [{ ...window, checksumOf: bytes("hello") }] });
+    assert.equal(text(await decodeBuffer(good)), "hello");
+    const bad = buildDelta({ windows: [{ ...window, checksumOf: 0x12345678 }] });
+    await rejectsWith(decodeBuffer(bad), "CHECKSUM", 5, /Adler-32 062c0215, the delta says 12345678/);
+    assert.equal(text(await decodeBuffer(bad, undefined, { verifyChecksum: false })), "hello");
+  });
+});
+
+describe("VCDIFF decoder: refusals and malformed input", () => {
+  const hello = { targetLength: 5, data: bytes("hello"), inst: [code.add(5)] };
+
+  test("input that is not VCDIFF, or empty, is refused", async () => {
+    await rejectsWith(decodeBuffer(Uint8Array.of(0xd6, 0xc3, 0xc5, 0, 0)), "BAD_MAGIC", 2, /not a VCDIFF/);
+    await rejectsWith(decodeBuffer(new Uint8Array(0)), "TRUNCATED", 0);
+    await rejectsWith(decodeBuffer(Uint8Array.of(0xd6, 0xc3, 0xc4, 0, 0x80)), "CORRUPT", 4, /undefined bits/);
+  });
+
+  test("secondary compression is refused naming the compressor", async () => {
+    const lzma = buildDelta({ headerIndicator: VCD_DECOMPRESS, headerExtra: [2], windows: [] });
+    await rejectsWith(decodeBuffer(lzma), "UNSUPPORTED", 4, /compressor id 2 \(LZMA\).*-S none/);
+    const djw = buildDelta({ headerIndicator: VCD_DECOMPRESS, headerExtra: [1], windows: [] });
+    await rejectsWith(decodeBuffer(djw), "UNSUPPORTED", 4, /id 1 \(DJW\)/);
+    const sections = buildDelta({ windows: [{ ...hello, deltaIndicator: 1 }] });
+    await rejectsWith(decodeBuffer(sections), "UNSUPPORTED", 8, /secondary-compressed/);
+  });
+
+  test("a custom code table is refused", async () => {
+    const delta = buildDelta({ headerIndicator: VCD_CODETABLE, headerExtra: [0], windows: [] });
+    await rejectsWith(decodeBuffer(delta), "UNSUPPORTED", 4, /VCD_CODETABLE/);
+  });
+
+  test("a VCD_SOURCE window without a source, or with a short one, is refused", async () => {
+    const delta = buildDelta({
+      windows: [
+        { indicator: VCD_SOURCE, segmentLength: 20, targetLength: 4, inst: [code.copy(0, 4)], addr: [0] },
+      ],
+    });
+    await rejectsWith(decodeBuffer(delta), "SOURCE", 5, /no source was given/);
+    await rejectsWith(decodeBuffer(delta, bytes("short")), "SOURCE", 5, /the source has 5 bytes/);
+  });
+
+  test("a target window above maxWindowSize is refused before allocation", async () => {
+    await rejectsWith(
+      decodeBuffer(buildDelta({ windows: [hello] }), undefined, { maxWindowSize: 4 }),
+      "LIMIT",
+      7,
+    );
+    const huge = Uint8Array.of(0xd6, 0xc3, 0xc4, 0, 0, 0, 10, ...varint(2 ** 40), 0, 0, 0, 0);
+    await rejectsWith(decodeBuffer(huge), "LIMIT", 7, /larger than the limit/);
+  });
+
+  test("malformed windows end in CORRUPT with the offset of the fault", async () => {
+    const beyond = buildDelta({ windows: [{ targetLength: 4, inst: [code.copy(0, 4)], addr: [0] }] });
+    await rejectsWith(decodeBuffer(beyond), "CORRUPT", 13, /COPY address 0 is outside the 0 bytes/);
+    const tooMuchData = buildDelta({ windows: [{ ...hello, data: bytes("hello!") }] });
+    await rejectsWith(decodeBuffer(tooMuchData), "CORRUPT", 9, /data section of 6 bytes is larger/);
+    const unused = buildDelta({ windows: [{ ...hello, addr: [1] }] });
+    await rejectsWith(decodeBuffer(unused), "CORRUPT", 18, /1 bytes of the address section are left unused/);
+    const short = buildDelta({ windows: [{ ...hello, targetLength: 6 }] });
+    await rejectsWith(decodeBuffer(short), "CORRUPT", 18, /produce 5 bytes but the window header says 6/);
+    const overflow = buildDelta({
+      windows: [{ ...hello, data: bytes("hell"), targetLength: 4, inst: [code.add(5)] }],
+    });
+    await rejectsWith(decodeBuffer(overflow), "CORRUPT", 16, /overflows the 4-byte target window/);
+    const both = buildDelta({
+      windows: [{ ...hello, indicator: VCD_SOURCE | VCD_TARGET, segmentLength: 0 }],
+    });
+    await rejectsWith(decodeBuffer(both), "CORRUPT", 5, /both VCD_SOURCE and VCD_TARGET/);
+    const future = buildDelta({
+      windows: [
+        { indicator: VCD_TARGET, segmentLength: 4, targetLength: 4, inst: [code.copy(0, 4)], addr: [0] },
+      ],
+    });
+    await rejectsWith(decodeBuffer(future), "CORRUPT", 5, /only 0 have been produced/);
+    const lengths = buildDelta({ windows: [hello] });
+    lengths[6] += 1; // the delta encoding length
+    await rejectsWith(
+      decodeBuffer(lengths),
+      "CORRUPT",
+      6,
+      /delta encoding length is 12, but the window header and sections add up to 11/,
+    );
+  });
+
+  test("every truncation ends in TRUNCATED, except at a window boundary where the format cannot tell", async () => {
+    const delta = buildDelta({
+      appHeader: bytes("app"),
+      windows: [
+        { ...hello, checksumOf: bytes("hello") },
+        { indicator: VCD_SOURCE, segmentLength: 36, targetLength: 4, inst: [code.copy(0, 4)], addr: [10] },
+      ],
+    });
+    const boundaries = new Map<number, string>([
+      [9, ""],
+      [9 + 17, "hello"],
+    ]);
+    for (let cut = 0; cut < delta.length; cut++) {
+      const run = decodeBuffer(delta.subarray(0, cut), ALPHABET);
+      if (boundaries.has(cut)) {
+        assert.equal(text(await run), boundaries.get(cut), `cut at ${cut}`);
+      } else {
+        await assert.rejects(
+          run,
+          (e: unknown) => e instanceof VcdiffError && e.code === "TRUNCATED",
+          `cut ${cut}`,
+        );
+      }
+    }
+    assert.equal(text(await decodeBuffer(delta, ALPHABET)), "helloabcd");
+  });
+
+  test("VCD_TARGET windows can only reach the kept history", async () => {
+    const delta = buildDelta({
+      windows: [
+        { targetLength: 5, data: bytes("hello"), inst: [code.add(5)] },
+        { targetLength: 5, data: bytes("world"), inst: [code.add(5)] },
+        { indicator: VCD_TARGET, segmentLength: 5, targetLength: 5, inst: [code.copy(0, 5)], addr: [0] },
+      ],
+    });
+    assert.equal(text(await decodeBuffer(delta)), "helloworldhello");
+    await rejectsWith(
+      decodeBuffer(delta, undefined, { targetHistory: 5 }),
+      "LIMIT",
+      31,
+      /raise targetHistory/,
+    );
+  });
+
+  test("stopping early closes the delta stream", async () => {
+    let closed = false;
+    async function* stream(): AsyncGenerator<Uint8Array> {
+      try {
+        yield buildDelta({ windows: [hello, hello] });
+        yield new Uint8Array(0);
+      } finally {
+        closed = true;
+      }
+    }
+    for await (const part of decode(stream())) {
+      assert.equal(text(part), "hello");
+      break;
+    }
+    assert.equal(closed, true);
+  });
+});
+
+/** A synthetic source whose byte at p is p % 251, to test positions far beyond 4 GiB without the disk. */
+class PatternSource implements SourceReader {
+  constructor(readonly size: number) {}
+  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    assert.ok(position + length <= this.size);
+    for (let i = 0; i < length; i++) into[offset + i] = (position + i) % 251;
+  }
+}
+
+describe("VCDIFF sources", () => {
+  test("FileSource reads by position, beyond 4 GiB too, and refuses reads past the end", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "vcdiff-source-"));
+    try {
+      const path = join(dir, "sparse");
+      const far = 4.5 * 2 ** 30;
+      const fh = await open(path, "w");
+      await fh.truncate(5 * 2 ** 30);
+      await fh.write(bytes("far away"), 0, 8, far);
+      await fh.close();
+      const source = await FileSource.open(path);
+      assert.equal(source.size, 5 * 2 ** 30);
+      const into = new Uint8Array(10);
+      await source.read(far - 1, into, 1, 9);
+      assert.deepEqual([...into], [0, 0, ...bytes("far away")]);
+      await assert.rejects(source.read(source.size - 2, into, 0, 3), /past the end/);
+      await source.close();
+      await source.close();
+      await writeFile(join(dir, "small"), "0123456789");
+      const small = await FileSource.open(join(dir, "small"));
+      const delta = buildDelta({
+        windows: [
+          {
+            indicator: VCD_SOURCE,
+            segmentLength: 6,
+            segmentPosition: 4,
+            targetLength: 4,
+            inst: [code.copy(0, 4)],
+            addr: [2],
+          },
+        ],
+      });
+      assert.equal(text(await collect(decode(chunks(delta, 3), { source: small }))), "6789");
+      await small.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("ConcatSource serves reads that span its parts, beyond 4 GiB too", async () => {
+    const concat = new ConcatSource([
+      new BufferSource(bytes("abc")),
+      new BufferSource(new Uint8Array(0)),
+      new BufferSource(bytes("defg")),
+      new BufferSource(bytes("h")),
+    ]);
+    assert.equal(concat.size, 8);
+    const into = new Uint8Array(7);
+    await concat.read(1, into, 0, 7);
+    assert.equal(text(into), "bcdefgh");
+    await assert.rejects(concat.read(2, into, 0, 7), /past the end/);
+
+    const big = new ConcatSource([new PatternSource(6 * 2 ** 30), new PatternSource(3 * 2 ** 30)]);
+    const at = 6 * 2 ** 30 - 3;
+    const out = new Uint8Array(6);
+    await big.read(at, out, 0, 6);
+    const expected = [0, 1, 2].map((i) => (at + i) % 251).concat([0, 1, 2]);
+    assert.deepEqual([...out], expected);
+
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: 8,
+          segmentPosition: at - 1,
+          targetLength: 6,
+          inst: [code.copy(0, 6)],
+          addr: [1],
+        },
+      ],
+    });
+    const options: DecodeOptions = { source: big };
+    assert.deepEqual([...(await collect(decode(chunks(delta, 100), options)))], expected);
+  });
+});
