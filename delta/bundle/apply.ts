@@ -1,0 +1,351 @@
+/**
+ * Applying a bundle: check the header and the signature, check every needed layer is at hand,
+ * decode each payload (zstd stream → VCDIFF against the virtual source → scratch file) with
+ * memory bounded by the windows, verify every layer's diff_id and the config digest, and only
+ * then hand the verified image to a writer. On any failure the scratch folder goes and nothing
+ * reaches the destination.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { open, statfs } from "node:fs/promises";
+import { pipeline } from "node:stream/promises";
+import { DecompressStream } from "zstd-napi";
+import type { ImageReader, ImageToWrite, LayerToWrite } from "../image/types.js";
+import { decode } from "../vcdiff/decoder.js";
+import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js";
+import {
+  BundleError,
+  type BundleHead,
+  isPresent,
+  type LayerPayload,
+  manifestConfig,
+  readBundleHead,
+  requiredLayers,
+} from "./format.js";
+import { readFileStream, ScratchDir, spool } from "./scratch.js";
+import { type TrustedKey, verifyManifest } from "./sign.js";
+
+/** zstd frames that need a window above 2^26 (64 MiB) are refused: a device decodes in bounded memory. */
+export const MAX_ZSTD_WINDOW_LOG = 26;
+/** Free space kept on top of the layers being rebuilt, so a device never fills its disk to the last byte. */
+const DISK_MARGIN = 64 * 1024 * 1024;
+const READ_PIECE = 1024 * 1024;
+
+/** Gives the uncompressed, verified tar of a layer the device holds. */
+export interface LayerProvider {
+  has(diffId: string): Promise<boolean>;
+  /** A random-access reader over the layer's tar; its bytes must hash to `diffId`. */
+  open(diffId: string): Promise<SourceReader>;
+  close?(): Promise<void>;
+}
+
+/** What a writer reports after storing the verified image. */
+export interface WrittenImage {
+  /** Where it went: `repo:tag`, an archive path or a layout folder. */
+  readonly image: string;
+  /** Manifest digest when one was written, else the config digest (the image id). */
+  readonly digest: string;
+  readonly bytesWritten: number;
+}
+
+export type ImageWriter = (image: ImageToWrite) => Promise<WrittenImage>;
+
+export interface ApplyBundleOptions {
+  readonly bundle: string;
+  readonly trust: readonly TrustedKey[];
+  readonly layers: LayerProvider;
+  readonly write: ImageWriter;
+  readonly scratchDir?: string;
+  /** Skip the free-space check (tests on tmpfs). */
+  readonly skipDiskCheck?: boolean;
+  readonly onProgress?: (progress: { diffId: string; done: number; total: number }) => void;
+}
+
+export interface AppliedLayer {
+  readonly diffId: string;
+  readonly size: number;
+  /** Rebuilt from the bundle, or already on the device. */
+  readonly from: "bundle" | "device";
+}
+
+export interface ApplyResult {
+  readonly image: string;
+  readonly digest: string;
+  readonly configDigest: string;
+  readonly layers: readonly AppliedLayer[];
+  readonly bytesWritten: number;
+  readonly durationMs: number;
+}
+
+/** Reads a bundle's head and checks its signature against the trusted keys. */
+export async function openVerifiedBundle(path: string, trust: readonly TrustedKey[]): Promise<BundleHead> {
+  const head = await readBundleHead(path);
+  verifyManifest(head.manifestBytes, head.signature, trust);
+  return head;
+}
+
+async function checkPayloadDigest(
+  path: string,
+  head: BundleHead,
+  payload: LayerPayload,
+  where: string,
+): Promise<void> {
+  const hash = createHash("sha256");
+  for await (const chunk of readFileStream(path, head.payloadsOffset + payload.offset, payload.length))
+    hash.update(chunk);
+  const digest = `sha256:${hash.digest("hex")}`;
+  if (digest !== payload.sha256) {
+    throw new BundleError(
+      "PAYLOAD",
+      where,
+      `payload hashes to ${digest}, the signed manifest says ${payload.sha256}; the bundle was damaged in transit, fetch it again`,
+    );
+  }
+}
+
+/** Streams a SourceReader from start to end. */
+async function* readAll(reader: SourceReader): AsyncGenerator<Uint8Array> {
+  for (let position = 0; position < reader.size; position += READ_PIECE) {
+    const piece = new Uint8Array(Math.min(READ_PIECE, reader.size - position));
+    await reader.read(position, piece, 0, piece.length);
+    yield piece;
+  }
+}
+
+async function decodePayload(
+  bundlePath: string,
+  head: BundleHead,
+  payload: LayerPayload,
+  source: SourceReader | undefined,
+  out: string,
+  onBytes: (n: number) => void,
+): Promise<{ size: number; digest: string }> {
+  const hash = createHash("sha256");
+  let size = 0;
+  const handle = await open(out, "wx", 0o600);
+  try {
+    const start = head.payloadsOffset + payload.offset;
+    const compressed = createReadStream(bundlePath, {
+      start,
+      end: start + payload.length - 1,
+      highWaterMark: READ_PIECE,
+    });
+    const inflate = new DecompressStream({ windowLogMax: MAX_ZSTD_WINDOW_LOG });
+    const sink = async (stream: AsyncIterable<Uint8Array>) => {
+      for await (const chunk of stream) {
+        if (size + chunk.length > payload.outputSize) {
+          throw new BundleError(
+            "PAYLOAD",
+            `layer ${payload.diffId}`,
+            `decodes to more than the ${payload.outputSize} bytes the manifest says`,
+          );
+        }
+        hash.update(chunk);
+        let done = 0;
+        while (done < chunk.length) {
+          const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, size + done);
+          done += bytesWritten;
+        }
+        size += chunk.length;
+        onBytes(size);
+      }
+    };
+    if (payload.length === 0) {
+      // An empty payload decodes to nothing; the size check below decides.
+    } else if (payload.codec === "zstd") {
+      await pipeline(compressed, inflate, sink);
+    } else {
+      await pipeline(
+        compressed,
+        inflate,
+        (stream: AsyncIterable<Uint8Array>) =>
+          decode(stream, { ...(source !== undefined ? { source } : {}) }),
+        sink,
+      );
+    }
+  } finally {
+    await handle.close();
+  }
+  return { size, digest: `sha256:${hash.digest("hex")}` };
+}
+
+export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyResult> {
+  const started = Date.now();
+  const head = await openVerifiedBundle(options.bundle, options.trust);
+  const { manifest } = head;
+  const bundleName =
+    head.manifest.target.repository !== ""
+      ? `${manifest.target.repository}:${manifest.target.tag}`
+      : manifest.target.configDigest;
+
+  const needed = requiredLayers(manifest);
+  const absent: string[] = [];
+  for (const diffId of needed) if (!(await options.layers.has(diffId))) absent.push(diffId);
+  if (absent.length > 0) {
+    throw new BundleError(
+      "MISSING_SOURCE",
+      "sources",
+      `the bundle for ${bundleName} needs layer${absent.length > 1 ? "s" : ""} ${absent.join(", ")}, which ${absent.length > 1 ? "are" : "is"} not on this device; deploy the base image first`,
+    );
+  }
+
+  const config = manifestConfig(manifest);
+  const configDigest = `sha256:${createHash("sha256").update(config).digest("hex")}`;
+  if (configDigest !== manifest.target.configDigest) {
+    throw new BundleError(
+      "DIGEST",
+      "target.config",
+      `config hashes to ${configDigest}, the manifest says ${manifest.target.configDigest}`,
+    );
+  }
+  for (let i = 0; i < manifest.layers.length; i++) {
+    const entry = manifest.layers[i]!;
+    if (!isPresent(entry)) await checkPayloadDigest(options.bundle, head, entry, `layers[${i}]`);
+  }
+
+  const scratch = await ScratchDir.create(options.scratchDir, "deltaship-apply-");
+  const opened: SourceReader[] = [];
+  try {
+    if (options.skipDiskCheck !== true) {
+      let rebuilt = 0;
+      for (const entry of manifest.layers) if (!isPresent(entry)) rebuilt += entry.outputSize;
+      const fs = await statfs(scratch.path);
+      const free = fs.bavail * fs.bsize;
+      if (free < rebuilt + DISK_MARGIN) {
+        throw new BundleError(
+          "IO",
+          scratch.path,
+          `rebuilding ${bundleName} needs ${rebuilt} bytes of scratch space plus a margin, only ${free} are free; free some disk space`,
+        );
+      }
+    }
+
+    const sourceParts: SourceReader[] = [];
+    for (const [n, ref] of manifest.sources.entries()) {
+      const reader = await options.layers.open(ref.diffId);
+      opened.push(reader);
+      if (reader.size !== ref.size) {
+        throw new BundleError(
+          "DIGEST",
+          `sources[${n}]`,
+          `layer ${ref.diffId} on this device has ${reader.size} bytes, the bundle expects ${ref.size}`,
+        );
+      }
+      sourceParts.push(reader);
+    }
+    const source = sourceParts.length > 0 ? new ConcatSource(sourceParts) : undefined;
+
+    const layers: LayerToWrite[] = [];
+    const applied: AppliedLayer[] = [];
+    for (let i = 0; i < manifest.layers.length; i++) {
+      const entry = manifest.layers[i]!;
+      const ref = manifest.target.layers[i]!;
+      if (isPresent(entry)) {
+        const reader = await options.layers.open(ref.diffId);
+        opened.push(reader);
+        layers.push({ diffId: ref.diffId, size: reader.size, open: async () => readAll(reader) });
+        applied.push({ diffId: ref.diffId, size: reader.size, from: "device" });
+        continue;
+      }
+      const out = scratch.file("layer.tar");
+      let decoded: { size: number; digest: string };
+      try {
+        decoded = await decodePayload(options.bundle, head, entry, source, out, (done) =>
+          options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
+        );
+      } catch (err) {
+        if (err instanceof BundleError) throw err;
+        throw new BundleError(
+          "DIGEST",
+          `layers[${i}]`,
+          `layer ${entry.diffId} could not be rebuilt (${(err as Error).message}); a source layer on this device may be corrupted`,
+        );
+      }
+      if (decoded.digest !== entry.diffId || decoded.size !== entry.outputSize) {
+        throw new BundleError(
+          "DIGEST",
+          `layers[${i}]`,
+          `rebuilt layer hashes to ${decoded.digest} (${decoded.size} bytes), expected ${entry.diffId} (${entry.outputSize} bytes); a source layer on this device is corrupted or differs, nothing was written`,
+        );
+      }
+      layers.push({ diffId: entry.diffId, size: decoded.size, open: async () => readFileStream(out) });
+      applied.push({ diffId: entry.diffId, size: decoded.size, from: "bundle" });
+    }
+
+    const written = await options.write({
+      repository: manifest.target.repository,
+      tag: manifest.target.tag,
+      config,
+      layers,
+    });
+    return {
+      image: written.image,
+      digest: written.digest,
+      configDigest,
+      layers: applied,
+      bytesWritten: written.bytesWritten,
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    await Promise.all(opened.map((r) => r.close?.()));
+    await scratch.remove();
+  }
+}
+
+/**
+ * Serves layers from images at hand (archives, layouts, registries): each needed layer's tar is
+ * spooled once to a scratch file and verified against its diff_id before anyone reads it.
+ */
+export class ImageLayerProvider implements LayerProvider {
+  private readonly spooled = new Map<string, string>();
+  private scratch: ScratchDir | undefined;
+
+  constructor(
+    private readonly images: readonly ImageReader[],
+    private readonly scratchDir?: string,
+  ) {}
+
+  private locate(diffId: string): { image: ImageReader; index: number } | undefined {
+    for (const image of this.images) {
+      const index = image.info.layers.findIndex((l) => l.diffId === diffId);
+      if (index >= 0) return { image, index };
+    }
+    return undefined;
+  }
+
+  async has(diffId: string): Promise<boolean> {
+    return this.locate(diffId) !== undefined;
+  }
+
+  async open(diffId: string): Promise<SourceReader> {
+    let path = this.spooled.get(diffId);
+    if (path === undefined) {
+      const found = this.locate(diffId);
+      if (found === undefined) {
+        throw new BundleError(
+          "MISSING_SOURCE",
+          diffId,
+          `layer ${diffId} is not in any image given; deploy the base image first`,
+        );
+      }
+      this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
+      const result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
+      if (result.digest !== diffId) {
+        throw new BundleError(
+          "DIGEST",
+          diffId,
+          `layer ${diffId} on this device hashes to ${result.digest}; it is corrupted, re-deploy the image that holds it`,
+        );
+      }
+      path = result.path;
+      this.spooled.set(diffId, path);
+    }
+    return FileSource.open(path);
+  }
+
+  async close(): Promise<void> {
+    await this.scratch?.remove();
+    this.scratch = undefined;
+    this.spooled.clear();
+  }
+}

@@ -1,0 +1,553 @@
+/**
+ * Building a bundle: index the source layers (file content by hash, entries by path), walk
+ * each missing target layer's tar to turn file-level knowledge into VCDIFF copy and search
+ * hints, encode, compress with zstd, sign, and write the bundle atomically.
+ */
+import { createHash } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { open, rename, rm, stat } from "node:fs/promises";
+import { Readable } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { CompressStream } from "zstd-napi";
+import type { ImageReader } from "../image/types.js";
+import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
+import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
+import { ConcatSource, FileSource } from "../vcdiff/source.js";
+import {
+  type BundleManifest,
+  encodeHeader,
+  encodeManifest,
+  encodeSignatureBlock,
+  HEADER_SIZE,
+  type LayerEntry,
+  type LayerRef,
+  type PayloadCodec,
+  SIGNATURE_BLOCK_SIZE,
+} from "./format.js";
+import { readFileStream, ScratchDir, spool } from "./scratch.js";
+import { type SigningKey, signManifest } from "./sign.js";
+
+/** Default zstd level: bytes over the link come first, the cloud has time. */
+export const DEFAULT_ZSTD_LEVEL = 19;
+/** Default zstd window (8 MiB): a device decodes with about that much memory. */
+export const DEFAULT_ZSTD_WINDOW_LOG = 23;
+/** Content shorter than this is left to zstd: a COPY instruction would cost about as much. */
+const MIN_COPY_LENGTH = 32;
+/** A file counts as the old version of a differently named one only within this size ratio. */
+const SIMILAR_SIZE_RATIO = 2;
+
+export interface BundleProgress {
+  readonly phase: "source" | "target" | "encode";
+  readonly diffId: string;
+  readonly done: number;
+  readonly total: number;
+}
+
+export interface BuildBundleOptions {
+  readonly target: ImageReader;
+  /** Images the device holds; any of their layers may serve as source. */
+  readonly sources: readonly ImageReader[];
+  readonly key: SigningKey;
+  /** Path of the bundle to write (written to a temporary name, renamed when complete). */
+  readonly out: string;
+  /** Restrict the virtual source to these diff_ids (e.g. from planSources); default every source layer. */
+  readonly sourceLayers?: readonly string[];
+  readonly scratchDir?: string;
+  readonly zstdLevel?: number;
+  readonly zstdWindowLog?: number;
+  /** VCDIFF target window size; default the encoder's. */
+  readonly windowSize?: number;
+  readonly onProgress?: (progress: BundleProgress) => void;
+}
+
+export interface BuiltLayer {
+  readonly diffId: string;
+  readonly size: number;
+  readonly present: boolean;
+  readonly codec?: PayloadCodec;
+  readonly payloadBytes: number;
+}
+
+export interface BuildBundleResult {
+  readonly path: string;
+  readonly bytes: number;
+  readonly manifest: BundleManifest;
+  readonly layers: readonly BuiltLayer[];
+  readonly durationMs: number;
+}
+
+/** A source entry, with offsets in the virtual source. */
+interface SourceEntry {
+  readonly layer: number;
+  readonly type: ScannedEntry["type"];
+  readonly headerOffset: number;
+  readonly dataOffset: number;
+  readonly size: number;
+}
+
+interface SourceLayer {
+  readonly diffId: string;
+  readonly path: string;
+  readonly size: number;
+  /** Virtual offset of the layer's first byte. */
+  start: number;
+}
+
+/** What the source layers hold, by content and by name. */
+class SourceCatalog {
+  readonly layers: SourceLayer[] = [];
+  readonly contents = new Map<string, SourceEntry>();
+  readonly paths = new Map<string, SourceEntry>();
+  readonly shapes = new Map<string, SourceEntry[]>();
+  size = 0;
+
+  /** The old version of `path`: the same path, else the nearest-sized file whose name differs only in digits. */
+  oldVersion(path: string, size: number): SourceEntry | undefined {
+    const same = this.paths.get(path);
+    if (same !== undefined) return same;
+    const candidates = this.shapes.get(shapeOf(path));
+    if (candidates === undefined) return undefined;
+    let best: SourceEntry | undefined;
+    for (const c of candidates) {
+      if (c.size * SIMILAR_SIZE_RATIO < size || size * SIMILAR_SIZE_RATIO < c.size) continue;
+      if (best === undefined || Math.abs(c.size - size) < Math.abs(best.size - size)) best = c;
+    }
+    return best;
+  }
+}
+
+/** `libssl.so.3.0.13` and `libssl.so.3.0.14` share a shape. */
+function shapeOf(path: string): string {
+  return path.replace(/[0-9]+/g, "#");
+}
+
+function sha256Hex(): ReturnType<typeof createHash> {
+  return createHash("sha256");
+}
+
+async function addSourceLayer(
+  catalog: SourceCatalog,
+  image: ImageReader,
+  index: number,
+  scratch: ScratchDir,
+  onProgress?: (done: number) => void,
+): Promise<void> {
+  const info = image.info.layers[index]!;
+  const layerNumber = catalog.layers.length;
+  const start = catalog.size;
+  let hash: ReturnType<typeof createHash> | undefined;
+  const scanner = new TarScanner({
+    entry(entry) {
+      if (entry.type === "file" && entry.size > 0) hash = sha256Hex();
+      const source: SourceEntry = {
+        layer: layerNumber,
+        type: entry.type,
+        headerOffset: start + entry.headerOffset,
+        dataOffset: start + entry.dataOffset,
+        size: entry.size,
+      };
+      catalog.paths.set(entry.path, source);
+      if (entry.type === "file" && entry.size > 0) {
+        const shape = shapeOf(entry.path);
+        const list = catalog.shapes.get(shape);
+        if (list === undefined) catalog.shapes.set(shape, [source]);
+        else list.push(source);
+      }
+    },
+    data(chunk) {
+      hash!.update(chunk);
+    },
+    entryEnd(entry) {
+      if (hash === undefined) return;
+      const digest = hash.digest("hex");
+      hash = undefined;
+      if (!catalog.contents.has(digest)) {
+        catalog.contents.set(digest, {
+          layer: layerNumber,
+          type: entry.type,
+          headerOffset: start + entry.headerOffset,
+          dataOffset: start + entry.dataOffset,
+          size: entry.size,
+        });
+      }
+    },
+  });
+  let done = 0;
+  const spooled = await spool(await image.openLayerTar(index), scratch.file("source.tar"), (chunk) => {
+    scanner.push(chunk);
+    done += chunk.length;
+    onProgress?.(done);
+  });
+  scanner.finish();
+  if (spooled.digest !== info.diffId) {
+    throw new Error(
+      `source layer ${index} of ${describe(image)} hashes to ${spooled.digest}, but its config says ${info.diffId}; the source image is damaged, fetch it again`,
+    );
+  }
+  catalog.layers.push({ diffId: info.diffId, path: spooled.path, size: spooled.size, start });
+  catalog.size += spooled.size;
+}
+
+function describe(image: ImageReader): string {
+  const { repository, tag, configDigest } = image.info;
+  return repository !== "" ? `${repository}:${tag}` : configDigest;
+}
+
+interface LayerHints {
+  copies: CopyHint[];
+  searches: SearchHint[];
+  /** Source layers (catalog numbers) the hints read from. */
+  uses: Set<number>;
+}
+
+/** Walks a target layer's entries and turns what the catalog knows into encoder hints. */
+function hintsFor(
+  entries: readonly ScannedEntry[],
+  digests: readonly (string | undefined)[],
+  catalog: SourceCatalog,
+): LayerHints {
+  const hints: LayerHints = { copies: [], searches: [], uses: new Set() };
+  entries.forEach((entry, i) => {
+    const headerLength = entry.dataOffset - entry.headerOffset;
+    const digest = digests[i];
+    const found =
+      digest !== undefined && entry.size >= MIN_COPY_LENGTH ? catalog.contents.get(digest) : undefined;
+    const old = catalog.oldVersion(entry.path, entry.size);
+    if (found !== undefined) {
+      // Headers change with mtime or path even when content does not; search the old header.
+      if (old !== undefined) {
+        hints.searches.push({
+          targetOffset: entry.headerOffset,
+          targetLength: headerLength,
+          sourceOffset: old.headerOffset,
+          sourceLength: old.dataOffset - old.headerOffset,
+        });
+        hints.uses.add(old.layer);
+      }
+      hints.copies.push({
+        targetOffset: entry.dataOffset,
+        length: entry.size,
+        sourceOffset: found.dataOffset,
+      });
+      hints.uses.add(found.layer);
+    } else if (old !== undefined) {
+      // The header and the changed content, searched together against the old entry.
+      hints.searches.push({
+        targetOffset: entry.headerOffset,
+        targetLength: headerLength + entry.size,
+        sourceOffset: old.headerOffset,
+        sourceLength: old.dataOffset - old.headerOffset + old.size,
+      });
+      hints.uses.add(old.layer);
+    }
+  });
+  return hints;
+}
+
+/** Streams `path` through VCDIFF (or not) and zstd into `out`; returns length and sha256. */
+async function encodePayload(
+  targetPath: string,
+  source: ConcatSource | undefined,
+  hints: LayerHints | undefined,
+  options: { level: number; windowLog: number; windowSize?: number },
+  out: string,
+  onBytes: (n: number) => void,
+): Promise<{ length: number; sha256: string }> {
+  const compressor = new CompressStream({
+    compressionLevel: options.level,
+    windowLog: options.windowLog,
+    checksumFlag: false,
+  });
+  const hash = createHash("sha256");
+  let length = 0;
+  let read = 0;
+  async function* counted(stream: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+    for await (const chunk of stream) {
+      read += chunk.length;
+      onBytes(read);
+      yield chunk;
+    }
+  }
+  const target = counted(readFileStream(targetPath));
+  const input =
+    hints === undefined
+      ? target
+      : encode(target, source, {
+          copies: hints.copies,
+          searches: hints.searches,
+          searchWholeSource: false,
+          ...(options.windowSize !== undefined ? { windowSize: options.windowSize } : {}),
+        });
+  await pipeline(
+    Readable.from(input, { objectMode: false }),
+    compressor,
+    async function* (compressed: AsyncIterable<Buffer>) {
+      for await (const chunk of compressed) {
+        hash.update(chunk);
+        length += chunk.length;
+        yield chunk;
+      }
+    },
+    createWriteStream(out, { mode: 0o600 }),
+  );
+  return { length, sha256: `sha256:${hash.digest("hex")}` };
+}
+
+/** Shifts hint source offsets after unused source layers were dropped from the virtual source. */
+function relocate(hints: LayerHints, shift: (offset: number) => number): void {
+  for (const c of hints.copies) c.sourceOffset = shift(c.sourceOffset);
+  for (const s of hints.searches) s.sourceOffset = shift(s.sourceOffset);
+}
+
+export async function buildBundle(options: BuildBundleOptions): Promise<BuildBundleResult> {
+  const started = Date.now();
+  const { target, key } = options;
+  const scratch = await ScratchDir.create(options.scratchDir);
+  const progress = options.onProgress;
+  try {
+    const held = new Set<string>();
+    for (const image of options.sources) for (const layer of image.info.layers) held.add(layer.diffId);
+    const wanted = options.sourceLayers === undefined ? undefined : new Set(options.sourceLayers);
+    const missing = target.info.layers.map((l) => !held.has(l.diffId));
+
+    // Source layers: spooled once each, in the held images' order.
+    const catalog = new SourceCatalog();
+    if (missing.some(Boolean)) {
+      const seen = new Set<string>();
+      for (const image of options.sources) {
+        for (let i = 0; i < image.info.layers.length; i++) {
+          const layer = image.info.layers[i]!;
+          if (seen.has(layer.diffId) || (wanted !== undefined && !wanted.has(layer.diffId))) continue;
+          seen.add(layer.diffId);
+          await addSourceLayer(catalog, image, i, scratch, (done) =>
+            progress?.({ phase: "source", diffId: layer.diffId, done, total: done }),
+          );
+        }
+      }
+    }
+
+    // Target layers: spool and scan (pass one), collect hints.
+    interface Pending {
+      index: number;
+      path: string;
+      size: number;
+      hints: LayerHints;
+    }
+    const pending: Pending[] = [];
+    for (let i = 0; i < target.info.layers.length; i++) {
+      if (!missing[i]) continue;
+      const info = target.info.layers[i]!;
+      const entries: ScannedEntry[] = [];
+      const digests: (string | undefined)[] = [];
+      let hash: ReturnType<typeof createHash> | undefined;
+      const scanner = new TarScanner({
+        entry(entry) {
+          entries.push(entry);
+          digests.push(undefined);
+          hash = entry.type === "file" && entry.size > 0 ? sha256Hex() : undefined;
+        },
+        data(chunk) {
+          hash!.update(chunk);
+        },
+        entryEnd() {
+          if (hash !== undefined) digests[digests.length - 1] = hash.digest("hex");
+          hash = undefined;
+        },
+      });
+      let done = 0;
+      const spooled = await spool(await target.openLayerTar(i), scratch.file("target.tar"), (chunk) => {
+        scanner.push(chunk);
+        done += chunk.length;
+        progress?.({ phase: "target", diffId: info.diffId, done, total: done });
+      });
+      scanner.finish();
+      if (spooled.digest !== info.diffId) {
+        throw new Error(
+          `target layer ${i} of ${describe(target)} hashes to ${spooled.digest}, but its config says ${info.diffId}; the target image is damaged`,
+        );
+      }
+      pending.push({
+        index: i,
+        path: spooled.path,
+        size: spooled.size,
+        hints: hintsFor(entries, digests, catalog),
+      });
+    }
+
+    // Only source layers some hint reads from are listed: the device needs nothing more.
+    const used = new Set<number>();
+    for (const p of pending) for (const n of p.hints.uses) used.add(n);
+    const listed = catalog.layers.filter((_, n) => used.has(n));
+    const newStart = new Map<number, number>();
+    let virtualSize = 0;
+    catalog.layers.forEach((layer, n) => {
+      if (!used.has(n)) return;
+      newStart.set(n, virtualSize);
+      virtualSize += layer.size;
+    });
+    const layerAt = (offset: number): number => {
+      let n = catalog.layers.length - 1;
+      while (n > 0 && catalog.layers[n]!.start > offset) n--;
+      return n;
+    };
+    for (const p of pending)
+      relocate(p.hints, (offset) => {
+        const n = layerAt(offset);
+        return offset - catalog.layers[n]!.start + newStart.get(n)!;
+      });
+
+    const parts = await Promise.all(listed.map((layer) => FileSource.open(layer.path)));
+    const source = parts.length > 0 ? new ConcatSource(parts) : undefined;
+    const payloads = new Map<
+      number,
+      { path: string; length: number; sha256: string; codec: PayloadCodec; outputSize: number }
+    >();
+    try {
+      for (const p of pending) {
+        const info = target.info.layers[p.index]!;
+        const useDelta = source !== undefined && (p.hints.copies.length > 0 || p.hints.searches.length > 0);
+        const codec: PayloadCodec = useDelta ? "vcdiff-zstd" : "zstd";
+        const out = scratch.file("payload");
+        const { length, sha256 } = await encodePayload(
+          p.path,
+          source,
+          useDelta ? p.hints : undefined,
+          {
+            level: options.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
+            windowLog: options.zstdWindowLog ?? DEFAULT_ZSTD_WINDOW_LOG,
+            ...(options.windowSize !== undefined ? { windowSize: options.windowSize } : {}),
+          },
+          out,
+          (done) => progress?.({ phase: "encode", diffId: info.diffId, done, total: p.size }),
+        );
+        payloads.set(p.index, { path: out, length, sha256, codec, outputSize: p.size });
+        await rm(p.path);
+      }
+    } finally {
+      await Promise.all(parts.map((part) => part.close()));
+    }
+
+    let offset = 0;
+    const layers: LayerEntry[] = target.info.layers.map((_, i) => {
+      const payload = payloads.get(i);
+      if (payload === undefined) return { present: true };
+      const entry: LayerEntry = {
+        offset,
+        length: payload.length,
+        sha256: payload.sha256,
+        outputSize: payload.outputSize,
+        diffId: target.info.layers[i]!.diffId,
+        codec: payload.codec,
+      };
+      offset += payload.length;
+      return entry;
+    });
+    const layerSizes = new Map<string, number>();
+    for (const p of pending) layerSizes.set(target.info.layers[p.index]!.diffId, p.size);
+    for (const layer of catalog.layers) layerSizes.set(layer.diffId, layer.size);
+    const targetLayers: LayerRef[] = await Promise.all(
+      target.info.layers.map(async (layer) => ({
+        diffId: layer.diffId,
+        size: layerSizes.get(layer.diffId) ?? (await sizeOfHeldLayer(layer.diffId, options.sources)),
+      })),
+    );
+    const manifest: BundleManifest = {
+      format: 1,
+      target: {
+        repository: target.info.repository,
+        tag: target.info.tag,
+        manifestDigest: target.info.manifestDigest ?? "",
+        config: Buffer.from(target.info.config).toString("base64"),
+        configDigest: target.info.configDigest,
+        layers: targetLayers,
+      },
+      sources: listed.map((layer) => ({ diffId: layer.diffId, size: layer.size })),
+      layers,
+    };
+    const bytes = await writeBundleFile(
+      options.out,
+      manifest,
+      key,
+      target.info.layers.map((_, i) => payloads.get(i)?.path),
+    );
+    return {
+      path: options.out,
+      bytes,
+      manifest,
+      layers: target.info.layers.map((layer, i) => {
+        const payload = payloads.get(i);
+        return {
+          diffId: layer.diffId,
+          size: targetLayers[i]!.size,
+          present: payload === undefined,
+          ...(payload !== undefined ? { codec: payload.codec } : {}),
+          payloadBytes: payload?.length ?? 0,
+        };
+      }),
+      durationMs: Date.now() - started,
+    };
+  } finally {
+    await scratch.remove();
+  }
+}
+
+/** The uncompressed size of a layer the device holds: counted from the source image's tar (configs do not record it). */
+async function sizeOfHeldLayer(diffId: string, sources: readonly ImageReader[]): Promise<number> {
+  for (const image of sources) {
+    const i = image.info.layers.findIndex((l) => l.diffId === diffId);
+    if (i < 0) continue;
+    if (image.info.layers[i]!.compression === "none") return image.info.layers[i]!.size;
+    let size = 0;
+    for await (const chunk of await image.openLayerTar(i)) size += chunk.length;
+    return size;
+  }
+  throw new Error(`layer ${diffId} is marked present but no source image holds it`);
+}
+
+/** Writes header, manifest, signature and payloads to a temporary name, then renames it into place. */
+export async function writeBundleFile(
+  out: string,
+  manifest: BundleManifest,
+  key: SigningKey,
+  payloadPaths: readonly (string | undefined)[],
+): Promise<number> {
+  const manifestBytes = encodeManifest(manifest);
+  const signature = encodeSignatureBlock(signManifest(manifestBytes, key));
+  let payloadsLength = 0;
+  for (const entry of manifest.layers) if ("length" in entry) payloadsLength += entry.length;
+  const header = encodeHeader({
+    manifestLength: manifestBytes.length,
+    signatureLength: SIGNATURE_BLOCK_SIZE,
+    payloadsLength,
+  });
+  const temporary = `${out}.partial-${process.pid}`;
+  const handle = await open(temporary, "w", 0o644);
+  try {
+    let position = 0;
+    for (const part of [header, manifestBytes, signature]) {
+      await handle.write(part, 0, part.length, position);
+      position += part.length;
+    }
+    for (const path of payloadPaths) {
+      if (path === undefined) continue;
+      for await (const chunk of readFileStream(path)) {
+        await handle.write(chunk, 0, chunk.length, position);
+        position += chunk.length;
+      }
+    }
+    await handle.sync();
+  } catch (err) {
+    await handle.close();
+    await rm(temporary, { force: true });
+    throw err;
+  }
+  await handle.close();
+  await rename(temporary, out);
+  const { size } = await stat(out);
+  if (size !== HEADER_SIZE + manifestBytes.length + SIGNATURE_BLOCK_SIZE + payloadsLength) {
+    throw new Error(
+      `wrote ${size} bytes to ${out}, expected ${HEADER_SIZE + manifestBytes.length + SIGNATURE_BLOCK_SIZE + payloadsLength}`,
+    );
+  }
+  return size;
+}

@@ -1,0 +1,69 @@
+/**
+ * Scratch files for diff and apply: one private folder per run, removed whole at the end,
+ * and helpers to spool a stream to a file while hashing it.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { mkdtemp, open, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export class ScratchDir {
+  private counter = 0;
+  private constructor(readonly path: string) {}
+
+  static async create(parent = tmpdir(), prefix = "deltaship-"): Promise<ScratchDir> {
+    return new ScratchDir(await mkdtemp(join(parent, prefix)));
+  }
+
+  file(name: string): string {
+    return join(this.path, `${this.counter++}-${name}`);
+  }
+
+  async remove(): Promise<void> {
+    await rm(this.path, { recursive: true, force: true });
+  }
+}
+
+export interface SpoolResult {
+  readonly path: string;
+  readonly size: number;
+  /** `sha256:…` of the bytes written. */
+  readonly digest: string;
+}
+
+/** Writes a stream to `path`, hashing as it goes; `onChunk` sees every chunk (scanners, progress). */
+export async function spool(
+  stream: AsyncIterable<Uint8Array>,
+  path: string,
+  onChunk?: (chunk: Uint8Array) => void,
+): Promise<SpoolResult> {
+  const handle = await open(path, "wx", 0o600);
+  const hash = createHash("sha256");
+  let size = 0;
+  try {
+    for await (const chunk of stream) {
+      hash.update(chunk);
+      onChunk?.(chunk);
+      let done = 0;
+      while (done < chunk.length) {
+        const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, size + done);
+        done += bytesWritten;
+      }
+      size += chunk.length;
+    }
+  } finally {
+    await handle.close();
+  }
+  return { path, size, digest: `sha256:${hash.digest("hex")}` };
+}
+
+/** Streams a file (or a byte range of it), in 1 MiB pieces. */
+export function readFileStream(path: string, start = 0, length?: number): AsyncIterable<Uint8Array> {
+  if (length === 0) return (async function* () {})();
+  return createReadStream(path, {
+    start,
+    ...(length !== undefined ? { end: start + length - 1 } : {}),
+    highWaterMark: 1024 * 1024,
+  });
+}
