@@ -1,0 +1,660 @@
+/**
+ * The registry client against a real Debian `docker-registry`, with skopeo as the
+ * independent peer. A recording proxy (observation only: it forwards every byte unchanged)
+ * sits between client and registry where a test must see which requests were made.
+ */
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, request as httpRequest, type Server } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { promisify } from "node:util";
+import {
+  type ImageToPush,
+  mediaTypes,
+  openRegistryImage,
+  parseReference,
+  pushImage,
+  RegistryClient,
+  RegistryError,
+} from "../../delta/image/registry.js";
+import type { LayerToWrite } from "../../delta/image/types.js";
+import { buildTar } from "../../delta/tar/writer.js";
+import { startRegistry, type TestRegistry } from "../support/registry.js";
+
+const run = promisify(execFile);
+
+function sha256(bytes: Uint8Array): string {
+  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+}
+
+/** Bytes that do not compress to nothing, deterministic per seed. */
+function noise(size: number, seed: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let x = seed * 2654435761 + 1;
+  for (let i = 0; i < size; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    out[i] = x >>> 24;
+  }
+  return out;
+}
+
+async function layerTar(seed: number, size = 20_000): Promise<Uint8Array> {
+  return buildTar([
+    { path: "app/", type: "directory" },
+    { path: `app/data-${seed}.bin`, type: "file", content: noise(size, seed) },
+    { path: "app/README", type: "file", content: new TextEncoder().encode(`layer ${seed}\n`) },
+  ]);
+}
+
+function streamLayer(tar: Uint8Array, pieceSize = 7_000): LayerToWrite {
+  return {
+    diffId: sha256(tar),
+    size: tar.length,
+    async open() {
+      return (async function* () {
+        for (let at = 0; at < tar.length; at += pieceSize) yield tar.subarray(at, at + pieceSize);
+      })();
+    },
+  };
+}
+
+function configFor(tars: Uint8Array[], architecture = "amd64", variant?: string): Uint8Array {
+  return new TextEncoder().encode(
+    JSON.stringify({
+      architecture,
+      os: "linux",
+      ...(variant ? { variant } : {}),
+      config: { Cmd: ["/app/run"] },
+      rootfs: { type: "layers", diff_ids: tars.map(sha256) },
+    }),
+  );
+}
+
+function imageOf(tars: Uint8Array[], architecture = "amd64"): ImageToPush {
+  return { config: configFor(tars, architecture), layers: tars.map((t) => streamLayer(t)) };
+}
+
+async function collect(stream: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Buffer[] = [];
+  for await (const chunk of stream) parts.push(Buffer.from(chunk));
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+interface Recorded {
+  readonly method: string;
+  readonly path: string;
+  readonly contentRange?: string;
+  readonly range?: string;
+  readonly status: number;
+}
+
+/** Forwards to the registry unchanged and records each request (method, path, ranges, status). */
+async function startRecordingProxy(
+  target: TestRegistry,
+): Promise<{ host: string; log: Recorded[]; stop(): void }> {
+  const upstream = new URL(target.url);
+  const log: Recorded[] = [];
+  const server: Server = createServer((req, res) => {
+    const forward = httpRequest(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+      },
+      (answer) => {
+        log.push({
+          method: req.method ?? "",
+          path: req.url ?? "",
+          contentRange: req.headers["content-range"],
+          range: req.headers.range,
+          status: answer.statusCode ?? 0,
+        });
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    forward.on("error", () => res.destroy());
+    req.pipe(forward);
+  });
+  server.listen(0, "127.0.0.1");
+  await new Promise((resolve) => server.once("listening", resolve));
+  const address = server.address();
+  assert.ok(address && typeof address === "object");
+  return {
+    host: `127.0.0.1:${address.port}`,
+    log,
+    stop() {
+      server.closeAllConnections();
+      server.close();
+    },
+  };
+}
+
+async function skopeo(args: string[]): Promise<string> {
+  const { stdout } = await run("skopeo", args, { maxBuffer: 64 * 1024 * 1024 });
+  return stdout;
+}
+
+describe("registry client against docker-registry", () => {
+  let registry: TestRegistry;
+  let work: string;
+  before(async () => {
+    registry = await startRegistry();
+    work = mkdtempSync(join(tmpdir(), "deltaship-registry-test-"));
+  });
+  after(async () => {
+    await registry?.stop();
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  test("parses references with host, port, tag and digest, and picks http only for loopback", () => {
+    const digest = `sha256:${"ab".repeat(32)}`;
+    assert.deepEqual(parseReference(`127.0.0.1:5000/apps/telemetry:1.4@${digest}`), {
+      registry: "127.0.0.1:5000",
+      baseUrl: "http://127.0.0.1:5000",
+      repository: "apps/telemetry",
+      tag: "1.4",
+      digest,
+    });
+    assert.deepEqual(parseReference("myacr.azurecr.io/edge/agent"), {
+      registry: "myacr.azurecr.io",
+      baseUrl: "https://myacr.azurecr.io",
+      repository: "edge/agent",
+      tag: undefined,
+      digest: undefined,
+    });
+    assert.equal(parseReference("localhost:5000/x:1").baseUrl, "http://localhost:5000");
+    assert.equal(
+      parseReference("edge-registry:5000/x:1", { insecure: true }).baseUrl,
+      "http://edge-registry:5000",
+    );
+    assert.throws(() => parseReference("ubuntu:22.04"), /has no registry host; write it as host\[:port\]/);
+    assert.throws(() => parseReference("h.io/Apps/x"), /invalid repository "Apps\/x"/);
+    assert.throws(() => parseReference("h.io/x@sha256:12"), /expected sha256:<64 hex>/);
+  });
+
+  test("pushes an image uncompressed (digest = diff_id) and reads it back byte for byte; skopeo agrees", async () => {
+    const tars = [await layerTar(1), await layerTar(2)];
+    const image = imageOf(tars);
+    const pushed = await pushImage(`${registry.host}/apps/plain:1.0`, image);
+    assert.deepEqual(
+      pushed.layers.map((l) => [l.digest, l.size, l.mediaType, l.outcome]),
+      tars.map((t) => [sha256(t), t.length, mediaTypes.OCI_LAYER, "uploaded"]),
+    );
+    assert.equal(pushed.manifestDigest, sha256(pushed.manifest));
+    assert.equal(pushed.reference, `${registry.host}/apps/plain:1.0@${pushed.manifestDigest}`);
+
+    const read = await openRegistryImage(`${registry.host}/apps/plain:1.0`);
+    assert.equal(read.info.manifestDigest, pushed.manifestDigest);
+    assert.equal(read.info.configDigest, sha256(image.config));
+    assert.deepEqual(read.info.config, image.config);
+    assert.deepEqual(
+      read.info.layers,
+      tars.map((t) => ({
+        digest: sha256(t),
+        size: t.length,
+        mediaType: mediaTypes.OCI_LAYER,
+        compression: "none",
+        diffId: sha256(t),
+      })),
+    );
+    for (const [i, tar] of tars.entries()) {
+      assert.deepEqual(await collect(await read.openLayerTar(i)), tar);
+      assert.deepEqual(await collect(await read.openLayerBlob(i)), tar);
+    }
+
+    const raw = await skopeo([
+      "inspect",
+      "--tls-verify=false",
+      "--raw",
+      `docker://${registry.host}/apps/plain:1.0`,
+    ]);
+    assert.equal(sha256(Buffer.from(raw)), pushed.manifestDigest);
+    const inspected = JSON.parse(
+      await skopeo(["inspect", "--tls-verify=false", `docker://${registry.host}/apps/plain:1.0`]),
+    );
+    assert.equal(inspected.Digest, pushed.manifestDigest);
+    assert.deepEqual(inspected.Layers, tars.map(sha256));
+    assert.equal(inspected.Architecture, "amd64");
+  });
+
+  test("pushing the same image again uploads nothing: HEAD finds every blob", async () => {
+    const tars = [await layerTar(1), await layerTar(2)];
+    const proxy = await startRecordingProxy(registry);
+    try {
+      const pushed = await pushImage(`${proxy.host}/apps/plain:1.0-again`, imageOf(tars));
+      assert.equal(pushed.config.outcome, "exists");
+      assert.deepEqual(
+        pushed.layers.map((l) => l.outcome),
+        ["exists", "exists"],
+      );
+      assert.deepEqual(
+        proxy.log.map((r) => `${r.method} ${r.status}`),
+        ["HEAD 200", "HEAD 200", "HEAD 200", "PUT 201"],
+      );
+    } finally {
+      proxy.stop();
+    }
+  });
+
+  test("uploads a layer larger than a chunk as PATCHes with Content-Range, then PUT ?digest=", async () => {
+    const tar = await layerTar(3, 100_000);
+    const proxy = await startRecordingProxy(registry);
+    try {
+      const chunkSize = 32 * 1024;
+      const pushed = await pushImage(`${proxy.host}/apps/chunked:1`, imageOf([tar]), { chunkSize });
+      assert.equal(pushed.layers[0]!.outcome, "uploaded");
+      const layerRequests = proxy.log.filter((r) => r.method === "PATCH" || r.method === "PUT");
+      const expectedRanges: string[] = [];
+      for (let at = 0; at < tar.length; at += chunkSize) {
+        expectedRanges.push(`${at}-${Math.min(at + chunkSize, tar.length) - 1}`);
+      }
+      // The config (small) goes up in one PUT; the layer in PATCHes; the manifest last.
+      assert.deepEqual(
+        layerRequests.map((r) => `${r.method} ${r.contentRange ?? ""} ${r.status}`),
+        ["PUT  201", ...expectedRanges.map((range) => `PATCH ${range} 202`), "PUT  201", "PUT  201"],
+      );
+      assert.match(layerRequests.at(-2)!.path, new RegExp(`digest=${encodeURIComponent(sha256(tar))}`));
+      assert.match(layerRequests.at(-1)!.path, /^\/v2\/apps\/chunked\/manifests\/1$/);
+      const read = await openRegistryImage(`${registry.host}/apps/chunked:1`);
+      assert.deepEqual(await collect(await read.openLayerTar(0)), tar);
+    } finally {
+      proxy.stop();
+    }
+  });
+
+  test("mounts blobs from another repository instead of uploading them", async () => {
+    const base = await layerTar(10);
+    const app = await layerTar(11);
+    await pushImage(`${registry.host}/apps/base:1`, imageOf([base]));
+    const proxy = await startRecordingProxy(registry);
+    try {
+      const pushed = await pushImage(`${proxy.host}/apps/derived:1`, imageOf([base, app]), {
+        mountFrom: ["apps/base"],
+      });
+      assert.deepEqual(
+        pushed.layers.map((l) => l.outcome),
+        ["mounted", "uploaded"],
+      );
+      const mounts = proxy.log.filter((r) => r.method === "POST" && r.path.includes("mount="));
+      assert.deepEqual(
+        mounts.map((r) => r.status),
+        [202, 201, 202], // config: not in apps/base (declined); base layer: mounted; app layer: declined
+      );
+      assert.ok(mounts[1]!.path.includes(`mount=${encodeURIComponent(sha256(base))}&from=apps%2Fbase`));
+      // Declined mounts leave no open upload behind: each is cancelled.
+      assert.equal(proxy.log.filter((r) => r.method === "DELETE").length, 2);
+
+      // An existing blob referenced by digest alone is mounted from the repository named with it.
+      const baseImage = await openRegistryImage(`${registry.host}/apps/base:1`);
+      const again = await pushImage(
+        `${proxy.host}/apps/derived2:1`,
+        { config: configFor([base]), layers: [{ ...baseImage.info.layers[0]!, repository: "apps/base" }] },
+        { mountFrom: ["apps/base"] },
+      );
+      assert.deepEqual(
+        again.layers.map((l) => l.outcome),
+        ["mounted"],
+      );
+      const read = await openRegistryImage(`${registry.host}/apps/derived2:1`);
+      assert.deepEqual(await collect(await read.openLayerTar(0)), base);
+    } finally {
+      proxy.stop();
+    }
+  });
+
+  test("refuses to commit a layer whose stream does not hash to its diff_id, and pushes no manifest", async () => {
+    const good = await layerTar(20);
+    const bad = await layerTar(21);
+    const lying: LayerToWrite = { ...streamLayer(bad), diffId: sha256(good), size: bad.length };
+    await assert.rejects(
+      pushImage(`${registry.host}/apps/lying:1`, { config: configFor([good]), layers: [lying] }),
+      (error: RegistryError) =>
+        error instanceof RegistryError &&
+        error.message.includes(
+          `the stream hashes to ${sha256(bad)}, not ${sha256(good)}; nothing was committed`,
+        ),
+    );
+    const client = new RegistryClient(registry.host);
+    assert.equal(await client.blobSize("apps/lying", sha256(bad)), undefined);
+    assert.equal(await client.blobSize("apps/lying", sha256(good)), undefined);
+    assert.equal(await client.resolveDigest("apps/lying", "1"), undefined);
+  });
+
+  test("refuses a config whose diff_ids do not match the layers before pushing anything", async () => {
+    const a = await layerTar(22);
+    const b = await layerTar(23);
+    await assert.rejects(
+      pushImage(`${registry.host}/apps/mismatch:1`, { config: configFor([b]), layers: [streamLayer(a)] }),
+      /do not match the layers given .*nothing was pushed/,
+    );
+    assert.equal(await new RegistryClient(registry.host).blobSize("apps/mismatch", sha256(a)), undefined);
+  });
+
+  test("pushes gzip-compressed layers when asked and reads them back through gunzip", async () => {
+    const tars = [await layerTar(30), await layerTar(31)];
+    const pushed = await pushImage(`${registry.host}/apps/gz:1`, imageOf(tars), {
+      compression: "gzip",
+      chunkSize: 8 * 1024,
+    });
+    assert.deepEqual(
+      pushed.layers.map((l) => [l.mediaType, l.diffId]),
+      tars.map((t) => [mediaTypes.OCI_LAYER_GZIP, sha256(t)]),
+    );
+    const read = await openRegistryImage(`${registry.host}/apps/gz:1`);
+    for (const [i, tar] of tars.entries()) {
+      const layer = read.info.layers[i]!;
+      assert.equal(layer.compression, "gzip");
+      assert.notEqual(layer.digest, sha256(tar));
+      const blob = await collect(await read.openLayerBlob(i));
+      assert.equal(sha256(blob), layer.digest);
+      assert.equal(blob.length, layer.size);
+      assert.deepEqual(await collect(await read.openLayerTar(i)), tar);
+    }
+    const raw = await skopeo([
+      "inspect",
+      "--tls-verify=false",
+      "--raw",
+      `docker://${registry.host}/apps/gz:1`,
+    ]);
+    assert.equal(sha256(Buffer.from(raw)), pushed.manifestDigest);
+    assert.deepEqual(
+      JSON.parse(raw).layers.map((l: { mediaType: string; digest: string }) => [l.mediaType, l.digest]),
+      pushed.layers.map((l) => [l.mediaType, l.digest]),
+    );
+  });
+
+  test("reads an image skopeo re-pushed with zstd layers (a peer's upload)", async () => {
+    const tars = [await layerTar(40), await layerTar(41)];
+    await pushImage(`${registry.host}/apps/forzstd:1`, imageOf(tars));
+    const policy = join(work, "policy.json");
+    writeFileSync(policy, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
+    await skopeo([
+      "--policy",
+      policy,
+      "copy",
+      "--src-tls-verify=false",
+      "--dest-tls-verify=false",
+      "--dest-compress-format",
+      "zstd",
+      `docker://${registry.host}/apps/forzstd:1`,
+      `docker://${registry.host}/peer/zstd:1`,
+    ]);
+    const read = await openRegistryImage(`${registry.host}/peer/zstd:1`);
+    assert.deepEqual(
+      read.info.layers.map((l) => [l.compression, l.mediaType, l.diffId]),
+      tars.map((t) => ["zstd", mediaTypes.OCI_LAYER_ZSTD, sha256(t)]),
+    );
+    for (const [i, tar] of tars.entries()) assert.deepEqual(await collect(await read.openLayerTar(i)), tar);
+
+    // And the other way: skopeo copies what we pushed into a directory (dir: keeps blobs as stored).
+    const layout = join(work, "dir");
+    await skopeo([
+      "--policy",
+      policy,
+      "copy",
+      "--src-tls-verify=false",
+      `docker://${registry.host}/apps/forzstd:1`,
+      `dir:${layout}`,
+    ]);
+    for (const tar of tars) {
+      const hex = sha256(tar).slice(7);
+      assert.deepEqual(new Uint8Array(readFileSync(join(layout, hex))), tar);
+    }
+  });
+
+  test("serves an uncompressed layer as a random-access source over Range reads with a bounded cache", async () => {
+    const tar = await layerTar(50, 300_000);
+    await pushImage(`${registry.host}/apps/ranged:1`, imageOf([tar]));
+    const image = await openRegistryImage(`${registry.host}/apps/ranged:1`);
+    const source = image.openLayerSource(0, { blockSize: 16 * 1024, cacheBlocks: 4 });
+    assert.equal(source.size, tar.length);
+    const reads: [number, number][] = [
+      [0, 512],
+      [100, 1000], // same block: cached
+      [16 * 1024 - 10, 20], // straddles blocks 0 and 1: one request for block 1
+      [tar.length - 700, 700], // the tail: a short last block
+      [50_000, 64 * 1024 + 1], // spans 6 blocks, more than the cache: one straight read
+      [123_457, 3], // block 7
+    ];
+    for (const [position, length] of reads) {
+      const into = new Uint8Array(length + 8);
+      await source.read(position, into, 8, length);
+      assert.deepEqual(
+        into.subarray(8),
+        tar.subarray(position, position + length),
+        `read ${length} at ${position}`,
+      );
+    }
+    assert.equal(source.requests, 5);
+    await assert.rejects(
+      source.read(tar.length - 10, new Uint8Array(20), 0, 20),
+      /read of 20 bytes at .* is past the end of the .*-byte blob/,
+    );
+
+    const gz = await openRegistryImage(`${registry.host}/apps/gz:1`);
+    assert.throws(() => gz.openLayerSource(0), /stored gzip-compressed, so it has no random access/);
+  });
+
+  test("refuses a blob and a manifest whose bytes were tampered with in the registry's storage", async () => {
+    const tar = await layerTar(60);
+    const pushed = await pushImage(`${registry.host}/apps/tampered:1`, imageOf([tar]));
+    const path = registry.blobPath(sha256(tar));
+    const bytes = readFileSync(path);
+    bytes[1000] ^= 0xff;
+    writeFileSync(path, bytes);
+
+    const image = await openRegistryImage(`${registry.host}/apps/tampered:1`);
+    for (const open of [() => image.openLayerBlob(0), () => image.openLayerTar(0)]) {
+      await assert.rejects(
+        collect(await open()),
+        new RegExp(
+          `hash to sha256:[0-9a-f]{64}, not ${sha256(tar)}; the registry's copy is corrupt or was tampered`,
+        ),
+      );
+    }
+
+    const manifestPath = registry.blobPath(pushed.manifestDigest);
+    const manifest = readFileSync(manifestPath);
+    writeFileSync(manifestPath, Buffer.from(manifest.toString("utf8").replace("{", "{ ")));
+    await assert.rejects(
+      openRegistryImage(`${registry.host}/apps/tampered@${pushed.manifestDigest}`),
+      /the manifest's bytes hash to sha256:[0-9a-f]{64}, not sha256:.*corrupt or substituted manifest/,
+    );
+  });
+
+  test("chooses the platform's image from an OCI index and a Docker manifest list", async () => {
+    const amd = [await layerTar(70)];
+    const arm = [await layerTar(71)];
+    const client = new RegistryClient(registry.host);
+    const pushedAmd = await pushImage(`${registry.host}/apps/multi:amd64`, imageOf(amd, "amd64"));
+    const armImage = { config: configFor(arm, "arm64", "v8"), layers: arm.map((t) => streamLayer(t)) };
+    const pushedArm = await pushImage(`${registry.host}/apps/multi:arm64`, armImage);
+    const entries = [
+      {
+        digest: pushedArm.manifestDigest,
+        size: pushedArm.manifest.length,
+        platform: { architecture: "arm64", os: "linux", variant: "v8" },
+      },
+      {
+        digest: pushedAmd.manifestDigest,
+        size: pushedAmd.manifest.length,
+        platform: { architecture: "amd64", os: "linux" },
+      },
+    ];
+    const index = new TextEncoder().encode(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: mediaTypes.OCI_INDEX,
+        manifests: entries.map((e) => ({ mediaType: mediaTypes.OCI_MANIFEST, ...e })),
+      }),
+    );
+    const indexDigest = await client.putManifest("apps/multi", "1", index, mediaTypes.OCI_INDEX);
+
+    const chosen = await openRegistryImage(`${registry.host}/apps/multi:1`);
+    assert.equal(chosen.indexDigest, indexDigest);
+    assert.equal(chosen.info.manifestDigest, pushedAmd.manifestDigest);
+    assert.deepEqual(await collect(await chosen.openLayerTar(0)), amd[0]);
+    const armRead = await openRegistryImage(`${registry.host}/apps/multi:1`, {
+      platform: { os: "linux", architecture: "arm64" },
+    });
+    assert.equal(armRead.info.manifestDigest, pushedArm.manifestDigest);
+    assert.deepEqual(await collect(await armRead.openLayerTar(0)), arm[0]);
+    await assert.rejects(
+      openRegistryImage(`${registry.host}/apps/multi:1`, {
+        platform: { os: "linux", architecture: "arm64", variant: "v7" },
+      }),
+      /is a multi-platform index without linux\/arm64\/v7 \(it has: linux\/arm64\/v8, linux\/amd64\); choose one/,
+    );
+
+    // The Docker flavour: schema 2 manifests in a manifest list.
+    const dockerAmd = await pushImage(`${registry.host}/apps/multi-docker:amd64`, imageOf(amd, "amd64"), {
+      manifestFormat: "docker",
+    });
+    assert.equal(dockerAmd.manifestMediaType, mediaTypes.DOCKER_MANIFEST);
+    const list = new TextEncoder().encode(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: mediaTypes.DOCKER_MANIFEST_LIST,
+        manifests: [
+          {
+            mediaType: mediaTypes.DOCKER_MANIFEST,
+            digest: dockerAmd.manifestDigest,
+            size: dockerAmd.manifest.length,
+            platform: { architecture: "amd64", os: "linux" },
+          },
+        ],
+      }),
+    );
+    await client.putManifest("apps/multi-docker", "1", list, mediaTypes.DOCKER_MANIFEST_LIST);
+    const fromList = await openRegistryImage(`${registry.host}/apps/multi-docker:1`);
+    assert.equal(fromList.manifest.mediaType, mediaTypes.DOCKER_MANIFEST);
+    assert.equal(fromList.info.manifestDigest, dockerAmd.manifestDigest);
+    assert.deepEqual(
+      fromList.info.layers.map((l) => [l.mediaType, l.compression]),
+      [["application/vnd.docker.image.rootfs.diff.tar", "none"]],
+    );
+  });
+
+  test("lists repositories and tags, deletes a manifest by digest, and explains a missing tag", async () => {
+    const client = new RegistryClient(registry.host);
+    const repositories = await client.listRepositories();
+    for (const name of [
+      "apps/base",
+      "apps/chunked",
+      "apps/derived",
+      "apps/gz",
+      "apps/multi",
+      "apps/plain",
+      "peer/zstd",
+    ]) {
+      assert.ok(repositories.includes(name), `catalog has ${name}: ${repositories.join(", ")}`);
+    }
+    assert.deepEqual((await client.listTags("apps/multi")).sort(), ["1", "amd64", "arm64"]);
+    assert.deepEqual(await client.listTags("apps/never-pushed"), []);
+
+    const pushed = await pushImage(`${registry.host}/apps/doomed:1`, imageOf([await layerTar(80)]));
+    assert.equal(await client.resolveDigest("apps/doomed", "1"), pushed.manifestDigest);
+    await client.deleteManifest("apps/doomed", pushed.manifestDigest);
+    assert.equal(await client.resolveDigest("apps/doomed", "1"), undefined);
+    await assert.rejects(
+      openRegistryImage(`${registry.host}/apps/doomed:1`),
+      (error: RegistryError) =>
+        error instanceof RegistryError &&
+        error.status === 404 &&
+        error.codes.includes("MANIFEST_UNKNOWN") &&
+        error.message.startsWith(
+          "GET manifest apps/doomed:1 answered 404 Not Found (MANIFEST_UNKNOWN: manifest unknown",
+        ) &&
+        error.message.endsWith(
+          "; check the repository name, the tag or digest, and that the image was pushed",
+        ),
+    );
+    const blob = sha256(await layerTar(80));
+    await client.deleteBlob("apps/doomed", blob);
+    assert.equal(await client.blobSize("apps/doomed", blob), undefined);
+  });
+
+  test("says where nothing answers", async () => {
+    const unused = await startRegistry();
+    const host = unused.host;
+    await unused.stop();
+    await assert.rejects(
+      openRegistryImage(`${host}/apps/x:1`),
+      /GET manifest apps\/x:1: no answer from http:\/\/127\.0\.0\.1:\d+ \(.*\); check that the registry runs/,
+    );
+  });
+});
+
+describe("registry auth", () => {
+  const users = [{ username: "deployer", password: "s3cret" }];
+  const refreshTokens = ["refresh-token-from-aad-exchange"];
+
+  test("bearer tokens (the flow ACR uses) from basic credentials and from a refresh token, cached per scope", async () => {
+    const registry = await startRegistry({ auth: "token", users, refreshTokens });
+    try {
+      const tars = [await layerTar(90), await layerTar(91)];
+      const client = new RegistryClient(registry.host, { credentials: users[0] });
+      const pushed = await pushImage(`${registry.host}/apps/secure:1`, imageOf(tars), { client });
+      assert.equal(pushed.layers.length, 2);
+      // One token for pull,push on the repository, one for pull (HEAD checks); then reused.
+      assert.equal(client.tokenRequests, 2);
+      const again = await openRegistryImage(`${registry.host}/apps/secure:1`, { client });
+      assert.deepEqual(await collect(await again.openLayerTar(1)), tars[1]);
+      assert.equal(client.tokenRequests, 2);
+
+      const viaRefresh = await openRegistryImage(`${registry.host}/apps/secure:1`, {
+        credentials: { refreshToken: refreshTokens[0] },
+      });
+      assert.deepEqual(await collect(await viaRefresh.openLayerTar(0)), tars[0]);
+      assert.equal(viaRefresh.client.tokenRequests, 1);
+
+      await assert.rejects(
+        openRegistryImage(`${registry.host}/apps/secure:1`),
+        (error: RegistryError) =>
+          error.status === 401 &&
+          error.message.startsWith("GET manifest apps/secure:1 answered 401 Unauthorized (UNAUTHORIZED:") &&
+          error.message.endsWith("the registry needs credentials; pass username/password or a refresh token"),
+      );
+      await assert.rejects(
+        openRegistryImage(`${registry.host}/apps/secure:1`, {
+          credentials: { username: "deployer", password: "wrong" },
+        }),
+        /token request to http:\/\/127\.0\.0\.1:\d+\/token for scope "repository:apps\/secure:pull" answered 401 \(UNAUTHORIZED: bad username or password\); check the registry credentials/,
+      );
+      await assert.rejects(
+        openRegistryImage(`${registry.host}/apps/secure:1`, { credentials: { refreshToken: "stale" } }),
+        /answered 401 .*check the registry credentials/,
+      );
+      assert.ok(registry.tokenRequests >= 6);
+    } finally {
+      await registry.stop();
+    }
+  });
+
+  test("basic auth checked by the registry's htpasswd", async () => {
+    const registry = await startRegistry({ auth: "basic", users });
+    try {
+      const tar = await layerTar(95);
+      await pushImage(`${registry.host}/apps/basic:1`, imageOf([tar]), { credentials: users[0] });
+      const read = await openRegistryImage(`${registry.host}/apps/basic:1`, { credentials: users[0] });
+      assert.deepEqual(await collect(await read.openLayerTar(0)), tar);
+      assert.deepEqual(await read.client.listTags("apps/basic"), ["1"]);
+      await assert.rejects(
+        openRegistryImage(`${registry.host}/apps/basic:1`, {
+          credentials: { username: "deployer", password: "no" },
+        }),
+        (error: RegistryError) =>
+          error.status === 401 && /answered 401 Unauthorized \(UNAUTHORIZED: /.test(error.message),
+      );
+    } finally {
+      await registry.stop();
+    }
+  });
+});
