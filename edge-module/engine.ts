@@ -9,9 +9,12 @@ export type TrustedKeys = Readonly<Record<string, string>>;
 
 /** What the bundle header and manifest say, read before anything is verified. */
 export interface BundleHead {
-  /** Stable id of the bundle (content-addressed), used for the journal and reports. */
+  /**
+   * `sha256:…` of the signed manifest bytes: the same bundle has the same id whatever its file
+   * name, which is what the journal is keyed by (a second delivery is recognised by it).
+   */
   readonly bundleId: string;
-  /** Total file length the header declares; the file is complete when it has exactly this many bytes. */
+  /** Total file length the header declares. */
   readonly declaredLength: number;
   readonly repository: string;
   readonly tag: string;
@@ -23,26 +26,36 @@ export interface BundleHead {
   readonly scratchBytes: number;
 }
 
-export interface AppliedImage {
-  /** Where the engine left the verified image, for `push`. */
-  readonly scratchDir: string;
+export interface RebuiltImage {
+  /** Manifest digest now under `repository:tag` in the local registry. */
+  readonly digest: string;
+  /** Bytes of image written (layers plus config). */
   readonly bytesWritten: number;
 }
 
 export interface EdgeEngine {
   /**
-   * Reads the header and manifest. `undefined` while the file is still too short to hold them;
-   * throws a clear error when the file is not a bundle at all.
+   * The total length the header declares; `undefined` while the file is shorter than the
+   * header. Throws a clear error when the file is not a bundle at all.
    */
-  readHead(path: string): Promise<BundleHead | undefined>;
+  declaredLength(path: string): Promise<number | undefined>;
+  /** Reads the header and manifest of a complete file (nothing is verified yet). */
+  readHead(path: string): Promise<BundleHead>;
   /** Throws unless the manifest's Ed25519 signature verifies against one of `trust`. */
   verifySignature(path: string, trust: TrustedKeys): Promise<void>;
   /** The source layers (diff_ids) of `head` that the local registry does not hold. */
   missingSourceLayers(head: BundleHead): Promise<string[]>;
-  /** Rebuilds the image into `scratchDir`, verifying every layer and the config. */
-  apply(path: string, trust: TrustedKeys, scratchDir: string): Promise<AppliedImage>;
-  /** Pushes the verified blobs, then the manifest under `repository:tag`; returns the manifest digest. */
-  push(head: BundleHead, applied: AppliedImage): Promise<string>;
+  /**
+   * Rebuilds the image (scratch files under `scratchDir`, memory bounded by the engine's window),
+   * verifies every layer and the config, then pushes the blobs and, last, the manifest under
+   * `repository:tag`. `beforePush` runs once everything is verified and nothing is pushed yet.
+   */
+  rebuild(
+    path: string,
+    trust: TrustedKeys,
+    scratchDir: string,
+    beforePush: () => void,
+  ): Promise<RebuiltImage>;
   /** Manifest digest under `repository:tag` in the local registry, if any. */
   digestOf(repository: string, tag: string): Promise<string | undefined>;
   /** Every tagged image in the local registry. */

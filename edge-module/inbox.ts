@@ -48,7 +48,8 @@ export interface InboxOptions {
   /** How long size and mtime must stay the same before the file is read. */
   readonly quietMs: number;
   readonly ignoredSuffixes?: readonly string[];
-  readHead(path: string): Promise<BundleHead | undefined>;
+  declaredLength(path: string): Promise<number | undefined>;
+  readHead(path: string): Promise<BundleHead>;
   /** Clock, for tests that drive the watcher poll by poll. */
   now?(): number;
 }

@@ -22,6 +22,8 @@ export interface JournalEntry {
   /** Name the bundle arrived under in the inbox; it keeps that name in `done/` or `failed/`. */
   readonly fileName: string;
   readonly setId: string;
+  /** The bundle id reports carry: the cloud's, from the file name, else `bundleId`. */
+  readonly reportedId: string;
   readonly step: BundleStep;
   /** `repository:tag` from the bundle manifest, once known. */
   readonly image?: string;

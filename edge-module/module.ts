@@ -69,6 +69,7 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
   const inbox = new Inbox({
     dir: dirs.inbox,
     quietMs: o.quietMs,
+    declaredLength: (path) => o.engine.declaredLength(path),
     readHead: (path) => o.engine.readHead(path),
     ...(o.ignoredSuffixes ? { ignoredSuffixes: o.ignoredSuffixes } : {}),
   });

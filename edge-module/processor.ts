@@ -44,14 +44,16 @@ export async function makeModuleDirs(dirs: ModuleDirs): Promise<void> {
 }
 
 /**
- * The deployment set a bundle belongs to travels in its file name (a bundle is shared by every
- * set that needs it): a dot-separated `set-<id>` part, e.g. `0200-normal.set-7f3c.bundle-ab12.dsb`.
+ * The deployment set and the cloud's bundle id travel in the file name (one bundle serves every
+ * set that needs it): dot-separated `set-<id>` and `bundle-<id>` parts, anywhere in the name,
+ * e.g. `0200-normal.set-7f3c.bundle-ab12.dsb`. Ids therefore contain no dots.
  */
-export function setIdFromFileName(name: string): string {
+export function namePart(name: string, key: "set" | "bundle"): string | undefined {
+  const prefix = `${key}-`;
   for (const part of name.split(".")) {
-    if (part.startsWith("set-") && part.length > 4) return part.slice(4);
+    if (part.startsWith(prefix) && part.length > prefix.length) return part.slice(prefix.length);
   }
-  return "";
+  return undefined;
 }
 
 /** Named points where a test may kill the process to prove recovery (see `crashAfter`). */
@@ -142,8 +144,8 @@ export class BundleProcessor {
       this.o.log.log("warn", "bundle.unusable", { file: arrival.name, reason: arrival.reason });
       await this.o.reports.enqueue({
         type: "imageFailed",
-        setId: setIdFromFileName(arrival.name),
-        bundleId: "",
+        setId: namePart(arrival.name, "set") ?? "",
+        bundleId: namePart(arrival.name, "bundle") ?? "",
         image: "",
         digest: "",
         bytes: 0,
@@ -154,7 +156,8 @@ export class BundleProcessor {
       return;
     }
     const { head, name } = arrival;
-    const setId = setIdFromFileName(name);
+    const setId = namePart(name, "set") ?? "";
+    const reportedId = namePart(name, "bundle") ?? head.bundleId;
     const image = `${head.repository}:${head.tag}`;
     const prior = await this.o.journal.read(head.bundleId);
     if (prior?.outcome === "ready" && (prior.step === "finished" || prior.step === "reported")) {
@@ -169,7 +172,7 @@ export class BundleProcessor {
         await this.o.reports.enqueue({
           type: "imageReady",
           setId,
-          bundleId: head.bundleId,
+          bundleId: reportedId,
           image,
           digest: current,
           bytes: prior.bytes ?? 0,
@@ -189,6 +192,7 @@ export class BundleProcessor {
       bundleId: head.bundleId,
       fileName: name,
       setId,
+      reportedId,
       image,
       step: "claimed",
       attempts: 1,
@@ -238,7 +242,7 @@ export class BundleProcessor {
       await this.o.reports.enqueue({
         type: ready ? "imageReady" : "imageFailed",
         setId: entry.setId,
-        bundleId: entry.bundleId,
+        bundleId: entry.reportedId,
         image: entry.image ?? `${head.repository}:${head.tag}`,
         digest: entry.digest ?? "",
         bytes: entry.bytes ?? 0,
@@ -322,19 +326,20 @@ export class BundleProcessor {
 
     t = Date.now();
     log.log("info", "apply.start", { bundleId });
-    const applied = await stage("rebuilding the image failed", () => engine.apply(path, trust, scratch));
-    log.log("info", "apply.done", { bundleId, bytes: applied.bytesWritten, ms: Date.now() - t });
-    this.crashPoint("applied");
-
-    t = Date.now();
-    const digest = await stage("pushing to the local registry failed", () => engine.push(head, applied));
+    const rebuilt = await stage("rebuilding the image failed", () =>
+      engine.rebuild(path, trust, scratch, () => {
+        log.log("info", "apply.done", { bundleId, ms: Date.now() - t });
+        this.crashPoint("applied");
+      }),
+    );
     log.log("info", "push.done", {
       bundleId,
       image: `${head.repository}:${head.tag}`,
-      digest,
+      digest: rebuilt.digest,
+      bytes: rebuilt.bytesWritten,
       ms: Date.now() - t,
     });
-    return { digest, bytes: applied.bytesWritten };
+    return { digest: rebuilt.digest, bytes: rebuilt.bytesWritten };
   }
 
   /** Moves a finished bundle out of the way, never overwriting an earlier one of the same name. */

@@ -1,0 +1,74 @@
+/**
+ * The device's local registry as the module sees it: which images are tagged (the inventory),
+ * and which layer (by diff_id) lives in which repository, so bundles can name their source
+ * layers by diff_id and the engine can read or mount them.
+ */
+import { openRegistryImage, RegistryClient } from "../delta/image/registry.js";
+import type { LayerInfo } from "../delta/image/types.js";
+
+export interface HeldLayer extends LayerInfo {
+  /** A repository that holds the blob. */
+  readonly repository: string;
+  /** `repository:tag` of an image using it, for messages. */
+  readonly image: string;
+}
+
+/** Tags listed per repository beyond this are ignored: a device registry holds a handful. */
+const MAX_TAGS_PER_REPOSITORY = 500;
+
+export class LocalRegistry {
+  readonly client: RegistryClient;
+
+  /** `host:port` (no scheme); plain http, as a registry on the device's own network serves. */
+  constructor(readonly host: string) {
+    this.client = new RegistryClient(host, { insecure: true });
+  }
+
+  /** Accepts `host:port` or `http://host:port`. */
+  static fromAddress(address: string): LocalRegistry {
+    return new LocalRegistry(address.replace(/^https?:\/\//, "").replace(/\/+$/, ""));
+  }
+
+  reference(repository: string, tag: string): string {
+    return `${this.host}/${repository}:${tag}`;
+  }
+
+  async digestOf(repository: string, tag: string): Promise<string | undefined> {
+    return this.client.resolveDigest(repository, tag);
+  }
+
+  async images(): Promise<{ repository: string; tag: string }[]> {
+    const out: { repository: string; tag: string }[] = [];
+    for (const repository of (await this.client.listRepositories()).sort()) {
+      const tags = (await this.client.listTags(repository)).sort().slice(0, MAX_TAGS_PER_REPOSITORY);
+      for (const tag of tags) out.push({ repository, tag });
+    }
+    return out;
+  }
+
+  async inventory(): Promise<{ image: string; digest: string }[]> {
+    const out: { image: string; digest: string }[] = [];
+    for (const { repository, tag } of await this.images()) {
+      const digest = await this.client.resolveDigest(repository, tag);
+      if (digest) out.push({ image: `${repository}:${tag}`, digest });
+    }
+    return out;
+  }
+
+  /** Every layer of every tagged image, by diff_id (first holder wins). */
+  async layersByDiffId(): Promise<Map<string, HeldLayer>> {
+    const layers = new Map<string, HeldLayer>();
+    for (const { repository, tag } of await this.images()) {
+      const image = await openRegistryImage(this.reference(repository, tag), { client: this.client });
+      try {
+        for (const layer of image.info.layers) {
+          if (!layers.has(layer.diffId))
+            layers.set(layer.diffId, { ...layer, repository, image: `${repository}:${tag}` });
+        }
+      } finally {
+        await image.close();
+      }
+    }
+    return layers;
+  }
+}
