@@ -31,11 +31,21 @@ export interface ImageInfo {
   readonly layers: readonly LayerInfo[];
 }
 
+/** Where a stored blob sits inside a local file: random access without a scratch copy. */
+export interface BlobLocation {
+  readonly path: string;
+  /** Offset of the blob's first byte in the file (non-zero inside a docker-archive tar). */
+  readonly offset: number;
+  readonly size: number;
+}
+
 /** A readable image: its description plus streams of its blobs. */
 export interface ImageReader {
   readonly info: ImageInfo;
   /** The stored blob of layer i (compressed as stored). */
   openLayerBlob(index: number): Promise<AsyncIterable<Uint8Array>>;
+  /** Local readers only (docker-archive, OCI layout): the file range holding layer i's stored blob. */
+  locateLayerBlob?(index: number): BlobLocation;
   /** The uncompressed tar of layer i. */
   openLayerTar(index: number): Promise<AsyncIterable<Uint8Array>>;
   close(): Promise<void>;
