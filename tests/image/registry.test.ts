@@ -638,6 +638,64 @@ describe("registry auth", () => {
     }
   });
 
+  test("follows a blob redirect to storage without sending the registry's token along", async () => {
+    // ACR answers blob GETs with a redirect to Azure Blob Storage; docker-registry's filesystem
+    // driver never redirects. So a stand-in does that part: a front that forwards everything to
+    // the real token-auth registry except blob GETs, which it redirects to a small "storage"
+    // server of another origin that serves the blob file from the registry's own storage.
+    const registry = await startRegistry({ auth: "token", users });
+    const storageAuth: (string | undefined)[] = [];
+    const storage = createServer((req, res) => {
+      storageAuth.push(req.headers.authorization);
+      const digest = new URL(req.url ?? "/", "http://x").pathname.slice(1);
+      res.writeHead(200, { "content-type": "application/octet-stream" });
+      res.end(readFileSync(registry.blobPath(digest)));
+    });
+    storage.listen(0, "127.0.0.1");
+    await new Promise((resolve) => storage.once("listening", resolve));
+    const storagePort = (storage.address() as { port: number }).port;
+    const upstream = new URL(registry.url);
+    const front = createServer((req, res) => {
+      const blob = /^\/v2\/.+\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? "");
+      if (req.method === "GET" && blob && req.headers.authorization) {
+        res.writeHead(307, { location: `http://127.0.0.1:${storagePort}/${blob[1]}?sig=signed` });
+        res.end();
+        return;
+      }
+      const forward = httpRequest(
+        {
+          host: upstream.hostname,
+          port: upstream.port,
+          method: req.method,
+          path: req.url,
+          headers: req.headers,
+        },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+        },
+      );
+      req.pipe(forward);
+    });
+    front.listen(0, "127.0.0.1");
+    await new Promise((resolve) => front.once("listening", resolve));
+    const frontHost = `127.0.0.1:${(front.address() as { port: number }).port}`;
+    try {
+      const tar = await layerTar(93);
+      await pushImage(`${registry.host}/apps/redirected:1`, imageOf([tar]), { credentials: users[0] });
+      const read = await openRegistryImage(`${frontHost}/apps/redirected:1`, { credentials: users[0] });
+      assert.deepEqual(await collect(await read.openLayerTar(0)), tar);
+      // The config and the layer came from storage, and storage never saw the bearer token.
+      assert.deepEqual(storageAuth, [undefined, undefined]);
+    } finally {
+      front.closeAllConnections();
+      front.close();
+      storage.closeAllConnections();
+      storage.close();
+      await registry.stop();
+    }
+  });
+
   test("basic auth checked by the registry's htpasswd", async () => {
     const registry = await startRegistry({ auth: "basic", users });
     try {
