@@ -1,0 +1,241 @@
+/**
+ * `deploymentSet` (instance id = set id): resolve, plan, build each distinct bundle once,
+ * record the set, let one `deviceBatch` per batch of devices place bundles and wait for the
+ * reports, then push the manifest everywhere and email, or fail the set and email why.
+ */
+
+import type { OrchestrationContext, OrchestrationHandler, Task } from "durable-functions";
+import * as df from "durable-functions";
+import {
+  BUILD_BUNDLE,
+  type BuildBundleInput,
+  type ItemFailure,
+  type ItemKey,
+  PLAN_BUNDLES,
+  type PlanBundlesInput,
+  type PlanBundlesOutput,
+  PUSH_MANIFEST,
+  type PushManifestInput,
+  READ_DEVICE_INVENTORY,
+  RECORD_SET,
+  RESOLVE_IMAGES,
+  type ReadDeviceInventoryInput,
+  type ReadDeviceInventoryOutput,
+  type RecordSetInput,
+  type ResolveImagesInput,
+  type ResolveImagesOutput,
+  SEND_EMAIL,
+  type SendEmailInput,
+  UPDATE_SET_STATE,
+  type UpdateSetStateInput,
+} from "../activities/names.js";
+import {
+  DEVICE_BATCH_ORCHESTRATION,
+  type DeploymentSetInput,
+  type DeploymentSetOutput,
+  type DeviceBatchOutput,
+} from "./contract.js";
+import {
+  collectOutcomes,
+  deviceBatches,
+  distinctBundles,
+  distinctTargets,
+  failuresToReport,
+  initialStatus,
+  plannedStatus,
+  type SetStatus,
+  waiters,
+  withChange,
+} from "./decisions.js";
+
+/** Building reads from ACR and writes blobs: transient failures are expected, a few retries cover them. */
+export const BUILD_RETRY = new df.RetryOptions(30_000, 3);
+/** State writes and the IoT Hub push are idempotent; retry through short outages. */
+export const STATE_RETRY = new df.RetryOptions(5_000, 5);
+
+export const deploymentSetOrchestrator: OrchestrationHandler = function* (context: OrchestrationContext) {
+  const input = context.df.getInput() as DeploymentSetInput;
+  const now = () => context.df.currentUtcDateTime.toISOString();
+  let status: SetStatus = initialStatus(input.setId, input.devices.length, now());
+  context.df.setCustomStatus(status);
+
+  const resolved: ResolveImagesOutput = yield context.df.callActivityWithRetry(RESOLVE_IMAGES, STATE_RETRY, {
+    manifest: input.manifest,
+  } satisfies ResolveImagesInput);
+  const targets = distinctTargets(resolved.images);
+  const inventory: ReadDeviceInventoryOutput = yield context.df.callActivityWithRetry(
+    READ_DEVICE_INVENTORY,
+    STATE_RETRY,
+    { devices: input.devices } satisfies ReadDeviceInventoryInput,
+  );
+  const plan: PlanBundlesOutput = yield context.df.callActivity(PLAN_BUNDLES, {
+    targets,
+    groups: inventory.groups,
+  } satisfies PlanBundlesInput);
+
+  const bundles = distinctBundles(plan.groups);
+  const batches = deviceBatches(input.setId, input.deadline, plan.groups, input.deviceBatchSize);
+  status = plannedStatus(
+    status,
+    now(),
+    resolved.images.length,
+    plan.groups,
+    targets.length,
+    bundles.length,
+    batches.length,
+  );
+  context.df.setCustomStatus(status);
+
+  yield context.df.callActivityWithRetry(RECORD_SET, STATE_RETRY, {
+    setId: input.setId,
+    requestedBy: input.requestedBy,
+    requestedAt: input.requestedAt,
+    manifestRef: input.manifestRef,
+    deadline: input.deadline,
+    images: resolved.images,
+    groups: plan.groups,
+    waiters: waiters(batches),
+    bytesPlanned: status.bytesPlanned,
+    fullBytes: status.fullBytes,
+  } satisfies RecordSetInput);
+
+  const finish = function* (outcome: DeploymentSetOutput, timedOut: ItemKey[]) {
+    status = withChange(
+      { ...status, stage: outcome.state },
+      now(),
+      outcome.state === "succeeded"
+        ? "set succeeded"
+        : `set failed: ${outcome.reason ?? `${outcome.failures.length} failures`}`,
+    );
+    context.df.setCustomStatus(status);
+    yield context.df.callActivityWithRetry(UPDATE_SET_STATE, STATE_RETRY, {
+      setId: input.setId,
+      state: outcome.state,
+      at: now(),
+      reason: outcome.reason,
+      timedOut: timedOut.length > 0 ? timedOut : undefined,
+    } satisfies UpdateSetStateInput);
+    try {
+      yield context.df.callActivityWithRetry(SEND_EMAIL, STATE_RETRY, {
+        setId: input.setId,
+        requestedBy: input.requestedBy,
+        outcome: outcome.state,
+        deviceCount: input.devices.length,
+        images: resolved.images,
+        bytesPlanned: status.bytesPlanned,
+        fullBytes: status.fullBytes,
+        failures: outcome.failures,
+        reason: outcome.reason,
+      } satisfies SendEmailInput);
+    } catch (error) {
+      // The set's outcome is recorded; a lost email must not turn a success into a failure.
+      status = withChange(status, now(), `email to the requester failed: ${(error as Error).message}`);
+      context.df.setCustomStatus(status);
+    }
+    return outcome;
+  };
+
+  if (bundles.length > 0) {
+    status = withChange(
+      {
+        ...status,
+        stage: "building",
+        items: { ...status.items, planned: 0, building: status.items.planned },
+      },
+      now(),
+      `building ${bundles.length} bundles`,
+    );
+    context.df.setCustomStatus(status);
+    const builds = bundles.map((bundle) =>
+      context.df.callActivityWithRetry(BUILD_BUNDLE, BUILD_RETRY, { bundle } satisfies BuildBundleInput),
+    );
+    try {
+      yield context.df.Task.all(builds);
+    } catch {
+      // Task.all fails fast; read every build to name each bundle that could not be built.
+      const failed = bundles.filter((_, i) => builds[i]!.isFaulted).map((bundle) => bundle.bundleId);
+      return yield* finish(
+        { state: "failed", failures: [], reason: `could not build bundle(s) ${failed.join(", ")}` },
+        [],
+      );
+    }
+    status = withChange(
+      {
+        ...status,
+        stage: "placing",
+        bundles: { ...status.bundles, built: bundles.length },
+        items: { ...status.items, building: 0, inTransit: status.items.building },
+      },
+      now(),
+      `built ${bundles.length} bundles; placing them in ${batches.length} batches of devices`,
+    );
+    context.df.setCustomStatus(status);
+  }
+
+  let failures: ItemFailure[] = [];
+  let timedOut: ItemKey[] = [];
+  if (batches.length > 0) {
+    status = { ...status, stage: "waiting" };
+    context.df.setCustomStatus(status);
+    const waits: Task[] = batches.map((batch) =>
+      context.df.callSubOrchestrator(DEVICE_BATCH_ORCHESTRATION, batch.input, batch.instanceId),
+    );
+    const outputs: DeviceBatchOutput[] = yield context.df.Task.all(waits);
+    const outcome = collectOutcomes(outputs);
+    failures = outcome.failures;
+    timedOut = outcome.timedOut;
+    status = withChange(
+      {
+        ...status,
+        batches: { ...status.batches, done: batches.length },
+        items: {
+          ...status.items,
+          inTransit: timedOut.length,
+          arrived: outcome.arrived,
+          failed: failures.length,
+        },
+      },
+      now(),
+      `${outcome.arrived} arrived (${outcome.bytes} bytes), ${failures.length} failed, ${timedOut.length} without report`,
+    );
+    context.df.setCustomStatus(status);
+  }
+
+  if (failures.length > 0 || timedOut.length > 0) {
+    return yield* finish(
+      { state: "failed", failures: failuresToReport(failures, timedOut, input.deadline) },
+      timedOut,
+    );
+  }
+
+  status = withChange(
+    { ...status, stage: "pushing" },
+    now(),
+    `pushing the manifest to ${input.devices.length} devices`,
+  );
+  context.df.setCustomStatus(status);
+  const pushes: Task[] = [];
+  for (let i = 0; i < input.devices.length; i += input.deviceBatchSize) {
+    pushes.push(
+      context.df.callActivityWithRetry(PUSH_MANIFEST, STATE_RETRY, {
+        setId: input.setId,
+        devices: input.devices.slice(i, i + input.deviceBatchSize),
+        manifest: input.manifest,
+        localRegistry: input.localRegistry,
+      } satisfies PushManifestInput),
+    );
+  }
+  try {
+    yield context.df.Task.all(pushes);
+  } catch (error) {
+    return yield* finish(
+      {
+        state: "failed",
+        failures: [],
+        reason: `every image arrived but the manifest push failed: ${(error as Error).message}`,
+      },
+      [],
+    );
+  }
+  return yield* finish({ state: "succeeded", failures: [] }, []);
+};
