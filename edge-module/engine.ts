@@ -41,6 +41,8 @@ export interface EdgeEngine {
   declaredLength(path: string): Promise<number | undefined>;
   /** Reads the header and manifest of a complete file (nothing is verified yet). */
   readHead(path: string): Promise<BundleHead>;
+  /** True while a full-length file still has unwritten holes in its payloads. */
+  hasUnfilledBlock(path: string): Promise<boolean>;
   /** Throws unless the manifest's Ed25519 signature verifies against one of `trust`. */
   verifySignature(path: string, trust: TrustedKeys): Promise<void>;
   /** The source layers (diff_ids) of `head` that the local registry does not hold. */

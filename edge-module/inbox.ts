@@ -50,6 +50,8 @@ export interface InboxOptions {
   readonly ignoredSuffixes?: readonly string[];
   declaredLength(path: string): Promise<number | undefined>;
   readHead(path: string): Promise<BundleHead>;
+  /** True while a full-length file still has holes (written in place into a preallocated file). */
+  hasUnfilledBlock(path: string): Promise<boolean>;
   /** Clock, for tests that drive the watcher poll by poll. */
   now?(): number;
 }
@@ -107,26 +109,28 @@ export class Inbox {
   }
 
   private async check(name: string, path: string, size: number): Promise<Arrival | undefined> {
-    let head: BundleHead | undefined;
+    let declared: number | undefined;
+    try {
+      declared = await this.options.declaredLength(path);
+    } catch (error) {
+      return { kind: "unusable", name, path, reason: `${name} is not a bundle: ${errorText(error)}` };
+    }
+    if (declared === undefined || size < declared) return undefined; // still arriving
+    if (size > declared) {
+      return {
+        kind: "unusable",
+        name,
+        path,
+        reason: `${name} is ${size} bytes but its header declares ${declared}; the transfer wrote past the end of the bundle, send it again`,
+      };
+    }
+    let head: BundleHead;
     try {
       head = await this.options.readHead(path);
     } catch (error) {
-      return {
-        kind: "unusable",
-        name,
-        path,
-        reason: `${name} is not a readable bundle: ${errorText(error)}`,
-      };
+      return { kind: "unusable", name, path, reason: `${name} has a damaged manifest: ${errorText(error)}` };
     }
-    if (head === undefined || size < head.declaredLength) return undefined; // still arriving
-    if (size > head.declaredLength) {
-      return {
-        kind: "unusable",
-        name,
-        path,
-        reason: `${name} is ${size} bytes but its header declares ${head.declaredLength}; the transfer wrote past the end of the bundle, send it again`,
-      };
-    }
+    if (await this.options.hasUnfilledBlock(path)) return undefined;
     return { kind: "complete", name, path, head };
   }
 }

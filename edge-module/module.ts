@@ -71,6 +71,7 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
     quietMs: o.quietMs,
     declaredLength: (path) => o.engine.declaredLength(path),
     readHead: (path) => o.engine.readHead(path),
+    hasUnfilledBlock: (path) => o.engine.hasUnfilledBlock(path),
     ...(o.ignoredSuffixes ? { ignoredSuffixes: o.ignoredSuffixes } : {}),
   });
 
