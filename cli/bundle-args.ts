@@ -3,6 +3,7 @@
  * exit codes that scripts can test, and a progress bar that only draws on a terminal.
  */
 import { BundleError, type BundleErrorCode } from "../delta/bundle/format.js";
+import type { RegistryCredentials } from "../delta/image/registry.js";
 
 export const EXIT_OK = 0;
 /** Anything else: I/O failure, unreadable image, internal error. */
@@ -123,4 +124,40 @@ export function formatBytes(n: number): string {
     unit++;
   }
   return `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
+}
+
+/** Registry options from flags and the environment (DELTASHIP_REGISTRY_USERNAME / _PASSWORD / _TOKEN). */
+export function registryOptions(insecure: boolean): {
+  insecure?: boolean;
+  credentials?: RegistryCredentials;
+} {
+  const env = process.env;
+  const credentials: RegistryCredentials = {
+    ...(env.DELTASHIP_REGISTRY_USERNAME ? { username: env.DELTASHIP_REGISTRY_USERNAME } : {}),
+    ...(env.DELTASHIP_REGISTRY_PASSWORD ? { password: env.DELTASHIP_REGISTRY_PASSWORD } : {}),
+    ...(env.DELTASHIP_REGISTRY_TOKEN ? { refreshToken: env.DELTASHIP_REGISTRY_TOKEN } : {}),
+  };
+  return {
+    ...(insecure ? { insecure } : {}),
+    ...(Object.keys(credentials).length > 0 ? { credentials } : {}),
+  };
+}
+
+/** Reports an error the way every bundle command does: one line on stderr, or a JSON object on stdout. */
+export function reportError(command: string, err: unknown, json: boolean): number {
+  const code = exitCodeFor(err);
+  const message = err instanceof Error ? err.message : String(err);
+  if (json) {
+    console.log(
+      JSON.stringify({
+        ok: false,
+        exitCode: code,
+        error: message,
+        ...(err instanceof BundleError ? { code: err.code, where: err.where } : {}),
+      }),
+    );
+  } else {
+    console.error(`deltaship ${command}: ${message}`);
+  }
+  return code;
 }

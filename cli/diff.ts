@@ -1,0 +1,122 @@
+/**
+ * `deltaship diff --from IMAGE... --to IMAGE --key KEY --out BUNDLE`: builds the signed bundle
+ * that rebuilds the target from the layers of the --from images (the images a device holds).
+ */
+import { readFile } from "node:fs/promises";
+import { buildBundle, DEFAULT_ZSTD_LEVEL, DEFAULT_ZSTD_WINDOW_LOG } from "../delta/bundle/diff.js";
+import { loadSigningKey } from "../delta/bundle/sign.js";
+import { openImage } from "../delta/image/open.js";
+import type { ImageReader } from "../delta/image/types.js";
+import {
+  EXIT_OK,
+  EXIT_USAGE,
+  formatBytes,
+  ProgressBar,
+  parseArgs,
+  registryOptions,
+  reportError,
+  UsageError,
+} from "./bundle-args.js";
+
+const USAGE = `usage: deltaship diff --to IMAGE --key KEY --out BUNDLE [--from IMAGE]... [options]
+
+  --from IMAGE      an image the device holds (repeat for each); none: the bundle carries every layer
+  --to IMAGE        the image to ship
+  --key KEY         Ed25519 private key (PEM from 'deltaship keygen', or raw hex/base64)
+  --out BUNDLE      where to write the bundle
+  --level N         zstd level (default ${DEFAULT_ZSTD_LEVEL})
+  --window-log N    zstd window log; the device needs 2^N bytes to decode (default ${DEFAULT_ZSTD_WINDOW_LOG}, at most 26)
+  --scratch DIR     scratch folder (default the system temp folder)
+  --insecure        plain http for registries other than localhost
+  --json            print the result as JSON
+
+IMAGE is a docker-archive file, an OCI layout folder or a registry reference.`;
+
+function integer(text: string | undefined, name: string, min: number, max: number): number | undefined {
+  if (text === undefined) return undefined;
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw new UsageError(`--${name} must be an integer from ${min} to ${max}, found '${text}'`);
+  return value;
+}
+
+export async function run(args: string[]): Promise<number> {
+  let opts: ReturnType<typeof parseArgs>;
+  let level: number | undefined;
+  let windowLog: number | undefined;
+  try {
+    opts = parseArgs(args, {
+      values: ["from", "to", "key", "out", "level", "window-log", "scratch"],
+      flags: ["json", "insecure", "help"],
+    });
+    if (opts.flags.has("help")) {
+      console.log(USAGE);
+      return EXIT_OK;
+    }
+    if (opts.positional.length > 0) throw new UsageError(`unexpected argument '${opts.positional[0]}'`);
+    for (const name of ["to", "key", "out"])
+      if (opts.one(name) === undefined) throw new UsageError(`--${name} is required`);
+    level = integer(opts.one("level"), "level", -7, 22);
+    windowLog = integer(opts.one("window-log"), "window-log", 10, 26);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`deltaship diff: ${err.message}\n\n${USAGE}`);
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+  const json = opts.flags.has("json");
+  const bar = new ProgressBar();
+  const images: ImageReader[] = [];
+  try {
+    const key = loadSigningKey(await readFile(opts.one("key")!, "utf8"));
+    const registry = registryOptions(opts.flags.has("insecure"));
+    const target = await openImage(opts.one("to")!, { registry });
+    images.push(target);
+    const sources: ImageReader[] = [];
+    for (const ref of opts.values.get("from") ?? []) {
+      const image = await openImage(ref, { registry });
+      images.push(image);
+      sources.push(image);
+    }
+    const scratch = opts.one("scratch");
+    const result = await buildBundle({
+      target,
+      sources,
+      key,
+      out: opts.one("out")!,
+      ...(level !== undefined ? { zstdLevel: level } : {}),
+      ...(windowLog !== undefined ? { zstdWindowLog: windowLog } : {}),
+      ...(scratch !== undefined ? { scratchDir: scratch } : {}),
+      onProgress: (p) => bar.update(`${p.phase} ${p.diffId.slice(7, 19)}`, p.done, p.total),
+    });
+    bar.finish();
+    const targetBytes = result.layers.reduce((n, l) => n + l.size, 0);
+    if (json) {
+      console.log(
+        JSON.stringify({
+          ok: true,
+          out: result.path,
+          bytes: result.bytes,
+          targetBytes,
+          keyId: key.keyId,
+          layers: result.layers,
+          sources: result.manifest.sources,
+          durationMs: result.durationMs,
+        }),
+      );
+    } else {
+      console.log(
+        `wrote ${result.path}: ${formatBytes(result.bytes)}, ${((100 * result.bytes) / Math.max(1, targetBytes)).toFixed(2)}% of the ${formatBytes(targetBytes)} target; ` +
+          `${result.layers.filter((l) => l.present).length} layer(s) already on the device, ${result.layers.filter((l) => !l.present).length} sent, ` +
+          `${result.manifest.sources.length} source layer(s) needed; key ${key.keyId}; ${(result.durationMs / 1000).toFixed(1)} s`,
+      );
+    }
+    return EXIT_OK;
+  } catch (err) {
+    bar.finish();
+    return reportError("diff", err, json);
+  } finally {
+    await Promise.all(images.map((i) => i.close()));
+  }
+}
