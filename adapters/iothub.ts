@@ -31,6 +31,11 @@ export class IotHubError extends Error {
   }
 }
 
+/** A twin query matched more devices than the caller allows: a request problem, not a service one. */
+export class TooManyDevicesError extends IotHubError {
+  override name = "TooManyDevicesError";
+}
+
 /** An adapter over a Registry built from the IoT Hub service connection string (IOTHUB_CONNECTION_STRING). */
 export function createIotHubAdapter(connectionString: string): IotHubAdapter {
   return iotHubAdapterFor(Registry.fromConnectionString(connectionString));
@@ -70,7 +75,7 @@ export function iotHubAdapterFor(registry: RegistryClient): IotHubAdapter {
           if (typeof id === "string") ids.add(id);
         }
         if (ids.size > limit) {
-          throw new IotHubError(
+          throw new TooManyDevicesError(
             `twin query "${condition}" matches more than ${limit} devices; split the deployment or narrow the query`,
             undefined,
           );
