@@ -19,10 +19,10 @@ export const SOURCE_HASH_LENGTH = 12;
 /** Densest sampling of the source: every this many bytes gets an index entry (small sources). */
 export const MIN_SOURCE_STRIDE = 2;
 /**
- * The source index never has more slots than this (4-byte sample number + 1-byte check each:
- * 80 MiB), however large the source: bigger sources are sampled with a wider stride instead.
+ * The source index never has more slots than this (8 bytes each: 64 MiB), however large the
+ * source: bigger sources are sampled with a wider stride instead.
  */
-export const MAX_INDEX_SLOTS = 1 << 24;
+export const MAX_INDEX_SLOTS = 1 << 23;
 /** Source pages read and cached by the encoder when the source is not in memory. */
 export const SOURCE_PAGE_SIZE = 1 << 20;
 /** Source pages kept in memory at once (32 MiB with 1 MiB pages). */
@@ -42,13 +42,13 @@ const MIN_MATCH = 4;
 /** Shortest RUN considered: shorter runs are left to copies and literals. */
 const MIN_RUN = 6;
 /** Matches within the window reach back at most this far (ring of chain links). */
-const SELF_SPAN = 1 << 18;
+const SELF_SPAN = 1 << 16;
 const SELF_MASK = SELF_SPAN - 1;
-const SELF_HASH_BITS = 17;
+const SELF_HASH_BITS = 15;
 /** Candidates tried per position in the window's own hash chains. */
-const SELF_CHAIN_DEPTH = 24;
+const SELF_CHAIN_DEPTH = 8;
 /** A match this long is taken without trying further candidates. */
-const GOOD_ENOUGH = 256;
+const GOOD_ENOUGH = 64;
 /** Matches shorter than this are compared with the match one byte later before being taken. */
 const LAZY_BELOW = 64;
 /** Matches shorter than this have each covered position added to the window's hash chains. */
@@ -85,20 +85,20 @@ export interface SourceRange {
 export class SourceIndex {
   readonly stride: number;
   readonly shift: number;
-  /** Sample number + 1 (offset = (value - 1) * stride); 0 = empty. */
+  /**
+   * Two words per slot, side by side so a lookup touches one cache line: the sample number + 1
+   * (offset = (value - 1) * stride; 0 = empty), then the full hash, which rejects collisions
+   * without reading the source.
+   */
   readonly table: Uint32Array;
-  /** Low byte of the full hash, to reject most collisions without reading the source. */
-  readonly check: Uint8Array;
 
   private constructor(indexedBytes: number) {
     this.stride = Math.max(MIN_SOURCE_STRIDE, Math.ceil(indexedBytes / MAX_INDEX_SLOTS));
     const entries = Math.ceil(indexedBytes / this.stride);
     let bits = 12;
-    while (bits < 24 && 1 << bits < entries * 2) bits++;
-    if (1 << bits > MAX_INDEX_SLOTS) bits = Math.log2(MAX_INDEX_SLOTS);
+    while (1 << bits < MAX_INDEX_SLOTS && 1 << bits < entries * 2) bits++;
     this.shift = 32 - bits;
-    this.table = new Uint32Array(1 << bits);
-    this.check = new Uint8Array(1 << bits);
+    this.table = new Uint32Array(2 << bits);
   }
 
   /** Indexes the given ranges of the source (reading it once, in order). */
@@ -128,7 +128,6 @@ export class SourceIndex {
     if (length < L) return;
     const stride = this.stride;
     const table = this.table;
-    const check = this.check;
     const shift = this.shift;
     const delta = from - offset;
     let next = Math.ceil(offset / stride) * stride; // next sampled source offset
@@ -136,9 +135,9 @@ export class SourceIndex {
     if (stride >= L) {
       for (; next <= last; next += stride) {
         const h = hashOf(bytes, next + delta);
-        const slot = Math.imul(h, MIX) >>> shift;
+        const slot = (Math.imul(h, MIX) >>> shift) << 1;
         table[slot] = next / stride + 1;
-        check[slot] = h & 0xff;
+        table[slot + 1] = h;
       }
       return;
     }
@@ -146,9 +145,9 @@ export class SourceIndex {
     let h = hashOf(bytes, i + delta);
     for (;;) {
       if (i === next) {
-        const slot = Math.imul(h, MIX) >>> shift;
+        const slot = (Math.imul(h, MIX) >>> shift) << 1;
         table[slot] = next / stride + 1;
-        check[slot] = h & 0xff;
+        table[slot + 1] = h;
         next += stride;
       }
       if (i >= last) break;
@@ -450,42 +449,6 @@ export class WindowMatcher {
       }
     }
 
-    // Earlier bytes of this window, through the 4-byte hash chains.
-    if (p + MIN_MATCH <= n && bestLength < GOOD_ENOUGH) {
-      const h =
-        Math.imul(t[p] | (t[p + 1] << 8) | (t[p + 2] << 16) | (t[p + 3] << 24), MIX) >>>
-        (32 - SELF_HASH_BITS);
-      let cand = this.head[h] - 1;
-      if (cand === p) cand = this.prev[p & SELF_MASK] - 1;
-      let depth = SELF_CHAIN_DEPTH;
-      let found = 0;
-      let foundFrom = 0;
-      while (cand >= 0 && cand < p && p - cand <= SELF_MASK && depth-- > 0) {
-        if (t[cand + found] === t[p + found] && t[cand] === b) {
-          let len = 0;
-          while (len < max && t[cand + len] === t[p + len]) len++;
-          if (len > found) {
-            found = len;
-            foundFrom = cand;
-            if (len >= GOOD_ENOUGH || len === max) break;
-          }
-        }
-        const next = this.prev[cand & SELF_MASK] - 1;
-        if (next >= cand) break;
-        cand = next;
-      }
-      if (found >= MIN_MATCH) {
-        const gain = found - 1 - (found > 18 ? varintLength(found) : 0) - varintLength(p - foundFrom);
-        if (gain > bestGain) {
-          bestKind = KIND_COPY_TARGET;
-          bestLength = found;
-          bestFrom = foundFrom;
-          bestGain = gain;
-        }
-      }
-      this.insert(t, p);
-    }
-
     const pages = this.pages;
     if (pages !== undefined && bestLength < GOOD_ENOUGH) {
       const maxExtension = pages.paged ? MAX_PAGED_EXTENSION : Number.MAX_SAFE_INTEGER;
@@ -522,9 +485,9 @@ export class WindowMatcher {
         }
         this.hashPos = p;
         this.hashValue = h;
-        const slot = Math.imul(h, MIX) >>> index.shift;
+        const slot = (Math.imul(h, MIX) >>> index.shift) << 1;
         const v = index.table[slot];
-        if (v !== 0 && index.check[slot] === (h & 0xff)) {
+        if (v !== 0 && index.table[slot + 1] === h >>> 0) {
           const from = (v - 1) * index.stride;
           if (from !== diagonalFrom) {
             const len = this.matchForward(p, from, Math.min(max, maxExtension));
@@ -548,6 +511,43 @@ export class WindowMatcher {
         }
       }
     }
+    // Earlier bytes of this window, through the 4-byte hash chains.
+    if (p + MIN_MATCH <= n && bestLength < GOOD_ENOUGH) {
+      const h =
+        Math.imul(t[p] | (t[p + 1] << 8) | (t[p + 2] << 16) | (t[p + 3] << 24), MIX) >>>
+        (32 - SELF_HASH_BITS);
+      let cand = this.head[h] - 1;
+      if (cand === p) cand = this.prev[p & SELF_MASK] - 1;
+      let depth = SELF_CHAIN_DEPTH;
+      let found = 0;
+      let foundFrom = 0;
+      while (cand >= 0 && cand < p && p - cand <= SELF_MASK && depth-- > 0) {
+        if (t[cand + found] === t[p + found] && t[cand] === b) {
+          let len = 0;
+          while (len < max && t[cand + len] === t[p + len]) len++;
+          if (len > found) {
+            found = len;
+            foundFrom = cand;
+            if (len >= GOOD_ENOUGH || len === max) break;
+          }
+        }
+        const next = this.prev[cand & SELF_MASK] - 1;
+        if (next >= cand) break;
+        cand = next;
+      }
+      if (found >= MIN_MATCH) {
+        const gain = found - 1 - (found > 18 ? varintLength(found) : 0) - varintLength(p - foundFrom);
+        if (gain > bestGain) {
+          bestKind = KIND_COPY_TARGET;
+          bestLength = found;
+          bestFrom = foundFrom;
+          bestBack = 0;
+          bestGain = gain;
+        }
+      }
+    }
+    if (p + MIN_MATCH <= n) this.insert(t, p);
+
     this.bestKind = bestKind;
     this.bestLength = bestLength;
     this.bestFrom = bestFrom;
