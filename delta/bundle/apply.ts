@@ -329,7 +329,17 @@ export class ImageLayerProvider implements LayerProvider {
         );
       }
       this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
-      const result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
+      let result: Awaited<ReturnType<typeof spool>>;
+      try {
+        result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
+      } catch (err) {
+        const corrupt = (err as Error).name === "DigestError";
+        throw new BundleError(
+          corrupt ? "DIGEST" : "IO",
+          diffId,
+          `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
+        );
+      }
       if (result.digest !== diffId) {
         throw new BundleError(
           "DIGEST",

@@ -13,14 +13,19 @@ export function sha256(bytes: Uint8Array): string {
 }
 
 /** Regular files of `dir` (sorted, no recursion) up to `limit` files and `maxBytes` in total. */
-export function realFiles(dir: string, prefix: string, options: { limit: number; maxFile?: number; maxBytes?: number; skip?: number }): TarWriterEntry[] {
+export function realFiles(
+  dir: string,
+  prefix: string,
+  options: { limit: number; maxFile?: number; maxBytes?: number; skip?: number },
+): TarWriterEntry[] {
   const out: TarWriterEntry[] = [];
   let total = 0;
   let skipped = 0;
   for (const name of readdirSync(dir).sort()) {
     const path = `${dir}/${name}`;
     const info = statSync(path, { throwIfNoEntry: false });
-    if (info === undefined || !info.isFile() || info.size === 0 || info.size > (options.maxFile ?? 2_000_000)) continue;
+    if (info === undefined || !info.isFile() || info.size === 0 || info.size > (options.maxFile ?? 2_000_000))
+      continue;
     if (skipped++ < (options.skip ?? 0)) continue;
     if (total + info.size > (options.maxBytes ?? Number.POSITIVE_INFINITY)) break;
     out.push({ path: `${prefix}/${name}`, type: "file", content: readFileSync(path), mode: 0o755 });
@@ -32,7 +37,11 @@ export function realFiles(dir: string, prefix: string, options: { limit: number;
 
 /** A "patch release" of a binary: a few bytes inserted near the start (shifting the rest) and some scattered changes. */
 export function patched(content: Uint8Array, seed: number): Uint8Array {
-  const out = Buffer.concat([content.subarray(0, 1000), Buffer.from(`patch ${seed}`), content.subarray(1000)]);
+  const out = Buffer.concat([
+    content.subarray(0, 1000),
+    Buffer.from(`patch ${seed}`),
+    content.subarray(1000),
+  ]);
   for (let i = 0; i < 20; i++) {
     const at = 2000 + ((seed * 7919 + i * 104729) % Math.max(1, out.length - 2000));
     out[at] = (out[at]! + 1) & 0xff;
@@ -62,7 +71,9 @@ export function imageOf(repository: string, tag: string, layers: readonly Uint8A
       diffId: sha256(tar),
       size: tar.length,
       async open() {
-        return [tar];
+        return (async function* () {
+          yield tar;
+        })();
       },
     })),
   };
