@@ -152,7 +152,8 @@ async function* unzstd(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Ar
           throw new CompressionError(`zstd stream is corrupt: ${(err as Error).message}`);
         }
         const [hint, produced, consumed] = result;
-        pending = hint;
+        // A call that moved nothing reports the next frame's header size, not an unfinished frame.
+        if (produced > 0 || consumed > 0) pending = hint;
         src = src.subarray(consumed);
         if (produced > 0) yield out.subarray(0, produced);
         // More output may be waiting inside the context when the buffer was filled.
