@@ -122,6 +122,11 @@ export async function* encode(
     }
   }
   while (filled > 0) yield* encodeWindow();
+  // xdelta3 refuses a delta without windows ("nothing to output"), so an empty target gets an empty window.
+  if (base === 0) {
+    list.reset();
+    yield writer.write(list, buffer, 0, checksum ? adler32(buffer.subarray(0, 0)) : -1);
+  }
 
   const last = copies[copies.length - 1];
   if (last !== undefined && last.target + last.length > base) {
