@@ -47,7 +47,7 @@ function message(device: string | undefined, body: unknown, enqueuedAt = T0): Re
   };
 }
 
-function ready(device: string, d: string, extra: Record<string, unknown> = {}) {
+function ready(d: string, extra: Record<string, unknown> = {}) {
   return {
     type: "imageReady",
     setId: SET,
@@ -111,7 +111,7 @@ after(async () => {
 
 describe("device reports", () => {
   it("records an imageReady in every table and raises image:<device>:<digest> on the waiting orchestration", async () => {
-    const outcomes = await handleReports([message("vessel-01", ready("vessel-01", WEB))], context(), deps());
+    const outcomes = await handleReports([message("vessel-01", ready(WEB))], context(), deps());
     assert.deepEqual(outcomes, [
       {
         kind: "raised",
@@ -147,7 +147,7 @@ describe("device reports", () => {
 
   it("changes nothing on a duplicate delivery and raises the same event again", async () => {
     const before = host.events.length;
-    const outcomes = await handleReports([message("vessel-01", ready("vessel-01", WEB))], context(), deps());
+    const outcomes = await handleReports([message("vessel-01", ready(WEB))], context(), deps());
     assert.equal(outcomes[0].kind, "raised");
     assert.deepEqual(host.events.slice(before), [
       { instanceId: WAITER, name: `image:vessel-01:${WEB}`, data: { ok: true, bytes: 1234 } },
@@ -161,14 +161,14 @@ describe("device reports", () => {
     // vessel-02 fails first, then a success arrives: the item stays failed (the set already knows),
     // while the device's own view says what it holds now.
     const failed = {
-      ...ready("vessel-02", WEB),
+      ...ready(WEB),
       type: "imageFailed",
       reason: "layer sha256:dd… missing",
       bytes: 0,
     };
     await handleReports([message("vessel-02", failed, "2026-11-28T10:05:00.000Z")], context(), deps());
     const outcomes = await handleReports(
-      [message("vessel-02", ready("vessel-02", WEB), "2026-11-28T10:06:00.000Z")],
+      [message("vessel-02", ready(WEB), "2026-11-28T10:06:00.000Z")],
       context(),
       deps(),
     );
@@ -212,7 +212,7 @@ describe("device reports", () => {
   it("records a report for an unknown set on the device and notifies nobody", async () => {
     const before = host.events.length;
     const outcomes = await handleReports(
-      [message("vessel-04", { ...ready("vessel-04", API), setId: "no-such-set" })],
+      [message("vessel-04", { ...ready(API), setId: "no-such-set" })],
       context(),
       deps(),
     );
@@ -232,20 +232,20 @@ describe("device reports", () => {
     const before = host.events.length;
     const outcomes = await handleReports(
       [
-        message(undefined, ready("x", WEB)),
+        message(undefined, ready(WEB)),
         message("vessel-04", "{not json"),
         message("vessel-04", { type: "reboot" }),
-        message("vessel-04", { ...ready("vessel-04", WEB), digest: "sha256:short" }),
-        message("vessel-04", { ...ready("vessel-04", WEB), bytes: -1 }),
+        message("vessel-04", { ...ready(WEB), digest: "sha256:short" }),
+        message("vessel-04", { ...ready(WEB), bytes: -1 }),
         message("vessel-04", { type: "inventory", images: [{ image: "a:1" }] }),
         message("vessel-04", {
-          ...ready("vessel-04", WEB),
+          ...ready(WEB),
           setId: "",
           bundleId: "unknown.bundle",
           digest: "",
           type: "imageFailed",
         }),
-        message("vessel-04", Buffer.from(JSON.stringify(ready("vessel-04", WEB)))),
+        message("vessel-04", Buffer.from(JSON.stringify(ready(WEB)))),
       ],
       context(),
       deps(),
@@ -320,10 +320,7 @@ describe("device reports", () => {
     await gone.close();
     await assert.rejects(
       handleReports(
-        [
-          message("vessel-05", { type: "inventory", images: [] }),
-          message("vessel-01", ready("vessel-01", WEB)),
-        ],
+        [message("vessel-05", { type: "inventory", images: [] }), message("vessel-01", ready(WEB))],
         context(),
         deps(client),
       ),
