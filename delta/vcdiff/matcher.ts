@@ -77,8 +77,8 @@ export interface SourceRange {
 }
 
 /**
- * Hash table from the hash of SOURCE_HASH_LENGTH bytes to a source offset, for source offsets
- * that are multiples of `stride`. The stride grows with the indexed size so the table stays
+ * Hash table from the hash of SOURCE_HASH_LENGTH bytes to a source offset, for the offsets
+ * `stride` apart from the start of each indexed range. The stride grows with the indexed size so the table stays
  * within MAX_INDEX_SLOTS; a match is found when it covers a sampled offset, so matches
  * shorter than about stride + SOURCE_HASH_LENGTH can be missed in very large sources.
  */
@@ -86,11 +86,15 @@ export class SourceIndex {
   readonly stride: number;
   readonly shift: number;
   /**
-   * Two words per slot, side by side so a lookup touches one cache line: the sample number + 1
-   * (offset = (value - 1) * stride; 0 = empty), then the full hash, which rejects collisions
-   * without reading the source.
+   * Two words per slot, side by side so a lookup touches one cache line: the sample's ordinal
+   * + 1 (0 = empty; ordinals count samples across all ranges, so they fit 32 bits however far
+   * into the source a range lies), then the full hash, which rejects collisions without
+   * reading the source.
    */
   readonly table: Uint32Array;
+  /** Per indexed range: its start offset and the ordinal of its first sample. */
+  private readonly rangeStarts: number[] = [];
+  private readonly rangeOrdinals: number[] = [];
 
   private constructor(indexedBytes: number) {
     this.stride = Math.max(MIN_SOURCE_STRIDE, Math.ceil(indexedBytes / MAX_INDEX_SLOTS));
@@ -105,38 +109,70 @@ export class SourceIndex {
   static async build(source: SourceReader, ranges: SourceRange[]): Promise<SourceIndex> {
     const total = ranges.reduce((sum, r) => sum + (r.end - r.start), 0);
     const index = new SourceIndex(total);
+    let ordinal = 0;
+    for (const range of ranges) {
+      index.rangeStarts.push(range.start);
+      index.rangeOrdinals.push(ordinal);
+      ordinal += Math.ceil((range.end - range.start) / index.stride);
+    }
     const whole = source instanceof BufferSource ? source.bytes : undefined;
     const chunkSize = 4 * SOURCE_PAGE_SIZE;
     const chunk = whole ? undefined : new Uint8Array(chunkSize + SOURCE_HASH_LENGTH);
-    for (const range of ranges) {
+    for (const [r, range] of ranges.entries()) {
+      const first = index.rangeOrdinals[r];
       for (let at = range.start; at + SOURCE_HASH_LENGTH <= range.end; at += chunkSize) {
         const length = Math.min(chunkSize + SOURCE_HASH_LENGTH - 1, range.end - at);
         if (whole) {
-          index.insertRange(whole, at, at, length);
+          index.insertRange(whole, at, at, length, range.start, first);
         } else {
           await source.read(at, chunk!, 0, length);
-          index.insertRange(chunk!, 0, at, length);
+          index.insertRange(chunk!, 0, at, length, range.start, first);
         }
       }
     }
     return index;
   }
 
-  /** Inserts the samples whose hashed bytes lie in bytes[from, from + length); bytes[from] is source offset `offset`. */
-  private insertRange(bytes: Uint8Array, from: number, offset: number, length: number): void {
+  /** The source offset of the sample stored as `value` in the table. */
+  offsetOf(value: number): number {
+    const ordinal = value - 1;
+    const ordinals = this.rangeOrdinals;
+    let lo = 0;
+    let hi = ordinals.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (ordinals[mid] <= ordinal) lo = mid;
+      else hi = mid - 1;
+    }
+    return this.rangeStarts[lo] + (ordinal - ordinals[lo]) * this.stride;
+  }
+
+  /**
+   * Inserts the samples whose hashed bytes lie in bytes[from, from + length); bytes[from] is
+   * source offset `offset`, inside the range that starts at `rangeStart` with ordinal `first`.
+   */
+  private insertRange(
+    bytes: Uint8Array,
+    from: number,
+    offset: number,
+    length: number,
+    rangeStart: number,
+    first: number,
+  ): void {
     const L = SOURCE_HASH_LENGTH;
     if (length < L) return;
     const stride = this.stride;
     const table = this.table;
     const shift = this.shift;
     const delta = from - offset;
-    let next = Math.ceil(offset / stride) * stride; // next sampled source offset
+    let next = rangeStart + Math.ceil((offset - rangeStart) / stride) * stride; // next sampled offset
+    let value = first + (next - rangeStart) / stride + 1;
     const last = offset + length - L; // last offset whose L bytes are all here
     if (stride >= L) {
       for (; next <= last; next += stride) {
         const h = hashOf(bytes, next + delta);
         const slot = (Math.imul(h, MIX) >>> shift) << 1;
-        table[slot] = next / stride + 1;
+        table[slot] = value++;
         table[slot + 1] = h;
       }
       return;
@@ -146,7 +182,7 @@ export class SourceIndex {
     for (;;) {
       if (i === next) {
         const slot = (Math.imul(h, MIX) >>> shift) << 1;
-        table[slot] = next / stride + 1;
+        table[slot] = value++;
         table[slot + 1] = h;
         next += stride;
       }
@@ -488,7 +524,7 @@ export class WindowMatcher {
         const slot = (Math.imul(h, MIX) >>> index.shift) << 1;
         const v = index.table[slot];
         if (v !== 0 && index.table[slot + 1] === h >>> 0) {
-          const from = (v - 1) * index.stride;
+          const from = index.offsetOf(v);
           if (from !== diagonalFrom) {
             const len = this.matchForward(p, from, Math.min(max, maxExtension));
             if (len < 0) return false;
