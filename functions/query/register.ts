@@ -1,0 +1,36 @@
+// Registers the query API's GET routes (function key auth).
+
+import azureFunctions, { type HttpHandler } from "@azure/functions";
+import { triggerDeps } from "../deps.js";
+import {
+  getDeployment,
+  getDeviceImages,
+  getImageDevices,
+  getTransfers,
+  listDeployments,
+  type QueryDeps,
+} from "./handlers.js";
+
+async function queryDeps(): Promise<QueryDeps> {
+  const { state, settings } = await triggerDeps();
+  return { state, defaultPageSize: settings.queryPageSize };
+}
+
+function route(
+  name: string,
+  path: string,
+  handle: (request: Parameters<HttpHandler>[0], deps: QueryDeps) => ReturnType<HttpHandler>,
+) {
+  azureFunctions.app.http(name, {
+    route: path,
+    methods: ["GET"],
+    authLevel: "function",
+    handler: async (request) => handle(request, await queryDeps()),
+  });
+}
+
+route("getDeployment", "deployments/{id}", getDeployment);
+route("listDeployments", "deployments", listDeployments);
+route("getDeviceImages", "devices/{id}/images", getDeviceImages);
+route("getImageDevices", "images/{digest}/devices", getImageDevices);
+route("getTransfers", "transfers", getTransfers);
