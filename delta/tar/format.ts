@@ -248,7 +248,9 @@ export function encodePaxRecords(records: Iterable<readonly [string, string]>): 
 export function concatBytes(parts: readonly Uint8Array[]): Uint8Array {
   let total = 0;
   for (const p of parts) total += p.length;
-  const out = new Uint8Array(total);
+  const pooled = Buffer.allocUnsafe(total);
+  // A plain Uint8Array view over pooled memory: fast to allocate, and .slice() still copies.
+  const out = new Uint8Array(pooled.buffer, pooled.byteOffset, total);
   let at = 0;
   for (const p of parts) {
     out.set(p, at);

@@ -51,7 +51,10 @@ class ChunkQueue implements BlockSource {
   async readExact(length: number): Promise<Uint8Array | null> {
     const start = this.offset;
     if (!(await this.fill())) return null;
-    const out = new Uint8Array(length);
+    // Small reads come from Node's buffer pool: header blocks are the per-entry hot path.
+    const pooled = Buffer.allocUnsafe(length);
+    // A plain Uint8Array view, so callers' .slice() copies as they expect (Buffer's would not).
+    const out = new Uint8Array(pooled.buffer, pooled.byteOffset, length);
     let have = 0;
     while (have < length) {
       if (!(await this.fill())) {
