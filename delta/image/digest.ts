@@ -74,3 +74,16 @@ export async function* verifyingStream(
     );
   }
 }
+
+/**
+ * A layer's uncompressed tar, checked against its diff_id. An uncompressed blob already checked
+ * against its digest needs no second hash (its digest is its diff_id).
+ */
+export function tarChecked(
+  tar: AsyncIterable<Uint8Array>,
+  layer: { readonly digest: string; readonly diffId: string },
+  what: string,
+): AsyncIterable<Uint8Array> {
+  if (layer.digest === layer.diffId) return tar;
+  return verifyingStream(tar, { digest: layer.diffId }, `${what} uncompressed tar (diff_id)`);
+}

@@ -11,12 +11,13 @@ import { BLOCK_SIZE, TarError } from "../tar/format.js";
 import { type BlockSource, readHeaderGroup, type TarEntry } from "../tar/header.js";
 import { type TarWriterEntry, writeTar } from "../tar/writer.js";
 import { decompress, detectCompression, ociLayerMediaType } from "./compression.js";
-import { digestHex, digestOf, digestStream, isDigest, verifyingStream } from "./digest.js";
+import { digestHex, digestOf, digestStream, tarChecked, verifyingStream } from "./digest.js";
 import { readAt, readHandleRange } from "./file-blob.js";
 import {
   type BlobStore,
   CONTAINERD_NAME_ANNOTATION,
   checkDocument,
+  checkLayersMatchConfig,
   diffIdsOf,
   ImageFormatError,
   MAX_DOCUMENT_BYTES,
@@ -193,7 +194,9 @@ export class DockerArchiveReader implements ImageReader {
   }
 
   async openLayerTar(index: number): Promise<AsyncIterable<Uint8Array>> {
-    return decompress(await this.openLayerBlob(index), this.info.layers[index]!.compression);
+    const layer = this.info.layers[index]!;
+    const tar = decompress(await this.openLayerBlob(index), layer.compression);
+    return tarChecked(tar, layer, `${this.path}: layer ${index}`);
   }
 
   /** The archive member at `path` (after following links), if any: for inspection and tests. */
@@ -455,17 +458,8 @@ function jsonBytes(value: unknown): Uint8Array {
  */
 export async function writeDockerArchive(dest: string, image: ImageToWrite): Promise<WrittenArchive> {
   const configDigest = digestOf(image.config);
-  for (const [i, layer] of image.layers.entries()) {
-    if (!isDigest(layer.diffId))
-      throw new ImageFormatError(`layer ${i} diff_id ${JSON.stringify(layer.diffId)} is not a digest`);
-  }
-  const configDiffIds = diffIdsOf(image.config, "image config");
+  checkLayersMatchConfig(image);
   const layerIds = image.layers.map((l) => l.diffId);
-  if (configDiffIds.join() !== layerIds.join()) {
-    throw new ImageFormatError(
-      `the layers (${layerIds.join(", ")}) are not the config's rootfs.diff_ids (${configDiffIds.join(", ")})`,
-    );
-  }
   const blobPath = (digest: string) => `blobs/sha256/${digestHex(digest)}`;
   const repoTag = image.repository ? `${image.repository}:${image.tag || "latest"}` : undefined;
 

@@ -7,11 +7,12 @@ import { createHash } from "node:crypto";
 import { mkdir, open, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { compressGzip, decompress } from "./compression.js";
-import { digestHex, digestOf, verifyingStream } from "./digest.js";
+import { digestHex, digestOf, tarChecked, verifyingStream } from "./digest.js";
 import { readFileRange } from "./file-blob.js";
 import {
   type BlobStore,
   checkDocument,
+  checkLayersMatchConfig,
   type Descriptor,
   ImageFormatError,
   MAX_DOCUMENT_BYTES,
@@ -113,7 +114,12 @@ export class OciLayoutReader implements ImageReader {
   }
 
   async openLayerTar(index: number): Promise<AsyncIterable<Uint8Array>> {
-    return decompress(await this.openLayerBlob(index), this.layer(index).compression);
+    const layer = this.layer(index);
+    return tarChecked(
+      decompress(await this.openLayerBlob(index), layer.compression),
+      layer,
+      `layer ${index}`,
+    );
   }
 
   async close(): Promise<void> {}
@@ -178,6 +184,7 @@ export async function writeOciLayout(
   image: ImageToWrite,
   options: WriteOciLayoutOptions = {},
 ): Promise<Descriptor> {
+  checkLayersMatchConfig(image);
   const compression = options.compression ?? "none";
   const tag = options.tag ?? image.tag;
   await mkdir(join(dir, "blobs", "sha256"), { recursive: true });

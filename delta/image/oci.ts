@@ -5,8 +5,8 @@
  * config into an ImageInfo.
  */
 import { compressionOfMediaType } from "./compression.js";
-import { assertDigest, digestOf } from "./digest.js";
-import type { ImageInfo, LayerInfo } from "./types.js";
+import { assertDigest, digestOf, isDigest } from "./digest.js";
+import type { ImageInfo, ImageToWrite, LayerInfo } from "./types.js";
 
 export const MediaType = {
   ociIndex: "application/vnd.oci.image.index.v1+json",
@@ -323,4 +323,21 @@ export function splitImageName(name: string): { repository: string; tag: string 
     parts.shift();
   }
   return { repository: parts.join("/"), tag };
+}
+
+/** Before writing: the layers must be exactly the config's rootfs.diff_ids, in order. */
+export function checkLayersMatchConfig(image: ImageToWrite): void {
+  for (const [i, layer] of image.layers.entries()) {
+    if (!isDigest(layer.diffId)) {
+      throw new ImageFormatError(`layer ${i} diff_id ${JSON.stringify(layer.diffId)} is not a digest`);
+    }
+  }
+  const configDiffIds = diffIdsOf(image.config, "image config");
+  const layerIds = image.layers.map((l) => l.diffId);
+  if (configDiffIds.join() !== layerIds.join()) {
+    throw new ImageFormatError(
+      `the layers (${layerIds.join(", ")}) are not the config's rootfs.diff_ids (${configDiffIds.join(", ")}); ` +
+        "an image written like this would not load",
+    );
+  }
 }

@@ -208,6 +208,43 @@ describe("OCI image layouts", () => {
     });
   });
 
+  it("refuses to write an image whose layers are not its config's diff_ids", async () => {
+    const swapped = { ...one, layers: [one.layers[1]!, one.layers[0]!, one.layers[2]!] };
+    await assert.rejects(
+      writeOciLayout(join(dir, "swapped"), swapped),
+      /are not the config's rootfs.diff_ids/,
+    );
+  });
+
+  it("checks a compressed layer's tar against its diff_id", async () => {
+    const layout = join(dir, "wrong-diff-id");
+    await writeOciLayout(layout, one, { compression: "gzip" });
+    // Rewrite the config (and so the manifest and index) with a wrong diff_id for layer 2.
+    const blob = (d: string) => join(layout, "blobs", "sha256", d.slice(7));
+    const index = JSON.parse(readFileSync(join(layout, "index.json"), "utf8"));
+    const manifest = JSON.parse(readFileSync(blob(index.manifests[0].digest), "utf8"));
+    const config = JSON.parse(new TextDecoder().decode(one.config));
+    config.rootfs.diff_ids[2] = digestOf(new Uint8Array([1, 2, 3]));
+    const configBytes = new TextEncoder().encode(JSON.stringify(config));
+    writeFileSync(blob(digestOf(configBytes)), configBytes);
+    manifest.config = { ...manifest.config, digest: digestOf(configBytes), size: configBytes.length };
+    const manifestBytes = new TextEncoder().encode(JSON.stringify(manifest));
+    writeFileSync(blob(digestOf(manifestBytes)), manifestBytes);
+    index.manifests[0] = {
+      ...index.manifests[0],
+      digest: digestOf(manifestBytes),
+      size: manifestBytes.length,
+    };
+    writeFileSync(join(layout, "index.json"), JSON.stringify(index));
+
+    const reader = await openOciLayout(layout);
+    assert.deepEqual(await collect(await reader.openLayerTar(1)), one.tars[1]);
+    await assert.rejects(
+      collect(await reader.openLayerTar(2)),
+      /layer 2 uncompressed tar \(diff_id\) should be sha256:039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81 but is sha256:/,
+    );
+  });
+
   it("refuses an index whose digest is a path, not a digest", async () => {
     const layout = join(dir, "traversal");
     await writeOciLayout(layout, one);

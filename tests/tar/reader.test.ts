@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   closeSync,
@@ -20,6 +20,7 @@ import { after, before, describe, it } from "node:test";
 import { concatBytes, TarError } from "../../delta/tar/format.js";
 import type { TarEntry } from "../../delta/tar/header.js";
 import { listTar, type TarItem, TarReader } from "../../delta/tar/reader.js";
+import { encodeHeader } from "../../delta/tar/writer.js";
 
 async function* chunked(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
   for (let i = 0; i < bytes.length; i += size) yield bytes.subarray(i, Math.min(bytes.length, i + size));
@@ -275,6 +276,34 @@ describe("tar reader on hostile input", () => {
     assert.equal(tail.offset, 2560);
     assert.equal(tail.bytes.length, good.length - 2560);
     assert.ok(tail.bytes.every((b) => b === 0));
+  });
+
+  it("reads sizes beyond 8 GiB from PAX records and base-256 fields, as GNU tar does", async () => {
+    const size = 9 * 1024 ** 3 + 5;
+    const pax = encodeHeader({
+      path: "huge.img",
+      type: "file",
+      stream: { size, open: async function* () {} },
+    });
+    const listed = spawnSync("tar", ["-tvf", "-"], {
+      input: pax,
+      encoding: "utf8",
+      env: { ...process.env, TZ: "UTC" },
+    });
+    assert.match(listed.stdout, new RegExp(`^-rw-r--r-- 0/0\\s+${size} 2020-01-01 00:00 huge.img`));
+    const gnu = pax.slice(pax.length - 512);
+    gnu.fill(0, 124, 136);
+    gnu[124] = 0x80;
+    new DataView(gnu.buffer, gnu.byteOffset).setBigUint64(128, BigInt(size));
+    rechecksum(gnu, 0);
+    for (const header of [pax, gnu]) {
+      const reader = new TarReader(chunked(header, 512));
+      for await (const item of reader) {
+        assert.equal(item.entry.size, size);
+        assert.equal(item.entry.endOffset, header.length + size + 507);
+        break;
+      }
+    }
   });
 
   it("refuses to hand out data after the reader moved on", async () => {
