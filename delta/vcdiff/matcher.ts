@@ -42,9 +42,9 @@ const MIN_MATCH = 4;
 /** Shortest RUN considered: shorter runs are left to copies and literals. */
 const MIN_RUN = 6;
 /** Matches within the window reach back at most this far (ring of chain links). */
-const SELF_SPAN = 1 << 16;
+const SELF_SPAN = 1 << 18;
 const SELF_MASK = SELF_SPAN - 1;
-const SELF_HASH_BITS = 15;
+const SELF_HASH_BITS = 16;
 /** Candidates tried per position in the window's own hash chains. */
 const SELF_CHAIN_DEPTH = 8;
 /** A match this long is taken without trying further candidates. */
