@@ -22,6 +22,8 @@ const LARGE_TARGET = 1_000_000_000;
 
 interface Run {
   ms: number;
+  /** User + system CPU time: steadier than wall time on a shared machine. */
+  cpuMs: number;
   maxRssKiB: number;
 }
 
@@ -37,11 +39,15 @@ function ourRun(mode: "encode" | "decode", source: string, input: string, out: s
 
 /** Runs xdelta3 under /usr/bin/time for its wall time and peak RSS. */
 function xdelta3(args: string[]): Run {
-  const r = spawnSync("/usr/bin/time", ["-f", "TIME %e %M", "xdelta3", ...args], { encoding: "utf8" });
+  const r = spawnSync("/usr/bin/time", ["-f", "TIME %e %M %U %S", "xdelta3", ...args], { encoding: "utf8" });
   const line = r.stderr.split("\n").find((l) => l.startsWith("TIME "));
   if (r.status !== 0 || line === undefined) throw new Error(`xdelta3 ${args.join(" ")} failed: ${r.stderr}`);
-  const [, seconds, kib] = line.split(" ");
-  return { ms: Number(seconds) * 1000, maxRssKiB: Number(kib) };
+  const [, seconds, kib, user, system] = line.split(" ");
+  return {
+    ms: Number(seconds) * 1000,
+    cpuMs: (Number(user) + Number(system)) * 1000,
+    maxRssKiB: Number(kib),
+  };
 }
 
 async function sha256(path: string): Promise<string> {
@@ -64,6 +70,7 @@ interface Row {
 }
 
 const mbps = (bytes: number, run: Run) => bytes / 1e6 / (run.ms / 1000);
+const cpuMbps = (bytes: number, run: Run) => bytes / 1e6 / (Math.max(run.cpuMs, 1) / 1000);
 const mb = (bytes: number) => (bytes / 1e6).toFixed(bytes < 1e7 ? 2 : 1);
 const rssMb = (run: Run) => (run.maxRssKiB / 1024).toFixed(0);
 
@@ -98,14 +105,14 @@ async function benchPair(pair: BenchPair): Promise<Row> {
 
 function table(rows: Row[]): string {
   const head =
-    "| pair | target MB | delta ours / xdelta3 (bytes) | ratio | encode MB/s ours / xdelta3 | decode MB/s ours / xdelta3 | encode RSS MB ours / xdelta3 | decode RSS MB ours / xdelta3 |\n" +
-    "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    "| pair | target MB | delta ours / xdelta3 (bytes) | ratio | encode MB/s ours / xdelta3 | encode MB/CPU-s ours / xdelta3 | decode MB/s ours / xdelta3 | decode MB/CPU-s ours / xdelta3 | encode RSS MB ours / xdelta3 | decode RSS MB ours / xdelta3 |\n" +
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   return (
     head +
     rows
       .map((r) => {
         const t = r.targetBytes;
-        return `| ${r.pair} | ${mb(t)} | ${r.ours.delta} / ${r.xd3.delta} | ${(r.ours.delta / r.xd3.delta).toFixed(3)} | ${mbps(t, r.ours.encode).toFixed(1)} / ${mbps(t, r.xd3.encode).toFixed(1)} | ${mbps(t, r.ours.decode).toFixed(0)} / ${mbps(t, r.xd3.decode).toFixed(0)} | ${rssMb(r.ours.encode)} / ${rssMb(r.xd3.encode)} | ${rssMb(r.ours.decode)} / ${rssMb(r.xd3.decode)} |`;
+        return `| ${r.pair} | ${mb(t)} | ${r.ours.delta} / ${r.xd3.delta} | ${(r.ours.delta / r.xd3.delta).toFixed(3)} | ${mbps(t, r.ours.encode).toFixed(1)} / ${mbps(t, r.xd3.encode).toFixed(1)} | ${cpuMbps(t, r.ours.encode).toFixed(1)} / ${cpuMbps(t, r.xd3.encode).toFixed(1)} | ${mbps(t, r.ours.decode).toFixed(0)} / ${mbps(t, r.xd3.decode).toFixed(0)} | ${cpuMbps(t, r.ours.decode).toFixed(0)} / ${cpuMbps(t, r.xd3.decode).toFixed(0)} | ${rssMb(r.ours.encode)} / ${rssMb(r.xd3.encode)} | ${rssMb(r.ours.decode)} / ${rssMb(r.xd3.decode)} |`;
       })
       .join("\n")
   );
@@ -133,8 +140,9 @@ async function largeDecode(pair: BenchPair): Promise<string> {
   rmSync(decoded, { force: true });
   return (
     `Large decode: a ${mb(size)} MB target (the newer node tar repeated) from our ${mb(fileSize(delta))} MB delta ` +
-    `against the ${mb(fileSize(pair.source))} MB older tar: ours ${mbps(size, ours).toFixed(0)} MB/s at ` +
-    `${rssMb(ours)} MB peak RSS; xdelta3 -d ${mbps(size, xd).toFixed(0)} MB/s at ${rssMb(xd)} MB.`
+    `against the ${mb(fileSize(pair.source))} MB older tar: ours ${mbps(size, ours).toFixed(0)} MB/s ` +
+    `(${cpuMbps(size, ours).toFixed(0)} MB/CPU-s) at ${rssMb(ours)} MB peak RSS; xdelta3 -d ` +
+    `${mbps(size, xd).toFixed(0)} MB/s (${cpuMbps(size, xd).toFixed(0)} MB/CPU-s) at ${rssMb(xd)} MB.`
   );
 }
 
