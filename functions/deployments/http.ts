@@ -38,7 +38,20 @@ export async function postDeployment(
       context.warn(`rejected deployment request: ${error.message}`);
       return badRequest(error);
     }
-    throw error;
+    // Storage, IoT Hub or the Durable extension failed: nothing the caller sent is wrong, so say retry.
+    context.error(`deployment request failed: ${(error as Error).message}`);
+    return {
+      status: 503,
+      headers: { "Retry-After": "30" },
+      jsonBody: {
+        error: {
+          field: "",
+          message:
+            `could not start the deployment set (${(error as Error).message}); ` +
+            "retry later, with an id so a retry cannot start a second set",
+        },
+      },
+    };
   }
 }
 

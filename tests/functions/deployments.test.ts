@@ -449,6 +449,32 @@ describe("POST /api/deployments starts the deployment set", () => {
   });
 });
 
+describe("POST /api/deployments when a service fails", () => {
+  it("answers 503 with Retry-After and starts nothing", async () => {
+    const started = host.instances.size;
+    const response = (await post(
+      { manifestName: "atlantic/summer.json", devices: ["d"], requestedBy: requester },
+      {
+        readManifest: async () => {
+          throw new Error("connect ECONNREFUSED 127.0.0.1:10000");
+        },
+      },
+    )) as HttpResponseInit;
+    assert.deepEqual(response, {
+      status: 503,
+      headers: { "Retry-After": "30" },
+      jsonBody: {
+        error: {
+          field: "",
+          message:
+            "could not start the deployment set (connect ECONNREFUSED 127.0.0.1:10000); retry later, with an id so a retry cannot start a second set",
+        },
+      },
+    });
+    assert.equal(host.instances.size, started);
+  });
+});
+
 describe("deployment-requests queue", () => {
   it("starts a set whose id derives from the message id, once across redeliveries", async () => {
     const message = { manifest, devices: ["vessel-07"], requestedBy: requester };
