@@ -9,7 +9,7 @@ import { DigestError, digestOf } from "../../delta/image/digest.js";
 import { openDockerArchive, writeDockerArchive } from "../../delta/image/docker-archive.js";
 import { ImageFormatError } from "../../delta/image/oci.js";
 import { openOciLayout, writeOciLayout } from "../../delta/image/oci-layout.js";
-import { openImage, writeImage } from "../../delta/image/open.js";
+import { locateImage, openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
 import { TarError } from "../../delta/tar/format.js";
 import { buildTar, type TarWriterEntry } from "../../delta/tar/writer.js";
@@ -227,6 +227,23 @@ describe("docker-archive", () => {
     assert.equal(reader.info.repository, "edge/reader");
     await assertSameImage(reader, two);
     await reader.close();
+  });
+
+  it("tells archives, layouts and registry references apart", async () => {
+    const archive = join(dir, "det-a.tar");
+    assert.deepEqual(await locateImage(archive), { kind: "docker-archive", path: archive });
+    assert.deepEqual(await locateImage(`${archive}:apps/telemetry:1.0`), {
+      kind: "docker-archive",
+      path: archive,
+      name: "apps/telemetry:1.0",
+    });
+    const layout = join(dir, "src-layout");
+    assert.deepEqual(await locateImage(`${layout}:1.0`), { kind: "oci", path: layout, name: "1.0" });
+    assert.deepEqual(await locateImage("localhost:5000/apps/telemetry:1.0"), {
+      kind: "registry",
+      reference: "localhost:5000/apps/telemetry:1.0",
+    });
+    await assert.rejects(locateImage(dir), /is a directory without an oci-layout file/);
   });
 
   it("refuses a truncated archive with the offset where it ends", async () => {

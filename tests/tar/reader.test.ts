@@ -84,6 +84,7 @@ describe("tar reader on archives made by GNU tar", () => {
     symlinkSync(`../${"l".repeat(150)}`, join(root, "long-link"));
     symlinkSync("small.txt", join(root, "sym"));
     writeFileSync(join(root, "ünïcødé.txt"), "utf8\n");
+    execFileSync("mkfifo", [join(root, "pipe")]);
     // A sparse file: data at 0 and 1 MiB, holes elsewhere, 3 MiB long.
     const fd = openSync(join(root, "sparse.img"), "w");
     writeSync(fd, sparseData, 0, sparseData.length, 0);
@@ -140,6 +141,7 @@ describe("tar reader on archives made by GNU tar", () => {
       assert.equal(byPath.get("./hard.txt")?.type, "file");
       assert.equal(byPath.get(`./${longDir}/`)?.type, "directory");
       assert.equal(byPath.get("./small.txt")?.mode, 0o644);
+      assert.equal(byPath.get("./pipe")?.type, "fifo");
       const sparse = byPath.get("./sparse.img")!;
       if (format === "pax") {
         assert.equal(sparse.sparse, false);
@@ -175,6 +177,50 @@ describe("tar reader on archives made by GNU tar", () => {
     assert.equal(entries[0]!.sparse, true);
     assert.ok(entries[0]!.header.length > 512, "extension blocks belong to the header");
     assert.equal(entries[0]!.size, 40 * 4096);
+  });
+});
+
+describe("tar reader on other writers' archives", () => {
+  it("keeps a git archive's global PAX header with the first entry", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tar-git-"));
+    try {
+      const git = (...args: string[]) =>
+        execFileSync("git", ["-c", "user.name=t", "-c", "user.email=t@example.com", ...args], { cwd: dir });
+      git("init", "-q");
+      writeFileSync(join(dir, "readme.md"), "# hi\n");
+      git("add", "readme.md");
+      git("commit", "-q", "-m", "one");
+      const bytes = new Uint8Array(git("archive", "--format=tar", "HEAD"));
+      const { entries, rebuilt } = await walk(bytes, 300);
+      assert.equal(sha256(rebuilt), sha256(bytes));
+      assert.deepEqual(
+        entries.map((e) => e.path),
+        ["readme.md"],
+      );
+      assert.equal(entries[0]!.header[156], 0x67, "the group starts with the 'g' header");
+      assert.equal(entries[0]!.headerOffset, 0);
+      assert.equal(entries[0]!.dataOffset, 1536);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("keeps non-zero padding and bytes after the end-of-archive marker exactly", async () => {
+    const bytes = gnuTar({ "a.txt": "abc" }).slice();
+    bytes.fill(0x55, 512 + 3, 1024); // padding after a.txt's data
+    const end = 1024 + 1024;
+    const withTrailer = concatBytes([bytes.subarray(0, end), new TextEncoder().encode("trailing junk")]);
+    const { rebuilt } = await walk(withTrailer, 64);
+    assert.deepEqual(rebuilt, withTrailer);
+    const reader = new TarReader(chunked(withTrailer, 64));
+    for await (const item of reader) {
+      assert.equal(item.entry.path, "a.txt");
+      assert.throws(() => item.padding, /asked for before its data was read or skipped/);
+      for await (const _ of item.data) void _;
+      assert.deepEqual(item.padding, new Uint8Array(509).fill(0x55));
+    }
+    assert.equal(reader.tail.offset, 1024);
+    assert.equal(reader.tail.bytes.length, 1024 + 13);
   });
 });
 
