@@ -1,0 +1,226 @@
+import assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
+import { existsSync, statSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { openImage } from "../../delta/image/open.js";
+import {
+  buildTar,
+  imageOf,
+  patched,
+  realFiles,
+  sha256,
+  withContent,
+  writeArchive,
+} from "../bundle/fixtures.js";
+import { startRegistry, type TestRegistry } from "../support/registry.js";
+
+const CLI = join(import.meta.dirname, "..", "..", "bin", "deltaship.mjs");
+
+interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+function deltaship(...args: string[]): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
+      const code = err === null ? 0 : typeof err.code === "number" ? err.code : 1;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+let dir: string;
+let registry: TestRegistry;
+let v1: string;
+let v2: string;
+let layersV2: Uint8Array[];
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "bundle-cli-"));
+  registry = await startRegistry();
+  const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000, skip: 10 });
+  const libs = realFiles("/usr/lib/x86_64-linux-gnu", "usr/lib", { limit: 20, maxBytes: 2_000_000, skip: 5 });
+  const base = await buildTar(bins);
+  const app1 = await buildTar(libs);
+  const app2 = await buildTar(libs.map((e, i) => (i === 4 ? withContent(e, patched(e.content!, 4)) : e)));
+  const imageV1 = imageOf("apps/cli", "1", [base, app1]);
+  layersV2 = [base, app2];
+  v1 = await writeArchive(join(dir, "v1.tar"), imageV1);
+  v2 = await writeArchive(join(dir, "v2.tar"), imageOf("apps/cli", "2", layersV2));
+  // Seeded with skopeo, an independent client, so the registry holds what a real push makes.
+  execFileSync("skopeo", [
+    "copy",
+    "--quiet",
+    "--dest-tls-verify=false",
+    `docker-archive:${v1}`,
+    `docker://${registry.host}/apps/cli:1`,
+  ]);
+});
+
+after(async () => {
+  await registry?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("deltaship bundle commands", () => {
+  it("keygen writes a private key only its owner can read and a public key", async () => {
+    const result = await deltaship("keygen", "--out", join(dir, "k"), "--json");
+    assert.equal(result.code, 0, result.stderr);
+    const out = JSON.parse(result.stdout);
+    assert.match(out.keyId, /^[0-9a-f]{16}$/);
+    assert.equal(statSync(join(dir, "k.key")).mode & 0o777, 0o600);
+    assert.match(await readFile(join(dir, "k.pub"), "utf8"), /^-----BEGIN PUBLIC KEY-----/);
+    assert.equal((await deltaship("keygen", "--out", join(dir, "k"))).code, 1, "refuses to overwrite");
+  });
+
+  it("diff, inspect and apply rebuild the archive byte for byte", async () => {
+    const bundle = join(dir, "v2.bundle");
+    const diff = await deltaship(
+      "diff",
+      "--from",
+      v1,
+      "--to",
+      v2,
+      "--key",
+      join(dir, "k.key"),
+      "--out",
+      bundle,
+      "--level",
+      "3",
+      "--json",
+    );
+    assert.equal(diff.code, 0, diff.stderr);
+    const built = JSON.parse(diff.stdout);
+    assert.equal(built.bytes, statSync(bundle).size);
+    assert.deepEqual(
+      built.layers.map((l: { present: boolean }) => l.present),
+      [true, false],
+    );
+
+    const inspect = await deltaship("inspect", bundle, "--trust", join(dir, "k.pub"), "--json");
+    assert.equal(inspect.code, 0, inspect.stderr);
+    const shown = JSON.parse(inspect.stdout);
+    assert.equal(shown.verified, true);
+    assert.deepEqual(shown.target.repository, "apps/cli");
+    assert.deepEqual(
+      shown.makes.map((m: { diffId: string }) => m.diffId),
+      layersV2.map(sha256),
+    );
+
+    const dest = join(dir, "out.tar");
+    const apply = await deltaship(
+      "apply",
+      bundle,
+      "--from",
+      v1,
+      "--to",
+      dest,
+      "--trust",
+      join(dir, "k.pub"),
+      "--json",
+    );
+    assert.equal(apply.code, 0, apply.stderr);
+    assert.deepEqual(await readFile(dest), await readFile(v2));
+  });
+
+  it("applies from a registry image into the registry and the image reads back identical", async () => {
+    const bundle = join(dir, "registry.bundle");
+    const diff = await deltaship(
+      "diff",
+      "--from",
+      `${registry.host}/apps/cli:1`,
+      "--to",
+      v2,
+      "--key",
+      join(dir, "k.key"),
+      "--out",
+      bundle,
+      "--level",
+      "3",
+    );
+    assert.equal(diff.code, 0, diff.stderr);
+    const apply = await deltaship(
+      "apply",
+      bundle,
+      "--from",
+      `${registry.host}/apps/cli:1`,
+      "--to",
+      `${registry.host}/apps/cli`,
+      "--trust",
+      join(dir, "k.pub"),
+      "--json",
+    );
+    assert.equal(apply.code, 0, apply.stderr);
+    const result = JSON.parse(apply.stdout);
+    assert.equal(result.image, `${registry.host}/apps/cli:2@${result.digest}`);
+    const pushed = await openImage(`${registry.host}/apps/cli:2`);
+    try {
+      assert.equal(pushed.info.manifestDigest, result.digest);
+      assert.equal(pushed.info.configDigest, sha256((await openImage(v2)).info.config));
+      for (let i = 0; i < layersV2.length; i++) {
+        const parts: Uint8Array[] = [];
+        for await (const chunk of await pushed.openLayerTar(i)) parts.push(chunk);
+        assert.equal(sha256(Buffer.concat(parts)), sha256(layersV2[i]!));
+      }
+    } finally {
+      await pushed.close();
+    }
+  });
+
+  it("exits with distinct codes for usage, bad bundles, untrusted keys and missing layers", async () => {
+    const bundle = join(dir, "v2.bundle");
+    const dest = join(dir, "never.tar");
+    assert.equal((await deltaship("apply", bundle)).code, 2);
+    await writeFile(join(dir, "garbage.bundle"), "not a bundle at all, just text that is long enough");
+    const bad = await deltaship(
+      "apply",
+      join(dir, "garbage.bundle"),
+      "--from",
+      v1,
+      "--to",
+      dest,
+      "--trust",
+      join(dir, "k.pub"),
+    );
+    assert.equal(bad.code, 3, bad.stderr);
+    assert.match(bad.stderr, /not a Deltaship bundle/);
+    assert.equal((await deltaship("keygen", "--out", join(dir, "other"))).code, 0);
+    const untrusted = await deltaship(
+      "apply",
+      bundle,
+      "--from",
+      v1,
+      "--to",
+      dest,
+      "--trust",
+      join(dir, "other.pub"),
+    );
+    assert.equal(untrusted.code, 4, untrusted.stderr);
+    const missing = await deltaship("apply", bundle, "--to", dest, "--trust", join(dir, "k.pub"), "--json");
+    assert.equal(missing.code, 5, missing.stderr);
+    assert.equal(JSON.parse(missing.stdout).code, "MISSING_SOURCE");
+    assert.equal(existsSync(dest), false);
+  });
+
+  it("index writes an image index with every layer and file", async () => {
+    const out = join(dir, "v2.index.json");
+    const result = await deltaship("index", v2, "--out", out, "--json");
+    assert.equal(result.code, 0, result.stderr);
+    const index = JSON.parse(await readFile(out, "utf8"));
+    assert.equal(index.version, 1);
+    assert.deepEqual(
+      index.layers.map((l: { diffId: string }) => l.diffId),
+      layersV2.map(sha256),
+    );
+    assert.equal(index.layers[0].size, layersV2[0]!.length);
+    assert.equal(
+      JSON.parse(result.stdout).files,
+      index.layers[0].files.length + index.layers[1].files.length,
+    );
+  });
+});
