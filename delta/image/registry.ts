@@ -168,7 +168,9 @@ export async function openRegistryImage(ref: string, options: RegistryOptions = 
       }
       return new RegistryBlobSource(client, repository, layer.digest, layer.size, sourceOptions);
     },
-    async close() {},
+    async close() {
+      if (!options.client) client.close();
+    },
   };
 }
 
@@ -322,6 +324,20 @@ export async function pushImage(
 ): Promise<PushResult> {
   const reference = parseReference(ref, options);
   const client = clientFor(reference, options);
+  try {
+    return await pushWith(client, reference, ref, image, options);
+  } finally {
+    if (!options.client) client.close();
+  }
+}
+
+async function pushWith(
+  client: RegistryClient,
+  reference: ImageReference,
+  ref: string,
+  image: ImageToWrite | ImageToPush,
+  options: PushOptions,
+): Promise<PushResult> {
   const repository = reference.repository;
   const compression = options.compression ?? "none";
   const docker = options.manifestFormat === "docker";

@@ -5,6 +5,7 @@
  * anonymously) and caches it per scope until shortly before it expires.
  */
 import { describeErrorBody, RegistryError, readBounded } from "./errors.js";
+import type { HttpResponse, HttpTransport } from "./http.js";
 
 export interface RegistryCredentials {
   readonly username?: string;
@@ -53,7 +54,7 @@ export class TokenCache {
 
   constructor(
     private readonly credentials: RegistryCredentials,
-    private readonly fetchImpl: typeof fetch = fetch,
+    private readonly transport: HttpTransport,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -85,7 +86,7 @@ export class TokenCache {
   ): Promise<CachedToken> {
     this.requests++;
     const { username, password, refreshToken } = this.credentials;
-    let response: Response;
+    let response: HttpResponse;
     const what = `token request to ${realm} for scope "${scopes.join(" ")}"`;
     try {
       if (refreshToken) {
@@ -93,25 +94,26 @@ export class TokenCache {
         const form = new URLSearchParams({ grant_type: "refresh_token", refresh_token: refreshToken });
         if (service) form.set("service", service);
         if (scopes.length > 0) form.set("scope", scopes.join(" "));
-        response = await this.fetchImpl(realm, {
-          method: "POST",
-          headers: { "content-type": "application/x-www-form-urlencoded" },
-          body: form.toString(),
-        });
+        response = await this.transport.send(
+          new URL(realm),
+          "POST",
+          { "content-type": "application/x-www-form-urlencoded" },
+          new TextEncoder().encode(form.toString()),
+        );
       } else {
         const url = new URL(realm);
         if (service) url.searchParams.set("service", service);
         for (const scope of scopes) url.searchParams.append("scope", scope);
         const headers: Record<string, string> = {};
         if (username !== undefined) headers.authorization = basicHeader(username, password ?? "");
-        response = await this.fetchImpl(url, { headers });
+        response = await this.transport.send(url, "GET", headers, undefined);
       }
     } catch (error) {
       throw new RegistryError(
         `${what} failed: ${(error as Error).message}; check that the token service is reachable`,
       );
     }
-    if (!response.ok) {
+    if (response.status !== 200) {
       const body = await describeErrorBody(response);
       const hint =
         response.status === 401 || response.status === 403

@@ -10,9 +10,9 @@ import type { RegistryClient } from "./client.js";
 import { RegistryError } from "./errors.js";
 
 /** Bytes fetched per cache block: larger blocks mean fewer requests, more bytes wasted per miss. */
-export const DEFAULT_BLOCK_SIZE = 1024 * 1024;
+export const DEFAULT_BLOCK_SIZE = 256 * 1024;
 /** Blocks kept: bounds the cache's memory at blockSize × this. */
-export const DEFAULT_CACHE_BLOCKS = 16;
+export const DEFAULT_CACHE_BLOCKS = 64;
 
 export interface BlobSourceOptions {
   readonly blockSize?: number;

@@ -7,6 +7,7 @@
 import { createHash } from "node:crypto";
 import { basicHeader, type Challenge, parseChallenge, type RegistryCredentials, TokenCache } from "./auth.js";
 import { concatBytes, describeErrorBody, hintForStatus, RegistryError, readBounded } from "./errors.js";
+import { type HttpResponse, HttpTransport } from "./http.js";
 import { MANIFEST_ACCEPT } from "./media-types.js";
 import { baseUrlFor, DIGEST_PATTERN, type ReferenceOptions } from "./reference.js";
 
@@ -71,6 +72,7 @@ export class RegistryClient {
   readonly chunkSize: number;
   private readonly credentials: RegistryCredentials;
   private readonly tokens: TokenCache;
+  private readonly transport = new HttpTransport();
   /** The last challenge this registry sent: later requests authenticate up front. */
   private challenge: Challenge | undefined;
 
@@ -80,11 +82,16 @@ export class RegistryClient {
   ) {
     this.baseUrl = baseUrlFor(registry, options);
     this.credentials = options.credentials ?? {};
-    this.tokens = new TokenCache(this.credentials);
+    this.tokens = new TokenCache(this.credentials, this.transport);
     this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
     if (!(this.chunkSize >= 1 && this.chunkSize <= MAX_CHUNK_SIZE)) {
       throw new RegistryError(`chunkSize ${this.chunkSize} is outside 1..${MAX_CHUNK_SIZE}; pick a few MiB`);
     }
+  }
+
+  /** Closes kept-alive connections; the client stays usable (new requests open new ones). */
+  close(): void {
+    this.transport.close();
   }
 
   /** Token requests made so far (tests check tokens are cached per scope). */
@@ -161,7 +168,7 @@ export class RegistryClient {
       expect: [201],
       what,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
     const answered = response.headers.get("docker-content-digest");
     if (answered && answered !== digest) {
       throw new RegistryError(
@@ -180,7 +187,7 @@ export class RegistryClient {
       expect: [202],
       what: `DELETE manifest ${repository}@${digest}`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
   }
 
   // ---- blobs ----
@@ -218,7 +225,7 @@ export class RegistryClient {
       expect: [200],
       what,
     });
-    return verifyStream(bodyOf(response), digest, expectedSize, what);
+    return verifyStream(response.body, digest, expectedSize, what);
   }
 
   /** Reads a whole small blob into memory (configs), verified, refusing more than `limit` bytes. */
@@ -256,7 +263,7 @@ export class RegistryClient {
       what,
     });
     if (response.status !== 206) {
-      await response.body?.cancel();
+      await response.body.cancel();
       throw new RegistryError(
         `${what}: the registry answered ${response.status} with the whole blob instead of 206 Partial Content; it does not support Range reads, so copy the blob to a file and read that instead`,
         response.status,
@@ -280,7 +287,7 @@ export class RegistryClient {
       expect: [202],
       what: `DELETE blob ${repository}@${digest}`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
   }
 
   /**
@@ -297,7 +304,7 @@ export class RegistryClient {
       expect: [201, 202],
       what: `mount blob ${digest} from ${fromRepository} into ${repository}`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
     if (response.status === 201) return true;
     await this.cancelUpload(repository, this.location(response, "mount"));
     return false;
@@ -384,7 +391,7 @@ export class RegistryClient {
       expect: [202],
       what: `start blob upload to ${repository}`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
     return this.location(response, `start blob upload to ${repository}`);
   }
 
@@ -405,7 +412,7 @@ export class RegistryClient {
       expect: [202],
       what: `${what}: PATCH bytes ${start}-${end}`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
     const range = response.headers.get("range");
     if (range && range !== `0-${end}` && range !== `bytes=0-${end}`) {
       throw new RegistryError(
@@ -433,7 +440,7 @@ export class RegistryClient {
       expect: [201],
       what: `${what}: PUT ?digest=`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
     const answered = response.headers.get("docker-content-digest");
     if (answered && answered !== digest) {
       throw new RegistryError(
@@ -451,10 +458,10 @@ export class RegistryClient {
       expect: [204, 202, 404],
       what: `cancel blob upload to ${repository}`,
     });
-    await response.body?.cancel();
+    await response.body.cancel();
   }
 
-  private location(response: Response, what: string): string {
+  private location(response: HttpResponse, what: string): string {
     const location = response.headers.get("location");
     if (!location) {
       throw new RegistryError(`${what}: the registry answered ${response.status} without a Location header`);
@@ -503,7 +510,7 @@ export class RegistryClient {
       const response = await this.request({ method: "GET", url, scopes, expect: [200, 404], what });
       if (response.status === 404) {
         if (emptyOn404) {
-          await response.body?.cancel();
+          await response.body.cancel();
           return out;
         }
         const body = await describeErrorBody(response);
@@ -525,7 +532,7 @@ export class RegistryClient {
 
   // ---- the request loop: auth, redirects, errors ----
 
-  private async request(spec: RequestSpec): Promise<Response> {
+  private async request(spec: RequestSpec): Promise<HttpResponse> {
     let url = new URL(spec.url, this.baseUrl);
     let authRetried = false;
     let redirects = 0;
@@ -537,20 +544,24 @@ export class RegistryClient {
         const authorization = await this.authorization(spec.scopes);
         if (authorization) headers.authorization = authorization;
       }
-      let response: Response;
+      let response: HttpResponse;
       try {
-        response = await fetch(url, { method: spec.method, headers, body: spec.body, redirect: "manual" });
+        response = await this.transport.send(url, spec.method, headers, spec.body);
       } catch (error) {
-        const cause = (error as { cause?: { message?: string } }).cause?.message ?? (error as Error).message;
+        const cause = (error as Error).message;
         throw new RegistryError(
           `${spec.what}: no answer from ${url.origin} (${cause}); check that the registry runs and the address, port and http/https (option insecure) are right`,
         );
       }
-      if (spec.expect.includes(response.status)) return response;
+      if (spec.expect.includes(response.status)) {
+        // A HEAD answer has no body to read, but it must be read to the end to free the connection.
+        if (spec.method === "HEAD") await response.body.cancel();
+        return response;
+      }
       if (response.status === 401 && sameOrigin && !authRetried) {
         const challenge = parseChallenge(response.headers.get("www-authenticate"));
         if (challenge && (challenge.scheme === "bearer" || this.credentials.username !== undefined)) {
-          await response.body?.cancel();
+          await response.body.cancel();
           this.challenge = challenge;
           // A token we sent may have been revoked or lack a scope: ask for fresh ones.
           this.tokens.clear();
@@ -563,7 +574,7 @@ export class RegistryClient {
         (spec.method === "GET" || spec.method === "HEAD")
       ) {
         const location = response.headers.get("location");
-        await response.body?.cancel();
+        await response.body.cancel();
         if (location && redirects < MAX_REDIRECTS) {
           redirects++;
           url = new URL(location, url);
@@ -614,10 +625,6 @@ function parseJsonObject(bytes: Uint8Array, what: string): Record<string, unknow
     // Reported below.
   }
   throw new RegistryError(`${what}: the registry answered a body that is not a JSON object`);
-}
-
-export function bodyOf(response: Response): AsyncIterable<Uint8Array> {
-  return (response.body ?? new ReadableStream<Uint8Array>()) as unknown as AsyncIterable<Uint8Array>;
 }
 
 /** Passes a stream through, hashing it; throws at the end if digest or size disagree. */

@@ -2,12 +2,7 @@
  * The one error type of the registry client. Every message says what was asked, what the
  * registry answered (HTTP status and the `errors[]` of its JSON body) and what to do next.
  */
-
-/** One entry of a Distribution API error body: `{"errors":[{"code","message","detail"}]}`. */
-export interface RegistryErrorEntry {
-  readonly code: string;
-  readonly message: string;
-}
+import type { HttpResponse } from "./http.js";
 
 export class RegistryError extends Error {
   override readonly name = "RegistryError";
@@ -27,7 +22,7 @@ export class RegistryError extends Error {
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
 
 /** Reads the registry's error body (bounded) and renders it as ` (CODE: message; …)`. */
-export async function describeErrorBody(response: Response): Promise<{ text: string; codes: string[] }> {
+export async function describeErrorBody(response: HttpResponse): Promise<{ text: string; codes: string[] }> {
   let raw = "";
   try {
     const bytes = await readBounded(response, MAX_ERROR_BODY_BYTES);
@@ -77,7 +72,11 @@ export function hintForStatus(status: number): string {
 }
 
 /** Reads a whole response body, refusing more than `limit` bytes. */
-export async function readBounded(response: Response, limit: number, what = "response"): Promise<Uint8Array> {
+export async function readBounded(
+  response: HttpResponse,
+  limit: number,
+  what = "response",
+): Promise<Uint8Array> {
   const declared = Number(response.headers.get("content-length") ?? "-1");
   if (declared > limit) {
     await response.body?.cancel();
@@ -85,13 +84,12 @@ export async function readBounded(response: Response, limit: number, what = "res
       `${what} is ${declared} bytes, more than the ${limit}-byte limit; refusing to read it`,
     );
   }
-  if (!response.body) return new Uint8Array(0);
   const parts: Uint8Array[] = [];
   let total = 0;
-  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+  for await (const chunk of response.body) {
     total += chunk.length;
     if (total > limit) {
-      await response.body.cancel().catch(() => {});
+      await response.body.cancel();
       throw new RegistryError(`${what} is more than the ${limit}-byte limit; refusing to read it`);
     }
     parts.push(chunk);
