@@ -5,6 +5,7 @@
 import type { InvocationContext } from "@azure/functions";
 import type { DurableClient } from "durable-functions";
 import { type ImageReport, imageEventName } from "../../orchestrations/contract.js";
+import type { ItemRow } from "../../state/deploymentSets.js";
 import type { DeviceImageRow } from "../../state/deviceImages.js";
 import type { StateStore } from "../../state/store.js";
 
@@ -46,7 +47,8 @@ export interface ReportDeps {
 export type ReportOutcome =
   | { kind: "raised"; device: string; digest: string; setId: string; waiter: string; event: ImageReport }
   | { kind: "recorded"; device: string; digest: string; note: string }
-  | { kind: "healed"; device: string; images: number }
+  /** `resolved`: in-transit items the inventory showed present, told to their orchestration. */
+  | { kind: "healed"; device: string; images: number; resolved: number }
   | { kind: "dropped"; reason: string };
 
 /** One message as the trigger hands it over, with its metadata already picked out. */
@@ -114,12 +116,45 @@ export async function handleReport(
   const parsed = parseReport(message.body);
   if (typeof parsed === "string") return { kind: "dropped", reason: `from ${device}: ${parsed}` };
   const at = message.enqueuedAt ?? now().toISOString();
-  if (parsed.type === "inventory") {
-    const digests = parsed.images.map((i) => i.digest);
-    await deps.state.deviceImages.healInventory(device, digests, at);
-    return { kind: "healed", device, images: new Set(digests).size };
-  }
+  if (parsed.type === "inventory") return handleInventory(device, parsed, at, deps);
   return handleImageReport(device, parsed, at, deps);
+}
+
+/**
+ * Heals the device's rows from its inventory. An image the device holds while its row still
+ * says in transit means the imageReady report was lost: the item is resolved as arrived and
+ * the waiting orchestration told, so the set need not wait for its deadline.
+ */
+async function handleInventory(
+  device: string,
+  report: InventoryReportBody,
+  at: string,
+  deps: ReportDeps,
+): Promise<ReportOutcome> {
+  const digests = new Set(report.images.map((i) => i.digest));
+  const lost: DeviceImageRow[] = [];
+  let continuationToken: string | undefined;
+  do {
+    const page = await deps.state.deviceImages.listByDevice(device, { continuationToken });
+    for (const row of page.items) {
+      if (row.state === "inTransit" && row.setId !== undefined && digests.has(row.digest)) lost.push(row);
+    }
+    continuationToken = page.continuationToken;
+  } while (continuationToken !== undefined);
+  await deps.state.deviceImages.healInventory(device, [...digests], at);
+  let resolved = 0;
+  for (const row of lost) {
+    const setId = row.setId!;
+    const { row: item } = await deps.state.sets.applyToItem(setId, device, row.digest, {
+      kind: "report",
+      ok: true,
+      at,
+    });
+    if (item === undefined) continue;
+    const outcome = await notify(device, row.digest, setId, item, deps);
+    if (outcome.kind === "raised") resolved++;
+  }
+  return { kind: "healed", device, images: digests.size, resolved };
 }
 
 async function handleImageReport(
@@ -165,6 +200,17 @@ async function handleImageReport(
       note: `${device} ${report.type} ${digest}: set ${JSON.stringify(setId)} has no such item; nothing to notify`,
     };
   }
+  return notify(device, digest, setId, item, deps);
+}
+
+/** Raises the item's outcome on the orchestration waiting for it. */
+async function notify(
+  device: string,
+  digest: string,
+  setId: string,
+  item: ItemRow,
+  deps: ReportDeps,
+): Promise<ReportOutcome> {
   if (item.state !== "arrived" && item.state !== "failed" && item.state !== "present") {
     // timedOut: the set already gave up on this item; the row records the late report.
     return {

@@ -68,7 +68,7 @@ before(async () => {
   [azurite, host] = await Promise.all([startAzurite(), startDurableHost()]);
   state = StateStore.fromConnectionString(azurite.connectionString);
   await state.createTables();
-  const devices = ["vessel-01", "vessel-02", "vessel-03", "vessel-04"];
+  const devices = ["vessel-01", "vessel-02", "vessel-03", "vessel-04", "vessel-06"];
   await state.sets.record({
     setId: SET,
     requestedBy: { name: "Ana Lima", email: "ana@fleet.example" },
@@ -299,7 +299,7 @@ describe("device reports", () => {
       context(),
       deps(),
     );
-    assert.deepEqual(outcomes, [{ kind: "healed", device: "vessel-09", images: 2 }]);
+    assert.deepEqual(outcomes, [{ kind: "healed", device: "vessel-09", images: 2, resolved: 0 }]);
     const rows = (await state.deviceImages.listByDevice("vessel-09")).items;
     assert.deepEqual(
       rows.map((r) => [r.digest, r.state]),
@@ -312,6 +312,27 @@ describe("device reports", () => {
       (await state.deviceImages.listByImage(OLD)).items.some((r) => r.device === "vessel-09"),
       false,
     );
+  });
+
+  it("resolves an in-transit item whose report was lost when the inventory shows the image", async () => {
+    const before = host.events.length;
+    const outcomes = await handleReports(
+      [
+        message(
+          "vessel-06",
+          { type: "inventory", images: [{ image: "apps/web:2.0", digest: WEB }] },
+          "2026-11-28T11:00:00.000Z",
+        ),
+      ],
+      context(),
+      deps(),
+    );
+    assert.deepEqual(outcomes, [{ kind: "healed", device: "vessel-06", images: 1, resolved: 1 }]);
+    assert.deepEqual(host.events.slice(before), [
+      { instanceId: WAITER, name: `image:vessel-06:${WEB}`, data: { ok: true } },
+    ]);
+    assert.equal((await state.sets.getItem(SET, "vessel-06", WEB))?.state, "arrived");
+    assert.equal((await state.deviceImages.get("vessel-06", WEB))?.state, "present");
   });
 
   it("throws after the batch when the Durable extension is unreachable, so the batch is retried", async () => {
