@@ -22,7 +22,7 @@ export interface JournalEntry {
   /** Name the bundle arrived under in the inbox; it keeps that name in `done/` or `failed/`. */
   readonly fileName: string;
   readonly setId: string;
-  /** The bundle id reports carry: the cloud's, from the file name, else `bundleId`. */
+  /** The bundle id reports carry: the cloud's, from the file name (see processor.ts `namePart`). */
   readonly reportedId: string;
   readonly step: BundleStep;
   /** `repository:tag` from the bundle manifest, once known. */

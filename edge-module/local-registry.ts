@@ -17,11 +17,16 @@ export interface HeldLayer extends LayerInfo {
 const MAX_TAGS_PER_REPOSITORY = 500;
 
 export class LocalRegistry {
-  readonly client: RegistryClient;
-
   /** `host:port` (no scheme); plain http, as a registry on the device's own network serves. */
-  constructor(readonly host: string) {
-    this.client = new RegistryClient(host, { insecure: true });
+  constructor(readonly host: string) {}
+
+  /**
+   * A client for one piece of work (an inventory, one bundle): its connections go with it, so a
+   * response left unread somewhere cannot exhaust a long-lived connection pool in a module that
+   * runs for months.
+   */
+  session(): RegistryClient {
+    return new RegistryClient(this.host, { insecure: true });
   }
 
   /** Accepts `host:port` or `http://host:port`. */
@@ -34,32 +39,33 @@ export class LocalRegistry {
   }
 
   async digestOf(repository: string, tag: string): Promise<string | undefined> {
-    return this.client.resolveDigest(repository, tag);
+    return this.session().resolveDigest(repository, tag);
   }
 
-  async images(): Promise<{ repository: string; tag: string }[]> {
+  async images(client = this.session()): Promise<{ repository: string; tag: string }[]> {
     const out: { repository: string; tag: string }[] = [];
-    for (const repository of (await this.client.listRepositories()).sort()) {
-      const tags = (await this.client.listTags(repository)).sort().slice(0, MAX_TAGS_PER_REPOSITORY);
+    for (const repository of (await client.listRepositories()).sort()) {
+      const tags = (await client.listTags(repository)).sort().slice(0, MAX_TAGS_PER_REPOSITORY);
       for (const tag of tags) out.push({ repository, tag });
     }
     return out;
   }
 
   async inventory(): Promise<{ image: string; digest: string }[]> {
+    const client = this.session();
     const out: { image: string; digest: string }[] = [];
-    for (const { repository, tag } of await this.images()) {
-      const digest = await this.client.resolveDigest(repository, tag);
+    for (const { repository, tag } of await this.images(client)) {
+      const digest = await client.resolveDigest(repository, tag);
       if (digest) out.push({ image: `${repository}:${tag}`, digest });
     }
     return out;
   }
 
   /** Every layer of every tagged image, by diff_id (first holder wins). */
-  async layersByDiffId(): Promise<Map<string, HeldLayer>> {
+  async layersByDiffId(client = this.session()): Promise<Map<string, HeldLayer>> {
     const layers = new Map<string, HeldLayer>();
-    for (const { repository, tag } of await this.images()) {
-      const image = await openRegistryImage(this.reference(repository, tag), { client: this.client });
+    for (const { repository, tag } of await this.images(client)) {
+      const image = await openRegistryImage(this.reference(repository, tag), { client });
       try {
         for (const layer of image.info.layers) {
           if (!layers.has(layer.diffId))

@@ -44,9 +44,10 @@ export async function makeModuleDirs(dirs: ModuleDirs): Promise<void> {
 }
 
 /**
- * The deployment set and the cloud's bundle id travel in the file name (one bundle serves every
- * set that needs it): dot-separated `set-<id>` and `bundle-<id>` parts, anywhere in the name,
- * e.g. `0200-normal.set-7f3c.bundle-ab12.dsb`. Ids therefore contain no dots.
+ * Reports name the bundle as the cloud placed it: the file name (the outbox blob name below the
+ * device prefix, see `state/blobs.ts` `outboxBlobName`), unless the name carries dot-separated
+ * `bundle-<id>` / `set-<id>` parts, e.g. `0200-normal.set-7f3c.bundle-ab12.dsb`. Without a
+ * `set-` part the set id is empty and the cloud finds the set from the device and image digest.
  */
 export function namePart(name: string, key: "set" | "bundle"): string | undefined {
   const prefix = `${key}-`;
@@ -145,7 +146,7 @@ export class BundleProcessor {
       await this.o.reports.enqueue({
         type: "imageFailed",
         setId: namePart(arrival.name, "set") ?? "",
-        bundleId: namePart(arrival.name, "bundle") ?? "",
+        bundleId: namePart(arrival.name, "bundle") ?? arrival.name,
         image: "",
         digest: "",
         bytes: 0,
@@ -157,7 +158,7 @@ export class BundleProcessor {
     }
     const { head, name } = arrival;
     const setId = namePart(name, "set") ?? "";
-    const reportedId = namePart(name, "bundle") ?? head.bundleId;
+    const reportedId = namePart(name, "bundle") ?? name;
     const image = `${head.repository}:${head.tag}`;
     const prior = await this.o.journal.read(head.bundleId);
     if (prior?.outcome === "ready" && (prior.step === "finished" || prior.step === "reported")) {
