@@ -4,6 +4,7 @@
  * See docs/registry.md.
  */
 import { createHash } from "node:crypto";
+import { compressGzip, decompress } from "./compression.js";
 import { type BlobSourceOptions, RegistryBlobSource } from "./registry/blob-source.js";
 import {
   type FetchedManifest,
@@ -12,7 +13,6 @@ import {
   verifyStream,
 } from "./registry/client.js";
 import { RegistryError } from "./registry/errors.js";
-import { decompressStream, gzipStream } from "./registry/layer-streams.js";
 import {
   DOCKER_CONFIG,
   DOCKER_LAYER_GZIP,
@@ -156,7 +156,7 @@ export async function openRegistryImage(ref: string, options: RegistryOptions = 
     async openLayerTar(index) {
       const layer = layerAt(index);
       const blob = await client.openBlob(repository, layer.digest, layer.size);
-      const tar = decompressStream(blob, layer.compression);
+      const tar = decompress(blob, layer.compression);
       return verifyStream(tar, layer.diffId, undefined, `uncompressed layer ${index} of ${ref} (diff_id)`);
     },
     openLayerSource(index, sourceOptions) {
@@ -393,7 +393,7 @@ async function pushWith(
         layer.size,
         `push ${ref}: layer ${i} tar (diff_id)`,
       );
-      const blob = await client.uploadBlob(repository, gzipStream(tar, options.gzipLevel ?? 6));
+      const blob = await client.uploadBlob(repository, compressGzip(tar, options.gzipLevel ?? 6));
       pushed.push({
         diffId: layer.diffId,
         digest: blob.digest,
