@@ -28,3 +28,5 @@ for (const call of calls) {
     );
   }
 }
+// The Registry's keep-alive agent would hold the process open until the server drops the socket.
+process.exit(0);
