@@ -214,7 +214,7 @@ export function validateDeploymentRequest(body: unknown, now: Date = new Date())
       seen.add(device);
     });
   }
-  if (body.twinQuery !== undefined && /;|\bselect\b|\bfrom\b/i.test(body.twinQuery)) {
+  if (body.twinQuery !== undefined && /;|^\s*select\b/i.test(body.twinQuery)) {
     throw new InvalidRequestError(
       "twinQuery",
       `twinQuery must be only the condition after WHERE, such as tags.fleet='atlantic', found ${JSON.stringify(body.twinQuery)}`,

@@ -47,7 +47,10 @@ const manifest = {
   },
 };
 const requester = { name: "Ana Lima", email: "ana@fleet.example" };
-const fleet: Record<string, string[]> = { "tags.fleet='atlantic'": ["vessel-01", "vessel-03"] };
+const fleet: Record<string, string[]> = {
+  "tags.fleet='atlantic'": ["vessel-01", "vessel-03"],
+  "tags.origin='from-yard' AND tags.fleet='atlantic'": ["vessel-03"],
+};
 
 let azurite: Azurite;
 let host: DurableHost;
@@ -435,6 +438,17 @@ describe("POST /api/deployments starts the deployment set", () => {
         priority: "critical",
       },
     );
+  });
+
+  it("passes a twin query whose values contain SQL words", async () => {
+    const response = await post({
+      ...valid,
+      id: "words",
+      devices: undefined,
+      twinQuery: "tags.origin='from-yard' AND tags.fleet='atlantic'",
+    });
+    assert.equal(response.status, 202);
+    assert.deepEqual((host.instances.get("words")!.input as DeploymentStartInput).devices, ["vessel-03"]);
   });
 
   it("picks a set id when the client gives none, and counts a duration deadline from acceptance", async () => {
