@@ -152,6 +152,13 @@ export class DockerArchiveReader implements ImageReader {
   static async open(path: string, options: OpenDockerArchiveOptions = {}): Promise<DockerArchiveReader> {
     const handle = await open(path, "r");
     try {
+      const compression = detectCompression(await readAt(handle, 0, 4));
+      if (compression !== "none") {
+        throw new ImageFormatError(
+          `${path} is ${compression}-compressed; blobs are read in place, so decompress it first ` +
+            `(${compression === "gzip" ? "gunzip" : "unzstd"} ${path})`,
+        );
+      }
       const members = await indexArchive(handle, path);
       const resolved = members.has("manifest.json")
         ? await fromManifestJson(handle, members, path, options)

@@ -66,6 +66,10 @@ export async function locateImage(ref: string): Promise<ImageLocation> {
       `${path} is a directory without an ${OCI_LAYOUT_FILE} file, so it is not an OCI image layout`,
     );
   }
+  // Registry references never start like a path; such a ref is a file that is missing.
+  if (/^\.{0,2}\//.test(ref) || /\.tar(\.gz)?$/.test(path)) {
+    throw new Error(`${path} does not exist; give an existing docker-archive file or OCI layout folder`);
+  }
   return { kind: "registry", reference: ref };
 }
 

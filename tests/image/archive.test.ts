@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
+import { gzipSync } from "node:zlib";
 import { DigestError, digestOf } from "../../delta/image/digest.js";
 import { openDockerArchive, writeDockerArchive } from "../../delta/image/docker-archive.js";
 import { ImageFormatError } from "../../delta/image/oci.js";
@@ -244,6 +245,20 @@ describe("docker-archive", () => {
       reference: "localhost:5000/apps/telemetry:1.0",
     });
     await assert.rejects(locateImage(dir), /is a directory without an oci-layout file/);
+    await assert.rejects(
+      locateImage("./missing.tar"),
+      /\.\/missing\.tar does not exist; give an existing docker-archive/,
+    );
+    await assert.rejects(locateImage(join(dir, "nope")), /nope does not exist/);
+  });
+
+  it("asks for a compressed archive to be decompressed first", async () => {
+    const gz = join(dir, "det-a.tar.gz");
+    writeFileSync(gz, gzipSync(readFileSync(join(dir, "det-a.tar"))));
+    await assert.rejects(
+      openImage(gz),
+      /det-a\.tar\.gz is gzip-compressed; .* decompress it first \(gunzip /,
+    );
   });
 
   it("refuses a truncated archive with the offset where it ends", async () => {
