@@ -594,10 +594,11 @@ describe("registry client against docker-registry", () => {
 
 describe("registry auth", () => {
   const users = [{ username: "deployer", password: "s3cret" }];
+  const readers = [{ username: "reader", password: "r3ad", pullOnly: true }];
   const refreshTokens = ["refresh-token-from-aad-exchange"];
 
   test("bearer tokens (the flow ACR uses) from basic credentials and from a refresh token, cached per scope", async () => {
-    const registry = await startRegistry({ auth: "token", users, refreshTokens });
+    const registry = await startRegistry({ auth: "token", users: [...users, ...readers], refreshTokens });
     try {
       const tars = [await layerTar(90), await layerTar(91)];
       const client = new RegistryClient(registry.host, { credentials: users[0] });
@@ -633,6 +634,17 @@ describe("registry auth", () => {
         /answered 401 .*check the registry credentials/,
       );
       assert.ok(registry.tokenRequests >= 6);
+
+      // Valid credentials without push (the blobs exist, so the manifest PUT is the first write).
+      await assert.rejects(
+        pushImage(`${registry.host}/apps/secure:2`, imageOf(tars), { credentials: readers[0] }),
+        (error: RegistryError) =>
+          error.status === 401 &&
+          error.message.startsWith("PUT manifest apps/secure:2 answered 401 Unauthorized (UNAUTHORIZED:") &&
+          error.message.endsWith(
+            'the credentials are valid but do not grant "repository:apps/secure:pull,push"; grant that permission on the repository or use other credentials',
+          ),
+      );
     } finally {
       await registry.stop();
     }

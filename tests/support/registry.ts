@@ -11,7 +11,7 @@
  * - `{ auth: "token", users, refreshTokens }`: the Docker token flow ACR uses. The registry
  *   trusts a throwaway certificate; a small token service of ours (in this process) signs
  *   RS256 JWTs with its key, granting whatever scope is asked to any known user or refresh
- *   token, and nothing to anonymous callers. It stands in for ACR's token endpoint (which
+ *   token (pull only to a user marked `pullOnly`), and nothing to anonymous callers. It stands in for ACR's token endpoint (which
  *   has no local equivalent); the registry's validation of the tokens is real.
  *
  * `blobPath(digest)` names a blob's file in the storage dir, so a test can tamper with it.
@@ -45,6 +45,8 @@ const TOKEN_ISSUER = "deltaship-test-token-service";
 export interface RegistryUser {
   readonly username: string;
   readonly password: string;
+  /** Token mode: grant this user `pull` only, whatever it asks for. */
+  readonly pullOnly?: boolean;
 }
 
 export interface RegistryStartOptions {
@@ -234,7 +236,7 @@ async function startTokenService(dir: string, options: RegistryStartOptions): Pr
   );
   const key = createPrivateKey(readFileSync(keyPath));
   const certDer = new X509Certificate(readFileSync(certPath)).raw.toString("base64");
-  const users = new Map((options.users ?? []).map((u) => [u.username, u.password]));
+  const users = new Map((options.users ?? []).map((u) => [u.username, u]));
   const refreshTokens = new Set(options.refreshTokens ?? []);
   const state = { requests: 0 };
 
@@ -277,7 +279,7 @@ async function startTokenService(dir: string, options: RegistryStartOptions): Pr
       const header = request.headers.authorization ?? "";
       if (header.startsWith("Basic ")) {
         const [username, ...rest] = Buffer.from(header.slice(6), "base64").toString("utf8").split(":");
-        if (!username || users.get(username) !== rest.join(":")) {
+        if (!username || users.get(username)?.password !== rest.join(":")) {
           return reply(response, 401, {
             errors: [{ code: "UNAUTHORIZED", message: "bad username or password" }],
           });
@@ -289,7 +291,10 @@ async function startTokenService(dir: string, options: RegistryStartOptions): Pr
       return reply(response, 400, { errors: [{ code: "UNSUPPORTED", message: "unknown service" }] });
     }
     // Anonymous callers get a token that grants nothing, as ACR does with anonymous pull off.
-    const token = issue(subject ?? "", subject ? scopes : []);
+    const granted = users.get(subject ?? "")?.pullOnly
+      ? scopes.map((scope) => scope.replace(/^(repository:[^:]+):.*$/, "$1:pull"))
+      : scopes;
+    const token = issue(subject ?? "", subject ? granted : []);
     reply(response, 200, { token, access_token: token, expires_in: TOKEN_SECONDS });
   };
 

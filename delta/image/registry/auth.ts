@@ -19,6 +19,8 @@ export interface Challenge {
   readonly realm?: string;
   readonly service?: string;
   readonly scope?: string;
+  /** `insufficient_scope` when a token was valid but did not grant what the request needs. */
+  readonly error?: string;
 }
 
 /** Longest token response we accept: real ones are a few KB. */
@@ -40,7 +42,7 @@ export function parseChallenge(header: string | null): Challenge | undefined {
   for (let m = pattern.exec(match[2]!); m; m = pattern.exec(match[2]!)) {
     params[m[1]!.toLowerCase()] = m[2] !== undefined ? m[2].replace(/\\(.)/g, "$1") : m[3]!;
   }
-  return { scheme, realm: params.realm, service: params.service, scope: params.scope };
+  return { scheme, realm: params.realm, service: params.service, scope: params.scope, error: params.error };
 }
 
 interface CachedToken {

@@ -582,10 +582,16 @@ export class RegistryClient {
         }
       }
       const body = spec.method === "HEAD" ? { text: "", codes: [] } : await describeErrorBody(response);
+      const denied = parseChallenge(response.headers.get("www-authenticate"));
+      const anonymous = this.credentials.username === undefined && !this.credentials.refreshToken;
       const hint =
-        response.status === 401 && this.credentials.username === undefined && !this.credentials.refreshToken
-          ? "the registry needs credentials; pass username/password or a refresh token"
-          : hintForStatus(response.status);
+        response.status !== 401
+          ? hintForStatus(response.status)
+          : anonymous
+            ? "the registry needs credentials; pass username/password or a refresh token"
+            : denied?.error === "insufficient_scope"
+              ? `the credentials are valid but do not grant "${denied.scope ?? spec.scopes.join(" ")}"; grant that permission on the repository or use other credentials`
+              : hintForStatus(401);
       throw new RegistryError(
         `${spec.what} answered ${response.status} ${response.statusText}${body.text}; ${hint}`,
         response.status,
