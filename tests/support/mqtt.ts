@@ -10,7 +10,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -131,12 +131,16 @@ export async function startHubStandIn(): Promise<HubStandIn> {
       `certfile ${join(dir, "server.crt")}`,
       `keyfile ${join(dir, "server.key")}`,
       "allow_anonymous true",
-      "persistence false",
+      // Sessions survive a broker restart, so the hub side misses nothing sent while it reconnects.
+      "persistence true",
+      `persistence_location ${join(dir, "data")}/`,
       "log_dest stderr",
       "",
     ].join("\n"),
   );
   chmodSync(join(dir, "mosquitto.conf"), 0o644);
+  mkdirSync(join(dir, "data"));
+  chmodSync(join(dir, "data"), 0o777);
   const ca = readFileSync(join(dir, "ca.crt"));
 
   let broker: ChildProcess | undefined;
@@ -179,6 +183,7 @@ export async function startHubStandIn(): Promise<HubStandIn> {
   const hub = mqtt.connect(`mqtts://127.0.0.1:${HUB_MQTT_PORT}`, {
     ca,
     clientId: "deltaship-hub-stand-in",
+    clean: false,
     reconnectPeriod: 200,
     connectTimeout: 5_000,
   });
@@ -296,7 +301,10 @@ export async function startHubStandIn(): Promise<HubStandIn> {
       return waitFor(() => answer, `the answer to direct method ${name}`);
     },
     stopBroker,
-    startBroker,
+    async startBroker() {
+      await startBroker();
+      await waitFor(() => (hub.connected ? true : undefined), "the hub stand-in to reconnect");
+    },
     async close() {
       await new Promise<void>((resolve) => hub.end(true, {}, () => resolve()));
       await stopBroker();
