@@ -58,5 +58,6 @@ export async function readAt(handle: FileHandle, position: number, length: numbe
     if (bytesRead === 0) break;
     filled += bytesRead;
   }
-  return buffer.subarray(0, filled);
+  // A plain Uint8Array: configs read here end up in ImageInfo, where .slice() must copy.
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, filled);
 }
