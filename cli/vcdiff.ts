@@ -146,7 +146,10 @@ async function decodeCommand(args: string[]): Promise<number> {
     // Opened before decoding starts, so a missing delta reports its own name, not a stream error.
     const delta = await open(deltaPath, "r");
     const stream = delta.createReadStream({ highWaterMark: 1024 * 1024 });
-    await writeAll(outPath, decode(stream, { source, verifyChecksum: !values["no-checksum"] }));
+    await writeAll(
+      outPath,
+      decode(stream, { source, verifyChecksum: !values["no-checksum"], reuseBuffers: true }),
+    );
   } finally {
     await source?.close();
   }

@@ -54,6 +54,14 @@ export interface DecodeOptions {
   maxWindowSize?: number;
   /** How much earlier output VCD_TARGET windows may copy from; default TARGET_HISTORY. */
   targetHistory?: number;
+  /**
+   * Default false. When true, a yielded chunk is overwritten two windows later, so the decoder
+   * reuses two buffers instead of allocating one per window (much faster: fresh memory costs a
+   * page fault per 4 KiB). Set it when each chunk is consumed (written, hashed) before the next
+   * is requested, as a plain `for await` loop does; not with `Readable.from`, which reads ahead.
+   * VCD_TARGET windows can then reach only the previous window.
+   */
+  reuseBuffers?: boolean;
   onHeader?(header: VcdiffHeader): void;
 }
 
@@ -152,7 +160,7 @@ class DeltaInput {
     if (this.owned && this.buf.length >= capacity) {
       this.buf.copyWithin(0, this.start, this.end);
     } else {
-      const next = new Uint8Array(capacity + INPUT_SLACK);
+      const next: Uint8Array = Buffer.allocUnsafe(capacity + INPUT_SLACK);
       next.set(this.buf.subarray(this.start, this.end));
       this.buf = next;
     }
@@ -270,7 +278,10 @@ class TargetHistory implements SourceReader {
   /** Target bytes produced so far. */
   size = 0;
 
-  constructor(private readonly budget: number) {}
+  constructor(
+    private readonly budget: number,
+    private readonly maxWindows = MAX_HISTORY_WINDOWS,
+  ) {}
 
   add(window: Uint8Array): void {
     if (window.length === 0) return;
@@ -280,7 +291,7 @@ class TargetHistory implements SourceReader {
     this.held += window.length;
     while (
       this.windows.length > 1 &&
-      (this.held - this.windows[0].length >= this.budget || this.windows.length > MAX_HISTORY_WINDOWS)
+      (this.held - this.windows[0].length >= this.budget || this.windows.length > this.maxWindows)
     ) {
       this.held -= this.windows[0].length;
       this.windows.shift();
@@ -323,6 +334,13 @@ class WindowDecoder {
   private rangeCount = 0;
   private lastRange = 0;
   private sourceBytes = new Uint8Array(0);
+  /** With reuseBuffers: two target buffers used in turn, so the previous window stays intact for VCD_TARGET. */
+  private readonly pool: Uint8Array[] | undefined;
+  private poolNext = 0;
+
+  constructor(reuseBuffers: boolean) {
+    this.pool = reuseBuffers ? [new Uint8Array(0), new Uint8Array(0)] : undefined;
+  }
 
   /** Delta buffer and the positions of the current window's sections in it. */
   private buf: Uint8Array = new Uint8Array(0);
@@ -342,7 +360,7 @@ class WindowDecoder {
     this.dataStart = input.start;
     this.instStart = this.dataStart + w.dataLength;
     this.addrStart = this.instStart + w.instLength;
-    const target = new Uint8Array(w.targetLength);
+    const target = this.targetBuffer(w.targetLength);
     this.rangeCount = 0;
     if (w.segmentLength > 0) {
       this.run(w, target, false);
@@ -350,6 +368,18 @@ class WindowDecoder {
     }
     this.run(w, target, true);
     return target;
+  }
+
+  /**
+   * Not zero-filled: decoding writes every byte before the window is yielded (an error discards
+   * it), and zeroing fresh memory per window costs more than decoding it.
+   */
+  private targetBuffer(length: number): Uint8Array {
+    if (this.pool === undefined) return plain(Buffer.allocUnsafe(length), length);
+    const i = this.poolNext;
+    this.poolNext = 1 - i;
+    if (this.pool[i].length < length) this.pool[i] = Buffer.allocUnsafe(length);
+    return plain(this.pool[i], length);
   }
 
   private corrupt(message: string, index: number): VcdiffError {
@@ -554,7 +584,10 @@ class WindowDecoder {
       this.rangeAt[i] = total;
       total += this.rangeEnd[i] - this.rangeStart[i];
     }
-    if (this.sourceBytes.length < total) this.sourceBytes = new Uint8Array(total);
+    // Sized once for the worst case of a window this large (its copies plus the gap budget):
+    // growing step by step would fault in fresh memory again and again.
+    if (this.sourceBytes.length < total)
+      this.sourceBytes = Buffer.allocUnsafe(Math.max(total, 2 * w.targetLength));
     for (let i = 0; i < this.rangeCount; i++) {
       const position = w.segmentPosition + this.rangeStart[i];
       const length = this.rangeEnd[i] - this.rangeStart[i];
@@ -590,6 +623,11 @@ class WindowDecoder {
     }
     return this.rangeAt[r] + (addr - this.rangeStart[r]);
   }
+}
+
+/** A plain Uint8Array view of the first length bytes of a Buffer: callers get the type they were promised. */
+function plain(buffer: Uint8Array, length: number): Uint8Array {
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, length);
 }
 
 /** Copies n bytes from target[from..] to target[to..] with from < to, byte by byte in effect when they overlap. */
@@ -725,8 +763,13 @@ export async function* decode(
   const source = options.source;
   const verifyChecksum = options.verifyChecksum !== false;
   const maxWindowSize = options.maxWindowSize ?? MAX_WINDOW_SIZE;
-  const history = new TargetHistory(options.targetHistory ?? TARGET_HISTORY);
-  const windows = new WindowDecoder();
+  const reuseBuffers = options.reuseBuffers === true;
+  // With reused buffers only the previous window is intact; older ones are being overwritten.
+  const history = new TargetHistory(
+    options.targetHistory ?? TARGET_HISTORY,
+    reuseBuffers ? 1 : MAX_HISTORY_WINDOWS,
+  );
+  const windows = new WindowDecoder(reuseBuffers);
   try {
     const header = await input.parse(parseFileHeader);
     options.onHeader?.(header);

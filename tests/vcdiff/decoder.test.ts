@@ -3,8 +3,10 @@ import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { deflateSync } from "node:zlib";
 import { type DecodeOptions, decode, decodeBuffer, type VcdiffHeader } from "../../delta/vcdiff/decoder.js";
 import {
+  adler32,
   VCD_CODETABLE,
   VCD_DECOMPRESS,
   VCD_SOURCE,
@@ -13,6 +15,13 @@ import {
 } from "../../delta/vcdiff/format.js";
 import { BufferSource, ConcatSource, FileSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildDelta, bytes, code, text, varint } from "./delta-builder.js";
+
+/** Bytes with every value, runs of 0xff included (the largest sums Adler-32 must carry). */
+function randomish(length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) out[i] = (Math.imul(i, 2654435761) >>> 13) & 0xff;
+  return out.fill(0xff, 1000, 20_000);
+}
 
 const ALPHABET = bytes("0123456789abcdefghijklmnopqrstuvwxyz");
 
@@ -192,6 +201,15 @@ describe("VCDIFF decoder: instructions", () => {
 });
 
 describe("VCDIFF decoder: header and checksum", () => {
+  test("adler32 agrees with zlib's on every length around its block sizes", () => {
+    const data = randomish(70_000);
+    for (const length of [0, 1, 15, 16, 17, 5551, 5552, 5553, 5568, 70_000]) {
+      const slice = data.subarray(3, 3 + length);
+      const zlib = deflateSync(slice, { level: 0 });
+      assert.equal(adler32(slice), zlib.readUInt32BE(zlib.length - 4), `length ${length}`);
+    }
+  });
+
   test("the application header is read and handed to onHeader", async () => {
     let seen: VcdiffHeader | undefined;
     const delta = buildDelta({
@@ -332,6 +350,33 @@ describe("VCDIFF decoder: refusals and malformed input", () => {
       "LIMIT",
       31,
       /raise targetHistory/,
+    );
+  });
+
+  test("with reuseBuffers each chunk is right when consumed in turn, and VCD_TARGET reaches the previous window", async () => {
+    const windows = ["first", "second", "third"].map((word) => ({
+      targetLength: word.length,
+      data: bytes(word),
+      inst: [code.add(word.length)],
+    }));
+    const fromPrevious = {
+      indicator: VCD_TARGET,
+      segmentLength: 5,
+      segmentPosition: 11,
+      targetLength: 5,
+      inst: [code.copy(0, 5)],
+      addr: [0],
+    };
+    const delta = buildDelta({ windows: [...windows, fromPrevious] });
+    const seen: string[] = [];
+    for await (const part of decode(chunks(delta, 4), { reuseBuffers: true })) seen.push(text(part));
+    assert.deepEqual(seen, ["first", "second", "third", "third"]);
+    const fromOlder = { ...fromPrevious, segmentPosition: 5, segmentLength: 6 };
+    await rejectsWith(
+      collect(decode(chunks(buildDelta({ windows: [...windows, fromOlder] }), 4), { reuseBuffers: true })),
+      "LIMIT",
+      45,
+      /only the last 5 bytes of output/,
     );
   });
 
