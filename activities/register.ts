@@ -24,6 +24,16 @@ import { sendEmail } from "./sendEmail.js";
 import { updateSetState } from "./updateSetState.js";
 
 let deps: Promise<ActivityDeps> | undefined;
+let overrides: Partial<ActivityDeps> = {};
+
+/**
+ * Replaces some dependencies before any activity runs. Local mode (`deltaship demo`) uses it for
+ * the two that need Azure itself: the IoT Hub manifest push and email, which it records instead.
+ */
+export function overrideActivityDeps(replacements: Partial<ActivityDeps>): void {
+  overrides = replacements;
+  deps = undefined;
+}
 
 /** The production dependencies, built once per process; tables and containers are created if missing. */
 export function productionDeps(): Promise<ActivityDeps> {
@@ -45,6 +55,7 @@ export function productionDeps(): Promise<ActivityDeps> {
       iotHub: createIotHubAdapter(settings.iotHubConnectionString),
       email: createEmailSender(settings),
       signingKey: loadSigningKey(settings.signingKey.pem),
+      ...overrides,
     };
   })();
   return deps;
