@@ -54,19 +54,6 @@ export class InstructionList {
     }
   }
 
-  /** Removes instructions from index `count` on (used when a window is cut short). */
-  truncate(count: number): void {
-    this.count = count;
-    this.segmentStart = Number.POSITIVE_INFINITY;
-    this.segmentEnd = 0;
-    for (let i = 0; i < count; i++) {
-      if (this.kind[i] !== KIND_COPY_SOURCE) continue;
-      const from = this.from[i];
-      if (from < this.segmentStart) this.segmentStart = from;
-      if (from + this.length[i] > this.segmentEnd) this.segmentEnd = from + this.length[i];
-    }
-  }
-
   private grow(): void {
     const n = this.kind.length * 2;
     const kind = new Uint8Array(n);
