@@ -12,6 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
+import { parseChallenge, TokenCache } from "../../delta/image/registry/auth.js";
+import { HttpTransport } from "../../delta/image/registry/http.js";
 import {
   type ImageToPush,
   mediaTypes,
@@ -646,6 +648,56 @@ describe("registry auth", () => {
           ),
       );
     } finally {
+      await registry.stop();
+    }
+  });
+
+  test("parses WWW-Authenticate challenges, commas inside quotes included", () => {
+    assert.deepEqual(
+      parseChallenge(
+        'Bearer realm="https://x.azurecr.io/oauth2/token",service="x.azurecr.io",scope="repository:a/b:pull,push",error="insufficient_scope"',
+      ),
+      {
+        scheme: "bearer",
+        realm: "https://x.azurecr.io/oauth2/token",
+        service: "x.azurecr.io",
+        scope: "repository:a/b:pull,push",
+        error: "insufficient_scope",
+      },
+    );
+    assert.deepEqual(parseChallenge('Basic realm="registry"'), {
+      scheme: "basic",
+      realm: "registry",
+      service: undefined,
+      scope: undefined,
+      error: undefined,
+    });
+    assert.equal(parseChallenge("Negotiate abc"), undefined);
+    assert.equal(parseChallenge(null), undefined);
+  });
+
+  test("reuses a token until shortly before it expires, then asks again", async () => {
+    const registry = await startRegistry({ auth: "token", users });
+    const transport = new HttpTransport();
+    try {
+      const answer = await fetch(`${registry.url}/v2/`);
+      await answer.body?.cancel();
+      const challenge = parseChallenge(answer.headers.get("www-authenticate"));
+      assert.ok(challenge?.realm);
+      let now = 1_000_000;
+      const tokens = new TokenCache(users[0]!, transport, () => now);
+      const scopes = ["repository:apps/x:pull"];
+      const first = await tokens.token(challenge, scopes);
+      now += 289_000; // the stand-in grants 300 s; renewal starts 10 s before
+      assert.equal(await tokens.token(challenge, scopes), first);
+      assert.equal(tokens.requests, 1);
+      await tokens.token(challenge, ["repository:apps/y:pull"]);
+      assert.equal(tokens.requests, 2);
+      now += 2_000;
+      await tokens.token(challenge, scopes);
+      assert.equal(tokens.requests, 3);
+    } finally {
+      transport.close();
       await registry.stop();
     }
   });
