@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -90,6 +90,20 @@ describe("OCI image layouts", () => {
     const copy = join(dir, "gzip-copy");
     await skopeo("copy", `oci:${layout}:1.0`, `oci:${copy}:copied`);
     await assertLayersExact(await openOciLayout(copy, { tag: "copied" }), one);
+  });
+
+  it("closes its files when a reader stops early", async () => {
+    const layout = join(dir, "early");
+    await writeOciLayout(layout, one, { compression: "gzip" });
+    const reader = await openOciLayout(layout);
+    const openFiles = () => readdirSync("/proc/self/fd").length;
+    const before = openFiles();
+    for (let round = 0; round < 20; round++) {
+      for await (const _ of await reader.openLayerTar(round % 3)) break;
+      for await (const _ of await reader.openLayerBlob(round % 3)) break;
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(openFiles(), before);
   });
 
   it("reads zstd layers that skopeo wrote", async () => {
