@@ -62,8 +62,11 @@ export interface ReportMessage {
 /** Pairs each body of a batch with its system properties and enqueued time from the trigger metadata. */
 export function messagesOf(bodies: unknown[], context: InvocationContext): ReportMessage[] {
   const meta = context.triggerMetadata ?? {};
-  const properties = (meta.systemPropertiesArray ?? []) as Record<string, unknown>[];
-  const enqueued = (meta.enqueuedTimeUtcArray ?? []) as unknown[];
+  // Cardinality many gives arrays; a single message (cardinality one) gives the plain properties.
+  const properties = (meta.systemPropertiesArray ??
+    (meta.systemProperties ? [meta.systemProperties] : [])) as Record<string, unknown>[];
+  const enqueued = (meta.enqueuedTimeUtcArray ??
+    (meta.enqueuedTimeUtc ? [meta.enqueuedTimeUtc] : [])) as unknown[];
   return bodies.map((body, i) => {
     const system = properties[i];
     const time = enqueued[i] ?? system?.["iothub-enqueuedtime"] ?? system?.EnqueuedTimeUtc;

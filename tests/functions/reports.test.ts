@@ -376,5 +376,19 @@ describe("device reports", () => {
         enqueuedAt: "2026-11-28T10:00:01.500Z",
       },
     ]);
+    const single = messagesOf(
+      ["y"],
+      context({
+        systemProperties: { "iothub-connection-device-id": "vessel-03" },
+        enqueuedTimeUtc: "2026-11-28T10:00:02Z",
+      }),
+    );
+    assert.deepEqual(single, [
+      {
+        body: "y",
+        systemProperties: { "iothub-connection-device-id": "vessel-03" },
+        enqueuedAt: "2026-11-28T10:00:02.000Z",
+      },
+    ]);
   });
 });
