@@ -12,8 +12,8 @@ import { type ScannedEntry, TarScanner } from "./tar-scan.js";
 export const IMAGE_INDEX_VERSION = 1;
 /** Files at least this large get chunk hashes, so planning can see partial matches. */
 export const CHUNKED_FILE_MIN = 64 * 1024;
-/** File bytes are compressed in blocks of this size to estimate compressibility (zstd level 3). */
-const SAMPLE_BLOCK = 1024 * 1024;
+/** File bytes are compressed in blocks of the bundle encoder's zstd window (8 MiB) to estimate compressibility at level 3. */
+const SAMPLE_BLOCK = 8 * 1024 * 1024;
 const SAMPLE_LEVEL = 3;
 
 export interface FileIndex {
@@ -51,7 +51,7 @@ export interface ImageIndex {
   readonly layers: readonly LayerIndex[];
 }
 
-/** Estimates compressed sizes by compressing file bytes in 1 MiB blocks and sharing each block's output among its files. */
+/** Estimates compressed sizes by compressing file bytes in 8 MiB blocks and sharing each block's output among its files. */
 class CompressibilitySampler {
   private readonly compressor = new Compressor();
   private readonly block = new Uint8Array(SAMPLE_BLOCK);
@@ -61,7 +61,7 @@ class CompressibilitySampler {
   readonly estimates: number[] = [];
 
   constructor() {
-    this.compressor.setParameters({ compressionLevel: SAMPLE_LEVEL });
+    this.compressor.setParameters({ compressionLevel: SAMPLE_LEVEL, windowLog: 23 });
   }
 
   add(file: number, data: Uint8Array): void {

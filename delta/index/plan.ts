@@ -11,13 +11,13 @@ const COST = {
   /** A header group found verbatim in the source: one COPY instruction. */
   headerCopy: 6,
   /** A header group not found: mostly zeros and octal fields, compresses well next to its neighbours. */
-  headerLiteral: 40,
+  headerLiteral: 22,
   /** File content found by hash: one COPY instruction. */
   fileCopy: 6,
   /** A changed small file diffed against its old version keeps this share of its compressed size. */
   changedSmallFile: 0.5,
   /** zstd -19 over the payload versus the level-3 sample the index holds. */
-  literalFactor: 0.85,
+  literalFactor: 0.8,
   /** Manifest bytes per listed source layer and per target layer, plus the fixed part. */
   manifestPerLayer: 160,
   manifestFixed: 600,

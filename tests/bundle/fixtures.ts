@@ -85,3 +85,89 @@ export async function writeArchive(path: string, image: ImageToWrite): Promise<s
 }
 
 export { buildTar };
+
+/** Every regular file under `dir` (sorted, recursive) as `prefix/relative/path`. */
+export function treeFiles(dir: string, prefix: string): TarWriterEntry[] {
+  const out: TarWriterEntry[] = [];
+  const walk = (sub: string) => {
+    for (const name of readdirSync(`${dir}${sub}`).sort()) {
+      const rel = `${sub}/${name}`;
+      const info = statSync(`${dir}${rel}`, { throwIfNoEntry: false });
+      if (info === undefined) continue;
+      if (info.isDirectory()) walk(rel);
+      else if (info.isFile())
+        out.push({ path: `${prefix}${rel}`, type: "file", content: readFileSync(`${dir}${rel}`) });
+    }
+  };
+  walk("");
+  return out;
+}
+
+/**
+ * npm packages this checkout holds in two versions (nested node_modules), as [name, older dir,
+ * newer dir]: real version bumps of real JavaScript, the shape of an application update.
+ */
+export const TWO_VERSION_PACKAGES: readonly (readonly [string, string, string])[] = (() => {
+  const candidates: [string, string[]][] = [
+    [
+      "@azure/msal-common",
+      [
+        "node_modules/@azure/msal-node/node_modules/@azure/msal-common",
+        "node_modules/tedious/node_modules/@azure/msal-common",
+        "node_modules/@azure/msal-common",
+      ],
+    ],
+    [
+      "@azure/core-rest-pipeline",
+      [
+        "node_modules/applicationinsights/node_modules/@azure/core-rest-pipeline",
+        "node_modules/@azure/core-rest-pipeline",
+      ],
+    ],
+    [
+      "@opentelemetry/core",
+      [
+        "node_modules/@opentelemetry/sdk-trace-web/node_modules/@opentelemetry/core",
+        "node_modules/@opentelemetry/sdk-trace/node_modules/@opentelemetry/core",
+        "node_modules/@azure/opentelemetry-instrumentation-azure-sdk/node_modules/@opentelemetry/core",
+      ],
+    ],
+    ["iconv-lite", ["node_modules/tedious/node_modules/iconv-lite", "node_modules/iconv-lite"]],
+    ["ws", ["node_modules/mqtt/node_modules/ws", "node_modules/ws"]],
+    ["semver", ["node_modules/jsonwebtoken/node_modules/semver", "node_modules/semver"]],
+    ["uuid", ["node_modules/azurite/node_modules/uuid", "node_modules/uuid"]],
+  ];
+  const out: [string, string, string][] = [];
+  for (const [name, dirs] of candidates) {
+    const found = dirs
+      .filter((d) => statSync(`${d}/package.json`, { throwIfNoEntry: false }) !== undefined)
+      .map((d) => ({
+        d,
+        v: (JSON.parse(readFileSync(`${d}/package.json`, "utf8")) as { version: string }).version,
+      }));
+    const versions = [...new Set(found.map((f) => f.v))];
+    if (versions.length < 2) continue;
+    const order = (v: string) => v.split(/[.-]/).map((p) => Number(p) || 0);
+    found.sort((a, b) => {
+      const x = order(a.v);
+      const y = order(b.v);
+      for (let i = 0; i < Math.max(x.length, y.length); i++)
+        if ((x[i] ?? 0) !== (y[i] ?? 0)) return (x[i] ?? 0) - (y[i] ?? 0);
+      return 0;
+    });
+    // Two adjacent versions: the smallest real step between them.
+    out.push([name, found[found.length - 2]!.d, found[found.length - 1]!.d]);
+  }
+  return out;
+})();
+
+/** An application layer: the given packages at their older or newer versions, plus unchanged ones. */
+export function appLayerEntries(version: "older" | "newer", unchanged: readonly string[]): TarWriterEntry[] {
+  const entries: TarWriterEntry[] = [];
+  for (const [name, older, newer] of TWO_VERSION_PACKAGES) {
+    entries.push(...treeFiles(version === "older" ? older : newer, `app/node_modules/${name}`));
+  }
+  for (const name of unchanged)
+    entries.push(...treeFiles(`node_modules/${name}`, `app/node_modules/${name}`));
+  return entries;
+}

@@ -1,0 +1,120 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { buildBundle } from "../../delta/bundle/diff.js";
+import { generateSigningKey } from "../../delta/bundle/sign.js";
+import { openImage } from "../../delta/image/open.js";
+import { type ImageIndex, indexImage } from "../../delta/index/index.js";
+import { planSources } from "../../delta/index/plan.js";
+import { appLayerEntries, buildTar, imageOf, realFiles, sha256, writeArchive } from "../bundle/fixtures.js";
+
+/**
+ * Realistic pairs: a base of real binaries, an application layer of real npm packages, and its
+ * update to the next real versions of those packages. Planning must estimate each bundle within
+ * 25% of the bundle actually built with the default settings.
+ */
+let dir: string;
+const paths: Record<string, string> = {};
+const indexes: Record<string, ImageIndex> = {};
+const layers: Record<string, Uint8Array> = {};
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "plan-"));
+  layers.base = await buildTar(realFiles("/usr/bin", "usr/bin", { limit: 40, maxBytes: 3_000_000 }));
+  layers.other = await buildTar(
+    realFiles("/usr/bin", "usr/bin", { limit: 20, maxBytes: 1_000_000, skip: 200 }),
+  );
+  layers.app1 = await buildTar(appLayerEntries("older", ["yaml"]));
+  layers.app2 = await buildTar(appLayerEntries("newer", ["yaml"]));
+  const images = {
+    base: imageOf("apps/base", "1", [layers.base]),
+    other: imageOf("apps/other", "1", [layers.other]),
+    v1: imageOf("apps/node", "1", [layers.base, layers.app1]),
+    v2: imageOf("apps/node", "2", [layers.base, layers.app2]),
+  };
+  for (const [name, image] of Object.entries(images)) {
+    paths[name] = await writeArchive(join(dir, `${name}.tar`), image);
+    const reader = await openImage(paths[name]!);
+    try {
+      indexes[name] = await indexImage(reader);
+    } finally {
+      await reader.close();
+    }
+  }
+});
+
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+async function realBundleBytes(from: string[], to: string, sourceLayers: readonly string[]): Promise<number> {
+  const target = await openImage(paths[to]!);
+  const sources = await Promise.all(from.map((f) => openImage(paths[f]!)));
+  try {
+    const built = await buildBundle({
+      target,
+      sources,
+      key: generateSigningKey(),
+      out: join(dir, `${to}.bundle`),
+      sourceLayers,
+      scratchDir: dir,
+    });
+    return built.bytes;
+  } finally {
+    await Promise.all([target, ...sources].map((i) => i.close()));
+  }
+}
+
+function assertWithin25Percent(estimate: number, real: number, what: string): void {
+  const ratio = estimate / real;
+  assert.ok(
+    ratio >= 0.75 && ratio <= 1.25,
+    `${what}: estimated ${estimate} bytes, built ${real} (ratio ${ratio.toFixed(3)})`,
+  );
+}
+
+describe("planning", () => {
+  it("marks held layers present, lists only useful source layers, and counts what a pull would send", () => {
+    const plan = planSources(indexes.v2!, [indexes.other!, indexes.v1!]);
+    assert.deepEqual(
+      plan.layers.map((l) => [l.diffId, l.present]),
+      [
+        [sha256(layers.base!), true],
+        [sha256(layers.app2!), false],
+      ],
+    );
+    // The unrelated image's layer and the base (nothing of app2 is in it) are not worth listing.
+    assert.deepEqual(plan.sources, [{ diffId: sha256(layers.app1!), size: layers.app1!.length }]);
+    assert.equal(plan.fullImageBytes, indexes.v2!.layers[1]!.blobSize);
+    assert.equal(plan.layers[0]!.estimatedBytes, 0);
+  });
+
+  it("estimates a first image within 25% of the real bundle", async () => {
+    const plan = planSources(indexes.v1!, []);
+    assert.deepEqual(plan.sources, []);
+    assertWithin25Percent(plan.estimatedBundleBytes, await realBundleBytes([], "v1", []), "first image");
+  });
+
+  it("estimates a new application on a held base within 25% of the real bundle", async () => {
+    const plan = planSources(indexes.v1!, [indexes.base!]);
+    const real = await realBundleBytes(
+      ["base"],
+      "v1",
+      plan.sources.map((s) => s.diffId),
+    );
+    assertWithin25Percent(plan.estimatedBundleBytes, real, "new application");
+  });
+
+  it("estimates an application update within 25% of the real bundle, far below a pull", async () => {
+    const plan = planSources(indexes.v2!, [indexes.v1!]);
+    const real = await realBundleBytes(
+      ["v1"],
+      "v2",
+      plan.sources.map((s) => s.diffId),
+    );
+    assertWithin25Percent(plan.estimatedBundleBytes, real, "application update");
+    assert.ok(real < plan.fullImageBytes / 10, `bundle ${real} bytes vs pull ${plan.fullImageBytes}`);
+  });
+});
