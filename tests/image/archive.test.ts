@@ -1,19 +1,32 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
 import { DigestError, digestOf } from "../../delta/image/digest.js";
-import { openDockerArchive, writeDockerArchive } from "../../delta/image/docker-archive.js";
+import {
+  type DockerArchiveReader,
+  openDockerArchive,
+  writeDockerArchive,
+} from "../../delta/image/docker-archive.js";
 import { ImageFormatError } from "../../delta/image/oci.js";
 import { openOciLayout, writeOciLayout } from "../../delta/image/oci-layout.js";
 import { locateImage, openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
 import { TarError } from "../../delta/tar/format.js";
-import { buildTar, type TarWriterEntry } from "../../delta/tar/writer.js";
+import { buildTar, encodeHeader, type TarWriterEntry } from "../../delta/tar/writer.js";
 import { bytesStream, collect, type FixtureImage, fixtureImage } from "./archive-fixture.js";
 
 const run = promisify(execFile);
@@ -259,6 +272,57 @@ describe("docker-archive", () => {
       openImage(gz),
       /det-a\.tar\.gz is gzip-compressed; .* decompress it first \(gunzip /,
     );
+  });
+
+  it("finds members past 4 GiB by offsets alone (a sparse archive with a 4.5 GiB layer)", async () => {
+    const layerSize = 4.5 * 1024 ** 3 + 3;
+    const layerDigest = digestOf(text("stands in for the 4.5 GiB layer's diff_id"));
+    const config = text(JSON.stringify({ os: "linux", rootfs: { type: "layers", diff_ids: [layerDigest] } }));
+    const configPath = `blobs/sha256/${digestOf(config).slice(7)}`;
+    const layerPath = `blobs/sha256/${layerDigest.slice(7)}`;
+    const header = encodeHeader({
+      path: layerPath,
+      type: "file",
+      stream: { size: layerSize, open: async function* () {} },
+    });
+    const rest = await buildTar([
+      { path: configPath, type: "file", content: config },
+      {
+        path: "manifest.json",
+        type: "file",
+        content: text(JSON.stringify([{ Config: configPath, RepoTags: ["big:1"], Layers: [layerPath] }])),
+      },
+    ]);
+    const path = join(dir, "sparse-big.tar");
+    const restOffset = header.length + Math.ceil(layerSize / 512) * 512;
+    const fd = openSync(path, "w");
+    try {
+      writeSync(fd, header, 0, header.length, 0);
+      writeSync(fd, rest, 0, rest.length, restOffset);
+    } finally {
+      closeSync(fd);
+    }
+    const reader = await openImage(path);
+    try {
+      assert.deepEqual(reader.info.config, config);
+      assert.equal(reader.info.tag, "1");
+      assert.deepEqual(reader.info.layers, [
+        {
+          digest: layerDigest,
+          size: layerSize,
+          mediaType: "application/vnd.oci.image.layer.v1.tar",
+          compression: "none",
+          diffId: layerDigest,
+        },
+      ]);
+      assert.deepEqual(reader.locateLayerBlob!(0), { path, offset: header.length, size: layerSize });
+      assert.equal(
+        (reader as DockerArchiveReader).member("manifest.json")?.headerOffset,
+        restOffset + 512 + 512,
+      );
+    } finally {
+      await reader.close();
+    }
   });
 
   it("refuses a truncated archive with the offset where it ends", async () => {
