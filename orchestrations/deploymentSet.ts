@@ -22,6 +22,7 @@ import {
   type ReadDeviceInventoryInput,
   type ReadDeviceInventoryOutput,
   type RecordSetInput,
+  type ResolvedImage,
   type ResolveImagesInput,
   type ResolveImagesOutput,
   SEND_EMAIL,
@@ -59,46 +60,6 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
   let status: SetStatus = initialStatus(input.setId, input.devices.length, now());
   context.df.setCustomStatus(status);
 
-  const resolved: ResolveImagesOutput = yield context.df.callActivityWithRetry(RESOLVE_IMAGES, STATE_RETRY, {
-    manifest: input.manifest,
-  } satisfies ResolveImagesInput);
-  const targets = distinctTargets(resolved.images);
-  const inventory: ReadDeviceInventoryOutput = yield context.df.callActivityWithRetry(
-    READ_DEVICE_INVENTORY,
-    STATE_RETRY,
-    { devices: input.devices } satisfies ReadDeviceInventoryInput,
-  );
-  const plan: PlanBundlesOutput = yield context.df.callActivity(PLAN_BUNDLES, {
-    targets,
-    groups: inventory.groups,
-  } satisfies PlanBundlesInput);
-
-  const bundles = distinctBundles(plan.groups);
-  const batches = deviceBatches(input.setId, input.deadline, plan.groups, input.deviceBatchSize);
-  status = plannedStatus(
-    status,
-    now(),
-    resolved.images.length,
-    plan.groups,
-    targets.length,
-    bundles.length,
-    batches.length,
-  );
-  context.df.setCustomStatus(status);
-
-  yield context.df.callActivityWithRetry(RECORD_SET, STATE_RETRY, {
-    setId: input.setId,
-    requestedBy: input.requestedBy,
-    requestedAt: input.requestedAt,
-    manifestRef: input.manifestRef,
-    deadline: input.deadline,
-    images: resolved.images,
-    groups: plan.groups,
-    waiters: waiters(batches),
-    bytesPlanned: status.bytesPlanned,
-    fullBytes: status.fullBytes,
-  } satisfies RecordSetInput);
-
   const finish = function* (outcome: DeploymentSetOutput, timedOut: ItemKey[]) {
     status = withChange(
       { ...status, stage: outcome.state },
@@ -121,7 +82,7 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
         requestedBy: input.requestedBy,
         outcome: outcome.state,
         deviceCount: input.devices.length,
-        images: resolved.images,
+        images,
         bytesPlanned: status.bytesPlanned,
         fullBytes: status.fullBytes,
         failures: outcome.failures,
@@ -129,11 +90,67 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
       } satisfies SendEmailInput);
     } catch (error) {
       // The set's outcome is recorded; a lost email must not turn a success into a failure.
-      status = withChange(status, now(), `email to the requester failed: ${(error as Error).message}`);
+      status = withChange(status, now(), `email to the requester failed: ${message(error)}`);
       context.df.setCustomStatus(status);
     }
     return outcome;
   };
+
+  let images: ResolvedImage[] = [];
+  let targets: { digest: string; fullBytes: number }[];
+  let plan: PlanBundlesOutput;
+  try {
+    const resolved: ResolveImagesOutput = yield context.df.callActivityWithRetry(
+      RESOLVE_IMAGES,
+      STATE_RETRY,
+      {
+        manifest: input.manifest,
+      } satisfies ResolveImagesInput,
+    );
+    images = resolved.images;
+    targets = distinctTargets(images);
+    const inventory: ReadDeviceInventoryOutput = yield context.df.callActivityWithRetry(
+      READ_DEVICE_INVENTORY,
+      STATE_RETRY,
+      { devices: input.devices } satisfies ReadDeviceInventoryInput,
+    );
+    plan = yield context.df.callActivity(PLAN_BUNDLES, {
+      targets,
+      groups: inventory.groups,
+    } satisfies PlanBundlesInput);
+  } catch (error) {
+    // Nothing was placed or recorded yet: the requester learns why from the email and the status.
+    return yield* finish(
+      { state: "failed", failures: [], reason: `could not plan the set: ${message(error)}` },
+      [],
+    );
+  }
+
+  const bundles = distinctBundles(plan.groups);
+  const batches = deviceBatches(input.setId, input.deadline, plan.groups, input.deviceBatchSize);
+  status = plannedStatus(
+    status,
+    now(),
+    images.length,
+    plan.groups,
+    targets.length,
+    bundles.length,
+    batches.length,
+  );
+  context.df.setCustomStatus(status);
+
+  yield context.df.callActivityWithRetry(RECORD_SET, STATE_RETRY, {
+    setId: input.setId,
+    requestedBy: input.requestedBy,
+    requestedAt: input.requestedAt,
+    manifestRef: input.manifestRef,
+    deadline: input.deadline,
+    images,
+    groups: plan.groups,
+    waiters: waiters(batches),
+    bytesPlanned: status.bytesPlanned,
+    fullBytes: status.fullBytes,
+  } satisfies RecordSetInput);
 
   if (bundles.length > 0) {
     status = withChange(
@@ -180,7 +197,26 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
     const waits: Task[] = batches.map((batch) =>
       context.df.callSubOrchestrator(DEVICE_BATCH_ORCHESTRATION, batch.input, batch.instanceId),
     );
-    const outputs: DeviceBatchOutput[] = yield context.df.Task.all(waits);
+    try {
+      yield context.df.Task.all(waits);
+    } catch {
+      // A batch that fails (its activities kept failing) ends the set; the others' reports still count.
+      const outcome = collectOutcomes(
+        waits.filter((task) => task.isCompleted).map((task) => task.result as DeviceBatchOutput),
+      );
+      const reasons = batches.flatMap((batch, i) =>
+        waits[i]!.isFaulted ? [`${batch.instanceId}: ${message(waits[i]!.result)}`] : [],
+      );
+      return yield* finish(
+        {
+          state: "failed",
+          failures: failuresToReport(outcome.failures, outcome.timedOut, input.deadline),
+          reason: `waiting batch(es) failed: ${reasons.join("; ")}`,
+        },
+        outcome.timedOut,
+      );
+    }
+    const outputs = waits.map((task) => task.result as DeviceBatchOutput);
     const outcome = collectOutcomes(outputs);
     failures = outcome.failures;
     timedOut = outcome.timedOut;
@@ -232,10 +268,16 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
       {
         state: "failed",
         failures: [],
-        reason: `every image arrived but the manifest push failed: ${(error as Error).message}`,
+        reason: `every image arrived but the manifest push failed: ${message(error)}`,
       },
       [],
     );
   }
   return yield* finish({ state: "succeeded", failures: [] }, []);
 };
+
+/** First line of a task failure: the activity's own message, without the stack Durable appends. */
+function message(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.split("\n")[0]!.trim();
+}

@@ -269,3 +269,53 @@ describe("deploymentSet replayed through durable-functions", () => {
     );
   });
 });
+
+describe("deploymentSet failures outside the devices", () => {
+  test("an image that cannot be resolved fails the set before anything is placed, and says why", async () => {
+    const failing = activities(MIXED);
+    const result = await replay({
+      orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
+      name: "deploymentSet",
+      instanceId: "set-1",
+      input: setInput(FOUR),
+      start: T0,
+      activity: (name, input, attempt) => {
+        if (name === "resolveImages") throw new Error("acr.io/apps/camera:5.1: manifest unknown");
+        return failing(name, input, attempt);
+      },
+    });
+    const out = output(result);
+    assert.equal(out.state, "failed");
+    assert.match(out.reason ?? "", /^could not plan the set: .*acr\.io\/apps\/camera:5\.1: manifest unknown/);
+    assert.equal(calls(result, "resolveImages").length, 5);
+    assert.deepEqual(
+      result.activityCalls.filter((call) => call.name !== "resolveImages").map((call) => call.name),
+      ["updateSetState", "sendEmail"],
+    );
+    assert.equal((calls(result, "sendEmail")[0]!.input as SendEmailInput).reason, out.reason);
+  });
+
+  test("a batch whose bundles cannot be placed fails the set; the other batch's reports still count", async () => {
+    const world = activities(MIXED);
+    const result = await replay({
+      orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
+      name: "deploymentSet",
+      instanceId: "set-1",
+      input: setInput(FOUR),
+      start: T0,
+      activity: (name, input, attempt) => {
+        if (name === "placeBundles" && JSON.stringify(input).includes('"d3"'))
+          throw new Error("outbox container missing");
+        return world(name, input, attempt);
+      },
+      events: allArrive(FOUR),
+    });
+    const out = output(result);
+    assert.equal(out.state, "failed");
+    assert.match(out.reason ?? "", /^waiting batch\(es\) failed: set-1:batch:1: .*outbox container missing/);
+    assert.deepEqual(out.failures, []);
+    assert.equal(result.instances.get("set-1:batch:0")!.state, "completed");
+    assert.equal(result.instances.get("set-1:batch:1")!.state, "failed");
+    assert.equal(calls(result, "pushManifest").length, 0);
+  });
+});

@@ -305,7 +305,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
         new DummyOrchestrationContext(instance.name, undefined, () => {}),
       );
     } catch (error) {
-      finish(instance, at, false, (error as Error).message);
+      finish(instance, at, false, failureMessage(error));
       return;
     }
     instance.history.push(historyEvent(EventType.OrchestratorCompleted, -1, timestamp));
@@ -395,6 +395,23 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     else instance.error = String(value);
     if (instance.parent)
       deliver(at, instance.parent.instanceId, { kind: "sub", id: instance.parent.taskId, ok, value });
+  }
+}
+
+/**
+ * The orchestrator's own error message. The engine wraps it as `<text>$OutOfProcData$:<state JSON>`,
+ * and the state's `error` is what the host records as the failure reason.
+ */
+function failureMessage(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  const label = "\n\n$OutOfProcData$:";
+  const at = text.indexOf(label);
+  if (at < 0) return text;
+  try {
+    const state = JSON.parse(text.slice(at + label.length)) as { error?: string };
+    return state.error ?? text.slice(0, at);
+  } catch {
+    return text.slice(0, at);
   }
 }
 
