@@ -94,6 +94,8 @@ class DeltaInput {
   /** Offset in the delta of buf[start]. */
   offset = 0;
   private ended = false;
+  /** Live bytes the current ensure() waits for: the buffer grows to this at once. */
+  private wanted = 0;
   private readonly it: AsyncIterator<Uint8Array>;
 
   constructor(delta: AsyncIterable<Uint8Array>) {
@@ -129,6 +131,7 @@ class DeltaInput {
   /** Buffers at least n bytes; false if the delta ends first. */
   async ensure(n: number): Promise<boolean> {
     if (this.available >= n) return true;
+    this.wanted = n;
     this.reserve(n);
     while (this.available < n) {
       if (!(await this.more())) return false;
@@ -155,7 +158,10 @@ class DeltaInput {
     this.regrow(n);
   }
 
-  private regrow(capacity: number): void {
+  private regrow(needed: number): void {
+    // Double toward what the current window needs rather than grow chunk by chunk (that copies
+    // quadratically), but never beyond twice the bytes that actually arrived.
+    const capacity = Math.max(needed, Math.min(this.wanted, 2 * this.buf.length));
     const live = this.available;
     if (this.owned && this.buf.length >= capacity) {
       this.buf.copyWithin(0, this.start, this.end);
