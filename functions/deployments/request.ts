@@ -57,9 +57,9 @@ export class InvalidRequestError extends Error {
   }
 }
 
-const SET_ID_PATTERN = `^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_SET_ID_LENGTH - 1}}$`;
+export const SET_ID_PATTERN = `^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_SET_ID_LENGTH - 1}}$`;
 // IoT Hub device ids: up to 128 characters of letters, digits and - . % _ * ? ! ( ) , : = @ $ '
-const DEVICE_ID_PATTERN = "^[A-Za-z0-9\\-.%_*?!(),:=@$']{1,128}$";
+export const DEVICE_ID_PATTERN = "^[A-Za-z0-9\\-.%_*?!(),:=@$']{1,128}$";
 const MANIFEST_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$";
 const EMAIL_PATTERN = "^[^\\s@]+@[^\\s@]+\\.[^\\s@]+$";
 

@@ -6,6 +6,7 @@ import { MAX_QUERY_PAGE_SIZE } from "../../config/settings.js";
 import type { StateStore } from "../../state/store.js";
 import type { Page, PageRequest } from "../../state/tables.js";
 import type { TransferRow } from "../../state/transfers.js";
+import { DEVICE_ID_PATTERN, SET_ID_PATTERN } from "../deployments/request.js";
 
 /** Longest continuation token accepted; Table Storage tokens are a few hundred characters. */
 export const MAX_CONTINUATION_TOKEN_LENGTH = 4096;
@@ -31,12 +32,21 @@ class QueryError extends Error {
 }
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
+const SET_ID = new RegExp(SET_ID_PATTERN);
+const DEVICE_ID = new RegExp(DEVICE_ID_PATTERN);
 const TIMESTAMP = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2}))?$/;
 
 /** GET /api/deployments/{id}: the set's summary and a page of its items (one per device and image). */
 export function getDeployment(request: HttpRequest, deps: QueryDeps): Promise<HttpResponseInit> {
   return answer(async () => {
     const setId = request.params.id ?? "";
+    if (!SET_ID.test(setId)) {
+      throw new QueryError(
+        400,
+        "id",
+        `id must be a deployment set id (letters, digits, '.', '_', '-'), found ${JSON.stringify(setId.slice(0, 80))}`,
+      );
+    }
     const paging = pageRequest(request, deps);
     const set = await deps.state.sets.getSet(setId);
     if (set === undefined) throw new QueryError(404, "id", `no deployment set ${JSON.stringify(setId)}`);
@@ -63,9 +73,17 @@ export function listDeployments(request: HttpRequest, deps: QueryDeps): Promise<
 
 /** GET /api/devices/{id}/images: what one device holds, has in transit, or failed to rebuild. */
 export function getDeviceImages(request: HttpRequest, deps: QueryDeps): Promise<HttpResponseInit> {
-  return answer(async () =>
-    pageBody(await deps.state.deviceImages.listByDevice(request.params.id ?? "", pageRequest(request, deps))),
-  );
+  return answer(async () => {
+    const device = request.params.id ?? "";
+    if (!DEVICE_ID.test(device)) {
+      throw new QueryError(
+        400,
+        "id",
+        `id must be an IoT Hub device id (1-128 characters), found ${JSON.stringify(device.slice(0, 80))}`,
+      );
+    }
+    return pageBody(await deps.state.deviceImages.listByDevice(device, pageRequest(request, deps)));
+  });
 }
 
 /** GET /api/images/{digest}/devices: which devices hold (or await) one image. */

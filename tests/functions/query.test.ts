@@ -270,6 +270,22 @@ describe("query API", () => {
     }
   });
 
+  it("answers 400 for a set or device id that cannot exist", async () => {
+    const set = await getDeployment(get("/api/deployments/x", { id: "a/b" }), deps);
+    assert.deepEqual(set, {
+      status: 400,
+      jsonBody: {
+        error: {
+          field: "id",
+          message: `id must be a deployment set id (letters, digits, '.', '_', '-'), found "a/b"`,
+        },
+      },
+    });
+    const device = await getDeviceImages(get("/api/devices/x/images", { id: "d".repeat(129) }), deps);
+    assert.equal(device.status, 400);
+    assert.equal((device.jsonBody as { error: { field: string } }).error.field, "id");
+  });
+
   it("answers 400 for a continuation token storage did not issue", async () => {
     const response = await getDeviceImages(
       get("/api/devices/vessel-01/images?continuationToken=not-a-token", { id: "vessel-01" }),
