@@ -1,5 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import {
+  BlobStore,
+  bundleBlobName,
+  digestPath,
+  indexBlobName,
+  outboxBlobName,
+  sourceSetHash,
+} from "../../state/blobs.js";
 import { escapeKey, itemRowKey, unescapeKey } from "../../state/keys.js";
 import { StateStore } from "../../state/store.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
@@ -304,5 +312,44 @@ describe("reports and transfers", () => {
       store.deviceImages.listByDevice("x", { pageSize: 0 }),
       /page size from 1 to 1000, found 0/,
     );
+  });
+});
+
+describe("blobs", () => {
+  test("names bundles by target and ordered source layers, and outboxes by device", () => {
+    const layers = ["sha256:l1", "sha256:l2"];
+    assert.equal(
+      bundleBlobName(DIGEST_A, layers),
+      `sha256-${"a".repeat(64)}/${sourceSetHash(layers)}.bundle`,
+    );
+    assert.notEqual(sourceSetHash(layers), sourceSetHash([...layers].reverse()));
+    assert.equal(outboxBlobName("ship-1", "sha256-ab/cd.bundle"), "ship-1/sha256-ab-cd.bundle");
+    assert.equal(indexBlobName(DIGEST_B), `sha256-${"b".repeat(64)}.json`);
+    assert.throws(
+      () => digestPath("sha256:xyz"),
+      /expected a digest like sha256:<64 hex>, found "sha256:xyz"/,
+    );
+  });
+
+  test("writes and reads indexes and named manifests, and says which blob is missing or not JSON", async () => {
+    const blobs = BlobStore.fromConnectionString(azurite.connectionString);
+    await blobs.createContainers();
+    await blobs.createContainers();
+    assert.equal(await blobs.hasIndex(DIGEST_A), false);
+    await blobs.writeIndex(DIGEST_A, { version: 1, layers: [] });
+    assert.equal(await blobs.hasIndex(DIGEST_A), true);
+    assert.deepEqual(await blobs.readIndex(DIGEST_A), { version: 1, layers: [] });
+    await blobs.manifests.getBlockBlobClient("fleet/atlantic.json").upload('{"modulesContent":{}}', 21);
+    assert.deepEqual(await blobs.readManifest("fleet/atlantic.json"), { modulesContent: {} });
+    await assert.rejects(
+      blobs.readManifest("nope.json"),
+      /expected deployment manifest manifests\/nope.json, found no such blob; upload it first/,
+    );
+    await blobs.manifests.getBlockBlobClient("broken.json").upload("{", 1);
+    await assert.rejects(
+      blobs.readManifest("broken.json"),
+      /expected deployment manifest manifests\/broken.json to be JSON/,
+    );
+    assert.equal(await blobs.bundleSize("sha256-none/none.bundle"), undefined);
   });
 });
