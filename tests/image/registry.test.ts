@@ -583,6 +583,38 @@ describe("registry client against docker-registry", () => {
     assert.equal(await client.blobSize("apps/doomed", blob), undefined);
   });
 
+  test("retries once on a new connection when the server dropped a kept-alive one", async () => {
+    // docker-registry keeps idle connections open; proxies in front of ACR do not. This
+    // stand-in drops every connection on its second request, as a server that timed it out would.
+    const perSocket = new Map<unknown, number>();
+    let served = 0;
+    const server = createServer((req, res) => {
+      const count = (perSocket.get(req.socket) ?? 0) + 1;
+      perSocket.set(req.socket, count);
+      if (count > 1) {
+        req.socket.destroy();
+        return;
+      }
+      served++;
+      res.writeHead(200, { "content-type": "application/json", "content-length": "2" });
+      res.end("{}");
+    });
+    server.listen(0, "127.0.0.1");
+    await new Promise((resolve) => server.once("listening", resolve));
+    const client = new RegistryClient(`127.0.0.1:${(server.address() as { port: number }).port}`);
+    try {
+      await client.ping();
+      await client.ping();
+      await client.ping();
+      assert.equal(served, 3);
+      assert.equal(perSocket.size, 3);
+    } finally {
+      client.close();
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
   test("says where nothing answers", async () => {
     const unused = await startRegistry();
     const host = unused.host;

@@ -101,7 +101,14 @@ export class RegistryClient {
 
   /** GET /v2/: checks the registry answers and the credentials work. */
   async ping(): Promise<void> {
-    await this.request({ method: "GET", url: "/v2/", scopes: [], expect: [200], what: "GET /v2/" });
+    const response = await this.request({
+      method: "GET",
+      url: "/v2/",
+      scopes: [],
+      expect: [200],
+      what: "GET /v2/",
+    });
+    await response.body.cancel();
   }
 
   // ---- manifests ----
@@ -267,6 +274,13 @@ export class RegistryClient {
       throw new RegistryError(
         `${what}: the registry answered ${response.status} with the whole blob instead of 206 Partial Content; it does not support Range reads, so copy the blob to a file and read that instead`,
         response.status,
+      );
+    }
+    const range = /^bytes (\d+)-(\d+)\//.exec(response.headers.get("content-range") ?? "");
+    if (range && (Number(range[1]) !== position || Number(range[2]) !== position + length - 1)) {
+      await response.body.cancel();
+      throw new RegistryError(
+        `${what}: the registry answered range ${range[1]}-${range[2]} instead; it is not safe to use, copy the blob to a file instead`,
       );
     }
     const bytes = await readBounded(response, length, `${what} body`);
@@ -581,6 +595,7 @@ export class RegistryClient {
           continue;
         }
       }
+      if (spec.method === "HEAD") await response.body.cancel();
       const body = spec.method === "HEAD" ? { text: "", codes: [] } : await describeErrorBody(response);
       const denied = parseChallenge(response.headers.get("www-authenticate"));
       const anonymous = this.credentials.username === undefined && !this.credentials.refreshToken;

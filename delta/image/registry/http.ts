@@ -31,7 +31,24 @@ export class HttpTransport {
   private readonly http = new HttpAgent({ keepAlive: true, maxSockets: MAX_SOCKETS });
   private readonly https = new HttpsAgent({ keepAlive: true, maxSockets: MAX_SOCKETS });
 
-  send(
+  async send(
+    url: URL,
+    method: string,
+    headers: Record<string, string>,
+    body: Uint8Array | undefined,
+  ): Promise<HttpResponse> {
+    try {
+      return await this.attempt(url, method, headers, body);
+    } catch (error) {
+      // A kept-alive connection the server closed while idle fails on first use: retry once on a new one.
+      if (!(error as { reusedSocket?: boolean }).reusedSocket) throw error;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== "ECONNRESET" && code !== "EPIPE") throw error;
+      return this.attempt(url, method, headers, body);
+    }
+  }
+
+  private attempt(
     url: URL,
     method: string,
     headers: Record<string, string>,
@@ -51,7 +68,9 @@ export class HttpTransport {
       request.setTimeout(IDLE_TIMEOUT_MS, () => {
         request.destroy(new Error(`no data for ${IDLE_TIMEOUT_MS / 1000} s`));
       });
-      request.once("error", reject);
+      request.once("error", (error) => {
+        reject(Object.assign(error, { reusedSocket: request.reusedSocket }));
+      });
       request.once("response", (message) => resolve(wrap(message, method)));
       request.end(body);
     });
