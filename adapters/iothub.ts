@@ -66,7 +66,9 @@ export function iotHubAdapterFor(registry: RegistryClient): IotHubAdapter {
         }
         let rows: unknown;
         try {
-          rows = (await query.next()).result;
+          // Pass the token explicitly: next() without one starts the query over (azure-iothub 1.16).
+          rows = (query.continuationToken ? await query.next(query.continuationToken) : await query.next())
+            .result;
         } catch (error) {
           throw describe(error, `running the twin query "${condition}"`);
         }

@@ -22,7 +22,11 @@ const KEY = Buffer.from("deltaship-test-policy-key").toString("base64");
 const CONNECTION_STRING = `HostName=127.0.0.1;SharedAccessKeyName=${POLICY};SharedAccessKey=${KEY}`;
 const CLIENT = fileURLToPath(new URL("./iothub-client.ts", import.meta.url));
 
+/** A fleet bigger than one query page (1,000), so the client must follow x-ms-continuation. */
+const INDIAN_FLEET = Array.from({ length: 1500 }, (_, i) => `ship-${String(i).padStart(4, "0")}`);
+
 const twins = [
+  ...INDIAN_FLEET.map((deviceId) => ({ deviceId, tags: { fleet: "indian" } })),
   { deviceId: "vessel-03", tags: { fleet: "atlantic", class: "tanker" } },
   { deviceId: "vessel-01", tags: { fleet: "atlantic", class: "bulk" } },
   { deviceId: "vessel-02", tags: { fleet: "pacific", class: "bulk" } },
@@ -44,8 +48,9 @@ const calls = [
   { query: { condition: "tags.fleet='atlantic'", limit: 10 } },
   { query: { condition: "tags.class='bulk'", limit: 2 } },
   { push: { deviceId: "ghost", modulesContent: {} } },
+  { query: { condition: "tags.fleet='indian'", limit: 5000 } },
 ];
-/** What each call returned, and the request it made (each call makes exactly one here). */
+/** What each call returned, and the requests the calls made in order. */
 let results: { ok?: unknown; error?: string; status?: number }[];
 let requests: RecordedRequest[];
 
@@ -77,7 +82,7 @@ async function runClient(calls: unknown[], connectionString = CONNECTION_STRING)
 }
 
 describe("IoT Hub adapter (real azure-iothub, local stand-in)", () => {
-  it("makes one request per call", () => {
+  it("makes one request per call, two for a query of two pages", () => {
     assert.deepEqual(
       requests.map((r) => `${r.method} ${r.path}`),
       [
@@ -85,8 +90,17 @@ describe("IoT Hub adapter (real azure-iothub, local stand-in)", () => {
         "POST /devices/query",
         "POST /devices/query",
         "POST /devices/ghost/applyConfigurationContent",
+        "POST /devices/query",
+        "POST /devices/query",
       ],
     );
+  });
+
+  it("follows x-ms-continuation through a twin query of more than one page", () => {
+    assert.deepEqual(results[4], { ok: INDIAN_FLEET });
+    assert.equal(requests[4].headers["x-ms-continuation"], undefined);
+    assert.equal(requests[5].headers["x-ms-continuation"], "1000");
+    assert.deepEqual(requests[5].json, { query: "SELECT deviceId FROM devices WHERE tags.fleet='indian'" });
   });
 
   it("pushes modulesContent with applyConfigurationContentOnDevice", () => {
