@@ -30,6 +30,9 @@ const REGISTRY_BIN = "/usr/bin/docker-registry";
 const START_TIMEOUT_MS = 20_000;
 /** Pause between readiness probes. */
 const PROBE_INTERVAL_MS = 100;
+/** Ports tried when another process takes the free port first. */
+const START_ATTEMPTS = 3;
+const IDENTITY_HEADER = "X-Deltaship-Test-Registry";
 /** How long a stop waits for a clean exit before killing the process. */
 const STOP_TIMEOUT_MS = 5_000;
 /** Registry output kept for error messages. */
@@ -95,44 +98,60 @@ export async function startRegistry(options: RegistryStartOptions = {}): Promise
         `auth:\n  token:\n    realm: ${tokenService.realm}\n    service: ${TOKEN_SERVICE}\n` +
         `    issuer: ${TOKEN_ISSUER}\n    rootcertbundle: ${tokenService.certPath}\n`;
     }
-    const port = await freePort();
-    const config = join(dir, "config.yml");
-    writeFileSync(
-      config,
-      [
-        "version: 0.1",
-        "log:",
-        "  level: warn",
-        "  accesslog:",
-        "    disabled: true",
-        "storage:",
-        "  filesystem:",
-        `    rootdirectory: ${storageDir}`,
-        "  delete:",
-        "    enabled: true",
-        "  maintenance:",
-        "    uploadpurging:",
-        "      enabled: false",
-        "http:",
-        `  addr: 127.0.0.1:${port}`,
-        `  secret: ${randomUUID()}`,
-        authConfig,
-      ].join("\n"),
-    );
-    let log = "";
-    const keep = (chunk: Buffer) => {
-      log = (log + chunk.toString("utf8")).slice(-MAX_LOG_CHARS);
-    };
-    child = spawn(REGISTRY_BIN, ["serve", config], { stdio: ["ignore", "pipe", "pipe"] });
-    child.stdout?.on("data", keep);
-    child.stderr?.on("data", keep);
-    // A test process that crashes must not leave a registry running on a shared machine.
-    const running = child;
-    const killOnExit = () => running.kill("SIGKILL");
-    process.once("exit", killOnExit);
-    running.once("exit", () => process.off("exit", killOnExit));
+    // The port is free when asked but another process may take it first: then try another.
+    let started: { child: ChildProcess; port: number } | undefined;
+    for (let attempt = 1; !started; attempt++) {
+      const port = await freePort();
+      const identity = randomUUID();
+      const config = join(dir, "config.yml");
+      writeFileSync(
+        config,
+        [
+          "version: 0.1",
+          "log:",
+          "  level: warn",
+          "  accesslog:",
+          "    disabled: true",
+          "storage:",
+          "  filesystem:",
+          `    rootdirectory: ${storageDir}`,
+          "  delete:",
+          "    enabled: true",
+          "  maintenance:",
+          "    uploadpurging:",
+          "      enabled: false",
+          "http:",
+          `  addr: 127.0.0.1:${port}`,
+          `  secret: ${randomUUID()}`,
+          "  headers:",
+          // Lets the readiness probe tell our registry from another process on the same port.
+          `    ${IDENTITY_HEADER}: ["${identity}"]`,
+          authConfig,
+        ].join("\n"),
+      );
+      let log = "";
+      const keep = (chunk: Buffer) => {
+        log = (log + chunk.toString("utf8")).slice(-MAX_LOG_CHARS);
+      };
+      child = spawn(REGISTRY_BIN, ["serve", config], { stdio: ["ignore", "pipe", "pipe"] });
+      child.stdout?.on("data", keep);
+      child.stderr?.on("data", keep);
+      // A test process that crashes must not leave a registry running on a shared machine.
+      const running = child;
+      const killOnExit = () => running.kill("SIGKILL");
+      process.once("exit", killOnExit);
+      running.once("exit", () => process.off("exit", killOnExit));
+      try {
+        await waitForRegistry(`http://127.0.0.1:${port}`, identity, running, () => log);
+        started = { child: running, port };
+      } catch (error) {
+        await stopProcess(running);
+        child = undefined;
+        if (attempt === START_ATTEMPTS || !/address already in use/.test(log)) throw error;
+      }
+    }
+    const { child: running, port } = started;
     const url = `http://127.0.0.1:${port}`;
-    await waitForRegistry(url, running, () => log);
     const service = tokenService;
     return {
       url,
@@ -170,7 +189,12 @@ async function freePort(): Promise<number> {
   return address.port;
 }
 
-async function waitForRegistry(url: string, child: ChildProcess, log: () => string): Promise<void> {
+async function waitForRegistry(
+  url: string,
+  identity: string,
+  child: ChildProcess,
+  log: () => string,
+): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS;
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {
@@ -182,7 +206,8 @@ async function waitForRegistry(url: string, child: ChildProcess, log: () => stri
       const response = await fetch(`${url}/v2/`);
       await response.body?.cancel();
       // 401 is an answer too: the auth modes refuse anonymous calls.
-      if (response.status === 200 || response.status === 401) return;
+      const ours = response.headers.get(IDENTITY_HEADER) === identity;
+      if (ours && (response.status === 200 || response.status === 401)) return;
     } catch {
       // Not listening yet.
     }
