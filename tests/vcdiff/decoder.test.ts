@@ -380,6 +380,33 @@ describe("VCDIFF decoder: refusals and malformed input", () => {
     );
   });
 
+  test("a failing source read ends in SOURCE at the window, naming the range", async () => {
+    const failing: SourceReader = {
+      size: 100,
+      read: async () => {
+        throw new Error("disk on fire");
+      },
+    };
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: 50,
+          segmentPosition: 40,
+          targetLength: 4,
+          inst: [code.copy(0, 4)],
+          addr: [8],
+        },
+      ],
+    });
+    await rejectsWith(
+      collect(decode(chunks(delta, 64), { source: failing })),
+      "SOURCE",
+      5,
+      /reading 4 bytes at offset 48 of the source failed: disk on fire/,
+    );
+  });
+
   test("stopping early closes the delta stream", async () => {
     let closed = false;
     async function* stream(): AsyncGenerator<Uint8Array> {
