@@ -235,10 +235,17 @@ describe("deploymentSet replayed through durable-functions", () => {
       ],
     };
     const batchSize = 100;
-    // Reports trickle in over four days, a device's two images together.
+    // Reports trickle in over four days, five devices' reports at a time: the host hands events
+    // that arrived together to one episode, and fewer episodes keep this test quick.
     const events = devices.flatMap((device, i) =>
       [TELEMETRY, CAMERA].map((image) =>
-        report("set-1", Math.floor(i / batchSize), device, image, T0.getTime() + HOUR + i * 3 * 60_000),
+        report(
+          "set-1",
+          Math.floor(i / batchSize),
+          device,
+          image,
+          T0.getTime() + HOUR + Math.floor(i / 5) * 15 * 60_000,
+        ),
       ),
     );
     const result = await run(devices, world, events, { deviceBatchSize: batchSize });

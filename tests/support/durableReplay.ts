@@ -130,8 +130,19 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   const instances = new Map<string, Instance>();
   const queue: Delivery[] = [];
   let seq = 0;
+  // The queue stays sorted by time, then arrival: insert after every delivery due at the same time or earlier.
+  const enqueue = (delivery: Delivery) => {
+    let low = 0;
+    let high = queue.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if (queue[mid]!.at <= delivery.at) low = mid + 1;
+      else high = mid;
+    }
+    queue.splice(low, 0, delivery);
+  };
   const deliver = (at: number, instanceId: string, completion: Completion) =>
-    queue.push({ at, seq: seq++, instanceId, completion });
+    enqueue({ at, seq: seq++, instanceId, completion });
   const result: ReplayResult = {
     root: undefined as unknown as InstanceRecord,
     instances: instances as Map<string, InstanceRecord>,
@@ -174,7 +185,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
 
   result.root = create(options.name, options.instanceId, options.input, options.start.getTime());
   for (const event of options.events ?? []) {
-    queue.push({
+    enqueue({
       at: event.at.getTime(),
       seq: seq++,
       instanceId: event.instanceId,
@@ -185,10 +196,13 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   let episodes = 0;
   while (queue.length > 0) {
     if (++episodes > MAX_EPISODES) throw new Error(`scenario still running after ${MAX_EPISODES} episodes`);
-    queue.sort((a, b) => a.at - b.at || a.seq - b.seq);
+    // One episode: everything due for the first instance at the first time, as the host batches it.
     const first = queue[0]!;
-    const batch = queue.filter((d) => d.at === first.at && d.instanceId === first.instanceId);
-    queue.splice(0, queue.length, ...queue.filter((d) => !batch.includes(d)));
+    let end = 0;
+    while (end < queue.length && queue[end]!.at === first.at) end++;
+    const due = queue.slice(0, end);
+    const batch = due.filter((d) => d.instanceId === first.instanceId);
+    queue.splice(0, end, ...due.filter((d) => d.instanceId !== first.instanceId));
     const instance = instances.get(first.instanceId);
     if (!instance) {
       for (const d of batch) if (d.completion.kind === "event") result.rejectedEvents.push(raised(d));
