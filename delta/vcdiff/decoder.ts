@@ -381,7 +381,7 @@ class WindowDecoder {
    * it), and zeroing fresh memory per window costs more than decoding it.
    */
   private targetBuffer(length: number): Uint8Array {
-    if (this.pool === undefined) return plain(Buffer.allocUnsafe(length), length);
+    if (this.pool === undefined || length === 0) return plain(Buffer.allocUnsafe(length), length);
     const i = this.poolNext;
     this.poolNext = 1 - i;
     if (this.pool[i].length < length) this.pool[i] = Buffer.allocUnsafe(length);
