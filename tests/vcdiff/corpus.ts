@@ -139,6 +139,7 @@ export function tarLayer(out: string, paths: string[], mtime: number): void {
     "--owner=0",
     "--group=0",
     "--numeric-owner",
+    "--ignore-failed-read",
     "--files-from",
     list,
   ]);
