@@ -365,6 +365,43 @@ describe("VCDIFF encoder with a paged source", () => {
     assert.ok(equal(xdelta3Decode(delta, sourcePath), target));
   });
 
+  test("hints deep into a sparse 5 GiB source read only the hinted ranges and stay exact", async () => {
+    const oldFile = licenceText();
+    const newFile = edit(oldFile, 81, 20);
+    const sourcePath = join(dir, `huge${fileCount++}.bin`);
+    const deep = 5 * 2 ** 30 - 3 * oldFile.length; // beyond 2^32: offsets must not wrap
+    const fd = openSync(sourcePath, "w");
+    writeSync(fd, oldFile, 0, oldFile.length, deep);
+    writeSync(fd, oldFile, 0, oldFile.length, 5 * 2 ** 30 - oldFile.length);
+    closeSync(fd);
+    const target = concat(oldFile.subarray(0, 5000), newFile);
+    const copies = [{ targetOffset: 0, length: 5000, sourceOffset: 5 * 2 ** 30 - oldFile.length }];
+    const searches = [
+      { targetOffset: 5000, targetLength: newFile.length, sourceOffset: deep, sourceLength: oldFile.length },
+    ];
+    const source = await FileSource.open(sourcePath);
+    const parts: Uint8Array[] = [];
+    try {
+      for await (const part of encode(target, source, { copies, searches })) parts.push(part);
+    } finally {
+      await source.close();
+    }
+    const delta = concat(...parts);
+    assert.ok(delta.length < 3_000, `hinted 5 GiB source gave a ${delta.length}-byte delta`);
+    assert.ok(equal(xdelta3Decode(delta, sourcePath), target));
+    const reader = await FileSource.open(sourcePath);
+    const decoded: Uint8Array[] = [];
+    async function* once() {
+      yield delta;
+    }
+    try {
+      for await (const part of decode(once(), { source: reader })) decoded.push(part);
+    } finally {
+      await reader.close();
+    }
+    assert.ok(equal(concat(...decoded), target));
+  });
+
   test("the same delta comes out whether the source is a buffer or read in pages, for a small source", async () => {
     const source = licenceText();
     const target = edit(source, 71, 40);
