@@ -22,6 +22,8 @@ export interface EdgeSettings {
   readonly registryStorageDir?: string;
   readonly diskReserveBytes?: number;
   readonly crashAfter?: CrashPoint;
+  /** Things worth a log line at start (a keys file named but absent, …). */
+  readonly warnings: readonly string[];
 }
 
 const CRASH_POINTS: readonly CrashPoint[] = ["claimed", "verified", "applied", "pushed", "reported"];
@@ -64,9 +66,22 @@ export function parseTrustedKeys(text: string, where: string): TrustedKeys {
 
 export function readSettings(env: NodeJS.ProcessEnv = process.env): EdgeSettings {
   const inboxDir = env.DELTASHIP_INBOX || "/inbox";
+  const warnings: string[] = [];
   const keysFile = env.DELTASHIP_TRUSTED_KEYS_FILE;
+  let fileText = "";
+  if (keysFile) {
+    try {
+      fileText = readFileSync(keysFile, "utf8");
+    } catch (error) {
+      // Keys may come from the twin alone: a missing file must not put the module in a restart loop.
+      if ((error as NodeJS.ErrnoException).code !== "ENOENT") throw error;
+      warnings.push(
+        `DELTASHIP_TRUSTED_KEYS_FILE ${keysFile} does not exist; using the twin's trustedKeys only`,
+      );
+    }
+  }
   const trustedKeys = {
-    ...(keysFile ? parseTrustedKeys(readFileSync(keysFile, "utf8"), keysFile) : {}),
+    ...(keysFile ? parseTrustedKeys(fileText, keysFile) : {}),
     ...parseTrustedKeys(env.DELTASHIP_TRUSTED_KEYS ?? "", "DELTASHIP_TRUSTED_KEYS"),
   };
   const crashAfter = env.DELTASHIP_CRASH_AFTER as CrashPoint | undefined;
@@ -92,5 +107,6 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): EdgeSettings
       ? { diskReserveBytes: integer(env, "DELTASHIP_DISK_RESERVE_BYTES", 0, 0) }
       : {}),
     ...(crashAfter ? { crashAfter } : {}),
+    warnings,
   };
 }

@@ -14,6 +14,7 @@ const log = jsonLogger();
 
 async function main(): Promise<void> {
   const settings = readSettings();
+  for (const warning of settings.warnings) log.log("warn", "settings", { warning });
   const hub = await createHub(log);
   const module = await startEdgeModule({
     ...settings,
