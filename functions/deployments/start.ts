@@ -1,7 +1,7 @@
 // Starting a deployment set from a validated request: shared by the HTTP and Service Bus triggers.
 
 import { randomUUID } from "node:crypto";
-import type { DurableClient } from "durable-functions";
+import type { DurableClient, DurableOrchestrationStatus } from "durable-functions";
 import type { DeploymentManifest } from "../../activities/names.js";
 import { IotHubError, TooManyDevicesError } from "../../adapters/iothub.js";
 import { DEPLOYMENT_SET_ORCHESTRATION, type DeploymentSetInput } from "../../orchestrations/contract.js";
@@ -81,12 +81,19 @@ export async function instanceExists(
   durable: Pick<DurableClient, "getStatus">,
   instanceId: string,
 ): Promise<boolean> {
+  return (await statusOrUndefined(durable, instanceId)) !== undefined;
+}
+
+/** The instance's status, or undefined when there is no instance with this id. */
+export async function statusOrUndefined(
+  durable: Pick<DurableClient, "getStatus">,
+  instanceId: string,
+): Promise<DurableOrchestrationStatus | undefined> {
   try {
-    await durable.getStatus(instanceId);
-    return true;
+    return await durable.getStatus(instanceId);
   } catch (error) {
     // The client signals an unknown instance only through this message (durable-functions 3.x).
-    if (/HTTP 404/.test((error as Error).message)) return false;
+    if (/HTTP 404/.test((error as Error).message)) return undefined;
     throw error;
   }
 }

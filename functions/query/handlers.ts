@@ -2,11 +2,13 @@
 // partition per request wherever the key design allows.
 
 import type { HttpRequest, HttpResponseInit } from "@azure/functions";
+import type { DurableClient } from "durable-functions";
 import { MAX_QUERY_PAGE_SIZE } from "../../config/settings.js";
 import type { StateStore } from "../../state/store.js";
 import type { Page, PageRequest } from "../../state/tables.js";
 import type { TransferRow } from "../../state/transfers.js";
 import { DEVICE_ID_PATTERN, SET_ID_PATTERN } from "../deployments/request.js";
+import { statusOrUndefined } from "../deployments/start.js";
 
 /** Longest continuation token accepted; Table Storage tokens are a few hundred characters. */
 export const MAX_CONTINUATION_TOKEN_LENGTH = 4096;
@@ -19,6 +21,25 @@ export interface QueryDeps {
   state: Pick<StateStore, "sets" | "deviceImages" | "transfers">;
   /** Rows per page when the request names no pageSize (QUERY_PAGE_SIZE). */
   defaultPageSize: number;
+  /** The set's orchestration status from the Durable client; undefined when no such instance. */
+  orchestrationStatus?(setId: string): Promise<OrchestrationProgress | undefined>;
+}
+
+/** What the orchestration itself says: its runtime status and custom status (counts, latest changes). */
+export interface OrchestrationProgress {
+  runtimeStatus: string;
+  customStatus: unknown;
+}
+
+/** QueryDeps.orchestrationStatus over a Durable client. */
+export function orchestrationStatusFrom(
+  client: Pick<DurableClient, "getStatus">,
+): (setId: string) => Promise<OrchestrationProgress | undefined> {
+  return async (setId) => {
+    const status = await statusOrUndefined(client, setId);
+    if (status === undefined) return undefined;
+    return { runtimeStatus: String(status.runtimeStatus), customStatus: status.customStatus ?? null };
+  };
 }
 
 class QueryError extends Error {
@@ -36,7 +57,10 @@ const SET_ID = new RegExp(SET_ID_PATTERN);
 const DEVICE_ID = new RegExp(DEVICE_ID_PATTERN);
 const TIMESTAMP = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2}))?$/;
 
-/** GET /api/deployments/{id}: the set's summary and a page of its items (one per device and image). */
+/**
+ * GET /api/deployments/{id}: the set's summary, the orchestration's own status (counts per
+ * state, latest changes) and a page of its items (one per device and image).
+ */
 export function getDeployment(request: HttpRequest, deps: QueryDeps): Promise<HttpResponseInit> {
   return answer(async () => {
     const setId = request.params.id ?? "";
@@ -48,11 +72,19 @@ export function getDeployment(request: HttpRequest, deps: QueryDeps): Promise<Ht
       );
     }
     const paging = pageRequest(request, deps);
-    const set = await deps.state.sets.getSet(setId);
-    if (set === undefined) throw new QueryError(404, "id", `no deployment set ${JSON.stringify(setId)}`);
+    const [set, progress] = await Promise.all([
+      deps.state.sets.getSet(setId),
+      deps.orchestrationStatus?.(setId),
+    ]);
+    const orchestration = progress === undefined ? {} : { orchestration: progress };
+    if (set === undefined) {
+      // The set row is written once its bundles are placed; before that only the orchestration knows it.
+      if (progress !== undefined) return { set: null, ...orchestration, items: [] };
+      throw new QueryError(404, "id", `no deployment set ${JSON.stringify(setId)}`);
+    }
     const items = await deps.state.sets.listItems(setId, paging);
     const { images, ...summary } = set;
-    return { set: { ...summary, images: imagesOf(images) }, ...pageBody(items) };
+    return { set: { ...summary, images: imagesOf(images) }, ...orchestration, ...pageBody(items) };
   });
 }
 

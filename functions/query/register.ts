@@ -1,6 +1,7 @@
 // Registers the query API's GET routes (function key auth).
 
 import azureFunctions, { type HttpHandler } from "@azure/functions";
+import * as df from "durable-functions";
 import { triggerDeps } from "../deps.js";
 import {
   getDeployment,
@@ -8,12 +9,17 @@ import {
   getImageDevices,
   getTransfers,
   listDeployments,
+  orchestrationStatusFrom,
   type QueryDeps,
 } from "./handlers.js";
 
-async function queryDeps(): Promise<QueryDeps> {
+async function queryDeps(client?: df.DurableClient): Promise<QueryDeps> {
   const { state, settings } = await triggerDeps();
-  return { state, defaultPageSize: settings.queryPageSize };
+  return {
+    state,
+    defaultPageSize: settings.queryPageSize,
+    ...(client === undefined ? {} : { orchestrationStatus: orchestrationStatusFrom(client) }),
+  };
 }
 
 function route(
@@ -29,7 +35,12 @@ function route(
   });
 }
 
-route("getDeployment", "deployments/{id}", getDeployment);
+df.app.client.http("getDeployment", {
+  route: "deployments/{id}",
+  methods: ["GET"],
+  authLevel: "function",
+  handler: async (request, client) => getDeployment(request, await queryDeps(client)),
+});
 route("listDeployments", "deployments", listDeployments);
 route("getDeviceImages", "devices/{id}/images", getDeviceImages);
 route("getImageDevices", "images/{digest}/devices", getImageDevices);

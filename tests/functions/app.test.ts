@@ -58,8 +58,10 @@ describe("functions/index.ts", () => {
       ["getImageDevices", "GET", "images/{digest}/devices", "function"],
       ["getTransfers", "GET", "transfers", "function"],
     ]);
-    const client = (find("startDeployment").options.extraInputs as { type: string }[]).map((i) => i.type);
-    assert.deepEqual(client, ["durableClient"]);
+    for (const name of ["startDeployment", "getDeployment"]) {
+      const inputs = (find(name).options.extraInputs as { type: string }[]).map((i) => i.type);
+      assert.deepEqual(inputs, ["durableClient"], name);
+    }
   });
 
   it("registers the queue and IoT Hub triggers on the settings the infrastructure provides", () => {

@@ -8,16 +8,19 @@ import {
   getImageDevices,
   getTransfers,
   listDeployments,
+  orchestrationStatusFrom,
   type QueryDeps,
 } from "../../functions/query/handlers.js";
 import { StateStore } from "../../state/store.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
+import { type DurableHost, startDurableHost } from "../support/durable-host.js";
 
 const digest = (c: string) => `sha256:${c.repeat(64)}`;
 const WEB = digest("a");
 const API = digest("b");
 
 let azurite: Azurite;
+let host: DurableHost;
 let state: StateStore;
 let deps: QueryDeps;
 
@@ -47,7 +50,7 @@ async function recordSet(setId: string, email: string, devices: string[]) {
 }
 
 before(async () => {
-  azurite = await startAzurite();
+  [azurite, host] = await Promise.all([startAzurite(), startDurableHost()]);
   state = StateStore.fromConnectionString(azurite.connectionString);
   await state.createTables();
   deps = { state, defaultPageSize: 2 };
@@ -80,7 +83,10 @@ before(async () => {
   await transfer("2026-11-28T11:10:00.000Z", "vessel-03", "arrived", 650);
   await transfer("2026-11-29T08:00:00.000Z", "vessel-04", "arrived", 640);
 });
-after(() => azurite?.stop());
+after(async () => {
+  await host?.close();
+  await azurite?.stop();
+});
 
 // biome-ignore lint/suspicious/noExplicitAny: the tests read JSON bodies of several shapes and assert them exactly
 function body(response: HttpResponseInit): any {
@@ -129,6 +135,32 @@ describe("query API", () => {
       pages.map((p) => (p as { device: string; state: string }[]).map((i) => `${i.device}:${i.state}`)),
       [["vessel-01:planned", "vessel-02:arrived"], ["vessel-03:planned"]],
     );
+  });
+
+  it("GET /api/deployments/{id} adds the orchestration's own status, even before the set row exists", async () => {
+    // The Durable extension is a local stand-in (no Functions host in tests); the client is the real one.
+    const customStatus = { stage: "building", counts: { planned: 3, building: 1 } };
+    for (const instanceId of ["set-1", "set-new"]) {
+      host.instances.set(instanceId, {
+        name: "deploymentSet",
+        instanceId,
+        input: null,
+        runtimeStatus: "Running",
+        customStatus,
+        createdTime: "2026-11-28T09:00:00.000Z",
+      });
+    }
+    const withStatus = { ...deps, orchestrationStatus: orchestrationStatusFrom(host.client()) };
+    const known = await getDeployment(get("/api/deployments/set-1", { id: "set-1" }), withStatus);
+    assert.deepEqual(body(known).orchestration, { runtimeStatus: "Running", customStatus });
+    assert.equal(body(known).set.setId, "set-1");
+    const early = await getDeployment(get("/api/deployments/set-new", { id: "set-new" }), withStatus);
+    assert.deepEqual(early, {
+      status: 200,
+      jsonBody: { set: null, orchestration: { runtimeStatus: "Running", customStatus }, items: [] },
+    });
+    const unknown = await getDeployment(get("/api/deployments/nope", { id: "nope" }), withStatus);
+    assert.equal(unknown.status, 404);
   });
 
   it("GET /api/deployments/{id} answers 404 for an unknown set", async () => {
