@@ -18,6 +18,8 @@ import * as mqtt from "mqtt";
 
 /** The SDK's MQTT port is fixed (mqtts://host:8883), so the broker must take this one. */
 export const HUB_MQTT_PORT = 8883;
+/** How long to wait for another test run's broker to release the fixed port. */
+const PORT_FREE_WAIT_MS = 180_000;
 /** Bound on every wait in this file so a broken broker fails a test instead of hanging it. */
 const WAIT_LIMIT_MS = 20_000;
 
@@ -146,10 +148,15 @@ export async function startHubStandIn(): Promise<HubStandIn> {
   let broker: ChildProcess | undefined;
   let brokerLog = "";
   const startBroker = async () => {
-    if (await portAnswers(HUB_MQTT_PORT)) {
-      throw new Error(
-        `port ${HUB_MQTT_PORT} is already taken; stop the other MQTT broker before running the edge tests`,
-      );
+    // The port is fixed, so another run on this machine may hold it for a while: wait, bounded.
+    const free = Date.now() + PORT_FREE_WAIT_MS;
+    while (await portAnswers(HUB_MQTT_PORT)) {
+      if (Date.now() > free) {
+        throw new Error(
+          `port ${HUB_MQTT_PORT} stayed taken for ${PORT_FREE_WAIT_MS} ms; stop the other MQTT broker before running these tests`,
+        );
+      }
+      await sleep(500);
     }
     broker = spawn("mosquitto", ["-c", join(dir, "mosquitto.conf")], { stdio: ["ignore", "ignore", "pipe"] });
     broker.stderr!.on("data", (chunk: Buffer) => {
