@@ -12,7 +12,7 @@ import { type BlockSource, readHeaderGroup, type TarEntry } from "../tar/header.
 import { type TarWriterEntry, writeTar } from "../tar/writer.js";
 import { decompress, detectCompression, ociLayerMediaType } from "./compression.js";
 import { digestHex, digestOf, digestStream, tarChecked, verifyingStream } from "./digest.js";
-import { readAt, readHandleRange } from "./file-blob.js";
+import { FileRangeSource, readAt, readHandleRange } from "./file-blob.js";
 import {
   type BlobStore,
   CONTAINERD_NAME_ANNOTATION,
@@ -188,6 +188,22 @@ export class DockerArchiveReader implements ImageReader {
   locateLayerBlob(index: number): BlobLocation {
     const { entry } = this.layerMember(index);
     return { path: this.path, offset: entry.dataOffset, size: entry.size };
+  }
+
+  /**
+   * Random access to an uncompressed layer as a VCDIFF source (no scratch copy); compressed layers
+   * must go through openLayerTar. The bytes are not checked: stream openLayerBlob once for that.
+   */
+  async openLayerSource(index: number): Promise<FileRangeSource> {
+    const location = this.locateLayerBlob(index);
+    const layer = this.info.layers[index]!;
+    if (layer.compression !== "none") {
+      throw new ImageFormatError(
+        `layer ${index} is stored ${layer.compression}-compressed, so it has no random access; ` +
+          "inflate it with openLayerTar (to a scratch file) instead",
+      );
+    }
+    return FileRangeSource.open(location);
   }
 
   async openLayerBlob(index: number): Promise<AsyncIterable<Uint8Array>> {

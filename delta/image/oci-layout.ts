@@ -8,7 +8,7 @@ import { mkdir, open, readFile, rename, rm, stat, writeFile } from "node:fs/prom
 import { join } from "node:path";
 import { compressGzip, decompress } from "./compression.js";
 import { digestHex, digestOf, tarChecked, verifyingStream } from "./digest.js";
-import { readFileRange } from "./file-blob.js";
+import { FileRangeSource, readFileRange } from "./file-blob.js";
 import {
   type BlobStore,
   checkDocument,
@@ -101,6 +101,22 @@ export class OciLayoutReader implements ImageReader {
   locateLayerBlob(index: number): BlobLocation {
     const layer = this.layer(index);
     return { path: blobPath(this.dir, layer.digest), offset: 0, size: layer.size };
+  }
+
+  /**
+   * Random access to an uncompressed layer as a VCDIFF source (no scratch copy); compressed layers
+   * must go through openLayerTar. The bytes are not checked: stream openLayerBlob once for that.
+   */
+  async openLayerSource(index: number): Promise<FileRangeSource> {
+    const location = this.locateLayerBlob(index);
+    const layer = this.layer(index);
+    if (layer.compression !== "none") {
+      throw new ImageFormatError(
+        `layer ${index} is stored ${layer.compression}-compressed, so it has no random access; ` +
+          "inflate it with openLayerTar (to a scratch file) instead",
+      );
+    }
+    return FileRangeSource.open(location);
   }
 
   async openLayerBlob(index: number): Promise<AsyncIterable<Uint8Array>> {

@@ -119,6 +119,26 @@ describe("docker-archive", () => {
     }
   });
 
+  it("serves an uncompressed layer inside the archive as a random-access source", async () => {
+    const path = join(dir, "source.tar");
+    await writeDockerArchive(path, one);
+    const reader = await openDockerArchive(path);
+    const source = await reader.openLayerSource(0);
+    try {
+      const tar = one.tars[0]!;
+      assert.equal(source.size, tar.length);
+      const into = new Uint8Array(700);
+      await source.read(tar.length - 600, into, 100, 600);
+      assert.deepEqual(into.subarray(100), tar.subarray(tar.length - 600));
+      await source.read(3, into, 0, 10);
+      assert.deepEqual(into.subarray(0, 10), tar.subarray(3, 13));
+      await assert.rejects(source.read(tar.length - 5, into, 0, 10), /outside the \d+-byte blob/);
+    } finally {
+      await source.close();
+      await reader.close();
+    }
+  });
+
   it("writes the same bytes for the same image", async () => {
     await writeDockerArchive(join(dir, "det-a.tar"), one);
     await writeDockerArchive(join(dir, "det-b.tar"), one);

@@ -106,6 +106,20 @@ describe("OCI image layouts", () => {
     assert.equal(openFiles(), before);
   });
 
+  it("serves uncompressed layers as random-access sources and refuses compressed ones", async () => {
+    const plain = await openOciLayout(join(dir, "plain"));
+    const source = await plain.openLayerSource(1);
+    const into = new Uint8Array(100);
+    await source.read(1000, into, 0, 100);
+    assert.deepEqual(into, one.tars[1]!.subarray(1000, 1100));
+    await source.close();
+    const gzip = await openOciLayout(join(dir, "gzip"));
+    await assert.rejects(
+      gzip.openLayerSource(1),
+      /layer 1 is stored gzip-compressed, so it has no random access/,
+    );
+  });
+
   it("reads zstd layers that skopeo wrote", async () => {
     const layout = join(dir, "for-zstd");
     await writeOciLayout(layout, one);
