@@ -4,7 +4,7 @@
 # skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK),
 # apache2-utils (htpasswd: bcrypt users for the registry's basic-auth test mode).
 set -euo pipefail
-packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils)
+packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils git)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
