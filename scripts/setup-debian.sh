@@ -2,7 +2,8 @@
 # Installs the Debian packages the tests and benchmarks use as real peers and stand-ins:
 # xdelta3, zstd and bsdiff (codec peers), docker-registry (the device's OCI registry),
 # skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK),
-# apache2-utils (htpasswd: bcrypt users for the registry's basic-auth test mode).
+# apache2-utils (htpasswd: bcrypt users for the registry's basic-auth test mode), git (a
+# git archive is one of the real tars the tar reader is tested on).
 set -euo pipefail
 packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils git)
 missing=()
