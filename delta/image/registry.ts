@@ -392,6 +392,7 @@ async function pushWith(
         layer.diffId,
         layer.size,
         `push ${ref}: layer ${i} tar (diff_id)`,
+        "nothing was committed, the layer data is corrupt or not the layer it claims to be",
       );
       const blob = await client.uploadBlob(repository, compressGzip(tar, options.gzipLevel ?? 6));
       pushed.push({

@@ -327,6 +327,19 @@ describe("registry client against docker-registry", () => {
     assert.equal(await client.blobSize("apps/lying", sha256(bad)), undefined);
     assert.equal(await client.blobSize("apps/lying", sha256(good)), undefined);
     assert.equal(await client.resolveDigest("apps/lying", "1"), undefined);
+
+    // Gzip on the way up: the diff_id is checked on the uncompressed side, before the PUT.
+    await assert.rejects(
+      pushImage(
+        `${registry.host}/apps/lying-gz:1`,
+        { config: configFor([good]), layers: [lying] },
+        { compression: "gzip" },
+      ),
+      new RegExp(
+        `layer 0 tar \\(diff_id\\): the ${bad.length} bytes received hash to ${sha256(bad)}, not ${sha256(good)}; nothing was committed`,
+      ),
+    );
+    assert.deepEqual(await client.listTags("apps/lying-gz"), []);
   });
 
   test("refuses a config whose diff_ids do not match the layers before pushing anything", async () => {

@@ -654,6 +654,7 @@ export async function* verifyStream(
   digest: string,
   expectedSize: number | undefined,
   what: string,
+  advice = "the registry's copy is corrupt or was tampered with, do not use it (delete the blob and push it again)",
 ): AsyncGenerator<Uint8Array> {
   const hash = createHash("sha256");
   let total = 0;
@@ -670,7 +671,7 @@ export async function* verifyStream(
   const actual = `sha256:${hash.digest("hex")}`;
   if (actual !== digest) {
     throw new RegistryError(
-      `${what}: the ${total} bytes received hash to ${actual}, not ${digest}; the registry's copy is corrupt or was tampered with, do not use it (delete the blob and push it again)`,
+      `${what}: the ${total} bytes received hash to ${actual}, not ${digest}; ${advice}`,
     );
   }
   if (expectedSize !== undefined && total !== expectedSize) {
