@@ -216,6 +216,10 @@ export async function resolveImage(
   let chosen: Descriptor;
   if (candidates.length === 1) {
     chosen = candidates[0]!;
+    // A lone image is taken whatever its platform, unless the caller asked for another one.
+    if (options.platform !== undefined && chosen.platform !== undefined) {
+      chosen = choosePlatform(candidates, options.platform, what);
+    }
   } else if (candidates.every((d) => d.platform !== undefined)) {
     chosen = choosePlatform(candidates, platform, what);
   } else {

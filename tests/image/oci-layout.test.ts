@@ -202,6 +202,17 @@ describe("OCI image layouts", () => {
     const onArm = await openImage(`oci:${layout}:multi`, { platform: "linux/arm64" });
     assert.equal(onArm.info.manifestDigest, arm.digest);
     await assertLayersExact(onArm as Awaited<ReturnType<typeof openOciLayout>>, two);
+    // The same arm64 manifest alone in a layout: taken by default, refused when amd64 is asked for.
+    const lone = join(dir, "lone-arm");
+    await writeOciLayout(lone, two);
+    const loneIndex = JSON.parse(readFileSync(join(lone, "index.json"), "utf8"));
+    loneIndex.manifests[0].platform = { os: "linux", architecture: "arm64" };
+    writeFileSync(join(lone, "index.json"), JSON.stringify(loneIndex));
+    assert.equal((await openOciLayout(lone)).info.manifestDigest, arm.digest);
+    await assert.rejects(
+      openOciLayout(lone, { platform: "linux/amd64" }),
+      /has no image for linux\/amd64; it offers linux\/arm64/,
+    );
     await assert.rejects(
       openOciLayout(layout, { platform: "linux/s390x" }),
       /has no image for linux\/s390x; it offers linux\/arm64\/v8, linux\/amd64/,
