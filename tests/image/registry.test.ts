@@ -430,15 +430,20 @@ describe("registry client against docker-registry", () => {
     const image = await openRegistryImage(`${registry.host}/apps/ranged:1`);
     const source = image.openLayerSource(0, { blockSize: 16 * 1024, cacheBlocks: 4 });
     assert.equal(source.size, tar.length);
-    const reads: [number, number][] = [
-      [0, 512],
-      [100, 1000], // same block: cached
-      [16 * 1024 - 10, 20], // straddles blocks 0 and 1: one request for block 1
-      [tar.length - 700, 700], // the tail: a short last block
-      [50_000, 64 * 1024 + 1], // spans 6 blocks, more than the cache: one straight read
-      [123_457, 3], // block 7
+    const block = 16 * 1024;
+    // [position, length, Range requests made so far]; read-ahead is cacheBlocks / 2 = 2 blocks.
+    const reads: [number, number, number][] = [
+      [0, 512, 1], // blocks 0-1: block 0 plus one ahead
+      [100, 1000, 1], // cached
+      [block - 10, 20, 1], // straddles blocks 0 and 1: both cached thanks to read-ahead
+      [2 * block + 7, 100, 2], // block 2 is where the last fetch ended: blocks 2-3
+      [tar.length - 700, 700, 3], // the short last block, no read-ahead past the end
+      [50_000, 4 * block + 1, 4], // spans 5 blocks, more than the cache holds: one straight read
+      [123_457, 3, 5], // block 7: straight reads are not cached
+      [2 * block + 5, 10, 5], // block 2 is still cached (0 and 1 were evicted first)
+      [0, 10, 6], // block 0 was evicted
     ];
-    for (const [position, length] of reads) {
+    for (const [position, length, requests] of reads) {
       const into = new Uint8Array(length + 8);
       await source.read(position, into, 8, length);
       assert.deepEqual(
@@ -446,8 +451,16 @@ describe("registry client against docker-registry", () => {
         tar.subarray(position, position + length),
         `read ${length} at ${position}`,
       );
+      assert.equal(source.requests, requests, `Range requests after reading ${length} at ${position}`);
     }
-    assert.equal(source.requests, 5);
+    // A sequential scan in small reads fetches 16 blocks per request.
+    const scan = image.openLayerSource(0, { blockSize: 4096, cacheBlocks: 64 });
+    const scanned = new Uint8Array(tar.length);
+    for (let at = 0; at < tar.length; at += 1000) {
+      await scan.read(at, scanned, at, Math.min(1000, tar.length - at));
+    }
+    assert.deepEqual(scanned, tar);
+    assert.equal(scan.requests, Math.ceil(Math.ceil(tar.length / 4096) / 16));
     await assert.rejects(
       source.read(tar.length - 10, new Uint8Array(20), 0, 20),
       /read of 20 bytes at .* is past the end of the .*-byte blob/,

@@ -1,6 +1,7 @@
 /**
  * A registry blob as a random-access VCDIFF source: `Range` reads with a small LRU cache of
- * aligned blocks, so the decoder's many short COPYs near each other cost one request.
+ * aligned blocks, so the decoder's many short COPYs near each other cost one request, and
+ * read-ahead when reads go on sequentially (a file copied whole from a source layer).
  * Only meaningful for blobs stored uncompressed (a compressed blob has no random access:
  * inflate it to a scratch file first). Range reads cannot be hashed; the bundle decoder's
  * check of every output layer's diff_id is what catches a corrupt source.
@@ -14,6 +15,9 @@ export const DEFAULT_BLOCK_SIZE = 256 * 1024;
 /** Blocks kept: bounds the cache's memory at blockSize × this. */
 export const DEFAULT_CACHE_BLOCKS = 64;
 
+/** Blocks fetched per request when reading sequentially (4 MiB at the default block size). */
+const MAX_READAHEAD_BLOCKS = 16;
+
 export interface BlobSourceOptions {
   readonly blockSize?: number;
   readonly cacheBlocks?: number;
@@ -24,6 +28,8 @@ export class RegistryBlobSource implements SourceReader {
   private readonly cacheBlocks: number;
   /** Map order is recency: the first entry is the least recently used. */
   private readonly cache = new Map<number, Uint8Array>();
+  /** The block after the last one fetched: a miss there means the reader goes sequentially. */
+  private nextBlock = 0;
   /** Range requests made so far (tests check the cache works). */
   requests = 0;
 
@@ -84,6 +90,13 @@ export class RegistryBlobSource implements SourceReader {
       // One request for the run of missing blocks.
       let end = block;
       while (end + 1 <= last && !this.cache.has(end + 1)) end++;
+      // Reading on from where the last fetch ended: fetch ahead, a whole file's COPY is coming.
+      if (end === last && block === this.nextBlock) {
+        const ahead = Math.min(MAX_READAHEAD_BLOCKS, Math.floor(this.cacheBlocks / 2));
+        const lastBlock = Math.ceil(this.size / bs) - 1;
+        while (end < lastBlock && end - block + 1 < ahead && !this.cache.has(end + 1)) end++;
+      }
+      this.nextBlock = end + 1;
       const start = block * bs;
       const stop = Math.min((end + 1) * bs, this.size);
       this.requests++;
