@@ -69,9 +69,15 @@ export interface ReplayOptions {
   input: unknown;
   start: Date;
   /** Answers an activity call; throw to fail the attempt. `attempt` counts from 1. */
-  activity: (name: string, input: unknown, attempt: number) => unknown;
+  activity: (name: string, input: unknown, attempt: number) => unknown | Promise<unknown>;
   /** External events, raised at their time on the instance they name. */
   events?: RaisedEvent[];
+  /**
+   * Called whenever nothing is due before virtual time moves on (only later timers or events
+   * remain): the place where a test plays the outside world, e.g. devices reporting. Events it
+   * returns are raised a millisecond later.
+   */
+  onIdle?: (now: Date) => RaisedEvent[] | Promise<RaisedEvent[]>;
 }
 
 export interface InstanceRecord {
@@ -194,7 +200,21 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   }
 
   let episodes = 0;
+  let now = options.start.getTime();
   while (queue.length > 0) {
+    if (options.onIdle && queue[0]!.at > now) {
+      const raisedNow = await options.onIdle(new Date(now));
+      for (const event of raisedNow) {
+        enqueue({
+          at: now + 1,
+          seq: seq++,
+          instanceId: event.instanceId,
+          completion: eventCompletion(event),
+        });
+      }
+      now = queue[0]!.at;
+      continue;
+    }
     if (++episodes > MAX_EPISODES) throw new Error(`scenario still running after ${MAX_EPISODES} episodes`);
     // One episode: everything due for the first instance at the first time, as the host batches it.
     const first = queue[0]!;
@@ -212,6 +232,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       for (const d of batch) if (d.completion.kind === "event") result.droppedEvents.push(raised(d));
       continue;
     }
+    now = first.at;
     result.endedAt = new Date(first.at);
     await runEpisode(
       instance,
@@ -331,7 +352,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       );
     }
     const actions = state.actions.flat();
-    for (const action of actions.slice(instance.seenActions)) schedule(instance, action, at);
+    for (const action of actions.slice(instance.seenActions)) await schedule(instance, action, at);
     instance.seenActions = actions.length;
     // Cancellation is a flag on an action object that each replay builds anew: read the latest.
     let cancelled = 0;
@@ -341,7 +362,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
     if (state.isDone) finish(instance, at, true, state.output);
   }
 
-  function schedule(instance: Instance, action: ReplayAction, at: number) {
+  async function schedule(instance: Instance, action: ReplayAction, at: number) {
     const timestamp = new Date(at);
     switch (action.actionType) {
       case ActionType.WaitForExternalEvent:
@@ -366,7 +387,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
           try {
             attempts.push({
               ok: true,
-              value: roundTrip(options.activity(action.functionName!, input, attempt)),
+              value: roundTrip(await options.activity(action.functionName!, input, attempt)),
             });
             break;
           } catch (error) {
