@@ -96,7 +96,6 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
     });
 
   o.log.log("info", "module.start", { inbox: dirs.inbox, state: o.stateDir });
-  await processor.recover();
   reports.start(o.channel);
 
   const inventoryAtStart = (async () => {
@@ -113,9 +112,21 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
   })();
 
   const loop = (async () => {
+    let waitingForKeys = false;
+    let recovered = false;
     while (!stopped) {
+      // Without any trusted key every bundle would fail for a reason that is ours, not the
+      // bundle's (the twin may not have been read yet): leave them in the inbox until keys come.
+      const haveKeys = Object.keys({ ...o.trustedKeys, ...twinKeys }).length > 0;
+      if (!haveKeys && !waitingForKeys) o.log.log("warn", "trust.missing", { waitingFor: "trusted keys" });
+      waitingForKeys = !haveKeys;
       try {
-        for (const arrival of await inbox.poll()) {
+        // Bundles a crash left in processing/ are finished or restarted before new ones are looked at.
+        if (haveKeys && !recovered) {
+          await processor.recover();
+          recovered = true;
+        }
+        for (const arrival of haveKeys && recovered ? await inbox.poll() : []) {
           if (stopped) break;
           await processor.handle(arrival);
         }
