@@ -67,7 +67,10 @@ export interface BlockSource {
 
 export type HeaderGroup =
   | { readonly kind: "entry"; readonly entry: TarEntry }
-  /** The first all-zero block: the end-of-archive marker starts here. */
+  /**
+   * The end-of-archive marker (the first all-zero block), or global PAX headers with no entry
+   * after them followed by the marker or the end of input: `block` holds those bytes.
+   */
   | { readonly kind: "end"; readonly offset: number; readonly block: Uint8Array }
   /** Input ended exactly at a block boundary without an end-of-archive marker. */
   | { readonly kind: "eof"; readonly offset: number };
@@ -104,11 +107,16 @@ export async function readHeaderGroup(source: BlockSource): Promise<HeaderGroup>
   let pax: Map<string, string> | undefined;
   let longName: string | undefined;
   let longLink: string | undefined;
+  // Whether the group has a header that only makes sense with an entry after it (x, L, K).
+  let entrySpecific = false;
 
   for (;;) {
     const blockOffset = source.offset;
     const block = await source.readExact(BLOCK_SIZE);
+    // Global headers with no entry after them (a git archive of an empty tree) belong to the tail.
+    const onlyGlobal = parts.length > 0 && !entrySpecific;
     if (block === null) {
+      if (onlyGlobal) return { kind: "end", offset: groupOffset, block: concatBytes(parts) };
       if (parts.length > 0) {
         throw new TarError(
           "TRUNCATED",
@@ -119,6 +127,7 @@ export async function readHeaderGroup(source: BlockSource): Promise<HeaderGroup>
       return { kind: "eof", offset: blockOffset };
     }
     if (isZeroBlock(block)) {
+      if (onlyGlobal) return { kind: "end", offset: groupOffset, block: concatBytes([...parts, block]) };
       if (parts.length > 0) {
         throw new TarError("TRUNCATED", "end-of-archive marker right after an extended header", blockOffset);
       }
@@ -155,6 +164,7 @@ export async function readHeaderGroup(source: BlockSource): Promise<HeaderGroup>
       const padded = await mustRead(source, paddedSize(size), "extended header data");
       parts.push(padded);
       const data = padded.subarray(0, size);
+      if (flag !== TypeFlag.paxGlobal) entrySpecific = true;
       if (flag === TypeFlag.paxLocal) {
         pax ??= new Map();
         for (const [k, v] of parsePaxRecords(data, dataOffset)) pax.set(k, v);

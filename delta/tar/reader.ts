@@ -11,7 +11,7 @@
  *   }
  *   reader.tail; // after the loop
  */
-import { BLOCK_SIZE, concatBytes, MAX_TAIL_BYTES, TarError } from "./format.js";
+import { concatBytes, MAX_TAIL_BYTES, TarError } from "./format.js";
 import { type BlockSource, readHeaderGroup, type TarEntry } from "./header.js";
 
 export type { TarEntry } from "./header.js";
@@ -183,7 +183,10 @@ export class TarItem {
 
 /** What follows the last entry: the end-of-archive marker and any bytes after it. */
 export interface TarTail {
-  /** Offset of the first end-of-archive block (or of the end of input when there is none). */
+  /**
+   * Offset of the first end-of-archive block, or of global PAX headers that no entry follows,
+   * or of the end of input when there is neither.
+   */
   readonly offset: number;
   /** Every remaining byte, exactly; empty when the input ended without an end-of-archive marker. */
   readonly bytes: Uint8Array;
@@ -240,7 +243,7 @@ export class TarReader implements AsyncIterable<TarItem> {
 
   private async readTail(first: Uint8Array): Promise<Uint8Array> {
     const parts: Uint8Array[] = [first];
-    let total = BLOCK_SIZE;
+    let total = first.length;
     for (;;) {
       const chunk = await this.queue.readSome(MAX_TAIL_BYTES);
       if (chunk.length === 0) break;

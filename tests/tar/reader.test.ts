@@ -200,6 +200,18 @@ describe("tar reader on other writers' archives", () => {
       assert.equal(entries[0]!.header[156], 0x67, "the group starts with the 'g' header");
       assert.equal(entries[0]!.headerOffset, 0);
       assert.equal(entries[0]!.dataOffset, 1536);
+
+      // An empty commit: a global header and nothing after it but the end-of-archive marker.
+      git("commit", "-q", "--allow-empty", "-m", "two");
+      git("rm", "-q", "readme.md");
+      git("commit", "-q", "-m", "three");
+      const empty = new Uint8Array(git("archive", "--format=tar", "HEAD"));
+      const read = await walk(empty, 300);
+      assert.deepEqual(read.entries, []);
+      assert.equal(sha256(read.rebuilt), sha256(empty));
+      const { tail } = await listTar(chunked(empty, 4096));
+      assert.equal(tail.offset, 0);
+      assert.equal(tail.bytes[156], 0x67);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
