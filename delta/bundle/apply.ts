@@ -10,7 +10,8 @@ import { createReadStream } from "node:fs";
 import { open, statfs } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
 import { DecompressStream } from "zstd-napi";
-import type { ImageReader, ImageToWrite, LayerToWrite } from "../image/types.js";
+import { FileRangeSource } from "../image/file-blob.js";
+import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite } from "../image/types.js";
 import { decode } from "../vcdiff/decoder.js";
 import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js";
 import {
@@ -298,6 +299,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
  */
 export class ImageLayerProvider implements LayerProvider {
   private readonly spooled = new Map<string, string>();
+  private readonly inPlace = new Map<string, BlobLocation>();
   private scratch: ScratchDir | undefined;
 
   constructor(
@@ -318,6 +320,8 @@ export class ImageLayerProvider implements LayerProvider {
   }
 
   async open(diffId: string): Promise<SourceReader> {
+    const inPlace = this.inPlace.get(diffId);
+    if (inPlace !== undefined) return FileRangeSource.open(inPlace);
     let path = this.spooled.get(diffId);
     if (path === undefined) {
       const found = this.locate(diffId);
@@ -327,6 +331,24 @@ export class ImageLayerProvider implements LayerProvider {
           diffId,
           `layer ${diffId} is not in any image given; deploy the base image first`,
         );
+      }
+      const info = found.image.info.layers[found.index]!;
+      if (info.compression === "none" && found.image.locateLayerBlob !== undefined) {
+        // An uncompressed blob in a local file is read where it lies, after one hashing pass.
+        const location = found.image.locateLayerBlob(found.index);
+        const hash = createHash("sha256");
+        for await (const chunk of readFileStream(location.path, location.offset, location.size))
+          hash.update(chunk);
+        const digest = `sha256:${hash.digest("hex")}`;
+        if (digest !== diffId) {
+          throw new BundleError(
+            "DIGEST",
+            diffId,
+            `layer ${diffId} on this device hashes to ${digest}; it is corrupted, re-deploy the image that holds it`,
+          );
+        }
+        this.inPlace.set(diffId, location);
+        return FileRangeSource.open(location);
       }
       this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
       let result: Awaited<ReturnType<typeof spool>>;
@@ -357,5 +379,6 @@ export class ImageLayerProvider implements LayerProvider {
     await this.scratch?.remove();
     this.scratch = undefined;
     this.spooled.clear();
+    this.inPlace.clear();
   }
 }
