@@ -71,6 +71,8 @@ export const TARGET_HISTORY = DEFAULT_WINDOW_SIZE;
 const MAX_HISTORY_WINDOWS = 4096;
 /** A window whose source COPYs need more separate ranges than this is refused: the range table is sized by it. */
 export const MAX_SOURCE_RANGES = 1 << 20;
+/** Source reads in flight at once: parallel reads hide the latency of each (thread pool, network). */
+const READ_CONCURRENCY = 16;
 /** Source ranges closer than this are read in one call: fewer reads cost less than the bytes skipped. */
 const SOURCE_READ_GAP = 64 * 1024;
 /** Bytes of window header between the delta length and the sections, at most (four varints, a byte, a checksum). */
@@ -339,14 +341,16 @@ class WindowDecoder {
   private rangeAt = new Float64Array(1024);
   private rangeCount = 0;
   private lastRange = 0;
-  private sourceBytes = new Uint8Array(0);
-  /** With reuseBuffers: two target buffers used in turn, so the previous window stays intact for VCD_TARGET. */
-  private readonly pool: Uint8Array[] | undefined;
+  /**
+   * Source bytes between needed ranges that may still be read to save read calls: one window's
+   * worth, so a window never holds more than two windows of source bytes.
+   */
+  private gapBudget = 0;
+  private readonly work: Uint8Array[] = [new Uint8Array(0), new Uint8Array(0)];
   private poolNext = 0;
 
-  constructor(reuseBuffers: boolean) {
-    this.pool = reuseBuffers ? [new Uint8Array(0), new Uint8Array(0)] : undefined;
-  }
+  /** With reuseBuffers, yielded windows are views into the work buffers, which take turns. */
+  constructor(private readonly reuseBuffers: boolean) {}
 
   /** Delta buffer and the positions of the current window's sections in it. */
   private buf: Uint8Array = new Uint8Array(0);
@@ -366,26 +370,37 @@ class WindowDecoder {
     this.dataStart = input.start;
     this.instStart = this.dataStart + w.dataLength;
     this.addrStart = this.instStart + w.instLength;
-    const target = this.targetBuffer(w.targetLength);
     this.rangeCount = 0;
-    if (w.segmentLength > 0) {
-      this.run(w, target, false);
-      await this.readSourceRanges(w, (w.indicator & VCD_SOURCE ? source : history)!);
-    }
-    this.run(w, target, true);
-    return target;
+    this.gapBudget = w.targetLength;
+    if (w.segmentLength > 0) this.run(w, false, this.buf, 0, 0);
+    const sourceBytes = this.mergeRanges();
+    // One buffer holds the source ranges, the data section and the target window, so that every
+    // ADD and COPY is a copyWithin: copying between two arrays would allocate a view per instruction.
+    const dataAt = sourceBytes;
+    const targetAt = dataAt + w.dataLength;
+    const work = this.workBuffer(targetAt + w.targetLength, w.targetLength);
+    if (sourceBytes > 0) await this.readRanges(w, (w.indicator & VCD_SOURCE ? source : history)!, work);
+    work.set(this.buf.subarray(this.dataStart, this.instStart), dataAt);
+    this.run(w, true, work, dataAt, targetAt);
+    const target = new Uint8Array(work.buffer, work.byteOffset + targetAt, w.targetLength);
+    if (this.reuseBuffers) return target;
+    const copy = new Uint8Array(w.targetLength);
+    copy.set(target);
+    return copy;
   }
 
   /**
-   * Not zero-filled: decoding writes every byte before the window is yielded (an error discards
-   * it), and zeroing fresh memory per window costs more than decoding it.
+   * The work buffer for a window: one reused buffer, or with reuseBuffers two used in turn so the
+   * window yielded last stays intact. Not zero-filled: decoding writes every target byte before
+   * the window is yielded (an error discards it). Sized for the worst case of a window this large
+   * (source ranges up to two windows, data up to one, the target) so it rarely grows: fresh memory
+   * costs a page fault per 4 KiB, and pages never touched cost nothing.
    */
-  private targetBuffer(length: number): Uint8Array {
-    if (this.pool === undefined || length === 0) return plain(Buffer.allocUnsafe(length), length);
+  private workBuffer(length: number, targetLength: number): Uint8Array {
     const i = this.poolNext;
-    this.poolNext = 1 - i;
-    if (this.pool[i].length < length) this.pool[i] = Buffer.allocUnsafe(length);
-    return plain(this.pool[i], length);
+    if (this.reuseBuffers && length > 0) this.poolNext = 1 - i;
+    if (this.work[i].length < length) this.work[i] = Buffer.allocUnsafe(Math.max(length, 4 * targetLength));
+    return this.work[i];
   }
 
   private corrupt(message: string, index: number): VcdiffError {
@@ -396,7 +411,7 @@ class WindowDecoder {
    * Walks the window's instructions. With execute false it validates them and records the
    * source ranges the COPYs need; with execute true it writes the target window.
    */
-  private run(w: WindowHeader, target: Uint8Array, execute: boolean): void {
+  private run(w: WindowHeader, execute: boolean, work: Uint8Array, dataAt: number, targetAt: number): void {
     const buf = this.buf;
     const near = this.near;
     const same = this.same;
@@ -412,7 +427,8 @@ class WindowDecoder {
     const iEnd = this.addrStart;
     let ap = this.addrStart;
     const aEnd = ap + w.addrLength;
-    const src = this.sourceBytes;
+    // In work: source ranges from 0, the data section from dataAt, the target window from targetAt.
+    const dataShift = dataAt - this.dataStart;
     let tp = 0;
 
     while (ip < iEnd) {
@@ -445,18 +461,12 @@ class WindowDecoder {
               codeAt,
             );
           }
-          if (execute) {
-            if (size < SHORT_COPY) {
-              for (let k = 0; k < size; k++) target[tp + k] = buf[dp + k];
-            } else {
-              target.set(buf.subarray(dp, dp + size), tp);
-            }
-          }
+          if (execute) copyBytes(work, dp + dataShift, targetAt + tp, size);
           dp += size;
         } else if (type === RUN) {
           if (dp >= dEnd) throw this.corrupt("RUN needs a byte but the data section is used up", codeAt);
           const value = buf[dp++];
-          if (execute) target.fill(value, tp, tp + size);
+          if (execute) work.fill(value, targetAt + tp, targetAt + tp + size);
         } else {
           // COPY: decode the address against source segment ‖ target so far.
           const mode = half === 0 ? mode1[code] : mode2[code];
@@ -495,12 +505,7 @@ class WindowDecoder {
           if (addr < segLen) {
             const fromSource = Math.min(n, segLen - addr);
             if (execute) {
-              const at = this.sourceIndex(addr);
-              if (fromSource < SHORT_COPY) {
-                for (let k = 0; k < fromSource; k++) target[to + k] = src[at + k];
-              } else {
-                target.set(src.subarray(at, at + fromSource), to);
-              }
+              copyBytes(work, this.sourceIndex(addr), targetAt + to, fromSource);
             } else {
               this.addRange(addr, addr + fromSource, addrAt);
             }
@@ -508,7 +513,7 @@ class WindowDecoder {
             n -= fromSource;
             from = 0; // a copy that runs past the segment continues at the start of the target window
           }
-          if (execute && n > 0) copyWithinTarget(target, from, to, n);
+          if (execute && n > 0) copyOverlapping(work, targetAt + from, targetAt + to, n);
         }
         tp += size;
       }
@@ -523,9 +528,13 @@ class WindowDecoder {
   /** Records that bytes [start, end) of the source segment are needed, merging with the previous range when they touch. */
   private addRange(start: number, end: number, at: number): void {
     const i = this.rangeCount - 1;
-    if (i >= 0 && start >= this.rangeStart[i] && start <= this.rangeEnd[i]) {
-      if (end > this.rangeEnd[i]) this.rangeEnd[i] = end;
-      return;
+    if (i >= 0 && start >= this.rangeStart[i]) {
+      const gap = start - this.rangeEnd[i];
+      if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= this.gapBudget)) {
+        if (gap > 0) this.gapBudget -= gap;
+        if (end > this.rangeEnd[i]) this.rangeEnd[i] = end;
+        return;
+      }
     }
     if (this.rangeCount === this.rangeStart.length) {
       if (this.rangeCount >= MAX_SOURCE_RANGES) {
@@ -548,10 +557,10 @@ class WindowDecoder {
     this.rangeCount++;
   }
 
-  /** Sorts and merges the recorded ranges, then reads them into sourceBytes. */
-  private async readSourceRanges(w: WindowHeader, source: SourceReader): Promise<void> {
+  /** Sorts and merges the recorded ranges and places them one after another; returns their total length. */
+  private mergeRanges(): number {
     const count = this.rangeCount;
-    if (count === 0) return;
+    if (count === 0) return 0;
     let sorted = true;
     for (let i = 1; i < count; i++) {
       if (this.rangeStart[i] < this.rangeStart[i - 1]) {
@@ -571,7 +580,7 @@ class WindowDecoder {
     }
     // Merge overlapping ranges, and ranges separated by a small gap while the gaps stay within the
     // window's size, so memory stays bounded by the window.
-    let gapBudget = w.targetLength;
+    let gapBudget = this.gapBudget;
     let m = 0;
     for (let i = 1; i < count; i++) {
       const gap = this.rangeStart[i] - this.rangeEnd[m];
@@ -590,27 +599,45 @@ class WindowDecoder {
       this.rangeAt[i] = total;
       total += this.rangeEnd[i] - this.rangeStart[i];
     }
-    // Sized once for the worst case of a window this large (its copies plus the gap budget):
-    // growing step by step would fault in fresh memory again and again.
-    if (this.sourceBytes.length < total)
-      this.sourceBytes = Buffer.allocUnsafe(Math.max(total, 2 * w.targetLength));
-    for (let i = 0; i < this.rangeCount; i++) {
-      const position = w.segmentPosition + this.rangeStart[i];
-      const length = this.rangeEnd[i] - this.rangeStart[i];
-      try {
-        await source.read(position, this.sourceBytes, this.rangeAt[i], length);
-      } catch (err) {
-        const what = w.indicator & VCD_SOURCE ? "source" : "earlier target output";
-        const message = err instanceof Error ? err.message : String(err);
-        const code = err instanceof VcdiffError && err.code === "LIMIT" ? "LIMIT" : "SOURCE";
-        throw new VcdiffError(
-          code,
-          `reading ${length} bytes at offset ${position} of the ${what} failed: ${message}`,
-          w.offset,
-        );
-      }
-    }
     this.lastRange = 0;
+    return total;
+  }
+
+  /** Reads the merged ranges into work[0..], several at a time. */
+  private async readRanges(w: WindowHeader, source: SourceReader, work: Uint8Array): Promise<void> {
+    const count = this.rangeCount;
+    let next = 0;
+    let failure: unknown;
+    const reader = async (): Promise<void> => {
+      while (next < count && failure === undefined) {
+        const i = next++;
+        try {
+          await source.read(
+            w.segmentPosition + this.rangeStart[i],
+            work,
+            this.rangeAt[i],
+            this.rangeEnd[i] - this.rangeStart[i],
+          );
+        } catch (err) {
+          failure ??= this.readError(w, i, err);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(READ_CONCURRENCY, count) }, reader));
+    if (failure !== undefined) throw failure;
+  }
+
+  private readError(w: WindowHeader, range: number, err: unknown): VcdiffError {
+    const position = w.segmentPosition + this.rangeStart[range];
+    const length = this.rangeEnd[range] - this.rangeStart[range];
+    const what = w.indicator & VCD_SOURCE ? "source" : "earlier target output";
+    const message = err instanceof Error ? err.message : String(err);
+    const code = err instanceof VcdiffError && err.code === "LIMIT" ? "LIMIT" : "SOURCE";
+    return new VcdiffError(
+      code,
+      `reading ${length} bytes at offset ${position} of the ${what} failed: ${message}`,
+      w.offset,
+    );
   }
 
   /** Index in sourceBytes of segment address addr (always inside a recorded range). */
@@ -631,13 +658,17 @@ class WindowDecoder {
   }
 }
 
-/** A plain Uint8Array view of the first length bytes of a Buffer: callers get the type they were promised. */
-function plain(buffer: Uint8Array, length: number): Uint8Array {
-  return new Uint8Array(buffer.buffer, buffer.byteOffset, length);
+/** Copies n bytes within work between regions that do not overlap, without allocating. */
+function copyBytes(work: Uint8Array, from: number, to: number, n: number): void {
+  if (n < SHORT_COPY) {
+    for (let k = 0; k < n; k++) work[to + k] = work[from + k];
+  } else {
+    work.copyWithin(to, from, from + n);
+  }
 }
 
 /** Copies n bytes from target[from..] to target[to..] with from < to, byte by byte in effect when they overlap. */
-function copyWithinTarget(target: Uint8Array, from: number, to: number, n: number): void {
+function copyOverlapping(target: Uint8Array, from: number, to: number, n: number): void {
   const distance = to - from;
   if (n < SHORT_COPY) {
     for (let k = 0; k < n; k++) target[to + k] = target[from + k];
