@@ -154,6 +154,39 @@ describe("bundle round trips", () => {
     assert.deepEqual(await readFile(dest), await readFile(v2Path));
   });
 
+  it("rebuilds into an OCI layout whose layers hash to the target's diff_ids", async () => {
+    const layout = join(dir, "layout");
+    const result = await withImages([v1Path], async (images) => {
+      const provider = new ImageLayerProvider(images, dir);
+      try {
+        return await applyBundle({
+          bundle,
+          trust: [key],
+          layers: provider,
+          scratchDir: dir,
+          write: async (image) => {
+            const written = await writeImage(`oci:${layout}`, image);
+            return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
+          },
+        });
+      } finally {
+        await provider.close();
+      }
+    });
+    const rebuilt = await openImage(layout);
+    try {
+      assert.equal(rebuilt.info.manifestDigest, result.digest);
+      assert.equal(rebuilt.info.configDigest, result.configDigest);
+      for (let i = 0; i < layersV2.length; i++) {
+        const parts: Uint8Array[] = [];
+        for await (const chunk of await rebuilt.openLayerTar(i)) parts.push(chunk);
+        assert.equal(sha256(Buffer.concat(parts)), sha256(layersV2[i]!));
+      }
+    } finally {
+      await rebuilt.close();
+    }
+  });
+
   it("lists the held layers as sources and sends only what is new", async () => {
     const head = await readBundleHead(bundle);
     assert.deepEqual(
