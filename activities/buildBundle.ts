@@ -22,12 +22,15 @@ export async function buildBundle(
     await recordRow(deps, bundle.targetDigest, hash, bundle.bundleId, existing, bundle.sourceDigests, now());
     return { bundleId: bundle.bundleId, size: existing, built: false };
   }
-  const repositoryOf = async (digest: string) =>
-    parseImageIndex(JSON.stringify(await deps.blobs.readIndex(digest))).repository;
+  const indexOf = async (digest: string) =>
+    parseImageIndex(JSON.stringify(await deps.blobs.readIndex(digest)));
+  const repositoryOf = async (digest: string) => (await indexOf(digest)).repository;
   const opened: ImageReader[] = [];
   const dir = await mkdtemp(join(deps.scratchDir ?? tmpdir(), "deltaship-bundle-"));
   try {
-    const target = await deps.registry.open(await repositoryOf(bundle.targetDigest), bundle.targetDigest);
+    // The tag the image was indexed under travels in the bundle: the device pushes the image under it.
+    const targetIndex = await indexOf(bundle.targetDigest);
+    const target = await deps.registry.open(targetIndex.repository, bundle.targetDigest, targetIndex.tag);
     opened.push(target);
     const sources: ImageReader[] = [];
     for (const digest of bundle.sourceDigests) {

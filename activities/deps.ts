@@ -13,8 +13,8 @@ import type { StateStore } from "../state/store.js";
 export interface ImageRegistry {
   /** Resolves a reference (tag or digest) to the image it names. */
   resolve(ref: string): Promise<{ repository: string; tag: string; digest: string; fullBytes: number }>;
-  /** Opens an image pinned by digest. The caller closes it. */
-  open(repository: string, digest: string): Promise<ImageReader>;
+  /** Opens an image pinned by digest; a tag, when given, names it (bundles carry it to devices). The caller closes it. */
+  open(repository: string, digest: string, tag?: string): Promise<ImageReader>;
 }
 
 export interface ActivityDeps {

@@ -28,8 +28,9 @@ export function acrRegistry(settings: AcrSettings): ImageRegistry {
         await image.close();
       }
     },
-    open(repository, digest) {
-      return openRegistryImage(`${host}/${repository}@${digest}`, options);
+    open(repository, digest, tag) {
+      const name = tag ? `${repository}:${tag}` : repository;
+      return openRegistryImage(`${host}/${name}@${digest}`, options);
     },
   };
 }

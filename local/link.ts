@@ -30,6 +30,8 @@ export interface LinkOptions {
   pollMs?: number;
   /** Seeded randomness so runs repeat; default a fixed seed per device. */
   random?: () => number;
+  /** Flip one byte near the end of every bundle (in the payloads), to show how a device refuses it. */
+  corrupt?: boolean;
 }
 
 export interface TransferRecord {
@@ -60,6 +62,8 @@ export interface LinkProgress {
 
 /** Priority classes in the order a link serves them. */
 export const PRIORITY_ORDER = ["critical", "high", "normal", "bulk"] as const;
+/** Where a corrupting link flips a byte: inside the last payload, past the signed header and manifest. */
+const CORRUPT_OFFSET_FROM_END = 64;
 /** Bytes written per step; small enough that preemption and drops take effect promptly. */
 const STEP_BYTES = 4096;
 
@@ -94,6 +98,7 @@ export class SimulatedLink {
       timeFactor: 1,
       pollMs: 200,
       random: seededRandom(options.device),
+      corrupt: false,
       ...options,
     };
   }
@@ -190,6 +195,8 @@ export class SimulatedLink {
       while (job.sent < job.size && !this.stopped) {
         const count = Math.min(STEP_BYTES, job.size - job.sent);
         const chunk = await blob.downloadToBuffer(job.sent, count);
+        const flip = job.size - CORRUPT_OFFSET_FROM_END - job.sent;
+        if (options.corrupt && flip >= 0 && flip < chunk.length) chunk[flip] ^= 0xff;
         await file.write(chunk, 0, chunk.length, job.sent);
         job.sent += chunk.length;
         this.totalSent += chunk.length;

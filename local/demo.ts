@@ -1,0 +1,532 @@
+/**
+ * `deltaship demo` (npm start): a whole deployment set on one machine, with no Azure account.
+ *
+ * Real parts: Azurite (Tables, Blobs), the app's own HTTP handler, orchestrators, activities and
+ * report function run by the local Functions host (orchestrators replayed through the real
+ * durable-functions library), a CNCF registry as the container registry and one per device, the
+ * Image Reconstruction module as its own process per device talking MQTT to an IoT Hub stand-in
+ * (mosquitto), and a simulated satellite link per device. Stand-ins: the IoT Hub manifest push
+ * and email are recorded to files.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { BlobServiceClient } from "@azure/storage-blob";
+import { generateSigningKey, keyIdOf, privateKeyPem, publicKeyPem } from "../delta/bundle/sign.js";
+import { openRegistryImage, pushImage } from "../delta/image/registry.js";
+import { indexImage } from "../delta/index/index.js";
+import { indexBlobName } from "../state/blobs.js";
+import type { Azurite } from "../tests/support/azurite.js";
+import type { HubStandIn } from "../tests/support/mqtt.js";
+import type { TestRegistry } from "../tests/support/registry.js";
+import { TableInstanceStore } from "./durable/store.js";
+import { LocalFunctionApp } from "./functions-app.js";
+import { LocalFunctionHost } from "./host.js";
+import { type LinkProgress, SimulatedLink, type TransferRecord } from "./link.js";
+import { EmailRecorder, ManifestRecorder } from "./recorders.js";
+import { buildSampleImages, type SampleImage, type SampleSet } from "./sample-images.js";
+
+export interface DemoOptions {
+  devices: number;
+  /** Link capacity in bits per second. */
+  bandwidth: number;
+  /** Link drops per simulated second of sending. */
+  dropRate: number;
+  latencyMs: number;
+  /** Simulated seconds per real second. */
+  timeFactor: number;
+  /** ISO 8601 duration the set waits for reports. */
+  deadline: string;
+  port: number;
+  /** Device whose link corrupts the bundles it carries (to show a failed set). */
+  corruptDevice?: string;
+  workDir?: string;
+  /** Keep the whole system running after the sample deployment. */
+  serve: boolean;
+  log?: (line: string) => void;
+  onProgress?: (progress: DemoProgress) => void;
+}
+
+export const DEMO_DEFAULTS: DemoOptions = {
+  devices: 3,
+  bandwidth: 256_000,
+  dropRate: 0.05,
+  latencyMs: 600,
+  timeFactor: 40,
+  deadline: "PT10M",
+  port: 7071,
+  serve: false,
+};
+
+export interface DemoProgress {
+  links: Record<string, LinkProgress>;
+  status?: { runtimeStatus: string; customStatus?: unknown };
+}
+
+export interface DemoImageResult {
+  image: string;
+  digest: string;
+  bytesSent: number;
+  pullBytes: number;
+  linkMs: number;
+  outcome: string;
+  reason?: string;
+  verified: boolean;
+}
+
+export interface DemoResult {
+  outcome: "succeeded" | "failed";
+  setId: string;
+  devices: { id: string; outcome: string; images: DemoImageResult[] }[];
+  manifestPushes: { device: string; at: string }[];
+  emails: { to: string; subject: string; at: string }[];
+  transfers: TransferRecord[];
+  workDir: string;
+  statusQueryGetUri: string;
+}
+
+interface Device {
+  id: string;
+  registry: TestRegistry;
+  inbox: string;
+  holds: SampleImage[];
+  module?: ChildProcess;
+  link?: SimulatedLink;
+}
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const REPORTS_FUNCTION = "deviceReports";
+const EDGE_MODULE_ID = "imageReconstruction";
+/** Every wait in the demo is bounded; past this the demo reports what it saw and stops. */
+const DEMO_TIMEOUT_MS = 15 * 60 * 1000;
+
+function need(binary: string, paths: string[]): void {
+  if (!paths.some((p) => existsSync(p))) {
+    throw new Error(
+      `the demo needs ${binary}, which is not installed; run 'bash scripts/setup-debian.sh' (Debian 12) first`,
+    );
+  }
+}
+
+/** What each device starts with: a different set per device, cycling for larger fleets. */
+function startingSets(samples: SampleSet): SampleImage[][] {
+  return [[samples.telemetryV1], [samples.base], []];
+}
+
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
+  need("docker-registry", ["/usr/bin/docker-registry"]);
+  need("mosquitto", ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]);
+  need("openssl", ["/usr/bin/openssl"]);
+  const log = options.log ?? (() => {});
+  const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), "deltaship-demo-")));
+  await mkdir(workDir, { recursive: true });
+  const cleanup: Array<() => Promise<unknown>> = [];
+  const stopAll = async () => {
+    for (const step of cleanup.reverse()) await step().catch(() => undefined);
+  };
+
+  try {
+    const { startAzurite } = await import("../tests/support/azurite.js");
+    const { startRegistry } = await import("../tests/support/registry.js");
+    const { startHubStandIn } = await import("../tests/support/mqtt.js");
+
+    log("starting Azurite, the container registry and the IoT Hub stand-in");
+    const azurite: Azurite = await startAzurite();
+    cleanup.push(() => azurite.stop());
+    const acr = await startRegistry();
+    cleanup.push(() => acr.stop());
+    const hub: HubStandIn = await startHubStandIn();
+    cleanup.push(() => hub.close());
+
+    log("building the sample images");
+    const samples = await buildSampleImages();
+    const all = [samples.base, samples.runtime, samples.telemetryV1, samples.telemetryV2, samples.dashboard];
+    const acrDigests = new Map<string, string>();
+    const blobService = BlobServiceClient.fromConnectionString(azurite.connectionString);
+    const indexes = blobService.getContainerClient("indexes");
+    await indexes.createIfNotExists();
+    for (const sample of all) {
+      const pushed = await pushImage(`${acr.host}/${sample.name}`, sample.image, { compression: "gzip" });
+      acrDigests.set(sample.name, pushed.manifestDigest);
+      // What the build pipeline does after each push: `deltaship index` and upload the index.
+      const reader = await openRegistryImage(`${acr.host}/${sample.name}@${pushed.manifestDigest}`);
+      try {
+        const body = JSON.stringify(await indexImage(reader));
+        await indexes
+          .getBlockBlobClient(indexBlobName(pushed.manifestDigest))
+          .upload(body, Buffer.byteLength(body));
+      } finally {
+        await reader.close();
+      }
+    }
+
+    const key = generateSigningKey();
+    const keyId = keyIdOf(key.publicKey);
+    const trustedKeys = JSON.stringify({ [keyId]: publicKeyPem(key) });
+
+    const sets = startingSets(samples);
+    const devices: Device[] = [];
+    for (let i = 0; i < options.devices; i++) {
+      const id = ["ship-1", "ship-2", "truck-3"][i] ?? `device-${i + 1}`;
+      const registry = await startRegistry();
+      cleanup.push(() => registry.stop());
+      const holds = sets[i % sets.length]!;
+      for (const sample of holds) {
+        // The first install came the ordinary way (docker pull), so the device holds ACR's exact image.
+        const pushed = await pushImage(`${registry.host}/${sample.name}`, sample.image, {
+          compression: "gzip",
+        });
+        if (pushed.manifestDigest !== acrDigests.get(sample.name)) {
+          throw new Error(
+            `expected ${id}'s copy of ${sample.name} to have ACR's digest; the gzip output differed`,
+          );
+        }
+      }
+      // The module checks free space where the registry stores blobs; an empty registry has not made it yet.
+      await mkdir(registry.storageDir, { recursive: true });
+      const inbox = join(workDir, "devices", id, "inbox");
+      await mkdir(inbox, { recursive: true });
+      devices.push({ id, registry, inbox, holds });
+    }
+
+    const recorders = {
+      manifests: new ManifestRecorder(join(workDir, "iothub-manifests")),
+      emails: new EmailRecorder(join(workDir, "emails")),
+    };
+    configureApp({
+      storage: azurite.connectionString,
+      acrUrl: acr.url,
+      signingKey: privateKeyPem(key),
+      keyId,
+      deadline: options.deadline,
+    });
+    const app = await LocalFunctionApp.load(new URL("../functions/index.ts", import.meta.url));
+    const { overrideActivityDeps } = await import("../activities/register.js");
+    await mkdir(join(workDir, "scratch"), { recursive: true });
+    overrideActivityDeps({
+      iotHub: recorders.manifests,
+      email: recorders.emails,
+      scratchDir: join(workDir, "scratch"),
+    });
+    const host = new LocalFunctionHost({
+      app,
+      store: await TableInstanceStore.fromConnectionString(azurite.connectionString),
+      port: options.port,
+      log: (line) => log(`host: ${line}`),
+    });
+    const origin = await host.start();
+    cleanup.push(() => host.stop());
+    log(`Function App serving ${origin}/api`);
+
+    // Reports: edge module → MQTT (IoT Hub stand-in) → the report function, as IoT Hub's built-in endpoint would.
+    let forwarded = 0;
+    const bridge = setInterval(() => {
+      const batch = hub.events.slice(forwarded);
+      if (batch.length === 0) return;
+      forwarded += batch.length;
+      host
+        .invokeEventHub(
+          REPORTS_FUNCTION,
+          batch.map((e) => e.body),
+          batch.map((e) => ({
+            "iothub-connection-device-id": e.deviceId,
+            "iothub-connection-module-id": e.moduleId,
+          })),
+        )
+        .catch((error) => log(`report function failed: ${(error as Error).message}`));
+    }, 100);
+    cleanup.push(async () => clearInterval(bridge));
+
+    const outbox = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(
+      "outbox",
+    );
+    await outbox.createIfNotExists();
+    const progress: DemoProgress = { links: {} };
+    for (const device of devices) {
+      device.module = startEdgeModule(device, hub, trustedKeys, workDir, log);
+      const module = device.module;
+      cleanup.push(() => stopProcess(module));
+      device.link = new SimulatedLink({
+        device: device.id,
+        outbox,
+        inboxDir: device.inbox,
+        bitsPerSecond: options.bandwidth,
+        dropsPerSecond: options.dropRate,
+        latencyMs: options.latencyMs,
+        timeFactor: options.timeFactor,
+        corrupt: device.id === options.corruptDevice,
+      });
+      device.link.onProgress((p) => {
+        progress.links[p.device] = p;
+        options.onProgress?.(progress);
+      });
+      device.link.start();
+      const link = device.link;
+      cleanup.push(() => link.stop());
+    }
+
+    // Wait until each module's inventory reached the cloud, so planning sees what devices hold.
+    await until(
+      () =>
+        new Set(
+          hub.events.filter((e) => (e.body as { type?: string }).type === "inventory").map((e) => e.deviceId),
+        ).size === devices.length && forwarded >= hub.events.length,
+      60_000,
+      "every edge module to report its inventory",
+    );
+    await new Promise((r) => setTimeout(r, 500));
+
+    const manifest = deploymentManifest(acr.host, [samples.telemetryV2, samples.dashboard]);
+    const response = await fetch(`${origin}/api/deployments`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        manifest,
+        devices: devices.map((d) => d.id),
+        requestedBy: { name: "Demo Operator", email: "operator@deltaship.example" },
+        deadline: options.deadline,
+      }),
+    });
+    const started = (await response.json()) as { id?: string; statusQueryGetUri?: string; error?: unknown };
+    if (response.status !== 202 || started.id === undefined || started.statusQueryGetUri === undefined) {
+      throw new Error(`POST /api/deployments answered ${response.status}: ${JSON.stringify(started)}`);
+    }
+    log(`deployment set ${started.id} started; status at ${started.statusQueryGetUri}`);
+
+    const deadline = Date.now() + DEMO_TIMEOUT_MS;
+    let status: { runtimeStatus: string; customStatus?: unknown; output?: unknown } = {
+      runtimeStatus: "Pending",
+    };
+    while (Date.now() < deadline) {
+      status = (await (await fetch(started.statusQueryGetUri)).json()) as typeof status;
+      progress.status = status;
+      options.onProgress?.(progress);
+      if (["Completed", "Failed", "Terminated"].includes(status.runtimeStatus)) break;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+
+    const result = await summarize({
+      setId: started.id,
+      statusQueryGetUri: started.statusQueryGetUri,
+      status,
+      origin,
+      devices,
+      targets: [samples.telemetryV2, samples.dashboard],
+      acrDigests,
+      recorders,
+      workDir,
+    });
+    await writeFile(join(workDir, "result.json"), `${JSON.stringify(result, null, 2)}\n`);
+    if (options.serve) {
+      log(`serving on ${origin} until interrupted (Ctrl-C)`);
+      await new Promise<void>((resolve) => {
+        process.once("SIGINT", resolve);
+        process.once("SIGTERM", resolve);
+      });
+    }
+    return result;
+  } finally {
+    await stopAll();
+  }
+}
+
+function configureApp(c: {
+  storage: string;
+  acrUrl: string;
+  signingKey: string;
+  keyId: string;
+  deadline: string;
+}) {
+  const env: Record<string, string> = {
+    AzureWebJobsStorage: c.storage,
+    // Required by the settings module; local mode records manifest pushes and email instead of sending them.
+    IOTHUB_CONNECTION_STRING:
+      "HostName=local.azure-devices.net;SharedAccessKeyName=local;SharedAccessKey=bG9jYWw=",
+    IOTHUB_EVENTS_CONNECTION: "local",
+    IOTHUB_EVENTS_HUB_NAME: "local",
+    SERVICEBUS_CONNECTION: "local",
+    COMMUNICATION_SERVICES_ENDPOINT: "https://local.communication.azure.com",
+    COMMUNICATION_SERVICES_ACCESS_KEY: "bG9jYWw=",
+    EMAIL_SENDER_ADDRESS: "deltaship@local.example",
+    ACR_URL: c.acrUrl,
+    BUNDLE_SIGNING_KEY: c.signingKey,
+    BUNDLE_SIGNING_KEY_ID: c.keyId,
+    DEFAULT_DEADLINE: c.deadline,
+  };
+  Object.assign(process.env, env);
+}
+
+function deploymentManifest(acrHost: string, images: SampleImage[]): Record<string, unknown> {
+  const modules: Record<string, unknown> = {};
+  for (const sample of images) {
+    const name = sample.name.split("/")[1]!.split(":")[0]!;
+    modules[name] = {
+      version: "1.0",
+      type: "docker",
+      status: "running",
+      restartPolicy: "always",
+      settings: { image: `${acrHost}/${sample.name}`, createOptions: "{}" },
+    };
+  }
+  return {
+    modulesContent: {
+      $edgeAgent: {
+        "properties.desired": {
+          schemaVersion: "1.1",
+          runtime: { type: "docker", settings: { minDockerVersion: "v1.25" } },
+          systemModules: {
+            edgeAgent: { type: "docker", settings: { image: "mcr.microsoft.com/azureiotedge-agent:1.5" } },
+            edgeHub: {
+              type: "docker",
+              status: "running",
+              restartPolicy: "always",
+              settings: { image: "mcr.microsoft.com/azureiotedge-hub:1.5" },
+            },
+          },
+          modules,
+        },
+      },
+      $edgeHub: { "properties.desired": { schemaVersion: "1.1", routes: {} } },
+    },
+  };
+}
+
+function startEdgeModule(
+  device: Device,
+  hub: HubStandIn,
+  trustedKeys: string,
+  workDir: string,
+  log: (line: string) => void,
+): ChildProcess {
+  const child = spawn(process.execPath, ["--import", "tsx", join(root, "edge-module/main.ts")], {
+    cwd: root,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: {
+      ...process.env,
+      EdgeHubConnectionString: hub.connectionString(device.id, EDGE_MODULE_ID),
+      EdgeModuleCACertificateFile: hub.caFile,
+      DELTASHIP_INBOX: device.inbox,
+      DELTASHIP_STATE: join(workDir, "devices", device.id, "state"),
+      DELTASHIP_REGISTRY: device.registry.host,
+      DELTASHIP_REGISTRY_STORAGE: device.registry.storageDir,
+      DELTASHIP_TRUSTED_KEYS: trustedKeys,
+      DELTASHIP_POLL_MS: "200",
+      DELTASHIP_QUIET_MS: "300",
+      DELTASHIP_REPORT_RETRY_MS: "200",
+    },
+  });
+  let tail = "";
+  const keep = (chunk: Buffer) => {
+    tail = (tail + chunk.toString()).slice(-4000);
+    for (const line of chunk.toString().split("\n")) if (line.trim() !== "") log(`${device.id}: ${line}`);
+  };
+  child.stdout?.on("data", keep);
+  child.stderr?.on("data", keep);
+  child.on("exit", (code) => {
+    if (code !== 0 && code !== null) log(`${device.id}: edge module exited with ${code}: ${tail}`);
+  });
+  return child;
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once("exit", r));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function until(check: () => boolean, ms: number, what: string): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`gave up after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+interface SummaryInput {
+  setId: string;
+  statusQueryGetUri: string;
+  status: { runtimeStatus: string; output?: unknown };
+  origin: string;
+  devices: Device[];
+  targets: SampleImage[];
+  acrDigests: Map<string, string>;
+  recorders: { manifests: ManifestRecorder; emails: EmailRecorder };
+  workDir: string;
+}
+
+async function summarize(input: SummaryInput): Promise<DemoResult> {
+  const set = (await (
+    await fetch(`${input.origin}/api/deployments/${encodeURIComponent(input.setId)}`)
+  ).json()) as {
+    items?: Array<{
+      device: string;
+      digest: string;
+      image?: string;
+      state: string;
+      reason?: string;
+      bundleBytes?: number;
+      fullBytes?: number;
+    }>;
+  };
+  const items = set.items ?? [];
+  const devices = [];
+  for (const device of input.devices) {
+    const images: DemoImageResult[] = [];
+    for (const target of input.targets) {
+      const digest = input.acrDigests.get(target.name)!;
+      const item = items.find((i) => i.device === device.id && i.digest === digest);
+      const transfer = device.link?.transfers.find((t) => t.name.startsWith(digest.replace(":", "-")));
+      const verified = await verifyOnDevice(device, target, digest);
+      images.push({
+        image: target.name,
+        digest,
+        bytesSent: transfer?.bytes ?? 0,
+        pullBytes: item?.fullBytes ?? 0,
+        linkMs: transfer?.linkMs ?? 0,
+        outcome: item?.state ?? "unknown",
+        ...(item?.reason ? { reason: item.reason } : {}),
+        verified,
+      });
+    }
+    const ok = images.every((i) => i.outcome === "arrived" || i.outcome === "present");
+    devices.push({ id: device.id, outcome: ok ? "succeeded" : "failed", images });
+  }
+  const succeeded =
+    input.status.runtimeStatus === "Completed" &&
+    (input.status.output as { outcome?: string } | undefined)?.outcome === "succeeded";
+  return {
+    outcome: succeeded ? "succeeded" : "failed",
+    setId: input.setId,
+    devices,
+    manifestPushes: input.recorders.manifests.pushes.map((p) => ({ device: p.device, at: p.at })),
+    emails: input.recorders.emails.sent.map((e) => ({ to: e.to, subject: e.subject, at: e.at })),
+    transfers: input.devices.flatMap((d) => d.link?.transfers ?? []),
+    workDir: input.workDir,
+    statusQueryGetUri: input.statusQueryGetUri,
+  };
+}
+
+/** The image on the device's registry has the target's config and layers (its diff_ids), read back from the registry. */
+async function verifyOnDevice(device: Device, target: SampleImage, _digest: string): Promise<boolean> {
+  try {
+    const image = await openRegistryImage(`${device.registry.host}/${target.name}`);
+    try {
+      const want = target.image.layers.map((l) => l.diffId);
+      const have = image.info.layers.map((l) => l.diffId);
+      return (
+        JSON.stringify(want) === JSON.stringify(have) &&
+        Buffer.compare(Buffer.from(image.info.config), Buffer.from(target.image.config)) === 0
+      );
+    } finally {
+      await image.close();
+    }
+  } catch {
+    return false;
+  }
+}
