@@ -353,7 +353,7 @@ async function pushWith(
 
   const configDigest = `sha256:${createHash("sha256").update(image.config).digest("hex")}`;
   const configOutcome = await placeBlob(client, repository, configDigest, mountFrom, async () =>
-    client.uploadBlob(repository, oneChunk(image.config), {
+    client.uploadBlob(repository, [image.config], {
       digest: configDigest,
       size: image.config.length,
     }),
@@ -459,8 +459,4 @@ async function placeBlob(
   }
   await upload();
   return "uploaded";
-}
-
-async function* oneChunk(bytes: Uint8Array): AsyncGenerator<Uint8Array> {
-  yield bytes;
 }

@@ -352,6 +352,30 @@ describe("registry client against docker-registry", () => {
     assert.equal(await new RegistryClient(registry.host).blobSize("apps/mismatch", sha256(a)), undefined);
   });
 
+  test("refuses to read an image whose manifest and config disagree on the layers", async () => {
+    const a = await layerTar(24);
+    const b = await layerTar(25);
+    const client = new RegistryClient(registry.host);
+    const config = configFor([a, b]);
+    await client.uploadBlob("apps/inconsistent", [config]);
+    await client.uploadBlob("apps/inconsistent", [a]);
+    const manifest = new TextEncoder().encode(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: mediaTypes.OCI_MANIFEST,
+        config: { mediaType: mediaTypes.OCI_CONFIG, digest: sha256(config), size: config.length },
+        layers: [{ mediaType: mediaTypes.OCI_LAYER, digest: sha256(a), size: a.length }],
+      }),
+    );
+    await client.putManifest("apps/inconsistent", "1", manifest, mediaTypes.OCI_MANIFEST);
+    await assert.rejects(
+      openRegistryImage(`${registry.host}/apps/inconsistent:1`),
+      new RegExp(
+        `^RegistryError: ${registry.host}/apps/inconsistent:1: the manifest lists 1 layers but the config's rootfs.diff_ids has 2; the image is inconsistent$`,
+      ),
+    );
+  });
+
   test("pushes gzip-compressed layers when asked and reads them back through gunzip", async () => {
     const tars = [await layerTar(30), await layerTar(31)];
     const pushed = await pushImage(`${registry.host}/apps/gz:1`, imageOf(tars), {
@@ -615,6 +639,9 @@ describe("registry client against docker-registry", () => {
     }
     assert.deepEqual((await client.listTags("apps/multi")).sort(), ["1", "amd64", "arm64"]);
     assert.deepEqual(await client.listTags("apps/never-pushed"), []);
+    // Two per page: the client follows the registry's Link headers to the end.
+    assert.deepEqual(await client.listRepositories(2), repositories);
+    assert.deepEqual((await client.listTags("apps/multi", 2)).sort(), ["1", "amd64", "arm64"]);
 
     const pushed = await pushImage(`${registry.host}/apps/doomed:1`, imageOf([await layerTar(80)]));
     assert.equal(await client.resolveDigest("apps/doomed", "1"), pushed.manifestDigest);

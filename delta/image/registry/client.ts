@@ -38,7 +38,7 @@ export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_REDIRECTS = 5;
 /** Pages of catalog or tag listing followed: a loop in `Link` headers must not run forever. */
 const MAX_LIST_PAGES = 1000;
-/** Entries asked for per listing page. */
+/** Entries asked for per listing page (registries may answer fewer and link the next page). */
 const LIST_PAGE_SIZE = 1000;
 /** Default PATCH size: large enough for few round trips, small enough for a device's memory. */
 export const DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024;
@@ -332,7 +332,7 @@ export class RegistryClient {
    */
   async uploadBlob(
     repository: string,
-    source: AsyncIterable<Uint8Array>,
+    source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
     expected: { digest?: string; size?: number } = {},
   ): Promise<UploadedBlob> {
     const hash = createHash("sha256");
@@ -486,9 +486,9 @@ export class RegistryClient {
   // ---- listings ----
 
   /** Every repository in the registry (`/v2/_catalog`, following `Link` pages). */
-  async listRepositories(): Promise<string[]> {
+  async listRepositories(pageSize = LIST_PAGE_SIZE): Promise<string[]> {
     return this.list(
-      `/v2/_catalog?n=${LIST_PAGE_SIZE}`,
+      `/v2/_catalog?n=${pageSize}`,
       ["registry:catalog:*"],
       "repositories",
       "GET /v2/_catalog",
@@ -496,9 +496,9 @@ export class RegistryClient {
   }
 
   /** Every tag of a repository; empty if the repository is unknown. */
-  async listTags(repository: string): Promise<string[]> {
+  async listTags(repository: string, pageSize = LIST_PAGE_SIZE): Promise<string[]> {
     return this.list(
-      `/v2/${repository}/tags/list?n=${LIST_PAGE_SIZE}`,
+      `/v2/${repository}/tags/list?n=${pageSize}`,
       [pullScope(repository)],
       "tags",
       `GET tags of ${repository}`,
