@@ -1,7 +1,12 @@
 /**
- * The registry client against a real Debian `docker-registry`, with skopeo as the
- * independent peer. A recording proxy (observation only: it forwards every byte unchanged)
- * sits between client and registry where a test must see which requests were made.
+ * The registry client against a real Debian `docker-registry` (no auth, htpasswd basic auth,
+ * and token auth with the registry checking the JWTs), with skopeo as the independent peer.
+ * Stand-ins, each because the real part cannot show the behaviour locally:
+ * - a recording proxy (observation only: it forwards every byte unchanged) where a test must
+ *   see which requests were made;
+ * - the token service (tests/support/registry.ts) in place of ACR's token endpoint;
+ * - a storage server that blob GETs are redirected to, as ACR redirects to Blob Storage;
+ * - a server that drops kept-alive connections, as front ends with idle timeouts do.
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
