@@ -3,12 +3,13 @@
  * program (`edge-module/main.ts` as a child process, real docker-registry, reports over MQTT to
  * mosquitto), not only through the library.
  *
- *   node --import tsx bench/edge.ts [--mb 256]
+ *   node --import tsx bench/edge.ts [--mb 256] [--compiled]
  *
  * The device holds `bench/app:1.0` (a large layer of real shared libraries plus a small one);
  * the bundle turns it into `bench/app:1.1`, whose large layer has every file patched, so the
  * module decodes the whole large layer from VCDIFF against the held one. Prints one JSON object.
  */
+import { execFileSync } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,8 +21,33 @@ import { reportsFor } from "../tests/edge/world.js";
 import { startHubStandIn } from "../tests/support/mqtt.js";
 import { startRegistry } from "../tests/support/registry.js";
 
-const { values } = parseArgs({ options: { mb: { type: "string", default: "256" } } });
+const { values } = parseArgs({
+  options: {
+    mb: { type: "string", default: "256" },
+    // Run the module compiled to JavaScript, as the container does, instead of through tsx.
+    compiled: { type: "boolean", default: false },
+  },
+});
 const megabytes = Number(values.mb);
+
+let entry: string | undefined;
+if (values.compiled) {
+  const out = join(import.meta.dirname, "..", ".bench", "edge-dist");
+  execFileSync(
+    process.execPath,
+    [
+      join("node_modules", "typescript", "bin", "tsc"),
+      "-p",
+      "edge-module/tsconfig.build.json",
+      "--outDir",
+      out,
+    ],
+    {
+      stdio: "inherit",
+    },
+  );
+  entry = join(out, "edge-module", "main.js");
+}
 
 function peakRss(pid: number): Promise<number> {
   return readFile(`/proc/${pid}/status`, "utf8").then((text) => {
@@ -52,15 +78,18 @@ try {
 
   const inbox = join(dir, "inbox");
   await mkdir(inbox);
-  const module = startModule({
-    EdgeHubConnectionString: hub.connectionString("bench-device", "imagereconstruction"),
-    EdgeModuleCACertificateFile: hub.caFile,
-    DELTASHIP_INBOX: inbox,
-    DELTASHIP_REGISTRY: registry.host,
-    DELTASHIP_TRUSTED_KEYS: JSON.stringify({ cloud: signer.publicPem }),
-    DELTASHIP_POLL_MS: "100",
-    DELTASHIP_QUIET_MS: "200",
-  });
+  const module = startModule(
+    {
+      EdgeHubConnectionString: hub.connectionString("bench-device", "imagereconstruction"),
+      EdgeModuleCACertificateFile: hub.caFile,
+      DELTASHIP_INBOX: inbox,
+      DELTASHIP_REGISTRY: registry.host,
+      DELTASHIP_TRUSTED_KEYS: JSON.stringify({ cloud: signer.publicPem }),
+      DELTASHIP_POLL_MS: "100",
+      DELTASHIP_QUIET_MS: "200",
+    },
+    entry,
+  );
   try {
     await module.waitForLog((l) => l.step === "inventory", "the module to start");
     const rssAtStart = await peakRss(module.child.pid!);
@@ -85,6 +114,7 @@ try {
       JSON.stringify(
         {
           outcome: report.type,
+          module: entry ? "compiled JavaScript" : "TypeScript through tsx",
           imageMiB: mib(report.bytes),
           decodedLayerMiB: mib(rebuilt),
           bundleBytes: bundle.length,

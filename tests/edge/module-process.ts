@@ -30,8 +30,10 @@ export interface ModuleProcess {
 
 const MAIN = join(import.meta.dirname, "..", "..", "edge-module", "main.ts");
 
-export function startModule(env: Record<string, string>): ModuleProcess {
-  const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
+/** `entry`: a compiled `main.js` to run instead of the TypeScript source (what the container runs). */
+export function startModule(env: Record<string, string>, entry?: string): ModuleProcess {
+  const args = entry ? [entry] : ["--import", "tsx", MAIN];
+  const child = spawn(process.execPath, args, {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
