@@ -644,6 +644,10 @@ describe("registry client against docker-registry", () => {
     }
     assert.deepEqual((await client.listTags("apps/multi")).sort(), ["1", "amd64", "arm64"]);
     assert.deepEqual(await client.listTags("apps/never-pushed"), []);
+    await assert.rejects(
+      client.listTags("apps/../../v2/_catalog"),
+      /repository name "apps\/\.\.\/\.\.\/v2\/_catalog" is not valid/,
+    );
     // Two per page: the client follows the registry's Link headers to the end.
     assert.deepEqual(await client.listRepositories(2), repositories);
     assert.deepEqual((await client.listTags("apps/multi", 2)).sort(), ["1", "amd64", "arm64"]);

@@ -9,7 +9,13 @@ import { basicHeader, type Challenge, parseChallenge, type RegistryCredentials, 
 import { concatBytes, describeErrorBody, hintForStatus, RegistryError, readBounded } from "./errors.js";
 import { type HttpResponse, HttpTransport } from "./http.js";
 import { MANIFEST_ACCEPT } from "./media-types.js";
-import { baseUrlFor, DIGEST_PATTERN, type ReferenceOptions } from "./reference.js";
+import {
+  baseUrlFor,
+  DIGEST_PATTERN,
+  MAX_REPOSITORY_LENGTH,
+  REPOSITORY_PATTERN,
+  type ReferenceOptions,
+} from "./reference.js";
 
 export interface RegistryClientOptions extends ReferenceOptions {
   readonly credentials?: RegistryCredentials;
@@ -59,12 +65,23 @@ interface RequestSpec {
   readonly what: string;
 }
 
+// Every repository request builds its scope here, so this is where a repository name that
+// would bend the URL path (a hostile catalog entry such as `a/../../x`) is refused.
 export function pullScope(repository: string): string {
-  return `repository:${repository}:pull`;
+  return `repository:${checkedRepository(repository)}:pull`;
 }
 
 export function pushScope(repository: string): string {
-  return `repository:${repository}:pull,push`;
+  return `repository:${checkedRepository(repository)}:pull,push`;
+}
+
+function checkedRepository(repository: string): string {
+  if (repository.length > MAX_REPOSITORY_LENGTH || !REPOSITORY_PATTERN.test(repository)) {
+    throw new RegistryError(
+      `repository name "${repository.slice(0, 300)}" is not valid (lowercase letters, digits, . _ - and /, at most ${MAX_REPOSITORY_LENGTH} characters)`,
+    );
+  }
+  return repository;
 }
 
 export class RegistryClient {

@@ -21,12 +21,12 @@ export interface ReferenceOptions {
 }
 
 /** Repository path components as the Distribution spec allows them. */
-const REPOSITORY_PATTERN =
+export const REPOSITORY_PATTERN =
   /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/;
 const TAG_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 export const DIGEST_PATTERN = /^sha256:[a-f0-9]{64}$/;
 /** Longest repository name the Distribution spec allows. */
-const MAX_REPOSITORY_LENGTH = 255;
+export const MAX_REPOSITORY_LENGTH = 255;
 
 const EXAMPLE =
   "write it as host[:port]/repository[:tag][@sha256:<64 hex>], e.g. 127.0.0.1:5000/apps/telemetry:1.4";
