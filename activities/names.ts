@@ -147,7 +147,8 @@ export interface ItemFailure extends ItemKey {
 
 export interface UpdateSetStateInput {
   setId: string;
-  state: SetState;
+  /** The set's final state; absent when only items are marked (a waiting batch's timeouts). */
+  state?: Exclude<SetState, "running">;
   /** Orchestration time, so replays write the same value. */
   at: string;
   reason?: string;
@@ -174,7 +175,9 @@ export interface SendEmailInput {
   images: ResolvedImage[];
   bytesPlanned: number;
   fullBytes: number;
+  /** The first failures (at most MAX_REPORTED_FAILURES); failureCount says how many there were. */
   failures: ItemFailure[];
+  failureCount: number;
   /** Why the whole set failed when no single item did (e.g. a bundle could not be built). */
   reason?: string;
 }

@@ -39,10 +39,13 @@ export function composeEmail(input: SendEmailInput): EmailMessage {
     );
   } else {
     const devices = new Set(input.failures.map((f) => f.device)).size;
+    const count = Math.max(input.failureCount, input.failures.length);
     subject =
-      input.failures.length > 0
-        ? `Deployment set ${input.setId} failed: ${input.failures.length} image(s) on ${devices} device(s)`
-        : `Deployment set ${input.setId} failed`;
+      count === 0
+        ? `Deployment set ${input.setId} failed`
+        : count > input.failures.length
+          ? `Deployment set ${input.setId} failed: ${count} image(s) on ${devices} or more device(s)`
+          : `Deployment set ${input.setId} failed: ${count} image(s) on ${devices} device(s)`;
     lines.push(
       `Hello ${input.requestedBy.name},`,
       "",
@@ -51,15 +54,14 @@ export function composeEmail(input: SendEmailInput): EmailMessage {
     if (input.reason) lines.push("", `Reason: ${input.reason}`);
     if (input.failures.length > 0) {
       lines.push("", "Failed (device: image: reason):");
-      for (const failure of input.failures.slice(0, MAX_EMAIL_FAILURES)) {
+      const listed = input.failures.slice(0, MAX_EMAIL_FAILURES);
+      for (const failure of listed) {
         lines.push(
           `- ${failure.device}: ${imageName.get(failure.digest) ?? failure.digest}: ${failure.reason}`,
         );
       }
-      if (input.failures.length > MAX_EMAIL_FAILURES) {
-        lines.push(
-          `- … and ${input.failures.length - MAX_EMAIL_FAILURES} more; GET /api/deployments/${input.setId} lists all`,
-        );
+      if (count > listed.length) {
+        lines.push(`- … and ${count - listed.length} more; GET /api/deployments/${input.setId} lists all`);
       }
     }
     lines.push("", "Images:", ...images);

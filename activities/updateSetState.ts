@@ -12,6 +12,7 @@ export async function updateSetState(
       at: input.at,
     });
   }
-  await deps.state.sets.setState(input.setId, input.state, input.at, input.reason);
+  if (input.state !== undefined)
+    await deps.state.sets.setState(input.setId, input.state, input.at, input.reason);
   return null;
 }

@@ -30,7 +30,9 @@ export interface DeploymentSetInput {
 
 export interface DeploymentSetOutput {
   state: Exclude<SetState, "running">;
+  /** The first failures, at most MAX_REPORTED_FAILURES: history holds this output, so it stays small. */
   failures: ItemFailure[];
+  failureCount: number;
   reason?: string;
 }
 

@@ -11,6 +11,8 @@ export const MAX_LATEST_CHANGES = 10;
 /** Longest text of one latest-change line (a failure reason can be long). */
 export const MAX_CHANGE_LENGTH = 200;
 export const MAX_STATUS_BYTES = 16 * 1024;
+/** Failures carried in the set's output and email input: history stores both, the rest is in Tables. */
+export const MAX_REPORTED_FAILURES = 200;
 
 /** Each distinct bundle once, in first-seen order: devices that hold the same sources share it. */
 export function distinctBundles(groups: readonly GroupPlan[]): PlannedBundle[] {

@@ -43,6 +43,7 @@ import {
   distinctTargets,
   failuresToReport,
   initialStatus,
+  MAX_REPORTED_FAILURES,
   plannedStatus,
   type SetStatus,
   waiters,
@@ -60,13 +61,23 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
   let status: SetStatus = initialStatus(input.setId, input.devices.length, now());
   context.df.setCustomStatus(status);
 
-  const finish = function* (outcome: DeploymentSetOutput, timedOut: ItemKey[]) {
+  const finish = function* (result: {
+    state: DeploymentSetOutput["state"];
+    failures: ItemFailure[];
+    reason?: string;
+  }) {
+    const outcome: DeploymentSetOutput = {
+      state: result.state,
+      failures: result.failures.slice(0, MAX_REPORTED_FAILURES),
+      failureCount: result.failures.length,
+      ...(result.reason !== undefined ? { reason: result.reason } : {}),
+    };
     status = withChange(
       { ...status, stage: outcome.state },
       now(),
       outcome.state === "succeeded"
         ? "set succeeded"
-        : `set failed: ${outcome.reason ?? `${outcome.failures.length} failures`}`,
+        : `set failed: ${outcome.reason ?? `${outcome.failureCount} failures`}`,
     );
     context.df.setCustomStatus(status);
     yield context.df.callActivityWithRetry(UPDATE_SET_STATE, STATE_RETRY, {
@@ -74,7 +85,6 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
       state: outcome.state,
       at: now(),
       reason: outcome.reason,
-      timedOut: timedOut.length > 0 ? timedOut : undefined,
     } satisfies UpdateSetStateInput);
     try {
       yield context.df.callActivityWithRetry(SEND_EMAIL, STATE_RETRY, {
@@ -86,6 +96,7 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
         bytesPlanned: status.bytesPlanned,
         fullBytes: status.fullBytes,
         failures: outcome.failures,
+        failureCount: outcome.failureCount,
         reason: outcome.reason,
       } satisfies SendEmailInput);
     } catch (error) {
@@ -120,10 +131,11 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
     } satisfies PlanBundlesInput);
   } catch (error) {
     // Nothing was placed or recorded yet: the requester learns why from the email and the status.
-    return yield* finish(
-      { state: "failed", failures: [], reason: `could not plan the set: ${message(error)}` },
-      [],
-    );
+    return yield* finish({
+      state: "failed",
+      failures: [],
+      reason: `could not plan the set: ${message(error)}`,
+    });
   }
 
   const bundles = distinctBundles(plan.groups);
@@ -171,10 +183,11 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
     } catch {
       // Task.all fails fast; read every build to name each bundle that could not be built.
       const failed = bundles.filter((_, i) => builds[i]!.isFaulted).map((bundle) => bundle.bundleId);
-      return yield* finish(
-        { state: "failed", failures: [], reason: `could not build bundle(s) ${failed.join(", ")}` },
-        [],
-      );
+      return yield* finish({
+        state: "failed",
+        failures: [],
+        reason: `could not build bundle(s) ${failed.join(", ")}`,
+      });
     }
     status = withChange(
       {
@@ -207,14 +220,11 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
       const reasons = batches.flatMap((batch, i) =>
         waits[i]!.isFaulted ? [`${batch.instanceId}: ${message(waits[i]!.result)}`] : [],
       );
-      return yield* finish(
-        {
-          state: "failed",
-          failures: failuresToReport(outcome.failures, outcome.timedOut, input.deadline),
-          reason: `waiting batch(es) failed: ${reasons.join("; ")}`,
-        },
-        outcome.timedOut,
-      );
+      return yield* finish({
+        state: "failed",
+        failures: failuresToReport(outcome.failures, outcome.timedOut, input.deadline),
+        reason: `waiting batch(es) failed: ${reasons.join("; ")}`,
+      });
     }
     const outputs = waits.map((task) => task.result as DeviceBatchOutput);
     const outcome = collectOutcomes(outputs);
@@ -238,10 +248,7 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
   }
 
   if (failures.length > 0 || timedOut.length > 0) {
-    return yield* finish(
-      { state: "failed", failures: failuresToReport(failures, timedOut, input.deadline) },
-      timedOut,
-    );
+    return yield* finish({ state: "failed", failures: failuresToReport(failures, timedOut, input.deadline) });
   }
 
   status = withChange(
@@ -264,16 +271,13 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
   try {
     yield context.df.Task.all(pushes);
   } catch (error) {
-    return yield* finish(
-      {
-        state: "failed",
-        failures: [],
-        reason: `every image arrived but the manifest push failed: ${message(error)}`,
-      },
-      [],
-    );
+    return yield* finish({
+      state: "failed",
+      failures: [],
+      reason: `every image arrived but the manifest push failed: ${message(error)}`,
+    });
   }
-  return yield* finish({ state: "succeeded", failures: [] }, []);
+  return yield* finish({ state: "succeeded", failures: [] });
 };
 
 /** First line of a task failure: the activity's own message, without the stack Durable appends. */

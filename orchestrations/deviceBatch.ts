@@ -15,6 +15,8 @@ import {
   type MarkInTransitOutput,
   PLACE_BUNDLES,
   type PlaceBundlesInput,
+  UPDATE_SET_STATE,
+  type UpdateSetStateInput,
 } from "../activities/names.js";
 import {
   type DeviceBatchInput,
@@ -109,6 +111,15 @@ export const deviceBatchOrchestrator: OrchestrationHandler = function* (context:
       }
     }
     context.df.setCustomStatus(status);
+  }
+
+  if (timedOut.length > 0) {
+    // Marked here, by the batch, so the set's own history never carries a fleet-sized list.
+    yield context.df.callActivityWithRetry(UPDATE_SET_STATE, BATCH_ACTIVITY_RETRY, {
+      setId: input.setId,
+      at: now(),
+      timedOut,
+    } satisfies UpdateSetStateInput);
   }
 
   const output: DeviceBatchOutput = {

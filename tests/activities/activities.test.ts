@@ -272,6 +272,7 @@ describe("activities against Azurite and a real registry", () => {
         failures: [
           { device: "old-1", digest: v2, reason: "no report before the deadline 2026-12-12T09:00:00.000Z" },
         ],
+        failureCount: 1,
       },
       deps,
     );

@@ -130,6 +130,7 @@ describe("composeEmail", () => {
     bytesPlanned: 1_200_000,
     fullBytes: 18_000_000,
     failures: [],
+    failureCount: 0,
   };
 
   test("a success names the set, devices, images and the bytes saved", () => {
@@ -156,6 +157,7 @@ describe("composeEmail", () => {
     const email = composeEmail({
       ...base,
       outcome: "failed",
+      failureCount: 2,
       failures: [
         { device: "d<1>", digest: DIGEST, reason: "layer sha256:ab missing" },
         { device: "d2", digest: "sha256:unknown", reason: "disk full" },
@@ -177,8 +179,24 @@ describe("composeEmail", () => {
       digest: DIGEST,
       reason: "x",
     }));
-    const email = composeEmail({ ...base, outcome: "failed", failures });
+    const email = composeEmail({ ...base, outcome: "failed", failures, failureCount: failures.length });
     assert.equal(email.text.split("\n").filter((line) => line.startsWith("- d")).length, MAX_EMAIL_FAILURES);
     assert.ok(email.text.includes("- … and 5 more; GET /api/deployments/s-9 lists all"));
   });
+});
+
+test("composeEmail counts the failures the orchestration did not carry", () => {
+  const email = composeEmail({
+    setId: "s-10",
+    requestedBy: { name: "Ada", email: "ada@example.com" },
+    outcome: "failed",
+    deviceCount: 4000,
+    images: [],
+    bytesPlanned: 0,
+    fullBytes: 0,
+    failures: [{ device: "d1", digest: DIGEST, reason: "x" }],
+    failureCount: 3999,
+  });
+  assert.equal(email.subject, "Deployment set s-10 failed: 3999 image(s) on 1 or more device(s)");
+  assert.ok(email.text.includes("- … and 3998 more; GET /api/deployments/s-10 lists all"));
 });

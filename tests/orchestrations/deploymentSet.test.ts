@@ -52,7 +52,7 @@ const MIXED: World = {
 describe("deploymentSet replayed through durable-functions", () => {
   test("fans out to one waiting batch per two devices and succeeds when every image arrived", async () => {
     const result = await run(FOUR, MIXED, allArrive(FOUR));
-    assert.deepEqual(output(result), { state: "succeeded", failures: [] });
+    assert.deepEqual(output(result), { state: "succeeded", failures: [], failureCount: 0 });
     assert.deepEqual([...result.instances.keys()], ["set-1", "set-1:batch:0", "set-1:batch:1"]);
     assert.deepEqual(
       calls(result, "placeBundles").map((call) => [
@@ -125,6 +125,7 @@ describe("deploymentSet replayed through durable-functions", () => {
     assert.deepEqual(output(result), {
       state: "failed",
       failures: [],
+      failureCount: 0,
       reason: "could not build bundle(s) bbbbbbbb-from-nothing",
     });
     assert.equal(result.instances.size, 1);
@@ -141,7 +142,7 @@ describe("deploymentSet replayed through durable-functions", () => {
     events[failing] = { ...events[failing]!, payload: { ok: false, reason: "layer sha256:ab12 missing" } };
     const result = await run(FOUR, MIXED, events);
     const failure = { device: "d3", digest: CAMERA.digest, reason: "layer sha256:ab12 missing" };
-    assert.deepEqual(output(result), { state: "failed", failures: [failure] });
+    assert.deepEqual(output(result), { state: "failed", failures: [failure], failureCount: 1 });
     assert.equal(calls(result, "pushManifest").length, 0);
     const email = calls(result, "sendEmail")[0]!.input as SendEmailInput;
     assert.equal(email.outcome, "failed");
@@ -161,14 +162,24 @@ describe("deploymentSet replayed through durable-functions", () => {
       digest: image.digest,
       reason: `no report before the deadline ${deadline}`,
     }));
-    assert.deepEqual(output(result), { state: "failed", failures: missing });
+    assert.deepEqual(output(result), { state: "failed", failures: missing, failureCount: 2 });
     assert.equal(calls(result, "pushManifest").length, 0);
-    const update = calls(result, "updateSetState")[0]!.input as UpdateSetStateInput;
-    assert.deepEqual(update.timedOut, [
-      { device: "d2", digest: TELEMETRY.digest },
-      { device: "d2", digest: CAMERA.digest },
+    // The batch marks its own timed-out items; the set's history carries only the final state.
+    const updates = calls(result, "updateSetState").map((call) => [call.instanceId, call.input]);
+    assert.deepEqual(updates, [
+      [
+        "set-1:batch:0",
+        {
+          setId: "set-1",
+          at: deadline,
+          timedOut: [
+            { device: "d2", digest: TELEMETRY.digest },
+            { device: "d2", digest: CAMERA.digest },
+          ],
+        },
+      ],
+      ["set-1", { setId: "set-1", state: "failed", at: deadline }],
     ]);
-    assert.equal(update.at, deadline);
     assert.deepEqual(result.timers.get("set-1:batch:0"), { created: 4, cancelled: 2 });
   });
 
@@ -180,7 +191,7 @@ describe("deploymentSet replayed through durable-functions", () => {
       report("set-1", 0, "d1", TELEMETRY, late + 1, { ok: false, reason: "replayed by the transfer tool" }),
     );
     const result = await run(FOUR, MIXED, events);
-    assert.deepEqual(output(result), { state: "succeeded", failures: [] });
+    assert.deepEqual(output(result), { state: "succeeded", failures: [], failureCount: 0 });
     assert.equal(calls(result, "pushManifest").length, 2);
   });
 
@@ -190,7 +201,7 @@ describe("deploymentSet replayed through durable-functions", () => {
       .reverse()
       .map((event, i) => ({ ...event, at: new Date(T0.getTime() + HOUR + i) }));
     const result = await run(FOUR, MIXED, events);
-    assert.deepEqual(output(result), { state: "succeeded", failures: [] });
+    assert.deepEqual(output(result), { state: "succeeded", failures: [], failureCount: 0 });
     assert.deepEqual(result.droppedEvents, []);
   });
 
@@ -216,7 +227,7 @@ describe("deploymentSet replayed through durable-functions", () => {
       inventory: [{ present: [TELEMETRY.digest, CAMERA.digest].sort(), devices: FOUR }],
     };
     const result = await run(FOUR, world, []);
-    assert.deepEqual(output(result), { state: "succeeded", failures: [] });
+    assert.deepEqual(output(result), { state: "succeeded", failures: [], failureCount: 0 });
     assert.equal(result.instances.size, 1);
     assert.equal(calls(result, "buildBundle").length, 0);
     assert.equal(calls(result, "placeBundles").length, 0);
@@ -249,7 +260,7 @@ describe("deploymentSet replayed through durable-functions", () => {
       ),
     );
     const result = await run(devices, world, events, { deviceBatchSize: batchSize });
-    assert.deepEqual(output(result), { state: "succeeded", failures: [] });
+    assert.deepEqual(output(result), { state: "succeeded", failures: [], failureCount: 0 });
     const sizes = [...result.instances.values()].map((instance) => instance.history.length);
     const batchSizes = sizes.slice(1);
     console.log(

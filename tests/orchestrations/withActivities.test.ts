@@ -192,7 +192,11 @@ describe("deploymentSet with the real activities", () => {
     emailService.requests.length = 0;
     const result = await run("set-ok");
     assert.equal(result.root.state, "completed", result.root.error);
-    assert.deepEqual(result.root.output as DeploymentSetOutput, { state: "succeeded", failures: [] });
+    assert.deepEqual(result.root.output as DeploymentSetOutput, {
+      state: "succeeded",
+      failures: [],
+      failureCount: 0,
+    });
     assert.deepEqual(result.rejectedEvents, []);
 
     const built = result.activityCalls.filter((call) => call.name === "buildBundle");
@@ -238,7 +242,11 @@ describe("deploymentSet with the real activities", () => {
   test("a second set for the same image finds it present everywhere and goes straight to the manifest", async () => {
     pushed.length = 0;
     const result = await run("set-again");
-    assert.deepEqual(result.root.output as DeploymentSetOutput, { state: "succeeded", failures: [] });
+    assert.deepEqual(result.root.output as DeploymentSetOutput, {
+      state: "succeeded",
+      failures: [],
+      failureCount: 0,
+    });
     assert.equal(result.activityCalls.filter((call) => call.name === "buildBundle").length, 0);
     assert.equal(result.instances.size, 1);
     assert.equal(pushed.length, 3);
@@ -280,6 +288,7 @@ describe("deploymentSet with the real activities", () => {
     assert.deepEqual(result.root.output as DeploymentSetOutput, {
       state: "failed",
       failures: [{ device: "old-2", digest: v3, reason }],
+      failureCount: 1,
     });
     assert.equal(pushed.length, 0);
     assert.equal((await deps.state.sets.getSet("set-fail"))?.state, "failed");

@@ -370,7 +370,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       case ActionType.CallActivity:
       case ActionType.CallActivityWithRetry: {
         const id = instance.nextId++;
-        const input = typeof action.input === "string" ? JSON.parse(action.input) : action.input;
+        const input = typeof action.input === "string" ? JSON.parse(action.input) : roundTrip(action.input);
         instance.history.push(
           historyEvent(EventType.TaskScheduled, id, timestamp, { Name: action.functionName }),
         );
