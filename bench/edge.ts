@@ -29,6 +29,8 @@ const { values } = parseArgs({
   },
 });
 const megabytes = Number(values.mb);
+/** A large apply on a busy machine takes minutes; still bounded. */
+const BENCH_WAIT_MS = 900_000;
 
 let entry: string | undefined;
 if (values.compiled) {
@@ -95,7 +97,11 @@ try {
     const rssAtStart = await peakRss(module.child.pid!);
     t = Date.now();
     await writeFile(join(inbox, "big.bundle-bench.dsb"), bundle);
-    const finished = await module.waitForLog((l) => l.step === "bundle.finished", "the bundle to finish");
+    const finished = await module.waitForLog(
+      (l) => l.step === "bundle.finished",
+      "the bundle to finish",
+      BENCH_WAIT_MS,
+    );
     const wallMs = Date.now() - t;
     const rssPeak = await peakRss(module.child.pid!);
     const step = (name: string) =>

@@ -21,7 +21,7 @@ export interface ModuleProcess {
   readonly logs: LogLine[];
   /** Output that was not a JSON log line (should stay empty). */
   readonly stray: string[];
-  waitForLog(predicate: (line: LogLine) => boolean, what: string): Promise<LogLine>;
+  waitForLog(predicate: (line: LogLine) => boolean, what: string, timeoutMs?: number): Promise<LogLine>;
   /** Resolves with how the process ended. */
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** SIGTERM and wait for a clean exit. */
@@ -74,15 +74,15 @@ export function startModule(env: Record<string, string>, entry?: string): Module
     logs,
     stray,
     exited,
-    async waitForLog(predicate, what) {
-      const deadline = Date.now() + MODULE_WAIT_MS;
+    async waitForLog(predicate, what, timeoutMs = MODULE_WAIT_MS) {
+      const deadline = Date.now() + timeoutMs;
       for (;;) {
         const found = logs.find(predicate);
         if (found) return found;
         const left = deadline - Date.now();
         if (left <= 0 || ended) {
           throw new Error(
-            `${ended ? "the module exited" : `timed out after ${MODULE_WAIT_MS} ms`} waiting for ${what}; last log lines: ${logs
+            `${ended ? "the module exited" : `timed out after ${timeoutMs} ms`} waiting for ${what}; last log lines: ${logs
               .slice(-5)
               .map((l) => JSON.stringify(l))
               .join("\n")}\n${stray.join("").slice(-2000)}`,
