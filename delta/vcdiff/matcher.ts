@@ -23,12 +23,14 @@ export const MIN_SOURCE_STRIDE = 2;
  * source: bigger sources are sampled with a wider stride instead.
  */
 export const MAX_INDEX_SLOTS = 1 << 23;
-/** Source pages read and cached by the encoder when the source is not in memory. */
-export const SOURCE_PAGE_SIZE = 1 << 20;
-/** Source pages kept in memory at once (32 MiB with 1 MiB pages). */
-export const SOURCE_CACHE_PAGES = 32;
+/** Source pages read and cached by the encoder when the source is not in memory: small, because candidate matches scatter. */
+export const SOURCE_PAGE_SIZE = 1 << 16;
+/** Source pages kept in memory at once (32 MiB with 64 KiB pages). */
+export const SOURCE_CACHE_PAGES = 512;
+/** The source is read in pieces this large while the index is built. */
+const INDEX_READ_SIZE = 4 << 20;
 /** A match against a paged source is extended at most this far per step, so one step needs few pages. */
-export const MAX_PAGED_EXTENSION = 4 * SOURCE_PAGE_SIZE;
+export const MAX_PAGED_EXTENSION = 16 * SOURCE_PAGE_SIZE;
 /**
  * Largest span of the source one window's COPYs may use: a decoder that buffers a window's
  * source segment (as xdelta3 does with its 64 MiB -B default) then holds at most this much.
@@ -116,7 +118,7 @@ export class SourceIndex {
       ordinal += Math.ceil((range.end - range.start) / index.stride);
     }
     const whole = source instanceof BufferSource ? source.bytes : undefined;
-    const chunkSize = 4 * SOURCE_PAGE_SIZE;
+    const chunkSize = INDEX_READ_SIZE;
     const chunk = whole ? undefined : new Uint8Array(chunkSize + SOURCE_HASH_LENGTH);
     for (const [r, range] of ranges.entries()) {
       const first = index.rangeOrdinals[r];
