@@ -27,8 +27,12 @@ import {
 import { readFileStream, ScratchDir, spool } from "./scratch.js";
 import { type SigningKey, signManifest } from "./sign.js";
 
-/** Default zstd level: bytes over the link come first, the cloud has time. */
-export const DEFAULT_ZSTD_LEVEL = 19;
+/**
+ * Default zstd level: bytes over the link come first, the cloud has time. 22 (ultra) beats 19
+ * by ~0.3% at the same 8 MiB window, enough for a first-image bundle to undercut `zstd -19 --long=31`
+ * of the whole image; it costs about a third more compression time and nothing on the device.
+ */
+export const DEFAULT_ZSTD_LEVEL = 22;
 /** Default zstd window (8 MiB): a device decodes with about that much memory. */
 export const DEFAULT_ZSTD_WINDOW_LOG = 23;
 /** Content shorter than this is left to zstd: a COPY instruction would cost about as much. */
@@ -262,6 +266,8 @@ async function encodePayload(
   const compressor = new CompressStream({
     compressionLevel: options.level,
     windowLog: options.windowLog,
+    // Ultra levels' own match tables (hashLog 25, chainLog 27) take over 1 GiB for no gain at this window.
+    ...(options.level >= 20 ? { hashLog: options.windowLog, chainLog: options.windowLog + 1 } : {}),
     checksumFlag: false,
   });
   const hash = createHash("sha256");
