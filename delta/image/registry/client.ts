@@ -44,6 +44,8 @@ export const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 const MAX_REDIRECTS = 5;
 /** Pages of catalog or tag listing followed: a loop in `Link` headers must not run forever. */
 const MAX_LIST_PAGES = 1000;
+/** Entries a whole listing may hold: a device registry has dozens, ACR repositories thousands. */
+const MAX_LIST_ENTRIES = 1_000_000;
 /** Entries asked for per listing page (registries may answer fewer and link the next page). */
 const LIST_PAGE_SIZE = 1000;
 /** Default PATCH size: large enough for few round trips, small enough for a device's memory. */
@@ -555,6 +557,9 @@ export class RegistryClient {
         );
       }
       for (const name of names ?? []) out.push(String(name));
+      if (out.length > MAX_LIST_ENTRIES) {
+        throw new RegistryError(`${what}: more than ${MAX_LIST_ENTRIES} entries; refusing to hold them all`);
+      }
       const link = /<([^>]+)>\s*;\s*rel="?next"?/.exec(response.headers.get("link") ?? "");
       url = link ? new URL(link[1]!, this.baseUrl).toString() : undefined;
     }
