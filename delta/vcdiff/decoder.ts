@@ -73,6 +73,8 @@ const MAX_HISTORY_WINDOWS = 4096;
 export const MAX_SOURCE_RANGES = 1 << 20;
 /** Source reads in flight at once: parallel reads hide the latency of each (thread pool, network). */
 const READ_CONCURRENCY = 16;
+/** A window needing more source ranges than this reads them with readSync when the source has it. */
+const SYNC_READ_RANGES = 64;
 /** Source ranges closer than this are read in one call: fewer reads cost less than the bytes skipped. */
 const SOURCE_READ_GAP = 64 * 1024;
 /** Bytes of window header between the delta length and the sections, at most (four varints, a byte, a checksum). */
@@ -307,8 +309,11 @@ class TargetHistory implements SourceReader {
     }
   }
 
-  /** Synchronous underneath; async only to fit SourceReader. */
   async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    this.readSync(position, into, offset, length);
+  }
+
+  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
     const oldest = this.size - this.held;
     if (position < oldest) {
       throw new VcdiffError(
@@ -527,6 +532,7 @@ class WindowDecoder {
 
   /** Records that bytes [start, end) of the source segment are needed, merging with the previous range when they touch. */
   private addRange(start: number, end: number, at: number): void {
+    if (end <= start) return;
     const i = this.rangeCount - 1;
     if (i >= 0 && start >= this.rangeStart[i]) {
       const gap = start - this.rangeEnd[i];
@@ -561,28 +567,31 @@ class WindowDecoder {
   private mergeRanges(): number {
     const count = this.rangeCount;
     if (count === 0) return 0;
-    let sorted = true;
-    for (let i = 1; i < count; i++) {
-      if (this.rangeStart[i] < this.rangeStart[i - 1]) {
-        sorted = false;
-        break;
-      }
-    }
-    if (!sorted) {
-      const order = Array.from({ length: count }, (_, i) => i);
-      order.sort((a, b) => this.rangeStart[a] - this.rangeStart[b]);
-      const starts = order.map((i) => this.rangeStart[i]);
-      const ends = order.map((i) => this.rangeEnd[i]);
-      for (let i = 0; i < count; i++) {
-        this.rangeStart[i] = starts[i];
-        this.rangeEnd[i] = ends[i];
+    // The union of the ranges from their starts and ends sorted independently (native numeric
+    // sorts, no comparator): a union segment closes where the count of open ranges drops to zero.
+    // Outputs are written in place behind the two read positions.
+    const starts = this.rangeStart;
+    const ends = this.rangeEnd;
+    starts.subarray(0, count).sort();
+    ends.subarray(0, count).sort();
+    let union = -1;
+    let open = 0;
+    for (let i = 0, j = 0; j < count; ) {
+      if (i < count && starts[i] <= ends[j]) {
+        if (open === 0) starts[++union] = starts[i];
+        open++;
+        i++;
+      } else {
+        open--;
+        if (open === 0) ends[union] = ends[j];
+        j++;
       }
     }
     // Merge overlapping ranges, and ranges separated by a small gap while the gaps stay within the
     // window's size, so memory stays bounded by the window.
     let gapBudget = this.gapBudget;
     let m = 0;
-    for (let i = 1; i < count; i++) {
+    for (let i = 1; i <= union; i++) {
       const gap = this.rangeStart[i] - this.rangeEnd[m];
       if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= gapBudget)) {
         if (gap > 0) gapBudget -= gap;
@@ -603,9 +612,24 @@ class WindowDecoder {
     return total;
   }
 
-  /** Reads the merged ranges into work[0..], several at a time. */
+  /** Reads the merged ranges into work[0..], several at a time, or synchronously when they are many. */
   private async readRanges(w: WindowHeader, source: SourceReader, work: Uint8Array): Promise<void> {
     const count = this.rangeCount;
+    if (count > SYNC_READ_RANGES && source.readSync !== undefined) {
+      for (let i = 0; i < count; i++) {
+        try {
+          source.readSync(
+            w.segmentPosition + this.rangeStart[i],
+            work,
+            this.rangeAt[i],
+            this.rangeEnd[i] - this.rangeStart[i],
+          );
+        } catch (err) {
+          throw this.readError(w, i, err);
+        }
+      }
+      return;
+    }
     let next = 0;
     let failure: unknown;
     const reader = async (): Promise<void> => {

@@ -3,6 +3,7 @@
  * into one virtual source (the image engine adds a registry-backed one). The decoder and the
  * encoder read the source only through this interface.
  */
+import { readSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import { VcdiffError } from "./format.js";
 
@@ -11,6 +12,12 @@ export interface SourceReader {
   readonly size: number;
   /** Reads exactly `length` bytes at `position` into `into[offset..]`; rejects if the source is shorter. */
   read(position: number, into: Uint8Array, offset: number, length: number): Promise<void>;
+  /**
+   * Optional synchronous read with the same contract, for local sources only (memory, files): a
+   * window that copies from thousands of scattered places is read with it, because each async
+   * read costs tens of microseconds of event-loop and thread-pool overhead.
+   */
+  readSync?(position: number, into: Uint8Array, offset: number, length: number): void;
   /** Releases file handles or connections; safe to call twice. */
   close?(): Promise<void>;
 }
@@ -24,6 +31,10 @@ export class BufferSource implements SourceReader {
   }
 
   async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    this.readSync(position, into, offset, length);
+  }
+
+  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
     if (position < 0 || position + length > this.bytes.length) {
       throw new VcdiffError(
         "SOURCE",
@@ -58,6 +69,26 @@ export class FileSource implements SourceReader {
   }
 
   async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    this.checkRange(position, length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.handle.read(into, offset + done, length - done, position + done);
+      if (bytesRead === 0) throw this.shrunk(position, done, length);
+      done += bytesRead;
+    }
+  }
+
+  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
+    this.checkRange(position, length);
+    let done = 0;
+    while (done < length) {
+      const n = readSync(this.handle.fd, into, offset + done, length - done, position + done);
+      if (n === 0) throw this.shrunk(position, done, length);
+      done += n;
+    }
+  }
+
+  private checkRange(position: number, length: number): void {
     if (position < 0 || position + length > this.size) {
       throw new VcdiffError(
         "SOURCE",
@@ -65,18 +96,14 @@ export class FileSource implements SourceReader {
         -1,
       );
     }
-    let done = 0;
-    while (done < length) {
-      const { bytesRead } = await this.handle.read(into, offset + done, length - done, position + done);
-      if (bytesRead === 0) {
-        throw new VcdiffError(
-          "SOURCE",
-          `${this.path} ended at ${position + done} while reading ${length} bytes at ${position}; did it shrink?`,
-          -1,
-        );
-      }
-      done += bytesRead;
-    }
+  }
+
+  private shrunk(position: number, done: number, length: number): VcdiffError {
+    return new VcdiffError(
+      "SOURCE",
+      `${this.path} ended at ${position + done} while reading ${length} bytes at ${position}; did it shrink?`,
+      -1,
+    );
   }
 
   async close(): Promise<void> {
@@ -99,9 +126,21 @@ export class ConcatSource implements SourceReader {
       size += part.size;
     }
     this.size = size;
+    if (parts.every((p) => p.readSync !== undefined)) {
+      this.readSync = (position, into, offset, length) => {
+        this.spans(position, length, (part, from, at, n) => part.readSync!(from, into, offset + at, n));
+      };
+    }
   }
 
-  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+  readonly readSync?: (position: number, into: Uint8Array, offset: number, length: number) => void;
+
+  /** Calls visit for each part the range [position, position+length) touches. */
+  private spans(
+    position: number,
+    length: number,
+    visit: (part: SourceReader, from: number, at: number, n: number) => unknown,
+  ): unknown[] {
     if (position < 0 || position + length > this.size) {
       throw new VcdiffError(
         "SOURCE",
@@ -117,14 +156,22 @@ export class ConcatSource implements SourceReader {
       if (this.starts[mid] <= position) lo = mid;
       else hi = mid - 1;
     }
+    const results: unknown[] = [];
     let done = 0;
     for (let i = lo; done < length; i++) {
       const part = this.parts[i];
       const from = position + done - this.starts[i];
       const n = Math.min(length - done, part.size - from);
-      if (n > 0) await part.read(from, into, offset + done, n);
+      if (n > 0) results.push(visit(part, from, done, n));
       done += Math.max(n, 0);
     }
+    return results;
+  }
+
+  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    await Promise.all(
+      this.spans(position, length, (part, from, at, n) => part.read(from, into, offset + at, n)),
+    );
   }
 
   async close(): Promise<void> {

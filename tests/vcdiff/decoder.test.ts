@@ -449,6 +449,9 @@ describe("VCDIFF sources", () => {
       const into = new Uint8Array(10);
       await source.read(far - 1, into, 1, 9);
       assert.deepEqual([...into], [0, 0, ...bytes("far away")]);
+      into.fill(9);
+      source.readSync(far - 1, into, 1, 9);
+      assert.deepEqual([...into], [9, 0, ...bytes("far away")]);
       await assert.rejects(source.read(source.size - 2, into, 0, 3), /past the end/);
       await source.close();
       await source.close();
@@ -473,6 +476,32 @@ describe("VCDIFF sources", () => {
     }
   });
 
+  test("a window copying from many scattered source places decodes through readSync and async read alike", async () => {
+    const source = randomish(200_000);
+    const addresses = Array.from({ length: 120 }, (_, i) => ((i * 7919) % 199) * 1000);
+    const expected = addresses.flatMap((a) => [...source.subarray(a, a + 4)]);
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: source.length,
+          targetLength: expected.length,
+          inst: addresses.map(() => code.copy(0, 4)),
+          addr: addresses.flatMap((a) => varint(a)),
+        },
+      ],
+    });
+    const withSync = new BufferSource(source);
+    const asyncOnly: SourceReader = { size: source.length, read: (p, i, o, l) => withSync.read(p, i, o, l) };
+    for (const reader of [
+      withSync,
+      asyncOnly,
+      new ConcatSource([withSync, new BufferSource(new Uint8Array(0))]),
+    ]) {
+      assert.deepEqual([...(await collect(decode(chunks(delta, 50), { source: reader })))], expected);
+    }
+  });
+
   test("ConcatSource serves reads that span its parts, beyond 4 GiB too", async () => {
     const concat = new ConcatSource([
       new BufferSource(bytes("abc")),
@@ -483,6 +512,9 @@ describe("VCDIFF sources", () => {
     assert.equal(concat.size, 8);
     const into = new Uint8Array(7);
     await concat.read(1, into, 0, 7);
+    assert.equal(text(into), "bcdefgh");
+    into.fill(0);
+    concat.readSync!(1, into, 0, 7);
     assert.equal(text(into), "bcdefgh");
     await assert.rejects(concat.read(2, into, 0, 7), /past the end/);
 
