@@ -19,7 +19,7 @@ import { generateSigningKey, keyIdOf, privateKeyPem, publicKeyPem } from "../del
 import { openRegistryImage, pushImage } from "../delta/image/registry.js";
 import { indexImage } from "../delta/index/index.js";
 import { indexBlobName } from "../state/blobs.js";
-import type { Azurite } from "../tests/support/azurite.js";
+import type { Azurite } from "./services/azurite.js";
 import type { HubStandIn } from "../tests/support/mqtt.js";
 import type { TestRegistry } from "../tests/support/registry.js";
 import { TableInstanceStore } from "./durable/store.js";
@@ -129,7 +129,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   };
 
   try {
-    const { startAzurite } = await import("../tests/support/azurite.js");
+    const { startAzurite } = await import("./services/azurite.js");
     const { startRegistry } = await import("../tests/support/registry.js");
     const { startHubStandIn } = await import("../tests/support/mqtt.js");
 

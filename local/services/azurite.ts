@@ -1,6 +1,6 @@
 /**
  * Starts a private, in-memory Azurite (Blob, Queue and Table) on free ports of 127.0.0.1 for
- * a test file, and stops it afterwards.
+ * a test file or for local mode (deltaship demo), and stops it afterwards.
  *
  *   const azurite = await startAzurite();
  *   after(() => azurite.stop());
