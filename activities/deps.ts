@@ -11,8 +11,14 @@ import type { StateStore } from "../state/store.js";
 
 /** The container registry module images live in (ACR in production). */
 export interface ImageRegistry {
-  /** Resolves a reference (tag or digest) to the image it names. */
-  resolve(ref: string): Promise<{ repository: string; tag: string; digest: string; fullBytes: number }>;
+  /** Resolves a reference (tag or digest) to the image it names, with its config's labels (priority rules read them). */
+  resolve(ref: string): Promise<{
+    repository: string;
+    tag: string;
+    digest: string;
+    fullBytes: number;
+    labels?: Record<string, string>;
+  }>;
   /** Opens an image pinned by digest; a tag, when given, names it (bundles carry it to devices). The caller closes it. */
   open(repository: string, digest: string, tag?: string): Promise<ImageReader>;
 }

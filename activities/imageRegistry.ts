@@ -1,4 +1,5 @@
 /** The production ImageRegistry: ACR through the engine's registry client. */
+import { imageLabels } from "../config/priorities.js";
 import { openRegistryImage } from "../delta/image/registry.js";
 import type { ImageRegistry } from "./deps.js";
 
@@ -23,7 +24,13 @@ export function acrRegistry(settings: AcrSettings): ImageRegistry {
         if (digest === undefined) throw new Error(`expected a manifest digest for ${ref}, found none`);
         let fullBytes = image.info.config.length;
         for (const layer of image.info.layers) fullBytes += layer.size;
-        return { repository: image.reference.repository, tag: image.reference.tag ?? "", digest, fullBytes };
+        return {
+          repository: image.reference.repository,
+          tag: image.reference.tag ?? "",
+          digest,
+          fullBytes,
+          labels: imageLabels(image.info.config),
+        };
       } finally {
         await image.close();
       }

@@ -4,6 +4,8 @@
  * orchestration history; bundles and indexes travel as blob names, never as bytes.
  */
 
+import type { OutboxOrder, PriorityDecision } from "../config/priorities.js";
+
 export const RESOLVE_IMAGES = "resolveImages";
 export const READ_DEVICE_INVENTORY = "readDeviceInventory";
 export const PLAN_BUNDLES = "planBundles";
@@ -45,6 +47,8 @@ export interface ResolvedImage {
   digest: string;
   /** Bytes a plain `docker pull` would move: the sum of the stored layer blobs and config. */
   fullBytes: number;
+  /** The image config's labels (`config.Labels`, bounded), which priority rules match on. */
+  labels?: Record<string, string>;
 }
 
 export interface ResolveImagesInput {
@@ -110,6 +114,8 @@ export interface BuildBundleOutput {
 export interface PlaceBundlesInput {
   setId: string;
   placements: { device: string; bundleId: string }[];
+  /** Where the set's bundles go in each device's queue (name prefix, metadata, index tags). */
+  order?: OutboxOrder;
 }
 export interface PlaceBundlesOutput {
   placed: number;
@@ -137,6 +143,8 @@ export interface RecordSetInput {
   waiters: { device: string; waiter: string }[];
   bytesPlanned: number;
   fullBytes: number;
+  /** The priority rules' decision, recorded on the set row. */
+  priority?: PriorityDecision;
 }
 
 export type SetState = "running" | "succeeded" | "failed";

@@ -13,7 +13,7 @@ export async function placeBundles(
   const worker = async () => {
     while (next < input.placements.length) {
       const { device, bundleId } = input.placements[next++]!;
-      await deps.blobs.placeBundle(device, bundleId);
+      await deps.blobs.placeBundle(device, bundleId, input.order);
     }
   };
   await Promise.all(Array.from({ length: Math.min(PLACE_CONCURRENCY, input.placements.length) }, worker));

@@ -32,6 +32,7 @@ export async function recordSet(input: RecordSetInput, deps: Pick<ActivityDeps, 
     deviceCount,
     bytesPlanned: input.bytesPlanned,
     fullBytes: input.fullBytes,
+    ...(input.priority === undefined ? {} : { priority: input.priority }),
     items,
   });
   return null;

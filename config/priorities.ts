@@ -346,3 +346,10 @@ export function compactTime(iso: string): string {
 export function outboxNamePrefix(order: OutboxOrder): string {
   return `p${rank(order.priority)}-${order.priority}-${order.sortKey}-`;
 }
+
+const NAME_PREFIX = /^p[0-3]-(?:critical|high|normal|bulk)-\d{8}T\d{6}Z-\d{8}T\d{6}Z-/;
+
+/** An outbox file name without its order prefix: the flattened bundle id (reports name files). */
+export function withoutOutboxPrefix(fileName: string): string {
+  return fileName.replace(NAME_PREFIX, "");
+}

@@ -4,6 +4,7 @@
  * Imported by triggers (`functions/`) and by the orchestrations themselves.
  */
 import type { DeploymentManifest, ItemFailure, ItemKey, Requester, SetState } from "../activities/names.js";
+import type { OutboxOrder, PriorityClass } from "../config/priorities.js";
 
 export const DEPLOYMENT_SET_ORCHESTRATION = "deploymentSet";
 export const DEVICE_BATCH_ORCHESTRATION = "deviceBatch";
@@ -26,6 +27,8 @@ export interface DeploymentSetInput {
   deviceBatchSize: number;
   /** Device-local registry pushed manifests pull from, `host:port` (LOCAL_REGISTRY_ADDRESS). */
   localRegistry: string;
+  /** The class the request asked for; the priority rules decide what the set gets. */
+  priority?: PriorityClass;
 }
 
 export interface DeploymentSetOutput {
@@ -61,6 +64,8 @@ export interface DeviceBatchInput {
   deadline: string;
   /** Every (device, image) of the batch that needs a bundle. */
   items: (ItemKey & { bundleId: string })[];
+  /** Where the set's bundles go in each device's outbox queue. */
+  order?: OutboxOrder;
 }
 
 export interface DeviceBatchOutput {

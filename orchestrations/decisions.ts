@@ -4,6 +4,7 @@
  * what activities returned, so the same history always gives the same decisions.
  */
 import type { GroupPlan, ItemFailure, ItemKey, PlannedBundle, ResolvedImage } from "../activities/names.js";
+import type { PriorityDecision } from "../config/priorities.js";
 import { batchInstanceId, type DeviceBatchInput, type DeviceBatchOutput } from "./contract.js";
 
 /** Custom status is capped at 16 KB by Durable Functions; these keep ours far below for any fleet. */
@@ -126,6 +127,8 @@ export interface SetStatus {
   batches: { total: number; done: number };
   bytesPlanned: number;
   fullBytes: number;
+  /** The priority rules' decision, once the images are resolved. */
+  priority?: PriorityDecision;
   /** Newest last, at most MAX_LATEST_CHANGES. */
   latest: string[];
   updatedAt: string;

@@ -30,6 +30,7 @@ import {
   UPDATE_SET_STATE,
   type UpdateSetStateInput,
 } from "../activities/names.js";
+import { appPriorityRules, decidePriority, outboxOrder } from "../config/priorities.js";
 import {
   DEVICE_BATCH_ORCHESTRATION,
   type DeploymentSetInput,
@@ -54,6 +55,8 @@ import {
 export const BUILD_RETRY = new df.RetryOptions(30_000, 3);
 /** State writes and the IoT Hub push are idempotent; retry through short outages. */
 export const STATE_RETRY = new df.RetryOptions(5_000, 5);
+/** Loaded and validated when the app starts, so a bad rules file stops the app, not a set. */
+const PRIORITY_RULES = appPriorityRules();
 
 export const deploymentSetOrchestrator: OrchestrationHandler = function* (context: OrchestrationContext) {
   const input = context.df.getInput() as DeploymentSetInput;
@@ -138,10 +141,19 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
     });
   }
 
+  const priority = decidePriority(PRIORITY_RULES, {
+    modules: images.map(({ module, labels }) => ({ module, labels })),
+    requesterEmail: input.requestedBy.email,
+    requested: input.priority,
+    requestedAt: input.requestedAt,
+  });
+  const order = outboxOrder(priority, input.deadline, input.requestedAt);
   const bundles = distinctBundles(plan.groups);
-  const batches = deviceBatches(input.setId, input.deadline, plan.groups, input.deviceBatchSize);
+  const batches = deviceBatches(input.setId, input.deadline, plan.groups, input.deviceBatchSize).map(
+    (batch) => ({ ...batch, input: { ...batch.input, order } }),
+  );
   status = plannedStatus(
-    status,
+    { ...status, priority },
     now(),
     images.length,
     plan.groups,
@@ -162,6 +174,7 @@ export const deploymentSetOrchestrator: OrchestrationHandler = function* (contex
     waiters: waiters(batches),
     bytesPlanned: status.bytesPlanned,
     fullBytes: status.fullBytes,
+    priority,
   } satisfies RecordSetInput);
 
   if (bundles.length > 0) {

@@ -43,6 +43,7 @@ export const deviceBatchOrchestrator: OrchestrationHandler = function* (context:
   yield context.df.callActivityWithRetry(PLACE_BUNDLES, BATCH_ACTIVITY_RETRY, {
     setId: input.setId,
     placements,
+    ...(input.order === undefined ? {} : { order: input.order }),
   } satisfies PlaceBundlesInput);
   const marked: MarkInTransitOutput = yield context.df.callActivityWithRetry(
     MARK_IN_TRANSIT,

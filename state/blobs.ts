@@ -4,6 +4,7 @@
  */
 import { createHash } from "node:crypto";
 import { BlobServiceClient, type ContainerClient, RestError } from "@azure/storage-blob";
+import { type OutboxOrder, outboxNamePrefix } from "../config/priorities.js";
 
 export interface ContainerNames {
   indexes: string;
@@ -40,9 +41,14 @@ export function bundleBlobName(targetDigest: string, sourceLayers: readonly stri
   return `${digestPath(targetDigest)}/${sourceSetHash(sourceLayers)}.bundle`;
 }
 
-/** Where a bundle lands in a device's outbox: one prefix per device, the bundle's own name below it. */
-export function outboxBlobName(device: string, bundleId: string): string {
-  return `${device}/${bundleId.replace(/\//g, "-")}`;
+/**
+ * Where a bundle lands in a device's outbox: one prefix per device, the bundle's own name below it.
+ * With an order, the file name starts `p<rank>-<class>-<sort key>-`, so a name sort is the serving
+ * order (one flat folder per device: the edge module reads only its inbox's top level).
+ */
+export function outboxBlobName(device: string, bundleId: string, order?: OutboxOrder): string {
+  const prefix = order === undefined ? "" : outboxNamePrefix(order);
+  return `${device}/${prefix}${bundleId.replace(/\//g, "-")}`;
 }
 
 export function indexBlobName(digest: string): string {
@@ -94,10 +100,11 @@ export class BlobStore {
 
   /**
    * Copies a bundle into a device's outbox, server-side (no bytes through this process).
-   * Idempotent: an outbox blob of the same size is left as it is.
+   * Idempotent: an outbox blob of the same size is left as it is. With an order, the blob carries
+   * it as metadata and as blob index tags (`priority`, `sortkey`) besides its name prefix.
    */
-  async placeBundle(device: string, bundleId: string): Promise<string> {
-    const name = outboxBlobName(device, bundleId);
+  async placeBundle(device: string, bundleId: string, order?: OutboxOrder): Promise<string> {
+    const name = outboxBlobName(device, bundleId, order);
     const source = this.bundles.getBlobClient(bundleId);
     const target = this.outbox.getBlobClient(name);
     const sourceSize = (await source.getProperties()).contentLength;
@@ -107,7 +114,8 @@ export class BlobStore {
     } catch (error) {
       if (!(error instanceof RestError && error.statusCode === 404)) throw error;
     }
-    const poller = await target.beginCopyFromURL(source.url);
+    const labels = order === undefined ? undefined : { priority: order.priority, sortkey: order.sortKey };
+    const poller = await target.beginCopyFromURL(source.url, { metadata: labels, tags: labels });
     const result = await poller.pollUntilDone();
     if (result.copyStatus !== "success") {
       throw new Error(

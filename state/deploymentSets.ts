@@ -4,6 +4,7 @@
  * device's reports, so the report trigger knows where to raise the event.
  */
 import type { TableClient, TableEntity } from "@azure/data-tables";
+import { type PriorityDecision, rank } from "../config/priorities.js";
 import { withoutUndefined } from "./deviceImages.js";
 import { escapeKey, ITEM_ROW_END, ITEM_ROW_PREFIX, itemRowKey, odata, SET_ROW_KEY } from "./keys.js";
 import {
@@ -33,8 +34,17 @@ export interface SetRow {
   images: string;
   bytesPlanned: number;
   fullBytes: number;
-  /** Reserved for scheduling sets against each other; 0 until then. */
+  /** Serving rank of the set's priority class: 0 critical, 1 high, 2 normal, 3 bulk. */
   priority: number;
+  /** The class the priority rules chose (absent on sets recorded before the rules existed). */
+  priorityClass?: string;
+  /** Id of the rule that chose it, or `default`. */
+  priorityRule?: string;
+  priorityRulesVersion?: string;
+  /** ISO instant the deciding rule wants the set delivered by. */
+  priorityDeadline?: string;
+  /** The more urgent class the request asked for, when the rule capped it. */
+  priorityCappedFrom?: string;
   updatedAt: string;
   finishedAt?: string;
 }
@@ -97,6 +107,8 @@ export interface NewSet {
   deviceCount: number;
   bytesPlanned: number;
   fullBytes: number;
+  /** The priority rules' decision; without one the set counts as normal. */
+  priority?: PriorityDecision;
   items: {
     device: string;
     digest: string;
@@ -104,6 +116,18 @@ export interface NewSet {
     bundleId?: string;
     waiter?: string;
   }[];
+}
+
+/** The decision as set row columns; absent parts are left out (Tables stores no undefined). */
+function priorityColumns(decision: PriorityDecision | undefined): Partial<SetRow> {
+  if (decision === undefined) return {};
+  return {
+    priorityClass: decision.class,
+    priorityRule: decision.rule,
+    priorityRulesVersion: decision.rulesVersion,
+    ...(decision.deadline === undefined ? {} : { priorityDeadline: decision.deadline }),
+    ...(decision.cappedFrom === undefined ? {} : { priorityCappedFrom: decision.cappedFrom }),
+  };
 }
 
 export class DeploymentSets {
@@ -139,7 +163,8 @@ export class DeploymentSets {
       images: JSON.stringify(set.images),
       bytesPlanned: set.bytesPlanned,
       fullBytes: set.fullBytes,
-      priority: 0,
+      priority: rank(set.priority?.class ?? "normal"),
+      ...priorityColumns(set.priority),
       updatedAt: set.requestedAt,
     };
     // Last, so a set row exists only once all its items do; inserted once, never reset to running.

@@ -4,6 +4,7 @@
 
 import type { InvocationContext } from "@azure/functions";
 import type { DurableClient } from "durable-functions";
+import { withoutOutboxPrefix } from "../../config/priorities.js";
 import { type ImageReport, imageEventName } from "../../orchestrations/contract.js";
 import type { ItemRow } from "../../state/deploymentSets.js";
 import type { DeviceImageRow } from "../../state/deviceImages.js";
@@ -253,8 +254,8 @@ async function findDeviceImage(
   bundleId: string,
 ): Promise<DeviceImageRow | undefined> {
   if (digest !== "") return deps.state.deviceImages.get(device, digest);
-  // Outbox file names flatten the bundle id's '/' to '-' (state/blobs.ts outboxBlobName).
-  const wanted = bundleId.replace(/\//g, "-");
+  // Outbox file names flatten the bundle id's '/' to '-' after a priority prefix (state/blobs.ts outboxBlobName).
+  const wanted = withoutOutboxPrefix(bundleId).replace(/\//g, "-");
   let continuationToken: string | undefined;
   do {
     const page = await deps.state.deviceImages.listByDevice(device, { continuationToken });
