@@ -21,7 +21,7 @@ import { indexImage } from "../delta/index/index.js";
 import { indexBlobName } from "../state/blobs.js";
 import type { Azurite } from "./services/azurite.js";
 import type { HubStandIn } from "../tests/support/mqtt.js";
-import type { TestRegistry } from "../tests/support/registry.js";
+import type { TestRegistry } from "./services/registry.js";
 import { TableInstanceStore } from "./durable/store.js";
 import { LocalFunctionApp } from "./functions-app.js";
 import { LocalFunctionHost } from "./host.js";
@@ -130,7 +130,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
 
   try {
     const { startAzurite } = await import("./services/azurite.js");
-    const { startRegistry } = await import("../tests/support/registry.js");
+    const { startRegistry } = await import("./services/registry.js");
     const { startHubStandIn } = await import("../tests/support/mqtt.js");
 
     log("starting Azurite, the container registry and the IoT Hub stand-in");
