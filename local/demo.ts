@@ -19,15 +19,15 @@ import { generateSigningKey, keyIdOf, privateKeyPem, publicKeyPem } from "../del
 import { openRegistryImage, pushImage } from "../delta/image/registry.js";
 import { indexImage } from "../delta/index/index.js";
 import { indexBlobName } from "../state/blobs.js";
-import type { Azurite } from "./services/azurite.js";
 import type { HubStandIn } from "../tests/support/mqtt.js";
-import type { TestRegistry } from "./services/registry.js";
 import { TableInstanceStore } from "./durable/store.js";
 import { LocalFunctionApp } from "./functions-app.js";
 import { LocalFunctionHost } from "./host.js";
 import { type LinkProgress, SimulatedLink, type TransferRecord } from "./link.js";
 import { EmailRecorder, ManifestRecorder } from "./recorders.js";
 import { buildSampleImages, type SampleImage, type SampleSet } from "./sample-images.js";
+import type { Azurite } from "./services/azurite.js";
+import type { TestRegistry } from "./services/registry.js";
 
 export interface DemoOptions {
   devices: number;
