@@ -43,7 +43,7 @@ export function createDeltaEngine(registry: LocalRegistry): EdgeEngine {
     },
 
     async rebuild(path, trust, scratchDir, beforePush): Promise<RebuiltImage> {
-      const client = registry.session();
+      const client = registry.client;
       const held = await registry.layersByDiffId(client);
       const images: RegistryImage[] = [];
       const seen = new Set<string>();

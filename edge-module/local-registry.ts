@@ -17,16 +17,12 @@ export interface HeldLayer extends LayerInfo {
 const MAX_TAGS_PER_REPOSITORY = 500;
 
 export class LocalRegistry {
-  /** `host:port` (no scheme); plain http, as a registry on the device's own network serves. */
-  constructor(readonly host: string) {}
+  /** One client for the module's life: its kept-alive connections are reused across bundles. */
+  readonly client: RegistryClient;
 
-  /**
-   * A client for one piece of work (an inventory, one bundle): its connections go with it, so a
-   * response left unread somewhere cannot exhaust a long-lived connection pool in a module that
-   * runs for months.
-   */
-  session(): RegistryClient {
-    return new RegistryClient(this.host, { insecure: true });
+  /** `host:port` (no scheme); plain http, as a registry on the device's own network serves. */
+  constructor(readonly host: string) {
+    this.client = new RegistryClient(host, { insecure: true });
   }
 
   /** Accepts `host:port` or `http://host:port`. */
@@ -39,10 +35,10 @@ export class LocalRegistry {
   }
 
   async digestOf(repository: string, tag: string): Promise<string | undefined> {
-    return this.session().resolveDigest(repository, tag);
+    return this.client.resolveDigest(repository, tag);
   }
 
-  async images(client = this.session()): Promise<{ repository: string; tag: string }[]> {
+  async images(client = this.client): Promise<{ repository: string; tag: string }[]> {
     const out: { repository: string; tag: string }[] = [];
     for (const repository of (await client.listRepositories()).sort()) {
       const tags = (await client.listTags(repository)).sort().slice(0, MAX_TAGS_PER_REPOSITORY);
@@ -52,7 +48,7 @@ export class LocalRegistry {
   }
 
   async inventory(): Promise<{ image: string; digest: string }[]> {
-    const client = this.session();
+    const client = this.client;
     const out: { image: string; digest: string }[] = [];
     for (const { repository, tag } of await this.images(client)) {
       const digest = await client.resolveDigest(repository, tag);
@@ -62,7 +58,7 @@ export class LocalRegistry {
   }
 
   /** Every layer of every tagged image, by diff_id (first holder wins). */
-  async layersByDiffId(client = this.session()): Promise<Map<string, HeldLayer>> {
+  async layersByDiffId(client = this.client): Promise<Map<string, HeldLayer>> {
     const layers = new Map<string, HeldLayer>();
     for (const { repository, tag } of await this.images(client)) {
       const image = await openRegistryImage(this.reference(repository, tag), { client });
