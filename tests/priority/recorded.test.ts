@@ -1,0 +1,293 @@
+// The priority decision end to end: deploymentSet replayed through durable-functions with the
+// real activities (Azurite, docker-registry as ACR, the real bundle builder). Image labels come
+// from the pushed image configs; the decision lands on the set row, in the custom status and in
+// GET /api/deployments/{id}; each device's outbox blob carries class and sort key in its name,
+// metadata and blob index tags, and the edge module's inbox still recognises the renamed file.
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import azureFunctions from "@azure/functions";
+import { buildBundle } from "../../activities/buildBundle.js";
+import type { ActivityDeps } from "../../activities/deps.js";
+import { acrRegistry } from "../../activities/imageRegistry.js";
+import { markInTransit } from "../../activities/markInTransit.js";
+import { placeBundles } from "../../activities/placeBundles.js";
+import { planBundles } from "../../activities/planBundles.js";
+import { pushManifest } from "../../activities/pushManifest.js";
+import { readDeviceInventory } from "../../activities/readDeviceInventory.js";
+import { recordSet } from "../../activities/recordSet.js";
+import { resolveImages } from "../../activities/resolveImages.js";
+import { sendEmail } from "../../activities/sendEmail.js";
+import { updateSetState } from "../../activities/updateSetState.js";
+import type { EmailMessage } from "../../adapters/email.js";
+import { withoutOutboxPrefix } from "../../config/priorities.js";
+import { loadSigningKey } from "../../delta/bundle/sign.js";
+import { pushImage } from "../../delta/image/registry.js";
+import { declaredLength, hasUnfilledBlock, readHead } from "../../edge-module/bundle-file.js";
+import { Inbox } from "../../edge-module/inbox.js";
+import { getDeployment } from "../../functions/query/handlers.js";
+import { type DeploymentSetInput, imageEventName } from "../../orchestrations/contract.js";
+import type { SetStatus } from "../../orchestrations/decisions.js";
+import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
+import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
+import { BlobStore } from "../../state/blobs.js";
+import { StateStore } from "../../state/store.js";
+import { buildTar, imageOf, realFiles } from "../bundle/fixtures.js";
+import { type Azurite, startAzurite } from "../support/azurite.js";
+import { type RaisedEvent, replay } from "../support/durableReplay.js";
+import { startRegistry, type TestRegistry } from "../support/registry.js";
+
+const T0 = new Date("2026-11-28T09:00:00.000Z");
+const DEVICE = "vessel-1";
+const SET_DEADLINE = "2026-12-12T09:00:00.000Z";
+
+let azurite: Azurite;
+let registry: TestRegistry;
+let deps: ActivityDeps;
+let scratch: string;
+const emails: EmailMessage[] = [];
+
+/** An image whose config carries the given labels, as a build pipeline's `LABEL` lines would. */
+async function pushLabelled(repository: string, files: number, labels: Record<string, string>) {
+  const layer = await buildTar(realFiles("/usr/bin", "usr/bin", { limit: 3, maxFile: 200_000, skip: files }));
+  const image = imageOf(repository, "2.0", [layer]);
+  const config = JSON.parse(new TextDecoder().decode(image.config));
+  config.config.Labels = labels;
+  const labelled = { ...image, config: new TextEncoder().encode(JSON.stringify(config)) };
+  await pushImage(`${registry.host}/${repository}:2.0`, labelled);
+}
+
+before(async () => {
+  azurite = await startAzurite();
+  registry = await startRegistry();
+  scratch = await mkdtemp(join(tmpdir(), "deltaship-priority-"));
+  await pushLabelled("apps/tempmonitor", 0, { "deltaship.priority": "security" });
+  await pushLabelled("apps/dashboard", 3, { "deltaship.workstream": "dashboards" });
+  const state = StateStore.fromConnectionString(azurite.connectionString);
+  const blobs = BlobStore.fromConnectionString(azurite.connectionString);
+  await state.createTables();
+  await blobs.createContainers();
+  deps = {
+    state,
+    blobs,
+    registry: acrRegistry({ acrUrl: registry.url, acrUsername: "", acrPassword: "" }),
+    // IoT Hub and email are recorders at the adapter boundary: this test is about priorities.
+    iotHub: { pushManifest: async () => {} },
+    email: {
+      sendEmail: async (message) => {
+        emails.push(message);
+        return `op-${emails.length}`;
+      },
+    },
+    signingKey: loadSigningKey(
+      generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
+    ),
+  };
+});
+after(async () => {
+  await Promise.all([azurite?.stop(), registry?.stop()]);
+  if (scratch) await rm(scratch, { recursive: true, force: true });
+});
+
+const handlers: Record<string, (input: never, deps: ActivityDeps) => Promise<unknown>> = {
+  resolveImages,
+  readDeviceInventory,
+  planBundles,
+  buildBundle: (input, d) => buildBundle(input, d),
+  placeBundles,
+  markInTransit: (input, d) => markInTransit(input, d),
+  recordSet,
+  updateSetState,
+  pushManifest,
+  sendEmail,
+};
+
+function devicesReport(setId: string) {
+  return async (now: Date): Promise<RaisedEvent[]> => {
+    const events: RaisedEvent[] = [];
+    const page = await deps.state.sets.listItems(setId, { pageSize: 1000 });
+    for (const item of page.items.filter((row) => row.state === "inTransit")) {
+      const report = { ok: true, bytes: 1 };
+      const { item: recorded } = await deps.state.recordImageReport({
+        device: item.device,
+        digest: item.digest,
+        setId,
+        at: now.toISOString(),
+        ...report,
+      });
+      events.push({
+        instanceId: recorded!.waiter!,
+        name: imageEventName(item.device, item.digest),
+        payload: report,
+        at: now,
+      });
+    }
+    return events;
+  };
+}
+
+function run(setId: string, module: string, requested: DeploymentSetInput["priority"]) {
+  const input: DeploymentSetInput = {
+    setId,
+    requestedBy: { name: "Ada", email: "ada@example.com" },
+    requestedAt: T0.toISOString(),
+    manifest: {
+      modulesContent: {
+        $edgeAgent: {
+          "properties.desired": {
+            modules: { [module]: { settings: { image: `${registry.host}/apps/${module}:2.0` } } },
+          },
+        },
+        $edgeHub: { "properties.desired": { routes: {} } },
+      },
+    },
+    manifestRef: "inline",
+    devices: [DEVICE],
+    deadline: SET_DEADLINE,
+    deviceBatchSize: 10,
+    localRegistry: "localhost:5000",
+    ...(requested === undefined ? {} : { priority: requested }),
+  };
+  return replay({
+    orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
+    name: "deploymentSet",
+    instanceId: setId,
+    input,
+    start: T0,
+    activity: (name, activityInput) => handlers[name]!(activityInput as never, deps),
+    onIdle: devicesReport(setId),
+  });
+}
+
+async function bundleOf(setId: string): Promise<string> {
+  const page = await deps.state.sets.listItems(setId);
+  assert.equal(page.items.length, 1);
+  return page.items[0]!.bundleId!.replace(/\//g, "-");
+}
+
+describe("priority decisions recorded and placed", () => {
+  test("a labelled security fix and a dashboard update: set rows, status, query API, outbox order", async () => {
+    const critical = await run("set-fix", "tempmonitor", "bulk");
+    assert.equal(critical.root.state, "completed", critical.root.error);
+    const bulk = await run("set-dash", "dashboard", "high");
+    assert.equal(bulk.root.state, "completed", bulk.root.error);
+
+    assert.deepEqual((critical.root.customStatus as SetStatus).priority, {
+      class: "critical",
+      rule: "cold-chain-security-fix",
+      rulesVersion: "2026-11-28.1",
+      deadline: "2026-11-28T15:00:00.000Z",
+    });
+    assert.deepEqual((bulk.root.customStatus as SetStatus).priority, {
+      class: "bulk",
+      rule: "cosmetic-bulk",
+      rulesVersion: "2026-11-28.1",
+      cappedFrom: "high",
+    });
+
+    const fixRow = await deps.state.sets.getSet("set-fix");
+    assert.equal(fixRow?.state, "succeeded");
+    assert.deepEqual(
+      {
+        priority: fixRow?.priority,
+        priorityClass: fixRow?.priorityClass,
+        priorityRule: fixRow?.priorityRule,
+        priorityRulesVersion: fixRow?.priorityRulesVersion,
+        priorityDeadline: fixRow?.priorityDeadline,
+        priorityCappedFrom: fixRow?.priorityCappedFrom,
+      },
+      {
+        priority: 0,
+        priorityClass: "critical",
+        priorityRule: "cold-chain-security-fix",
+        priorityRulesVersion: "2026-11-28.1",
+        priorityDeadline: "2026-11-28T15:00:00.000Z",
+        priorityCappedFrom: undefined,
+      },
+    );
+
+    const response = await getDeployment(
+      new azureFunctions.HttpRequest({
+        method: "GET",
+        url: "https://deltaship.example/api/deployments/set-dash",
+        params: { id: "set-dash" },
+      }),
+      { state: deps.state, defaultPageSize: 10 },
+    );
+    assert.equal(response.status ?? 200, 200);
+    const { set } = response.jsonBody as { set: Record<string, unknown> };
+    assert.deepEqual(
+      [set.priority, set.priorityClass, set.priorityRule, set.priorityCappedFrom, set.priorityDeadline],
+      [3, "bulk", "cosmetic-bulk", "high", undefined],
+    );
+
+    const fixBundle = await bundleOf("set-fix");
+    const dashBundle = await bundleOf("set-dash");
+    const listed: { name: string; metadata?: Record<string, string>; tags?: Record<string, string> }[] = [];
+    for await (const blob of deps.blobs.outbox.listBlobsFlat({
+      prefix: `${DEVICE}/`,
+      includeMetadata: true,
+      includeTags: true,
+    })) {
+      listed.push({ name: blob.name, metadata: blob.metadata, tags: blob.tags });
+    }
+    const fixName = `${DEVICE}/p0-critical-20261128T150000Z-20261128T090000Z-${fixBundle}`;
+    const dashName = `${DEVICE}/p3-bulk-20261212T090000Z-20261128T090000Z-${dashBundle}`;
+    const fixOrder = { priority: "critical", sortkey: "20261128T150000Z-20261128T090000Z" };
+    const dashOrder = { priority: "bulk", sortkey: "20261212T090000Z-20261128T090000Z" };
+    // Listing is by name, so the listing is the serving order.
+    assert.deepEqual(listed, [
+      { name: fixName, metadata: fixOrder, tags: fixOrder },
+      { name: dashName, metadata: dashOrder, tags: dashOrder },
+    ]);
+    const tagged: string[] = [];
+    for await (const blob of deps.blobs.outbox.findBlobsByTags(`priority='critical'`)) tagged.push(blob.name);
+    assert.deepEqual(tagged, [fixName]);
+
+    // Placing again (an activity retry) finds the same blob and adds none.
+    await placeBundles(
+      {
+        setId: "set-fix",
+        placements: [
+          { device: DEVICE, bundleId: (await deps.state.sets.listItems("set-fix")).items[0]!.bundleId! },
+        ],
+        order: { priority: "critical", sortKey: fixOrder.sortkey },
+      },
+      deps,
+    );
+    let count = 0;
+    for await (const _ of deps.blobs.outbox.listBlobsFlat({ prefix: `${DEVICE}/` })) count++;
+    assert.equal(count, 2);
+
+    // The edge module reads the bundle header, not the name: the prefixed file is a complete bundle.
+    const inboxDir = join(scratch, "inbox");
+    await rm(inboxDir, { recursive: true, force: true });
+    await mkdir(inboxDir);
+    const fileName = fixName.slice(DEVICE.length + 1);
+    await writeFile(
+      join(inboxDir, fileName),
+      await deps.blobs.outbox.getBlobClient(fixName).downloadToBuffer(),
+    );
+    let clock = 0;
+    const inbox = new Inbox({
+      dir: inboxDir,
+      quietMs: 10,
+      declaredLength,
+      readHead,
+      hasUnfilledBlock,
+      now: () => clock,
+    });
+    assert.deepEqual(await inbox.poll(), []);
+    clock += 20;
+    const arrivals = await inbox.poll();
+    assert.deepEqual(
+      arrivals.map((a) => [a.kind, a.name]),
+      [["complete", fileName]],
+    );
+    // Reports name the file; the cloud strips the prefix to find the bundle.
+    assert.equal(withoutOutboxPrefix(fileName), fixBundle);
+  });
+});
