@@ -12,7 +12,7 @@ import type { RetryPolicy } from "./reports.js";
 export interface EdgeSettings {
   readonly inboxDir: string;
   readonly stateDir: string;
-  /** `host:port` of the local registry, e.g. `registry:5000` on the IoT Edge network. */
+  /** `host:port` of the local registry, e.g. `localRegistry:5000` (the registry module's name) on the IoT Edge network. */
   readonly registry: string;
   readonly trustedKeys: TrustedKeys;
   readonly pollMs: number;
@@ -93,7 +93,7 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): EdgeSettings
     inboxDir,
     // Inside the inbox volume by default: one volume holds everything, and it is a dotfile the watcher skips.
     stateDir: env.DELTASHIP_STATE || join(inboxDir, ".deltaship"),
-    registry: (env.DELTASHIP_REGISTRY || "registry:5000").replace(/^https?:\/\//, ""),
+    registry: (env.DELTASHIP_REGISTRY || "localRegistry:5000").replace(/^https?:\/\//, ""),
     trustedKeys,
     pollMs: integer(env, "DELTASHIP_POLL_MS", 2_000, 10),
     quietMs: integer(env, "DELTASHIP_QUIET_MS", 10_000, 0),

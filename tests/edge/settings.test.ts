@@ -56,6 +56,12 @@ describe("edge module settings", () => {
       assert.equal(settings.ignoredSuffixes.at(-1), ".inprogress");
       assert.deepEqual(settings.warnings, []);
       const missing = readSettings({ DELTASHIP_TRUSTED_KEYS_FILE: join(dir, "absent.json") });
+      assert.equal(
+        missing.registry,
+        "localRegistry:5000",
+        "the registry module's name in the shipped manifests",
+      );
+      assert.equal(missing.inboxDir, "/inbox");
       assert.deepEqual(missing.trustedKeys, {});
       assert.deepEqual(missing.warnings, [
         `DELTASHIP_TRUSTED_KEYS_FILE ${join(dir, "absent.json")} does not exist; using the twin's trustedKeys only`,
