@@ -73,6 +73,8 @@ interface ToolResult {
   apply?: Measured;
   verified?: boolean;
   note?: string;
+  /** Ours: per target layer, what the bundle carries (from `deltaship diff --json`). */
+  layers?: { size: number; present: boolean; codec?: string; payloadBytes: number }[];
 }
 
 interface ScenarioResult {
@@ -121,6 +123,10 @@ function timed(
 function mustSucceed(what: string, r: { status: number | null; stderr: string }): void {
   if (r.status !== 0)
     throw new Error(`${what} exited with ${r.status}: ${r.stderr.split("\n").slice(0, 8).join("\n")}`);
+}
+
+function measured(m: Measured): Measured {
+  return { ms: m.ms, maxRssKiB: m.maxRssKiB };
 }
 
 function size(path: string): number {
@@ -226,8 +232,11 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
     bundle,
     "--scratch",
     scratch,
+    "--json",
   ]);
   mustSucceed("deltaship diff", diff);
+  const layers = (JSON.parse(diff.stdout.trim().split("\n").pop()!) as { layers: ToolResult["layers"] })
+    .layers;
   const apply = ourCli([
     "apply",
     bundle,
@@ -241,7 +250,14 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
   ]);
   mustSucceed("deltaship apply", apply);
   const verified = await verifyArchive(out, s.to);
-  tools.push({ tool: "deltaship bundle", bytes: size(bundle), diff, apply, verified });
+  tools.push({
+    tool: "deltaship bundle",
+    bytes: size(bundle),
+    diff: measured(diff),
+    apply: measured(apply),
+    verified,
+    layers,
+  });
   log(
     `   ours: ${size(bundle)} B, diff ${sec(diff.ms)}, apply ${sec(apply.ms)} ${mb(apply.maxRssKiB * 1024)} RSS, verified ${verified}`,
   );
@@ -259,7 +275,7 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
       tool: "layer transfer (gzip -6)",
       bytes: transfer.reduce((n, g) => n + size(g.path), 0),
       diff: { ms: transfer.reduce((n, g) => n + g.ms, 0), maxRssKiB: Number.NaN },
-      apply: r,
+      apply: measured(r),
       verified: ok,
     });
   }
@@ -290,8 +306,8 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
       tools.push({
         tool: "xdelta3 -9 -S djw",
         bytes: size(delta),
-        diff: enc,
-        apply: dec,
+        diff: measured(enc),
+        apply: measured(dec),
         verified: ok,
         ...(sourceBytes > XDELTA_MAX_WINDOW
           ? { note: `-B capped at 2 GiB (source ${mb(sourceBytes)})` }
@@ -319,8 +335,8 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
       tools.push({
         tool: "zstd -19 --long=31 --patch-from",
         bytes: size(delta),
-        diff: enc,
-        apply: dec,
+        diff: measured(enc),
+        apply: measured(dec),
         verified: ok,
       });
     }
@@ -353,7 +369,7 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
         const dec = timed("bspatch", [src, decoded, patch]);
         mustSucceed("bspatch", dec);
         const ok = (await sha256File(decoded)) === want;
-        tools.push({ tool, bytes: size(patch), diff: enc, apply: dec, verified: ok });
+        tools.push({ tool, bytes: size(patch), diff: measured(enc), apply: measured(dec), verified: ok });
       }
       rmSync(decoded, { force: true });
     }
@@ -372,8 +388,8 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
     tools.push({
       tool: "zstd -19 --long=31 (whole image)",
       bytes: size(packed),
-      diff: enc,
-      apply: dec,
+      diff: measured(enc),
+      apply: measured(dec),
       verified: ok,
     });
     rmSync(decoded, { force: true });
@@ -459,6 +475,20 @@ function criteria(results: readonly ScenarioResult[]): string {
   return lines.join("\n");
 }
 
+/** Where each bundle's bytes go: per sent layer, its size, codec and payload. */
+function breakdown(results: readonly ScenarioResult[]): string {
+  return results
+    .map((r) => {
+      const sent = (r.tools[0]!.layers ?? [])
+        .map((l, i) =>
+          l.present ? undefined : `layer ${i} (${mb(l.size)}): ${l.codec} ${humanBytes(l.payloadBytes)}`,
+        )
+        .filter(Boolean);
+      return `- **${r.id}**: ${sent.length ? sent.join("; ") : "no layer sent"}.`;
+    })
+    .join("\n");
+}
+
 function machineNotes(): string {
   const versions = (cmd: string, args: string[]) =>
     (spawnSync(cmd, args, { encoding: "utf8" }).stdout + spawnSync(cmd, args, { encoding: "utf8" }).stderr)
@@ -536,6 +566,10 @@ async function main(): Promise<void> {
     "## Issue 3 criteria",
     "",
     criteria(results),
+    "",
+    "## Where the bundle bytes go",
+    "",
+    breakdown(results),
     "",
   ].join("\n");
   console.log(text);

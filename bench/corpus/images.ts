@@ -38,8 +38,8 @@ const SECURITY_MIRROR = "http://deb.debian.org/debian-security";
 export const NODE_OLD = "20.19.5";
 export const NODE_NEW = "20.19.6";
 /** The runtime bundled in the large layer, and the release that replaces it. */
-const NODE_BUNDLED_OLD = "20.20.1";
-const NODE_BUNDLED_NEW = "20.20.2";
+export const NODE_BUNDLED_OLD = "20.20.1";
+export const NODE_BUNDLED_NEW = "20.20.2";
 /** How much of /usr/lib goes into the large layer: enough for an image over 2 GB. */
 const LARGE_DATA_BYTES = 1_850_000_000;
 
@@ -122,9 +122,10 @@ function tarLayer(out: string, dir: string, names: readonly string[], extra: rea
     "--numeric-owner",
     `--mtime=@${EPOCH}`,
     "--clamp-mtime",
-    ...extra,
+    // -C first: tar applies it only to the names and lists that follow it.
     "-C",
     dir,
+    ...extra,
     ...names,
   ]);
 }
@@ -228,7 +229,7 @@ function largeDataList(cache: string): string {
 }
 
 /** The large layer: a copy of /usr/lib data (taken once, shared by both versions) plus a bundled runtime. */
-function largeLayer(cache: string, bundledNode: string): string {
+export function largeLayer(cache: string, bundledNode: string): string {
   const data = cached(join(cache, "stage", "usrlib.tar"), (partial) =>
     tarLayer(partial, "/", [], ["--no-recursion", "--files-from", largeDataList(cache)]),
   );
