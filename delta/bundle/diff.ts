@@ -44,6 +44,7 @@ export interface BundleProgress {
   readonly phase: "source" | "target" | "encode";
   readonly diffId: string;
   readonly done: number;
+  /** Bytes expected; equals `done` while unknown (a compressed layer being inflated). */
   readonly total: number;
 }
 
@@ -332,7 +333,12 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
           if (seen.has(layer.diffId) || (wanted !== undefined && !wanted.has(layer.diffId))) continue;
           seen.add(layer.diffId);
           await addSourceLayer(catalog, image, i, scratch, (done) =>
-            progress?.({ phase: "source", diffId: layer.diffId, done, total: done }),
+            progress?.({
+              phase: "source",
+              diffId: layer.diffId,
+              done,
+              total: layer.compression === "none" ? layer.size : done,
+            }),
           );
         }
       }
@@ -370,7 +376,12 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       const spooled = await spool(await target.openLayerTar(i), scratch.file("target.tar"), (chunk) => {
         scanner.push(chunk);
         done += chunk.length;
-        progress?.({ phase: "target", diffId: info.diffId, done, total: done });
+        progress?.({
+          phase: "target",
+          diffId: info.diffId,
+          done,
+          total: info.compression === "none" ? info.size : done,
+        });
       });
       scanner.finish();
       if (spooled.digest !== info.diffId) {
