@@ -5,7 +5,8 @@
  * Loading reads and validates the file once, at start; `decidePriority` is pure (no I/O, no clock)
  * so orchestrators, activities and local mode all give the same answer for the same rules.
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Ajv, type ErrorObject } from "ajv";
 import { parseIsoDuration } from "./duration.js";
@@ -18,9 +19,13 @@ export type PriorityClass = (typeof PRIORITY_CLASSES)[number];
 export const WORKSTREAM_LABEL = "deltaship.workstream";
 /** Rule id reported when no rule matched and the file's `default` decided. */
 export const DEFAULT_RULE_ID = "default";
+/** `rules/` at the package root: one level up when run from source (tsx), two from `dist/config/`. */
+const RULES_DIR = [new URL("../rules/", import.meta.url), new URL("../../rules/", import.meta.url)]
+  .map((url) => fileURLToPath(url))
+  .find((dir) => existsSync(join(dir, "schema.json")));
 /** The rules the app loads at start unless DELTASHIP_PRIORITY_RULES names another file. */
-export const DEFAULT_RULES_PATH = fileURLToPath(new URL("../rules/priorities.json", import.meta.url));
-const SCHEMA_PATH = fileURLToPath(new URL("../rules/schema.json", import.meta.url));
+export const DEFAULT_RULES_PATH = join(RULES_DIR ?? "rules", "priorities.json");
+const SCHEMA_PATH = join(RULES_DIR ?? "rules", "schema.json");
 
 /** A rules file larger than this is not hand-written rules; refuse it before parsing. */
 export const MAX_RULES_FILE_BYTES = 1024 * 1024;
@@ -97,6 +102,11 @@ export class PriorityRulesError extends Error {
 
 let validator: ReturnType<Ajv["compile"]> | undefined;
 function schemaValidator(): ReturnType<Ajv["compile"]> {
+  if (RULES_DIR === undefined) {
+    throw new PriorityRulesError(SCHEMA_PATH, [
+      "expected rules/schema.json at the package root (beside dist/), found none; deploy the rules folder with the app",
+    ]);
+  }
   validator ??= new Ajv({ allErrors: true, strict: true }).compile(
     JSON.parse(readFileSync(SCHEMA_PATH, "utf8")) as object,
   );
