@@ -14,7 +14,10 @@
  * - scenario 1 only: `zstd -19 --long=31` of the whole image.
  * Every peer's decode output is compared with the target by sha256.
  *
- *   npm run bench [-- --large] [-- --only N] [-- --no-bsdiff]
+ *   npm run bench [-- --large] [-- --only N[,M]] [-- --no-bsdiff]
+ *
+ * Each scenario's result is saved under .bench/images/work/sN/, and the table holds the latest result of
+ * every scenario, so `--large --only 5` completes an earlier run and `--only 0` only rewrites the table.
  *
  * Prints a Markdown table and writes it to bench/RESULTS.md with the date and machine notes.
  */
@@ -62,6 +65,8 @@ const { values } = parseArgs({
 
 interface Measured {
   ms: number;
+  /** User + system CPU time: steadier than wall time on this shared, loaded machine. */
+  cpuMs?: number;
   maxRssKiB: number;
 }
 
@@ -111,8 +116,11 @@ function timed(
   const ms = performance.now() - started;
   if (fd !== undefined) closeSync(fd);
   const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(r.stderr ?? "");
+  const user = /User time \(seconds\): ([\d.]+)/.exec(r.stderr ?? "");
+  const system = /System time \(seconds\): ([\d.]+)/.exec(r.stderr ?? "");
   return {
     ms,
+    cpuMs: user && system ? (Number(user[1]) + Number(system[1])) * 1000 : Number.NaN,
     maxRssKiB: rss ? Number(rss[1]) : Number.NaN,
     status: r.status,
     stderr: r.stderr ?? "",
@@ -126,7 +134,7 @@ function mustSucceed(what: string, r: { status: number | null; stderr: string })
 }
 
 function measured(m: Measured): Measured {
-  return { ms: m.ms, maxRssKiB: m.maxRssKiB };
+  return { ms: m.ms, cpuMs: m.cpuMs ?? Number.NaN, maxRssKiB: m.maxRssKiB };
 }
 
 function size(path: string): number {
@@ -414,6 +422,11 @@ function sec(ms: number): string {
   return `${(ms / 1000).toFixed(1)} s`;
 }
 
+/** Wall time, with CPU time when known. */
+function timing(m: Measured): string {
+  return m.cpuMs !== undefined && Number.isFinite(m.cpuMs) ? `${sec(m.ms)} (cpu ${sec(m.cpuMs)})` : sec(m.ms);
+}
+
 function pct(part: number, whole: number): string {
   const p = (100 * part) / whole;
   return `${p < 0.1 ? p.toFixed(3) : p < 10 ? p.toFixed(2) : p.toFixed(1)}%`;
@@ -442,9 +455,11 @@ function table(results: readonly ScenarioResult[]): string {
         continue;
       }
       const ratio = (a?: Measured, b?: Measured) =>
-        a && b && t !== ours ? `${(a.ms / b.ms).toFixed(2)}×` : "";
+        a && b && t !== ours
+          ? `${(a.ms / b.ms).toFixed(2)}×${a.cpuMs && b.cpuMs && Number.isFinite(a.cpuMs / b.cpuMs) ? ` (cpu ${(a.cpuMs / b.cpuMs).toFixed(2)}×)` : ""}`
+          : "";
       lines.push(
-        `| ${label} | ${t.tool}${t.note && t.bytes !== undefined ? ` (${t.note})` : ""} | ${humanBytes(t.bytes)} | ${pct(t.bytes, r.targetBytes)} | ${pct(t.bytes, r.targetGzipBytes)} | ${t.diff ? sec(t.diff.ms) : ""} | ${t.apply ? sec(t.apply.ms) : ""} | ${ratio(t.diff, ours.diff)} | ${ratio(t.apply, ours.apply)} | ${t.apply && Number.isFinite(t.apply.maxRssKiB) ? mb(t.apply.maxRssKiB * 1024) : ""} | ${t.verified ? "yes" : "**NO**"} |`,
+        `| ${label} | ${t.tool}${t.note && t.bytes !== undefined ? ` (${t.note})` : ""} | ${humanBytes(t.bytes)} | ${pct(t.bytes, r.targetBytes)} | ${pct(t.bytes, r.targetGzipBytes)} | ${t.diff ? timing(t.diff) : ""} | ${t.apply ? timing(t.apply) : ""} | ${ratio(t.diff, ours.diff)} | ${ratio(t.apply, ours.apply)} | ${t.apply && Number.isFinite(t.apply.maxRssKiB) ? mb(t.apply.maxRssKiB * 1024) : ""} | ${t.verified ? "yes" : "**NO**"} |`,
       );
     }
   }
@@ -460,6 +475,10 @@ function criteria(results: readonly ScenarioResult[]): string {
     const whole = r.tools.find((t) => t.tool.includes("whole image"));
     const outMBs = r.targetBytes / 1e6 / (ours.apply!.ms / 1000);
     const diffMBs = r.targetBytes / 1e6 / (ours.diff!.ms / 1000);
+    const perCpu = (m: Measured) =>
+      m.cpuMs && Number.isFinite(m.cpuMs)
+        ? ` wall, ${(r.targetBytes / 1e6 / (m.cpuMs / 1000)).toFixed(1)} MB/s of CPU time`
+        : " wall";
     lines.push(
       `- **${r.id}**: bundle ${humanBytes(ours.bytes!)} = ${(ours.bytes! / best.bytes!).toFixed(3)}× the smallest peer (${best.tool}, ${humanBytes(best.bytes!)}) — ` +
         `${ours.bytes! <= best.bytes! ? "≤ smallest peer: holds" : "larger than the smallest peer: FAILS"}; goal 0.6× ${ours.bytes! <= 0.6 * best.bytes! ? "reached" : "not reached"}` +
@@ -467,8 +486,8 @@ function criteria(results: readonly ScenarioResult[]): string {
           ? `; vs zstd -19 --long=31 of the whole image ${(ours.bytes! / whole.bytes!).toFixed(3)}× (${ours.bytes! <= whole.bytes! ? "holds" : "FAILS"})`
           : "") +
         `; apply peak RSS ${mb(ours.apply!.maxRssKiB * 1024)} (${ours.apply!.maxRssKiB * 1024 < 200e6 ? "< 200 MB" : "≥ 200 MB: FAILS"})` +
-        `; apply ${outMBs.toFixed(0)} MB/s of output (${outMBs >= 100 ? "holds" : "< 100 MB/s: FAILS"})` +
-        `; diff ${diffMBs.toFixed(1)} MB/s of target (${diffMBs >= 20 ? "holds" : "< 20 MB/s: FAILS"})` +
+        `; apply ${outMBs.toFixed(0)} MB/s of output${perCpu(ours.apply!)} (${outMBs >= 100 ? "holds" : "< 100 MB/s: FAILS"})` +
+        `; diff ${diffMBs.toFixed(1)} MB/s of target${perCpu(ours.diff!)} (${diffMBs >= 20 ? "holds" : "< 20 MB/s: FAILS"})` +
         `; round trip ${r.tools.every((t) => t.bytes === undefined || t.verified) ? "byte-exact for every tool" : "NOT byte-exact somewhere"}.`,
     );
   }
