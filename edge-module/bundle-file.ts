@@ -58,6 +58,7 @@ export async function readHead(path: string): Promise<BundleHead> {
     declaredLength: head.header.totalLength,
     repository: manifest.target.repository,
     tag: manifest.target.tag,
+    sourceDigest: manifest.target.manifestDigest,
     sourceLayers: [...held.keys()],
     outputBytes: manifest.target.layers.reduce((sum, layer) => sum + layer.size, 0) + configBytes,
     // Held layers are inflated into scratch once, then read by random access.

@@ -18,6 +18,12 @@ export interface BundleHead {
   readonly declaredLength: number;
   readonly repository: string;
   readonly tag: string;
+  /**
+   * Manifest digest of the image in the cloud's registry (ACR), from the signed manifest: the
+   * identity the cloud tracks the image by. The rebuilt image gets another manifest digest in the
+   * local registry (its layers are stored uncompressed), so reports name this one.
+   */
+  readonly sourceDigest: string;
   /** diff_ids of the layers the device must hold. */
   readonly sourceLayers: readonly string[];
   /** Bytes of the rebuilt image: every target layer (uncompressed) plus the config. */

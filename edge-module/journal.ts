@@ -29,6 +29,8 @@ export interface JournalEntry {
   readonly image?: string;
   /** Manifest digest pushed to the local registry. */
   readonly digest?: string;
+  /** The cloud's manifest digest of the image (the bundle's target), which reports name. */
+  readonly sourceDigest?: string;
   /** Bytes of image written (layers plus config). */
   readonly bytes?: number;
   readonly durationMs?: number;

@@ -76,7 +76,16 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
   });
 
   const reportInventory = async () => {
-    const images = await o.engine.inventory();
+    const rebuilt = new Map<string, string>();
+    for (const entry of await journal.list()) {
+      if (entry.outcome === "ready" && entry.digest && entry.sourceDigest)
+        rebuilt.set(entry.digest, entry.sourceDigest);
+    }
+    // Images this module rebuilt are known to the cloud by their registry digest, not the local one.
+    const images = (await o.engine.inventory()).map((i) => ({
+      ...i,
+      digest: rebuilt.get(i.digest) ?? i.digest,
+    }));
     await reports.enqueue({ type: "inventory", images });
     return images;
   };

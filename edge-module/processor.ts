@@ -175,7 +175,8 @@ export class BundleProcessor {
           setId,
           bundleId: reportedId,
           image,
-          digest: current,
+          digest: head.sourceDigest || current,
+          localDigest: current,
           bytes: prior.bytes ?? 0,
           durationMs: 0,
         });
@@ -195,6 +196,7 @@ export class BundleProcessor {
       setId,
       reportedId,
       image,
+      sourceDigest: head.sourceDigest,
       step: "claimed",
       attempts: 1,
     });
@@ -245,7 +247,9 @@ export class BundleProcessor {
         setId: entry.setId,
         bundleId: entry.reportedId,
         image: entry.image ?? `${head.repository}:${head.tag}`,
-        digest: entry.digest ?? "",
+        // The cloud knows the image by its registry digest; the local one differs (layers stored uncompressed).
+        digest: head.sourceDigest || (entry.digest ?? ""),
+        ...(entry.digest ? { localDigest: entry.digest } : {}),
         bytes: entry.bytes ?? 0,
         durationMs: entry.durationMs ?? 0,
         ...(ready ? {} : { reason: entry.reason ?? "unknown" }),

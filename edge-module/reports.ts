@@ -13,8 +13,13 @@ export interface ImageReport {
   readonly bundleId: string;
   /** `repository:tag` in the local registry. */
   readonly image: string;
-  /** Manifest digest in the local registry; empty when the image was not made. */
+  /**
+   * The image's manifest digest in the cloud's registry (from the signed bundle), the identity the
+   * cloud waits for; empty only when the file was not a readable bundle.
+   */
   readonly digest: string;
+  /** Manifest digest in the local registry, when the image was made. */
+  readonly localDigest?: string;
   readonly bytes: number;
   readonly durationMs: number;
   readonly reason?: string;
@@ -22,6 +27,7 @@ export interface ImageReport {
 
 export interface InventoryReport {
   readonly type: "inventory";
+  /** Each image with the digest the cloud knows it by (see `sourceDigests` in module.ts). */
   readonly images: readonly { readonly image: string; readonly digest: string }[];
 }
 

@@ -3,11 +3,13 @@
  * a reason file, the registry unchanged, and the module still serving the next bundle. Trusted
  * keys come from the module twin's desired properties here (see module.test.ts for the stand-in).
  */
+
 import assert from "node:assert/strict";
 import { readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { parseBundle } from "../../delta/bundle/format.js";
 import { readHead } from "../../edge-module/bundle-file.js";
 import { makeBundle, newSigner } from "./fixtures.js";
 import { type ModuleProcess, startModule } from "./module-process.js";
@@ -103,7 +105,13 @@ describe("edge module with bad input", () => {
         if (typeof reason === "string") assert.equal(report.reason, reason, id);
         else assert.match(String(report.reason), reason, id);
         assert.equal(report.type, "imageFailed");
-        assert.equal(report.digest, "");
+        // A readable bundle's failure names the image the cloud waits for; a non-bundle names none.
+        const bytes = cases.find(([name]) => name === names[id])![1];
+        assert.equal(
+          report.digest,
+          id === "notes" ? "" : parseBundle(bytes).manifest.target.manifestDigest,
+          id,
+        );
         assert.equal(
           await readFile(join(inbox, "failed", `${names[id]}.reason.txt`), "utf8"),
           `${report.reason}\n`,

@@ -13,6 +13,7 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { parseBundle } from "../../delta/bundle/format.js";
 import { type ModuleProcess, startModule } from "./module-process.js";
 import {
   configDigest,
@@ -26,6 +27,11 @@ import {
   startWorld,
   writeSlowly,
 } from "./world.js";
+
+/** The digest the cloud knows the bundle's image by: its registry manifest digest, from the signed manifest. */
+function sourceDigest(bundle: Uint8Array): string {
+  return parseBundle(bundle).manifest.target.manifestDigest;
+}
 
 describe("edge module program", () => {
   let world: EdgeWorld;
@@ -83,7 +89,8 @@ describe("edge module program", () => {
         setId: "s1",
         bundleId: "b11",
         image: "apps/telemetry:1.1",
-        digest: held.digest,
+        digest: sourceDigest(bundle11),
+        localDigest: held.digest,
         bytes: imageBytes(target),
         durationMs: 0,
       },
@@ -149,10 +156,10 @@ describe("edge module program", () => {
   it("answers the inventory direct method and sends a fresh inventory report", async () => {
     const before = world.hub.events.filter((e) => e.properties.type === "inventory").length;
     const answer = await world.hub.invokeMethod("inventory", {});
-    const digest11 = (await registryImage(world.registry.host, "apps/telemetry", "1.1")).digest;
+    // An image the module rebuilt is reported under the digest the cloud knows it by.
     const images = [
       { image: "apps/telemetry:1.0", digest: world.baseDigest },
-      { image: "apps/telemetry:1.1", digest: digest11 },
+      { image: "apps/telemetry:1.1", digest: sourceDigest(bundle11) },
     ];
     assert.deepEqual(answer, { status: 200, payload: { images } });
     await world.hub.waitForEvents(
@@ -187,9 +194,9 @@ describe("edge module program", () => {
     );
     const [report] = reportsFor(world.hub.events, "b12");
     assert.equal((report!.body as { type: string }).type, "imageReady");
-    assert.equal(
-      (report!.body as { digest: string }).digest,
-      (await registryImage(world.registry.host, "apps/telemetry", "1.2")).digest,
+    assert.deepEqual(
+      [(report!.body as { digest: string }).digest, (report!.body as { localDigest: string }).localDigest],
+      [sourceDigest(bundle12), (await registryImage(world.registry.host, "apps/telemetry", "1.2")).digest],
     );
     await module.waitForLog((l) => l.step === "report.sent" && l.bundleId === "b12", "the queue to empty");
     assert.deepEqual(await listing(join(inbox, ".deltaship", "reports")), []);
