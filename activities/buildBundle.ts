@@ -15,7 +15,7 @@ export async function buildBundle(
   now: () => Date = () => new Date(),
 ): Promise<BuildBundleOutput> {
   const { bundle } = input;
-  const hash = sourceSetHash(bundle.sourceLayers);
+  const hash = sourceSetHash(bundle.sourceLayers, bundle.presentLayers ?? []);
   const existing = await deps.blobs.bundleSize(bundle.bundleId);
   if (existing !== undefined) {
     // Content-addressed: a blob under this name is this bundle (uploads are whole or absent).

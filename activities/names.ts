@@ -81,6 +81,8 @@ export interface PlannedBundle {
   sourceDigests: string[];
   /** Layer diff_ids the device must hold, in the order they form the virtual source. */
   sourceLayers: string[];
+  /** Target layers the device holds, referenced by the bundle instead of sent (part of its identity). */
+  presentLayers: string[];
   /** Planner's estimate of the bundle size. */
   estimatedBytes: number;
   /** Size of the full image (what a pull would move). */

@@ -38,16 +38,20 @@ export async function planBundles(
         held.map((h) => h.index),
       );
       const sourceLayers = plan.sources.map((s) => s.diffId);
-      const usedLayers = new Set(sourceLayers);
+      // Target layers the device holds are referenced, never sent: the images holding them must be
+      // among the bundle's sources, and they are part of what the bundle assumes, so of its identity.
+      const presentLayers = plan.layers.filter((l) => l.present).map((l) => l.diffId);
+      const usedLayers = new Set([...sourceLayers, ...presentLayers]);
       const sourceDigests = held
         .filter((h) => h.index.layers.some((layer) => usedLayers.has(layer.diffId)))
         .map((h) => h.digest)
         .sort();
       const bundle: PlannedBundle = {
-        bundleId: bundleBlobName(target.digest, sourceLayers),
+        bundleId: bundleBlobName(target.digest, sourceLayers, presentLayers),
         targetDigest: target.digest,
         sourceDigests,
         sourceLayers,
+        presentLayers,
         estimatedBytes: plan.estimatedBundleBytes,
         fullBytes: target.fullBytes,
       };

@@ -31,14 +31,26 @@ export function digestPath(digest: string): string {
   return `sha256-${match[1]}`;
 }
 
-/** Hash of an ordered list of source layers: the order is part of the delta's virtual source. */
-export function sourceSetHash(sourceLayers: readonly string[]): string {
-  return createHash("sha256").update(JSON.stringify(sourceLayers)).digest("hex");
+/**
+ * Hash of what a bundle assumes the device holds: the ordered source layers (the order is part of
+ * the delta's virtual source) and the target layers it references as present instead of sending.
+ */
+export function sourceSetHash(
+  sourceLayers: readonly string[],
+  presentLayers: readonly string[] = [],
+): string {
+  const assumed =
+    presentLayers.length === 0 ? sourceLayers : { sources: sourceLayers, present: presentLayers };
+  return createHash("sha256").update(JSON.stringify(assumed)).digest("hex");
 }
 
-/** Content-addressed bundle name: same target and same source layers, same blob. */
-export function bundleBlobName(targetDigest: string, sourceLayers: readonly string[]): string {
-  return `${digestPath(targetDigest)}/${sourceSetHash(sourceLayers)}.bundle`;
+/** Content-addressed bundle name: same target and same assumed layers, same blob. */
+export function bundleBlobName(
+  targetDigest: string,
+  sourceLayers: readonly string[],
+  presentLayers: readonly string[] = [],
+): string {
+  return `${digestPath(targetDigest)}/${sourceSetHash(sourceLayers, presentLayers)}.bundle`;
 }
 
 /**

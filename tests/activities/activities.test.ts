@@ -166,6 +166,9 @@ describe("activities against Azurite and a real registry", () => {
       `estimate ${fromOld!.estimatedBytes} of ${fromOld!.fullBytes}`,
     );
     assert.deepEqual(fromNothing!.sourceDigests, []);
+    // The shared base layer is referenced as present, never sent, and is part of the bundle's identity.
+    assert.equal(fromOld!.presentLayers.length, 1);
+    assert.deepEqual(fromNothing!.presentLayers, []);
     assert.notEqual(fromOld!.bundleId, fromNothing!.bundleId);
     assert.match(fromOld!.bundleId, new RegExp(`^sha256-${v2.slice(7)}/[0-9a-f]{64}\\.bundle$`));
   });

@@ -74,6 +74,7 @@ export function bundleFor(target: ResolvedImage, present: string[]): PlannedBund
     targetDigest: target.digest,
     sourceDigests: sources,
     sourceLayers: sources.map((d) => `sha256:layer-of-${d.slice(7, 15)}`),
+    presentLayers: [],
     estimatedBytes: Math.round(target.fullBytes / (sources.length > 0 ? 20 : 1)),
     fullBytes: target.fullBytes,
   };

@@ -323,6 +323,9 @@ describe("blobs", () => {
       `sha256-${"a".repeat(64)}/${sourceSetHash(layers)}.bundle`,
     );
     assert.notEqual(sourceSetHash(layers), sourceSetHash([...layers].reverse()));
+    // Two devices with the same delta source but different layers already present get different bundles.
+    assert.notEqual(bundleBlobName(DIGEST_A, [], ["sha256:l1"]), bundleBlobName(DIGEST_A, []));
+    assert.notEqual(sourceSetHash(layers, ["sha256:l3"]), sourceSetHash(layers, ["sha256:l4"]));
     assert.equal(outboxBlobName("ship-1", "sha256-ab/cd.bundle"), "ship-1/sha256-ab-cd.bundle");
     assert.equal(indexBlobName(DIGEST_B), `sha256-${"b".repeat(64)}.json`);
     assert.throws(
