@@ -20,6 +20,9 @@ export async function planBundles(
   const groups: GroupPlan[] = [];
   for (const group of input.groups) {
     const needs: GroupPlan["needs"] = [];
+    // Images this set brings earlier count as held for the later ones: layers two targets share
+    // (a common base) cross the link once. The device applies a bundle once its sources are there.
+    const broughtBefore: string[] = [];
     for (const target of input.targets) {
       if (group.present.includes(target.digest)) continue;
       const targetIndex = await indexOf(target.digest);
@@ -29,10 +32,11 @@ export async function planBundles(
         );
       }
       const held: { digest: string; index: ImageIndex }[] = [];
-      for (const digest of group.present) {
+      for (const digest of [...group.present, ...broughtBefore]) {
         const index = await indexOf(digest);
         if (index) held.push({ digest, index });
       }
+      if (!broughtBefore.includes(target.digest)) broughtBefore.push(target.digest);
       const plan = planSources(
         targetIndex,
         held.map((h) => h.index),

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { TrustedKeys } from "./engine.js";
 import { DEFAULT_IGNORED_SUFFIXES } from "./inbox.js";
-import type { CrashPoint } from "./processor.js";
+import { type CrashPoint, SOURCE_WAIT_MS } from "./processor.js";
 import type { RetryPolicy } from "./reports.js";
 
 export interface EdgeSettings {
@@ -22,6 +22,8 @@ export interface EdgeSettings {
   readonly registryStorageDir?: string;
   readonly diskReserveBytes?: number;
   readonly crashAfter?: CrashPoint;
+  /** How long a bundle waits in the inbox for source layers another bundle brings. */
+  readonly sourceWaitMs: number;
   /** Things worth a log line at start (a keys file named but absent, …). */
   readonly warnings: readonly string[];
 }
@@ -107,6 +109,7 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): EdgeSettings
       ? { diskReserveBytes: integer(env, "DELTASHIP_DISK_RESERVE_BYTES", 0, 0) }
       : {}),
     ...(crashAfter ? { crashAfter } : {}),
+    sourceWaitMs: integer(env, "DELTASHIP_SOURCE_WAIT_MS", SOURCE_WAIT_MS, 0),
     warnings,
   };
 }

@@ -31,6 +31,7 @@ export interface EdgeModuleOptions {
   readonly registryStorageDir?: string;
   readonly diskReserveBytes?: number;
   readonly crashAfter?: CrashPoint;
+  readonly sourceWaitMs?: number;
 }
 
 export interface EdgeModule {
@@ -65,6 +66,7 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
     ...(o.registryStorageDir ? { registryStorageDir: o.registryStorageDir } : {}),
     ...(o.diskReserveBytes !== undefined ? { diskReserveBytes: o.diskReserveBytes } : {}),
     ...(o.crashAfter ? { crashAfter: o.crashAfter } : {}),
+    ...(o.sourceWaitMs !== undefined ? { sourceWaitMs: o.sourceWaitMs } : {}),
   });
   const inbox = new Inbox({
     dir: dirs.inbox,
@@ -137,6 +139,10 @@ export async function startEdgeModule(o: EdgeModuleOptions): Promise<EdgeModule>
         }
         for (const arrival of haveKeys && recovered ? await inbox.poll() : []) {
           if (stopped) break;
+          if (await processor.waitsForSources(arrival)) {
+            inbox.forget(arrival.name);
+            continue;
+          }
           await processor.handle(arrival);
         }
       } catch (error) {

@@ -73,7 +73,18 @@ export interface ProcessorOptions {
   readonly diskReserveBytes?: number;
   /** Fault injection for the crash tests: SIGKILL this process right after that step is journaled. */
   readonly crashAfter?: CrashPoint;
+  /**
+   * How long a bundle whose source layers are not all in the local registry waits in the inbox
+   * (another bundle of the same set may bring them) before it fails; default SOURCE_WAIT_MS.
+   */
+  readonly sourceWaitMs?: number;
 }
+
+/**
+ * A set's later bundles may build on layers its earlier ones bring (a base two images share
+ * crosses the link once), and the mover may deliver them in any order: wait this long for them.
+ */
+export const SOURCE_WAIT_MS = 24 * 60 * 60 * 1000;
 
 class StageError extends Error {}
 
@@ -96,7 +107,37 @@ async function exists(path: string): Promise<boolean> {
 }
 
 export class BundleProcessor {
+  /** When each bundle waiting for its source layers was first found waiting, by bundle id. */
+  private readonly waitingSince = new Map<string, number>();
+
   constructor(private readonly o: ProcessorOptions) {}
+
+  /**
+   * True when the bundle's source layers are not all here yet and it may still wait for them;
+   * it stays in the inbox untouched, and is offered again on a later poll.
+   */
+  async waitsForSources(arrival: Arrival): Promise<boolean> {
+    if (arrival.kind === "unusable") return false;
+    const { head } = arrival;
+    const missing = await this.o.engine.missingSourceLayers(head).catch(() => []);
+    if (missing.length === 0) {
+      this.waitingSince.delete(head.bundleId);
+      return false;
+    }
+    const since = this.waitingSince.get(head.bundleId) ?? Date.now();
+    this.waitingSince.set(head.bundleId, since);
+    if (Date.now() - since >= (this.o.sourceWaitMs ?? SOURCE_WAIT_MS)) {
+      this.waitingSince.delete(head.bundleId);
+      return false;
+    }
+    this.o.log.log("info", "bundle.waiting", {
+      bundleId: head.bundleId,
+      file: arrival.name,
+      missing: missing.length,
+      waitedMs: Date.now() - since,
+    });
+    return true;
+  }
 
   private crashPoint(point: CrashPoint): void {
     if (this.o.crashAfter === point) {

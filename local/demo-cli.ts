@@ -143,12 +143,7 @@ function toJson(result: DemoResult) {
     })),
     manifestPushes: result.manifestPushes,
     emails: result.emails,
-    arrivals: result.transfers.map((t) => ({
-      device: t.device,
-      bundle: t.name,
-      order: t.order,
-      at: t.arrivedAt,
-    })),
+    arrivals: result.arrivals,
     workDir: result.workDir,
   };
 }
@@ -201,7 +196,7 @@ function summary(result: DemoResult): string {
     "",
     ...lines,
     "",
-    `Arrival order: ${result.transfers.map((t) => `${t.device}/${t.name.slice(7, 19)}…`).join(", ") || "none"}`,
+    `Arrival order: ${result.arrivals.map((a) => `${a.device} #${a.order} ${a.image} (${a.priority})`).join(", ") || "none"}`,
     `Manifest pushes (${result.manifestPushes.length}): ${result.manifestPushes.map((p) => `${p.device} at ${p.at}`).join(", ") || "none"}`,
     `Emails (${result.emails.length}): ${result.emails.map((e) => `"${e.subject}" to ${e.to}`).join(", ") || "none"}`,
     `Written to ${result.workDir}: iothub-manifests/, emails/, devices/, result.json`,

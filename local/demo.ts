@@ -84,6 +84,15 @@ export interface DemoResult {
   manifestPushes: { device: string; at: string }[];
   emails: { to: string; subject: string; at: string }[];
   transfers: TransferRecord[];
+  /** Bundles in the order they arrived on each device, named by the image they carry. */
+  arrivals: {
+    device: string;
+    image: string;
+    order: number;
+    at: string;
+    priority: string;
+    preempted: number;
+  }[];
   workDir: string;
   statusQueryGetUri: string;
 }
@@ -145,6 +154,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const samples = await buildSampleImages();
     const all = [samples.base, samples.runtime, samples.telemetryV1, samples.telemetryV2, samples.dashboard];
     const acrDigests = new Map<string, string>();
+    const pullSizes = new Map<string, { diffId: string; size: number }[]>();
     const blobService = BlobServiceClient.fromConnectionString(azurite.connectionString);
     const indexes = blobService.getContainerClient("indexes");
     await indexes.createIfNotExists();
@@ -153,6 +163,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       acrDigests.set(sample.name, pushed.manifestDigest);
       // What the build pipeline does after each push: `deltaship index` and upload the index.
       const reader = await openRegistryImage(`${acr.host}/${sample.name}@${pushed.manifestDigest}`);
+      pullSizes.set(
+        sample.name,
+        reader.info.layers.map((l) => ({ diffId: l.diffId, size: l.size })),
+      );
       try {
         const body = JSON.stringify(await indexImage(reader));
         await indexes
@@ -316,6 +330,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       devices,
       targets: [samples.telemetryV2, samples.dashboard],
       acrDigests,
+      pullSizes,
       recorders,
       workDir,
     });
@@ -456,6 +471,8 @@ interface SummaryInput {
   devices: Device[];
   targets: SampleImage[];
   acrDigests: Map<string, string>;
+  /** Per image, its layers as stored in the registry (gzip): what a pull downloads. */
+  pullSizes: Map<string, { diffId: string; size: number }[]>;
   recorders: { manifests: ManifestRecorder; emails: EmailRecorder };
   workDir: string;
 }
@@ -478,16 +495,24 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
   const devices = [];
   for (const device of input.devices) {
     const images: DemoImageResult[] = [];
+    // What `docker pull` would have moved: the stored (gzip) blobs of layers the device lacked, once each.
+    const had = new Set(device.holds.flatMap((h) => h.image.layers.map((l) => l.diffId)));
     for (const target of input.targets) {
       const digest = input.acrDigests.get(target.name)!;
       const item = items.find((i) => i.device === device.id && i.digest === digest);
-      const transfer = device.link?.transfers.find((t) => t.name.startsWith(digest.replace(":", "-")));
+      const transfer = device.link?.transfers.find((t) => t.name.includes(digest.replace(":", "-")));
       const verified = await verifyOnDevice(device, target, digest);
+      const pulled = input.pullSizes.get(target.name) ?? [];
+      let pullBytes = pulled.length > 0 ? target.image.config.length : 0;
+      for (const layer of pulled) {
+        if (!had.has(layer.diffId)) pullBytes += layer.size;
+        had.add(layer.diffId);
+      }
       images.push({
         image: target.name,
         digest,
         bytesSent: transfer?.bytes ?? 0,
-        pullBytes: item?.fullBytes ?? 0,
+        pullBytes,
         linkMs: transfer?.linkMs ?? 0,
         outcome: item?.state ?? "unknown",
         ...(item?.reason ? { reason: item.reason } : {}),
@@ -499,7 +524,7 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
   }
   const succeeded =
     input.status.runtimeStatus === "Completed" &&
-    (input.status.output as { outcome?: string } | undefined)?.outcome === "succeeded";
+    (input.status.output as { state?: string } | undefined)?.state === "succeeded";
   return {
     outcome: succeeded ? "succeeded" : "failed",
     setId: input.setId,
@@ -507,6 +532,18 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
     manifestPushes: input.recorders.manifests.pushes.map((p) => ({ device: p.device, at: p.at })),
     emails: input.recorders.emails.sent.map((e) => ({ to: e.to, subject: e.subject, at: e.at })),
     transfers: input.devices.flatMap((d) => d.link?.transfers ?? []),
+    arrivals: input.devices.flatMap((d) =>
+      (d.link?.transfers ?? []).map((t) => ({
+        device: d.id,
+        image:
+          input.targets.find((s) => t.name.includes(input.acrDigests.get(s.name)!.replace(":", "-")))?.name ??
+          t.name,
+        order: t.order,
+        at: t.arrivedAt,
+        priority: t.priority,
+        preempted: t.preempted,
+      })),
+    ),
     workDir: input.workDir,
     statusQueryGetUri: input.statusQueryGetUri,
   };

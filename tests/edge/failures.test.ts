@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -83,6 +83,12 @@ describe("edge module with bad input", () => {
         () => ids.every((id) => failedReport(world, id) !== undefined),
         "five imageFailed reports",
       );
+      // Each report is sent just before its bundle is filed away: wait (bounded) until all five are filed.
+      for (let i = 0; i < 100; i++) {
+        const filed = await readdir(join(inbox, "failed")).catch(() => [] as string[]);
+        if (cases.every(([name]) => filed.includes(name))) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
 
       const keyId = world.signer.key.keyId;
       const missing = (await readHead(join(inbox, "failed", "c.bundle-foreign.dsb"))).sourceLayers.filter(

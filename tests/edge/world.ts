@@ -68,6 +68,8 @@ export async function startWorld(): Promise<EdgeWorld> {
           DELTASHIP_TRUSTED_KEYS: JSON.stringify({ cloud: signer.publicPem }),
           DELTASHIP_POLL_MS: "100",
           DELTASHIP_QUIET_MS: "300",
+          // Missing source layers fail after a second here, not after a day of waiting for another bundle.
+          DELTASHIP_SOURCE_WAIT_MS: "1000",
           DELTASHIP_REPORT_RETRY_MS: "200",
           DELTASHIP_REPORT_RETRY_MAX_MS: "1000",
           ...extra,
