@@ -1,5 +1,5 @@
 /**
- * `deltaship demo` (npm start): until the full local deployment demo exists, a short and honest
+ * `deltaship codec-demo`: a short and honest
  * demo of the VCDIFF codec on data built from this machine's files: two versions of a tar
  * layer of /usr/share, encoded with our codec and with `xdelta3 -e -9 -S none` when installed,
  * each delta decoded by both tools and checked byte-exact against the target.
@@ -19,7 +19,7 @@ const FILES_ROOT = "/usr/share";
 export async function run(args: string[]): Promise<number> {
   if (args.includes("--help")) {
     console.log(
-      "usage: deltaship demo\n\nBuilds two versions of a tar layer from files in /usr/share, encodes the second\nagainst the first with deltaship's VCDIFF codec and with xdelta3 -9 (if installed),\ndecodes each delta with both, and checks every result byte for byte.",
+      "usage: deltaship codec-demo\n\nBuilds two versions of a tar layer from files in /usr/share, encodes the second\nagainst the first with deltaship's VCDIFF codec and with xdelta3 -9 (if installed),\ndecodes each delta with both, and checks every result byte for byte.",
     );
     return 0;
   }
@@ -38,7 +38,7 @@ async function demo(dir: string): Promise<number> {
   const files = listFiles(FILES_ROOT, LAYER_BUDGET);
   if (files.length < 20) {
     console.error(
-      `deltaship demo: found only ${files.length} readable files under ${FILES_ROOT}; need 20 or more`,
+      `deltaship codec-demo: found only ${files.length} readable files under ${FILES_ROOT}; need 20 or more`,
     );
     return 1;
   }

@@ -431,6 +431,8 @@ function startEdgeModule(
       DELTASHIP_POLL_MS: "200",
       DELTASHIP_QUIET_MS: "300",
       DELTASHIP_REPORT_RETRY_MS: "200",
+      // On the sped-up link a sibling bundle arrives within seconds; past this, missing layers fail the bundle.
+      DELTASHIP_SOURCE_WAIT_MS: "20000",
     },
   });
   let tail = "";
