@@ -503,7 +503,7 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
       const digest = input.acrDigests.get(target.name)!;
       const item = items.find((i) => i.device === device.id && i.digest === digest);
       const transfer = device.link?.transfers.find((t) => t.name.includes(digest.replace(":", "-")));
-      const verified = await verifyOnDevice(device, target, digest);
+      const verified = await verifyOnDevice(device, target);
       const pulled = input.pullSizes.get(target.name) ?? [];
       let pullBytes = pulled.length > 0 ? target.image.config.length : 0;
       for (const layer of pulled) {
@@ -552,7 +552,7 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
 }
 
 /** The image on the device's registry has the target's config and layers (its diff_ids), read back from the registry. */
-async function verifyOnDevice(device: Device, target: SampleImage, _digest: string): Promise<boolean> {
+async function verifyOnDevice(device: Device, target: SampleImage): Promise<boolean> {
   try {
     const image = await openRegistryImage(`${device.registry.host}/${target.name}`);
     try {
