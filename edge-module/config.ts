@@ -14,6 +14,8 @@ export interface EdgeSettings {
   readonly stateDir: string;
   /** `host:port` of the local registry, e.g. `localRegistry:5000` (the registry module's name) on the IoT Edge network. */
   readonly registry: string;
+  /** An OCI image layout folder holding the device's images, used instead of the registry when set. */
+  readonly imageLayout?: string;
   readonly trustedKeys: TrustedKeys;
   readonly pollMs: number;
   readonly quietMs: number;
@@ -96,6 +98,7 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): EdgeSettings
     // Inside the inbox volume by default: one volume holds everything, and it is a dotfile the watcher skips.
     stateDir: env.DELTASHIP_STATE || join(inboxDir, ".deltaship"),
     registry: (env.DELTASHIP_REGISTRY || "localRegistry:5000").replace(/^https?:\/\//, ""),
+    ...(env.DELTASHIP_IMAGE_LAYOUT ? { imageLayout: env.DELTASHIP_IMAGE_LAYOUT } : {}),
     trustedKeys,
     pollMs: integer(env, "DELTASHIP_POLL_MS", 2_000, 10),
     quietMs: integer(env, "DELTASHIP_QUIET_MS", 10_000, 0),
@@ -104,7 +107,10 @@ export function readSettings(env: NodeJS.ProcessEnv = process.env): EdgeSettings
       maxDelayMs: integer(env, "DELTASHIP_REPORT_RETRY_MAX_MS", 60_000, 10),
     },
     ignoredSuffixes: [...DEFAULT_IGNORED_SUFFIXES, ...extraIgnored],
-    ...(env.DELTASHIP_REGISTRY_STORAGE ? { registryStorageDir: env.DELTASHIP_REGISTRY_STORAGE } : {}),
+    // A layout's folder is where the images are written, so its free space is checked like the registry's.
+    ...(env.DELTASHIP_REGISTRY_STORAGE || env.DELTASHIP_IMAGE_LAYOUT
+      ? { registryStorageDir: (env.DELTASHIP_REGISTRY_STORAGE || env.DELTASHIP_IMAGE_LAYOUT)! }
+      : {}),
     ...(env.DELTASHIP_DISK_RESERVE_BYTES
       ? { diskReserveBytes: integer(env, "DELTASHIP_DISK_RESERVE_BYTES", 0, 0) }
       : {}),

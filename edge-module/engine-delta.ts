@@ -1,20 +1,15 @@
 /**
  * `EdgeEngine` on the real image engine: bundle header and signature from `delta/bundle`, the
- * apply path of `delta/bundle/apply.ts` with the local registry as layer provider, and
- * `pushImage` (blobs first, manifest last) as the writer. Layers the registry already holds
- * are mounted, not uploaded again.
+ * apply path of `delta/bundle/apply.ts` with the device's image store (a local registry or an
+ * OCI layout folder) as layer provider and as the writer (blobs first, the tag last). Layers the
+ * store already holds are reused, not written again.
  */
 import { applyBundle, ImageLayerProvider, openVerifiedBundle } from "../delta/bundle/apply.js";
 import { loadTrustedKey, type TrustedKey } from "../delta/bundle/sign.js";
-import {
-  type LayerToPush,
-  openRegistryImage,
-  pushImage,
-  type RegistryImage,
-} from "../delta/image/registry.js";
+import type { ImageReader } from "../delta/image/types.js";
 import { declaredLength, hasUnfilledBlock, readHead } from "./bundle-file.js";
 import type { EdgeEngine, RebuiltImage, TrustedKeys } from "./engine.js";
-import type { LocalRegistry } from "./local-registry.js";
+import type { DeviceImageStore } from "./image-store.js";
 
 /** Loads every configured key; a key that does not load is named in the error, not skipped silently. */
 export function loadTrust(keys: TrustedKeys): TrustedKey[] {
@@ -27,7 +22,7 @@ export function loadTrust(keys: TrustedKeys): TrustedKey[] {
   });
 }
 
-export function createDeltaEngine(registry: LocalRegistry): EdgeEngine {
+export function createDeltaEngine(store: DeviceImageStore): EdgeEngine {
   return {
     declaredLength,
     readHead,
@@ -38,19 +33,23 @@ export function createDeltaEngine(registry: LocalRegistry): EdgeEngine {
     },
 
     async missingSourceLayers(head) {
-      const held = await registry.layersByDiffId();
+      const held = await store.layersByDiffId();
       return head.sourceLayers.filter((diffId) => !held.has(diffId));
     },
 
     async rebuild(path, trust, scratchDir, beforePush): Promise<RebuiltImage> {
-      const client = registry.client;
-      const held = await registry.layersByDiffId(client);
-      const images: RegistryImage[] = [];
+      const held = await store.layersByDiffId();
+      const images: ImageReader[] = [];
       const seen = new Set<string>();
-      for (const layer of held.values()) {
-        if (seen.has(layer.image)) continue;
-        seen.add(layer.image);
-        images.push(await openRegistryImage(`${registry.host}/${layer.image}`, { client }));
+      try {
+        for (const layer of held.values()) {
+          if (seen.has(layer.image)) continue;
+          seen.add(layer.image);
+          images.push(await store.openImage(layer.image));
+        }
+      } catch (error) {
+        await Promise.all(images.map((image) => image.close()));
+        throw error;
       }
       const provider = new ImageLayerProvider(images, scratchDir);
       try {
@@ -59,30 +58,14 @@ export function createDeltaEngine(registry: LocalRegistry): EdgeEngine {
           trust: loadTrust(trust),
           layers: provider,
           scratchDir,
-          // The module checked scratch and registry space itself, with its configured reserve.
+          // The module checked scratch and store space itself, with its configured reserve.
           skipDiskCheck: true,
           write: async (image) => {
             beforePush();
-            const layers: LayerToPush[] = image.layers.map((layer) => {
-              const existing = held.get(layer.diffId);
-              return existing
-                ? {
-                    diffId: existing.diffId,
-                    digest: existing.digest,
-                    size: existing.size,
-                    mediaType: existing.mediaType,
-                    repository: existing.repository,
-                  }
-                : layer;
-            });
-            const pushed = await pushImage(
-              registry.reference(image.repository, image.tag),
-              { config: image.config, layers },
-              { client },
-            );
+            const digest = await store.store(image, held);
             const bytesWritten =
               image.config.length + image.layers.reduce((sum, layer) => sum + layer.size, 0);
-            return { image: `${image.repository}:${image.tag}`, digest: pushed.manifestDigest, bytesWritten };
+            return { image: `${image.repository}:${image.tag}`, digest, bytesWritten };
           },
         });
         return { digest: result.digest, bytesWritten: result.bytesWritten };
@@ -92,7 +75,7 @@ export function createDeltaEngine(registry: LocalRegistry): EdgeEngine {
       }
     },
 
-    digestOf: (repository, tag) => registry.digestOf(repository, tag),
-    inventory: () => registry.inventory(),
+    digestOf: (repository, tag) => store.digestOf(repository, tag),
+    inventory: () => store.inventory(),
   };
 }

@@ -3,20 +3,22 @@
  * and which layer (by diff_id) lives in which repository, so bundles can name their source
  * layers by diff_id and the engine can read or mount them.
  */
-import { openRegistryImage, RegistryClient } from "../delta/image/registry.js";
-import type { LayerInfo } from "../delta/image/types.js";
+import {
+  type LayerToPush,
+  openRegistryImage,
+  pushImage,
+  RegistryClient,
+  type RegistryImage,
+} from "../delta/image/registry.js";
+import type { ImageToWrite } from "../delta/image/types.js";
+import type { DeviceImageStore, HeldLayer } from "./image-store.js";
 
-export interface HeldLayer extends LayerInfo {
-  /** A repository that holds the blob. */
-  readonly repository: string;
-  /** `repository:tag` of an image using it, for messages. */
-  readonly image: string;
-}
+export type { HeldLayer } from "./image-store.js";
 
 /** Tags listed per repository beyond this are ignored: a device registry holds a handful. */
 const MAX_TAGS_PER_REPOSITORY = 500;
 
-export class LocalRegistry {
+export class LocalRegistry implements DeviceImageStore {
   /** One client for the module's life: its kept-alive connections are reused across bundles. */
   readonly client: RegistryClient;
 
@@ -28,6 +30,10 @@ export class LocalRegistry {
   /** Accepts `host:port` or `http://host:port`. */
   static fromAddress(address: string): LocalRegistry {
     return new LocalRegistry(address.replace(/^https?:\/\//, "").replace(/\/+$/, ""));
+  }
+
+  get location(): string {
+    return this.host;
   }
 
   reference(repository: string, tag: string): string {
@@ -72,5 +78,31 @@ export class LocalRegistry {
       }
     }
     return layers;
+  }
+
+  openImage(image: string): Promise<RegistryImage> {
+    return openRegistryImage(`${this.host}/${image}`, { client: this.client });
+  }
+
+  /** Pushes blobs first and the manifest last; held layers are mounted from their repository, not uploaded. */
+  async store(image: ImageToWrite, held: ReadonlyMap<string, HeldLayer>): Promise<string> {
+    const layers: LayerToPush[] = image.layers.map((layer) => {
+      const existing = held.get(layer.diffId);
+      return existing
+        ? {
+            diffId: existing.diffId,
+            digest: existing.digest,
+            size: existing.size,
+            mediaType: existing.mediaType,
+            repository: existing.repository,
+          }
+        : layer;
+    });
+    const pushed = await pushImage(
+      this.reference(image.repository, image.tag),
+      { config: image.config, layers },
+      { client: this.client },
+    );
+    return pushed.manifestDigest;
   }
 }
