@@ -3,27 +3,57 @@
  * then a summary table (or, with --json, one JSON object on stdout and nothing else).
  */
 import { parseArgs } from "node:util";
-import { DEMO_DEFAULTS, type DemoOptions, type DemoProgress, type DemoResult, runDemo } from "./demo.js";
+import {
+  DEMO_DEFAULTS,
+  type DemoOptions,
+  type DemoProgress,
+  type DemoResult,
+  deviceIds,
+  runDemo,
+} from "./demo.js";
 
 const HELP = `usage: deltaship demo [options]      (npm start)
 
 Runs a whole deployment set on this machine, with no Azure account: Azurite for Tables and
-Blobs, the Function App's own handlers and orchestrators on a local host, a registry per device,
-the Image Reconstruction module per device, and a simulated satellite link between each
-device's outbox and inbox. Needs the Debian packages of scripts/setup-debian.sh.
+Blobs, the Function App's own handlers and orchestrators on a local host, a container registry,
+an image store and an Image Reconstruction module per device, and a simulated satellite link
+between each device's outbox and inbox. Needs mosquitto and openssl (scripts/setup-debian.sh);
+uses Debian's docker-registry for the registries when it is installed, OCI layout folders otherwise.
 
-options:
-  --devices N        devices in the fleet (default ${DEMO_DEFAULTS.devices})
+The fleet is ship-1, ship-2, truck-3, then device-4, device-5, ... With no --image, the command
+builds a sample in seconds and deploys samples/telemetry:1.1 and samples/dashboard:2.0 to devices
+holding telemetry:1.0 (ship-1), base:12 (ship-2) and nothing (truck-3).
+
+fleet and link:
+  --devices N        devices in the fleet, 1 to 20 (default ${DEMO_DEFAULTS.devices})
   --bandwidth BPS    link capacity in bits/s, k and M suffixes allowed (default 256k)
-  --drop-rate R      link drops per second of sending (default ${DEMO_DEFAULTS.dropRate})
-  --latency MS       delay before each (re)connection sends (default ${DEMO_DEFAULTS.latencyMs})
-  --time-factor F    simulated seconds per real second (default ${DEMO_DEFAULTS.timeFactor})
-  --deadline ISO     how long the set waits for reports, ISO 8601 (default ${DEMO_DEFAULTS.deadline})
-  --port P           port of the local Function App (default ${DEMO_DEFAULTS.port})
+  --drop-rate R      link drops per simulated second of sending (default ${DEMO_DEFAULTS.dropRate})
+  --latency MS       delay before each (re)connection sends, in ms (default ${DEMO_DEFAULTS.latencyMs})
+  --time-factor F    simulated seconds per real second; 40 makes the sample take about a
+                     minute while the summary reports time on the simulated link (default ${DEMO_DEFAULTS.timeFactor})
+  --deadline ISO     how long the set waits for reports, ISO 8601 duration (default ${DEMO_DEFAULTS.deadline})
   --corrupt DEVICE   the link to DEVICE corrupts what it carries: the set fails, no manifest is pushed
-  --work-dir DIR     where devices, manifests pushed and emails are written (default: a new temp dir)
-  --serve            keep everything running after the sample set, for more deployments with curl
-  --json             print one JSON object with the outcome on stdout and nothing else
+
+your own images (docker-archive files from docker save or skopeo, or OCI layout folders; PATH:NAME
+picks one image of several; each image is deployed under the repository:tag it was saved with):
+  --image PATH       an image to deploy; repeat for several (replaces the sample)
+  --from PATH        an image every device holds at start, e.g. the version now running; repeatable
+  --holds DEV=PATH[,PATH...]
+                     what device DEV holds at start instead of --from (DEV= for nothing); repeatable
+  example: deltaship demo --from app-1.0.tar --image app-1.1.tar --holds truck-3=
+
+stores and output:
+  --store KIND       registry: a docker-registry for the container registry and each device;
+                     oci: OCI layout folders instead (default registry when docker-registry is installed)
+  --port P           port of the local Function App on 127.0.0.1, 0 for any free one (default ${DEMO_DEFAULTS.port})
+  --work-dir DIR     where device stores, manifests pushed, emails and result.json are written
+                     (default: a new temp dir)
+  --serve            keep everything running after the first set, for more deployments with curl
+                     (POST http://127.0.0.1:PORT/api/deployments); Ctrl-C stops it
+  --json             print one JSON object with the outcome on stdout and nothing else:
+                     {"outcome","setId","devices":[{"id","outcome","images":[{"image","digest",
+                     "bytesSent","pullBytes","outcome","reason"?}]}],"manifestPushes":[{"device","at"}],
+                     "emails":[{"to","subject","at"}]}, times in ISO 8601
   --verbose          print the log of every component on stderr
   -h, --help         this text
 
@@ -62,6 +92,10 @@ export async function runDemoCommand(args: string[]): Promise<number> {
         port: { type: "string" },
         corrupt: { type: "string" },
         "work-dir": { type: "string" },
+        image: { type: "string", multiple: true },
+        from: { type: "string", multiple: true },
+        holds: { type: "string", multiple: true },
+        store: { type: "string" },
         serve: { type: "boolean", default: false },
         json: { type: "boolean", default: false },
         verbose: { type: "boolean", default: false },
@@ -78,6 +112,27 @@ export async function runDemoCommand(args: string[]): Promise<number> {
     if (devices < 1 || devices > 20) throw new Error(`--devices: expected 1 to 20, found ${devices}`);
     const timeFactor = positive("time-factor", values["time-factor"], DEMO_DEFAULTS.timeFactor);
     if (timeFactor <= 0) throw new Error("--time-factor: expected a number above 0");
+    const fleet = deviceIds(devices);
+    const inFleet = (option: string, device: string) => {
+      if (!fleet.includes(device)) {
+        throw new Error(
+          `${option}: there is no device "${device}"; the fleet is ${fleet.join(", ")} (--devices ${devices})`,
+        );
+      }
+    };
+    if (values.corrupt !== undefined) inFleet("--corrupt", values.corrupt);
+    const images = values.image ?? [];
+    const from = values.from ?? [];
+    const holds = parseHolds(values.holds ?? [], inFleet);
+    if (images.length === 0 && (from.length > 0 || Object.keys(holds).length > 0)) {
+      throw new Error(
+        "--from and --holds say what devices hold before your own images arrive; add --image PATH",
+      );
+    }
+    const store = values.store;
+    if (store !== undefined && store !== "registry" && store !== "oci") {
+      throw new Error(`--store: expected registry or oci, found "${store}"`);
+    }
     options = {
       ...DEMO_DEFAULTS,
       devices,
@@ -90,6 +145,10 @@ export async function runDemoCommand(args: string[]): Promise<number> {
       corruptDevice: values.corrupt,
       workDir: values["work-dir"],
       serve: values.serve,
+      images,
+      from,
+      holds,
+      ...(store !== undefined ? { store } : {}),
     };
   } catch (error) {
     console.error(`deltaship demo: ${(error as Error).message}\n\n${HELP}`);
@@ -103,6 +162,29 @@ export async function runDemoCommand(args: string[]): Promise<number> {
     else if (!json && !line.includes(": {") && !line.startsWith("host:")) bars.note(line);
   };
   options.onProgress = (p) => bars.render(p);
+  let printed = false;
+  const print = (result: DemoResult) => {
+    if (printed) return;
+    printed = true;
+    bars.clear();
+    if (json) {
+      // stdout carries the JSON alone; where the full record went is a note on stderr.
+      process.stderr.write(
+        `deltaship demo: manifests, emails and result.json written to ${result.workDir}\n`,
+      );
+      process.stdout.write(`${JSON.stringify(toJson(result))}\n`);
+    } else {
+      process.stdout.write(summary(result));
+    }
+  };
+  options.onServing = (result, origin) => {
+    print(result);
+    process.stderr.write(
+      `deltaship demo: serving on ${origin} until Ctrl-C. Start another set with\n` +
+        `  curl -s -X POST ${origin}/api/deployments -H 'content-type: application/json' -d @${result.workDir}/deployment.json\n` +
+        `and follow it with curl on the statusQueryGetUri it answers.\n`,
+    );
+  };
 
   let result: DemoResult;
   try {
@@ -113,16 +195,35 @@ export async function runDemoCommand(args: string[]): Promise<number> {
     console.error(`deltaship demo: ${message}`);
     return message.includes("setup-debian.sh") ? 2 : 1;
   }
-  bars.clear();
-  if (json) {
-    process.stdout.write(`${JSON.stringify(toJson(result))}\n`);
-  } else {
-    process.stdout.write(summary(result));
-  }
+  print(result);
   return result.outcome === "succeeded" ? 0 : 1;
 }
 
-/** The documented --json shape: outcome, setId, devices with images, manifest pushes, emails. */
+/** `DEV=PATH[,PATH...]`, repeatable; a device named twice holds the union. */
+function parseHolds(
+  texts: string[],
+  inFleet: (option: string, device: string) => void,
+): Record<string, string[]> {
+  const holds: Record<string, string[]> = {};
+  for (const text of texts) {
+    const eq = text.indexOf("=");
+    if (eq <= 0)
+      throw new Error(`--holds: expected DEVICE=PATH[,PATH...] (or DEVICE= for nothing), found "${text}"`);
+    const device = text.slice(0, eq);
+    inFleet("--holds", device);
+    const paths = text
+      .slice(eq + 1)
+      .split(",")
+      .filter((p) => p !== "");
+    holds[device] = [...(holds[device] ?? []), ...paths];
+  }
+  return holds;
+}
+
+/**
+ * The --json shape exactly as documented (issue 7): outcome, setId, devices with images, manifest
+ * pushes, emails. The fuller record (verification, link times, arrival order) is result.json in the work dir.
+ */
 function toJson(result: DemoResult) {
   return {
     outcome: result.outcome,
@@ -136,15 +237,11 @@ function toJson(result: DemoResult) {
         bytesSent: i.bytesSent,
         pullBytes: i.pullBytes,
         outcome: i.outcome,
-        verified: i.verified,
-        linkSeconds: Math.round(i.linkMs / 100) / 10,
         ...(i.reason ? { reason: i.reason } : {}),
       })),
     })),
-    manifestPushes: result.manifestPushes,
-    emails: result.emails,
-    arrivals: result.arrivals,
-    workDir: result.workDir,
+    manifestPushes: result.manifestPushes.map((p) => ({ device: p.device, at: p.at })),
+    emails: result.emails.map((e) => ({ to: e.to, subject: e.subject, at: e.at })),
   };
 }
 

@@ -12,7 +12,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { BlobServiceClient } from "@azure/storage-blob";
 import { generateSigningKey, keyIdOf, privateKeyPem, publicKeyPem } from "../delta/bundle/sign.js";
@@ -20,14 +20,16 @@ import { openRegistryImage, pushImage } from "../delta/image/registry.js";
 import { indexImage } from "../delta/index/index.js";
 import { indexBlobName } from "../state/blobs.js";
 import type { HubStandIn } from "../tests/support/mqtt.js";
+import { type DeviceStore, layoutStore, registryStore, type StoreKind } from "./device-store.js";
 import { TableInstanceStore } from "./durable/store.js";
 import { LocalFunctionApp } from "./functions-app.js";
 import { LocalFunctionHost } from "./host.js";
+import { openImageArchives } from "./image-archives.js";
 import { type LinkProgress, SimulatedLink, type TransferRecord } from "./link.js";
 import { EmailRecorder, ManifestRecorder } from "./recorders.js";
 import { buildSampleImages, type SampleImage, type SampleSet } from "./sample-images.js";
 import type { Azurite } from "./services/azurite.js";
-import type { TestRegistry } from "./services/registry.js";
+import { LAYOUT_REGISTRY_HOST, LayoutRegistry } from "./services/layout-registry.js";
 
 export interface DemoOptions {
   devices: number;
@@ -46,8 +48,21 @@ export interface DemoOptions {
   workDir?: string;
   /** Keep the whole system running after the sample deployment. */
   serve: boolean;
+  /**
+   * Where the container registry and each device keep images: real registries (Debian's
+   * docker-registry) or OCI layout folders; default registries when the package is installed.
+   */
+  store?: StoreKind;
+  /** Images to deploy (docker-archive files or OCI layout folders); the built-in sample when empty. */
+  images: string[];
+  /** Per device id, the images (paths) it holds at start; only with `images`. */
+  holds: Record<string, string[]>;
+  /** Images (paths) every device not named in `holds` holds at start; only with `images`. */
+  from: string[];
   log?: (line: string) => void;
   onProgress?: (progress: DemoProgress) => void;
+  /** With `serve`: the first set is over and the system keeps running at `origin` until SIGINT/SIGTERM. */
+  onServing?: (result: DemoResult, origin: string) => void;
 }
 
 export const DEMO_DEFAULTS: DemoOptions = {
@@ -59,7 +74,17 @@ export const DEMO_DEFAULTS: DemoOptions = {
   deadline: "PT10M",
   port: 7071,
   serve: false,
+  images: [],
+  holds: {},
+  from: [],
 };
+
+const FLEET = ["ship-1", "ship-2", "truck-3"];
+
+/** The ids of a fleet of `count` devices: the three the docs describe, then device-4, device-5, … */
+export function deviceIds(count: number): string[] {
+  return Array.from({ length: count }, (_, i) => FLEET[i] ?? `device-${i + 1}`);
+}
 
 export interface DemoProgress {
   links: Record<string, LinkProgress>;
@@ -80,6 +105,8 @@ export interface DemoImageResult {
 export interface DemoResult {
   outcome: "succeeded" | "failed";
   setId: string;
+  /** Where images were kept: registries or OCI layout folders. */
+  store: StoreKind;
   devices: { id: string; outcome: string; images: DemoImageResult[] }[];
   manifestPushes: { device: string; at: string }[];
   emails: { to: string; subject: string; at: string }[];
@@ -99,7 +126,7 @@ export interface DemoResult {
 
 interface Device {
   id: string;
-  registry: TestRegistry;
+  store: DeviceStore;
   inbox: string;
   holds: SampleImage[];
   module?: ChildProcess;
@@ -109,6 +136,7 @@ interface Device {
 const root = fileURLToPath(new URL("..", import.meta.url));
 const REPORTS_FUNCTION = "deviceReports";
 const EDGE_MODULE_ID = "imageReconstruction";
+const REGISTRY_BIN = "/usr/bin/docker-registry";
 /** Every wait in the demo is bounded; past this the demo reports what it saw and stops. */
 const DEMO_TIMEOUT_MS = 15 * 60 * 1000;
 
@@ -125,8 +153,57 @@ function startingSets(samples: SampleSet): SampleImage[][] {
   return [[samples.telemetryV1], [samples.base], []];
 }
 
+/** What the run deploys and what each device holds at start. */
+interface DemoImages {
+  targets: SampleImage[];
+  /** Every image the container registry must hold: targets and what devices started from. */
+  all: SampleImage[];
+  holds(deviceId: string, index: number): SampleImage[];
+  close(): Promise<void>;
+}
+
+function distinct(images: SampleImage[]): SampleImage[] {
+  return [...new Map(images.map((i) => [i.name, i])).values()];
+}
+
+async function sampleImages(): Promise<DemoImages> {
+  const samples = await buildSampleImages();
+  const sets = startingSets(samples);
+  return {
+    targets: [samples.telemetryV2, samples.dashboard],
+    all: [samples.base, samples.runtime, samples.telemetryV1, samples.telemetryV2, samples.dashboard],
+    holds: (_, index) => sets[index % sets.length]!,
+    close: async () => {},
+  };
+}
+
+async function archiveImages(options: DemoOptions): Promise<DemoImages> {
+  const given = [
+    ...options.images.map((path) => ({ path, option: "--image" })),
+    ...options.from.map((path) => ({ path, option: "--from" })),
+    ...Object.entries(options.holds).flatMap(([device, paths]) =>
+      paths.map((path) => ({ path, option: `--holds ${device}=` })),
+    ),
+  ];
+  const opened = await openImageArchives(given);
+  const get = (path: string) => opened.byPath.get(resolve(path))!;
+  const targets = distinct(options.images.map(get));
+  const from = distinct(options.from.map(get));
+  const holds = (deviceId: string) => {
+    const named = options.holds[deviceId];
+    return named === undefined ? from : distinct(named.map(get));
+  };
+  return {
+    targets,
+    all: distinct([...opened.byPath.values()]),
+    holds,
+    close: () => opened.close(),
+  };
+}
+
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
-  need("docker-registry", ["/usr/bin/docker-registry"]);
+  const store: StoreKind = options.store ?? (existsSync(REGISTRY_BIN) ? "registry" : "oci");
+  if (store === "registry") need("docker-registry", [REGISTRY_BIN]);
   need("mosquitto", ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]);
   need("openssl", ["/usr/bin/openssl"]);
   const log = options.log ?? (() => {});
@@ -142,36 +219,54 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const { startRegistry } = await import("./services/registry.js");
     const { startHubStandIn } = await import("../tests/support/mqtt.js");
 
-    log("starting Azurite, the container registry and the IoT Hub stand-in");
+    // Archives first: a wrong path is reported before anything starts.
+    const images = options.images.length > 0 ? await archiveImages(options) : await sampleImages();
+    cleanup.push(() => images.close());
+    log(
+      options.images.length > 0
+        ? `deploying ${images.targets.map((t) => t.name).join(", ")}`
+        : "built the sample images",
+    );
+
+    log(
+      `starting Azurite, the container registry (${store === "registry" ? "docker-registry" : "an OCI layout folder"}) and the IoT Hub stand-in`,
+    );
     const azurite: Azurite = await startAzurite();
     cleanup.push(() => azurite.stop());
-    const acr = await startRegistry();
-    cleanup.push(() => acr.stop());
+    let acr: { host: string; url: string; layout?: LayoutRegistry };
+    if (store === "registry") {
+      const registry = await startRegistry();
+      cleanup.push(() => registry.stop());
+      acr = { host: registry.host, url: registry.url };
+    } else {
+      const layout = new LayoutRegistry(join(workDir, "registry"));
+      acr = { host: LAYOUT_REGISTRY_HOST, url: `https://${LAYOUT_REGISTRY_HOST}`, layout };
+    }
     const hub: HubStandIn = await startHubStandIn();
     cleanup.push(() => hub.close());
 
-    log("building the sample images");
-    const samples = await buildSampleImages();
-    const all = [samples.base, samples.runtime, samples.telemetryV1, samples.telemetryV2, samples.dashboard];
     const acrDigests = new Map<string, string>();
     const pullSizes = new Map<string, { diffId: string; size: number }[]>();
     const blobService = BlobServiceClient.fromConnectionString(azurite.connectionString);
     const indexes = blobService.getContainerClient("indexes");
     await indexes.createIfNotExists();
-    for (const sample of all) {
-      const pushed = await pushImage(`${acr.host}/${sample.name}`, sample.image, { compression: "gzip" });
-      acrDigests.set(sample.name, pushed.manifestDigest);
+    for (const sample of images.all) {
+      const digest = acr.layout
+        ? await acr.layout.push(sample.name, sample.image)
+        : (await pushImage(`${acr.host}/${sample.name}`, sample.image, { compression: "gzip" }))
+            .manifestDigest;
+      acrDigests.set(sample.name, digest);
       // What the build pipeline does after each push: `deltaship index` and upload the index.
-      const reader = await openRegistryImage(`${acr.host}/${sample.name}@${pushed.manifestDigest}`);
+      const reader = acr.layout
+        ? await acr.layout.open(sample.name, digest)
+        : await openRegistryImage(`${acr.host}/${sample.name}@${digest}`);
       pullSizes.set(
         sample.name,
         reader.info.layers.map((l) => ({ diffId: l.diffId, size: l.size })),
       );
       try {
         const body = JSON.stringify(await indexImage(reader));
-        await indexes
-          .getBlockBlobClient(indexBlobName(pushed.manifestDigest))
-          .upload(body, Buffer.byteLength(body));
+        await indexes.getBlockBlobClient(indexBlobName(digest)).upload(body, Buffer.byteLength(body));
       } finally {
         await reader.close();
       }
@@ -181,29 +276,29 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const keyId = keyIdOf(key.publicKey);
     const trustedKeys = JSON.stringify({ [keyId]: publicKeyPem(key) });
 
-    const sets = startingSets(samples);
     const devices: Device[] = [];
-    for (let i = 0; i < options.devices; i++) {
-      const id = ["ship-1", "ship-2", "truck-3"][i] ?? `device-${i + 1}`;
-      const registry = await startRegistry();
-      cleanup.push(() => registry.stop());
-      const holds = sets[i % sets.length]!;
+    for (const [i, id] of deviceIds(options.devices).entries()) {
+      let deviceStore: DeviceStore;
+      if (acr.layout) {
+        deviceStore = await layoutStore(join(workDir, "devices", id, "images"), acr.layout);
+      } else {
+        const registry = await startRegistry();
+        cleanup.push(() => registry.stop());
+        deviceStore = await registryStore(registry);
+      }
+      const holds = images.holds(id, i);
       for (const sample of holds) {
         // The first install came the ordinary way (docker pull), so the device holds ACR's exact image.
-        const pushed = await pushImage(`${registry.host}/${sample.name}`, sample.image, {
-          compression: "gzip",
-        });
-        if (pushed.manifestDigest !== acrDigests.get(sample.name)) {
+        const digest = await deviceStore.hold(sample);
+        if (digest !== acrDigests.get(sample.name)) {
           throw new Error(
-            `expected ${id}'s copy of ${sample.name} to have ACR's digest; the gzip output differed`,
+            `expected ${id}'s copy of ${sample.name} to have the container registry's digest ${acrDigests.get(sample.name)}, found ${digest}; the copy differs`,
           );
         }
       }
-      // The module checks free space where the registry stores blobs; an empty registry has not made it yet.
-      await mkdir(registry.storageDir, { recursive: true });
       const inbox = join(workDir, "devices", id, "inbox");
       await mkdir(inbox, { recursive: true });
-      devices.push({ id, registry, inbox, holds });
+      devices.push({ id, store: deviceStore, inbox, holds });
     }
 
     const recorders = {
@@ -221,6 +316,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const { overrideActivityDeps } = await import("../activities/register.js");
     await mkdir(join(workDir, "scratch"), { recursive: true });
     overrideActivityDeps({
+      // Without a registry server the activities read the container registry's layout folder.
+      ...(acr.layout ? { registry: acr.layout.imageRegistry() } : {}),
       iotHub: recorders.manifests,
       email: recorders.emails,
       scratchDir: join(workDir, "scratch"),
@@ -293,16 +390,19 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     );
     await new Promise((r) => setTimeout(r, 500));
 
-    const manifest = deploymentManifest(acr.host, [samples.telemetryV2, samples.dashboard]);
+    const manifest = deploymentManifest(acr.host, images.targets);
+    const request = {
+      manifest,
+      devices: devices.map((d) => d.id),
+      requestedBy: { name: "Demo Operator", email: "operator@deltaship.example" },
+      deadline: options.deadline,
+    };
+    // The same request, kept so a user of --serve can send it again (or an edited copy) with curl.
+    await writeFile(join(workDir, "deployment.json"), `${JSON.stringify(request, null, 2)}\n`);
     const response = await fetch(`${origin}/api/deployments`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        manifest,
-        devices: devices.map((d) => d.id),
-        requestedBy: { name: "Demo Operator", email: "operator@deltaship.example" },
-        deadline: options.deadline,
-      }),
+      body: JSON.stringify(request),
     });
     const started = (await response.json()) as { id?: string; statusQueryGetUri?: string; error?: unknown };
     if (response.status !== 202 || started.id === undefined || started.statusQueryGetUri === undefined) {
@@ -328,7 +428,8 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       status,
       origin,
       devices,
-      targets: [samples.telemetryV2, samples.dashboard],
+      store,
+      targets: images.targets,
       acrDigests,
       pullSizes,
       recorders,
@@ -336,10 +437,10 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     });
     await writeFile(join(workDir, "result.json"), `${JSON.stringify(result, null, 2)}\n`);
     if (options.serve) {
-      log(`serving on ${origin} until interrupted (Ctrl-C)`);
-      await new Promise<void>((resolve) => {
-        process.once("SIGINT", resolve);
-        process.once("SIGTERM", resolve);
+      options.onServing?.(result, origin);
+      await new Promise<void>((done) => {
+        process.once("SIGINT", () => done());
+        process.once("SIGTERM", () => done());
       });
     }
     return result;
@@ -377,7 +478,14 @@ function configureApp(c: {
 function deploymentManifest(acrHost: string, images: SampleImage[]): Record<string, unknown> {
   const modules: Record<string, unknown> = {};
   for (const sample of images) {
-    const name = sample.name.split("/")[1]!.split(":")[0]!;
+    // A module name from the repository's last part (`samples/telemetry` → `telemetry`), unique in the manifest.
+    const base =
+      sample.image.repository
+        .split("/")
+        .pop()!
+        .replace(/[^A-Za-z0-9_-]/g, "-") || "module";
+    let name = base;
+    for (let n = 2; name in modules; n++) name = `${base}-${n}`;
     modules[name] = {
       version: "1.0",
       type: "docker",
@@ -425,8 +533,7 @@ function startEdgeModule(
       EdgeModuleCACertificateFile: hub.caFile,
       DELTASHIP_INBOX: device.inbox,
       DELTASHIP_STATE: join(workDir, "devices", device.id, "state"),
-      DELTASHIP_REGISTRY: device.registry.host,
-      DELTASHIP_REGISTRY_STORAGE: device.registry.storageDir,
+      ...device.store.moduleEnv,
       DELTASHIP_TRUSTED_KEYS: trustedKeys,
       DELTASHIP_POLL_MS: "200",
       DELTASHIP_QUIET_MS: "300",
@@ -471,6 +578,7 @@ interface SummaryInput {
   status: { runtimeStatus: string; output?: unknown };
   origin: string;
   devices: Device[];
+  store: StoreKind;
   targets: SampleImage[];
   acrDigests: Map<string, string>;
   /** Per image, its layers as stored in the registry (gzip): what a pull downloads. */
@@ -530,6 +638,7 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
   return {
     outcome: succeeded ? "succeeded" : "failed",
     setId: input.setId,
+    store: input.store,
     devices,
     manifestPushes: input.recorders.manifests.pushes.map((p) => ({ device: p.device, at: p.at })),
     emails: input.recorders.emails.sent.map((e) => ({ to: e.to, subject: e.subject, at: e.at })),
@@ -551,10 +660,10 @@ async function summarize(input: SummaryInput): Promise<DemoResult> {
   };
 }
 
-/** The image on the device's registry has the target's config and layers (its diff_ids), read back from the registry. */
+/** The image in the device's store has the target's config and layers (its diff_ids), read back from the store. */
 async function verifyOnDevice(device: Device, target: SampleImage): Promise<boolean> {
   try {
-    const image = await openRegistryImage(`${device.registry.host}/${target.name}`);
+    const image = await device.store.open(target.name);
     try {
       const want = target.image.layers.map((l) => l.diffId);
       const have = image.info.layers.map((l) => l.diffId);
