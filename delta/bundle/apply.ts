@@ -12,6 +12,7 @@ import { pipeline } from "node:stream/promises";
 import { DecompressStream } from "zstd-napi";
 import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite } from "../image/types.js";
+import { decodeRefZstd, RefZstdError } from "../refzstd/index.js";
 import { decode } from "../vcdiff/decoder.js";
 import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js";
 import {
@@ -155,6 +156,17 @@ async function decodePayload(
       // An empty payload decodes to nothing; the size check below decides.
     } else if (payload.codec === "zstd") {
       await pipeline(compressed, inflate, sink);
+    } else if (payload.codec === "ref-zstd") {
+      const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });
+      try {
+        const options = { expectedSize: payload.outputSize, ...(source !== undefined ? { source } : {}) };
+        await sink(decodeRefZstd(reader, options));
+      } catch (err) {
+        if (!(err instanceof RefZstdError)) throw err;
+        throw new BundleError("PAYLOAD", `layer ${payload.diffId} payload byte ${err.offset}`, err.message);
+      } finally {
+        await reader.close();
+      }
     } else {
       await pipeline(
         compressed,

@@ -27,8 +27,12 @@ export const KEY_ID_SIZE = 8;
 export const ED25519_SIGNATURE_SIZE = 64;
 export const SIGNATURE_BLOCK_SIZE = 1 + KEY_ID_SIZE + ED25519_SIGNATURE_SIZE;
 
-/** Payload codecs. `vcdiff-zstd`: zstd frame of an RFC 3284 delta against the virtual source; `zstd`: zstd frame of the tar itself. */
-export const PAYLOAD_CODECS = ["vcdiff-zstd", "zstd"] as const;
+/**
+ * Payload codecs. `vcdiff-zstd`: zstd frame of an RFC 3284 delta against the virtual source;
+ * `zstd`: zstd frame of the tar itself; `ref-zstd`: file-aligned copies plus zstd frames of the
+ * rest against the old versions (delta/refzstd/format.ts).
+ */
+export const PAYLOAD_CODECS = ["vcdiff-zstd", "zstd", "ref-zstd"] as const;
 export type PayloadCodec = (typeof PAYLOAD_CODECS)[number];
 
 // Limits that guard the parser against hostile input.

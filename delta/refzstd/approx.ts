@@ -1,0 +1,502 @@
+/**
+ * Approximate matching for changed executables and shared libraries. A rebuilt binary lines up
+ * with its old version at a fixed offset over long regions in which only scattered bytes differ
+ * (relocated addresses, shifted jump targets). Such a region is sent as byte-wise differences
+ * new[i] − old[oldOffset + i] (mod 256), mostly zeros that compress to almost nothing; what no
+ * alignment explains is sent as extra bytes, taken literally.
+ *
+ * Cloud side: `approximatePieces` finds exact-match seeds through a hash table of sampled old
+ * positions, keeps one alignment while it explains the new bytes nearly as well as any seed,
+ * and at each change of alignment splits the gap between the two by a score (matches count +1,
+ * mismatches −1), so an alignment reaches as far as at least half of its bytes keep matching.
+ * Device side: `applyPieces` needs the old file only by random access and reads the two byte
+ * streams in order.
+ */
+
+/** New bytes taken literally from the extra stream. */
+export interface ExtraPiece {
+  readonly kind: "extra";
+  readonly length: number;
+}
+
+/** New bytes = old[oldOffset + i] + difference byte i (mod 256), differences from the diff stream. */
+export interface DiffPiece {
+  readonly kind: "diff";
+  readonly length: number;
+  readonly oldOffset: number;
+}
+
+/** New bytes = old[oldOffset + i] exactly: what `splitExactRuns` makes of long runs of zero differences. */
+export interface CopyPiece {
+  readonly kind: "copy";
+  readonly length: number;
+  readonly oldOffset: number;
+}
+
+export type ApproxPiece = ExtraPiece | DiffPiece;
+export type RefinedPiece = ApproxPiece | CopyPiece;
+
+export interface ApproxOptions {
+  /** Bytes hashed per seed, a multiple of 4 from 4 to 32: shorter finds more seeds, and more false ones. */
+  readonly seedLength?: number;
+  /** Every how many old positions one enters the table: larger saves cloud memory and time, misses short matches. */
+  readonly oldStride?: number;
+  /** A seed replaces the current alignment only if the alignment misses more than this many of the seed's bytes. */
+  readonly switchMargin?: number;
+  /** The seed table has at most 2^this slots (4 bytes each). */
+  readonly maxTableBits?: number;
+}
+
+export const DEFAULT_SEED_LENGTH = 12;
+export const DEFAULT_OLD_STRIDE = 4;
+export const DEFAULT_SWITCH_MARGIN = 8;
+/** 2^26 slots = 256 MiB: a 100 MB old file at stride 4 fills about a third of them. */
+export const DEFAULT_MAX_TABLE_BITS = 26;
+
+/** Growable parallel arrays of pieces: kind 0 extra, 1 diff (2 copy after splitting). */
+class PieceList {
+  kinds = new Uint8Array(1024);
+  lengths = new Float64Array(1024);
+  offsets = new Float64Array(1024);
+  count = 0;
+
+  push(kind: number, length: number, oldOffset: number): void {
+    if (length <= 0) return;
+    const last = this.count - 1;
+    // Adjacent pieces of one kind that continue each other become one.
+    if (last >= 0 && this.kinds[last] === kind) {
+      if (kind === 0 || this.offsets[last]! + this.lengths[last]! === oldOffset) {
+        this.lengths[last]! += length;
+        return;
+      }
+    }
+    if (this.count === this.kinds.length) {
+      const size = this.count * 2;
+      const kinds = new Uint8Array(size);
+      kinds.set(this.kinds);
+      const lengths = new Float64Array(size);
+      lengths.set(this.lengths);
+      const offsets = new Float64Array(size);
+      offsets.set(this.offsets);
+      this.kinds = kinds;
+      this.lengths = lengths;
+      this.offsets = offsets;
+    }
+    this.kinds[this.count] = kind;
+    this.lengths[this.count] = length;
+    this.offsets[this.count] = oldOffset;
+    this.count++;
+  }
+
+  toPieces(): RefinedPiece[] {
+    const pieces: RefinedPiece[] = new Array(this.count);
+    for (let i = 0; i < this.count; i++) {
+      const length = this.lengths[i]!;
+      const kind = this.kinds[i];
+      pieces[i] =
+        kind === 0
+          ? { kind: "extra", length }
+          : { kind: kind === 1 ? "diff" : "copy", length, oldOffset: this.offsets[i]! };
+    }
+    return pieces;
+  }
+}
+
+/** Hash of the `words` little-endian 32-bit words at `p`; the top bits are well mixed. */
+function seedHash(bytes: Uint8Array, p: number, words: number): number {
+  let h = 0x811c9dc5;
+  for (let k = 0; k < words; k++) {
+    const q = p + 4 * k;
+    const w = bytes[q]! | (bytes[q + 1]! << 8) | (bytes[q + 2]! << 16) | (bytes[q + 3]! << 24);
+    h = Math.imul(h ^ w, 0x9e3779b1);
+    h ^= h >>> 15;
+  }
+  return Math.imul(h, 0x85ebca6b) >>> 0;
+}
+
+function checkOption(name: string, value: number, low: number, high: number, multipleOf = 1): number {
+  if (!Number.isInteger(value) || value < low || value > high || value % multipleOf !== 0) {
+    const step = multipleOf > 1 ? ` in steps of ${multipleOf}` : "";
+    throw new RangeError(
+      `approximate matching: ${name} must be an integer from ${low} to ${high}${step}, got ${value}`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Pieces that rebuild `newFile` from `oldFile`: extras and diffs in new-file order, adjacent
+ * ones merged, covering the new file exactly. Memory: both files plus the seed table (at most
+ * 2^maxTableBits × 4 bytes) plus the pieces.
+ */
+export function approximatePieces(
+  oldFile: Uint8Array,
+  newFile: Uint8Array,
+  options: ApproxOptions = {},
+): ApproxPiece[] {
+  const seedLength = checkOption("seedLength", options.seedLength ?? DEFAULT_SEED_LENGTH, 4, 32, 4);
+  const stride = checkOption("oldStride", options.oldStride ?? DEFAULT_OLD_STRIDE, 1, 1 << 20);
+  const margin = checkOption("switchMargin", options.switchMargin ?? DEFAULT_SWITCH_MARGIN, 0, 1 << 20);
+  const maxBits = checkOption("maxTableBits", options.maxTableBits ?? DEFAULT_MAX_TABLE_BITS, 4, 30);
+  const words = seedLength / 4;
+  const old = oldFile;
+  const nw = newFile;
+  const oldLen = old.length;
+  const n = nw.length;
+
+  // Seed table: slot → first old position (+1, 0 = empty) whose seed hashes there.
+  const samples = oldLen >= seedLength ? Math.floor((oldLen - seedLength) / stride) + 1 : 0;
+  let bits = 4;
+  while (bits < maxBits && 1 << bits < samples * 2) bits++;
+  const shift = 32 - bits;
+  const table = new Int32Array(1 << bits);
+  for (let p = 0; p + seedLength <= oldLen; p += stride) {
+    const slot = seedHash(old, p, words) >>> shift;
+    if (table[slot] === 0) table[slot] = p + 1;
+  }
+
+  const out = new PieceList();
+  /** First new byte not yet given to a piece; the current alignment starts here. */
+  let regionStart = 0;
+  /** Current alignment: old position − new position. */
+  let offset = 0;
+  let cursor = 0;
+
+  /**
+   * Ends the current alignment before a seed at `seedStart` with alignment `next`: the current
+   * alignment reaches forward and the next one backward as far as their scores stay best, a
+   * shared stretch goes to whichever matches more of it, the rest becomes extra bytes. Returns
+   * where the next alignment's region starts.
+   */
+  const closeRegion = (seedStart: number, next: number): number => {
+    const gap = seedStart - regionStart;
+    let forward = 0;
+    {
+      let score = 0;
+      let best = 0;
+      const limit = Math.min(gap, oldLen - (regionStart + offset));
+      for (let i = 0; i < limit; i++) {
+        score += old[regionStart + offset + i] === nw[regionStart + i] ? 1 : -1;
+        if (score > best) {
+          best = score;
+          forward = i + 1;
+        }
+      }
+    }
+    let backward = 0;
+    {
+      let score = 0;
+      let best = 0;
+      const limit = Math.min(gap, seedStart + next);
+      for (let i = 1; i <= limit; i++) {
+        score += old[seedStart + next - i] === nw[seedStart - i] ? 1 : -1;
+        if (score > best) {
+          best = score;
+          backward = i;
+        }
+      }
+    }
+    const overlap = regionStart + forward - (seedStart - backward);
+    if (overlap > 0) {
+      // Give the shared stretch [from, from + overlap) up to the split that keeps most matches.
+      const from = seedStart - backward;
+      let score = 0;
+      let best = 0;
+      let split = 0;
+      for (let i = 0; i < overlap; i++) {
+        const p = from + i;
+        if (old[p + offset] === nw[p]) score++;
+        if (old[p + next] === nw[p]) score--;
+        if (score > best) {
+          best = score;
+          split = i + 1;
+        }
+      }
+      forward = from + split - regionStart;
+      backward = seedStart - from - split;
+    }
+    out.push(1, forward, regionStart + offset);
+    out.push(0, seedStart - backward - (regionStart + forward), 0);
+    return seedStart - backward;
+  };
+
+  while (cursor < n) {
+    // A run the current alignment matches exactly needs no seed.
+    let o = cursor + offset;
+    if (o >= 0 && o < oldLen && old[o] === nw[cursor]) {
+      cursor++;
+      o++;
+      while (cursor < n && o < oldLen && old[o] === nw[cursor]) {
+        cursor++;
+        o++;
+      }
+      continue;
+    }
+    if (cursor + seedLength > n) break;
+    const found = table[seedHash(nw, cursor, words) >>> shift]! - 1;
+    if (found < 0) {
+      cursor++;
+      continue;
+    }
+    let length = 0;
+    const room = Math.min(n - cursor, oldLen - found);
+    while (length < room && old[found + length] === nw[cursor + length]) length++;
+    if (length < seedLength) {
+      cursor++;
+      continue;
+    }
+    const next = found - cursor;
+    // Keep the current alignment if it explains the seed's bytes nearly as well.
+    let misses = 0;
+    for (let i = 0; i < length && misses <= margin; i++) {
+      const q = cursor + i + offset;
+      if (q < 0 || q >= oldLen || old[q] !== nw[cursor + i]) misses++;
+    }
+    if (misses > margin) {
+      regionStart = closeRegion(cursor, next);
+      offset = next;
+    }
+    cursor += length;
+  }
+
+  // The last alignment reaches as far as its score stays best; extra bytes end the file.
+  {
+    let score = 0;
+    let best = 0;
+    let forward = 0;
+    const limit = Math.min(n - regionStart, oldLen - (regionStart + offset));
+    for (let i = 0; i < limit; i++) {
+      score += old[regionStart + offset + i] === nw[regionStart + i] ? 1 : -1;
+      if (score > best) {
+        best = score;
+        forward = i + 1;
+      }
+    }
+    out.push(1, forward, regionStart + offset);
+    out.push(0, n - regionStart - forward, 0);
+  }
+  return out.toPieces() as ApproxPiece[];
+}
+
+/**
+ * Splits each diff piece where the old and new bytes agree for at least `minCopy` bytes in a
+ * row: those runs become copies (no stream bytes at all), the rest stays diff.
+ */
+export function splitExactRuns(
+  oldFile: Uint8Array,
+  newFile: Uint8Array,
+  pieces: readonly RefinedPiece[],
+  minCopy: number,
+): RefinedPiece[] {
+  checkOption("minCopy", minCopy, 1, Number.MAX_SAFE_INTEGER);
+  const out = new PieceList();
+  let at = 0;
+  for (const piece of pieces) {
+    if (piece.kind === "extra") {
+      out.push(0, piece.length, 0);
+    } else if (piece.kind === "copy") {
+      out.push(2, piece.length, piece.oldOffset);
+    } else {
+      const base = piece.oldOffset;
+      const end = piece.length;
+      /** Start of the part not yet pushed. */
+      let pending = 0;
+      let i = 0;
+      while (i < end) {
+        if (oldFile[base + i] !== newFile[at + i]) {
+          i++;
+          continue;
+        }
+        let j = i + 1;
+        while (j < end && oldFile[base + j] === newFile[at + j]) j++;
+        if (j - i >= minCopy) {
+          out.push(1, i - pending, base + pending);
+          out.push(2, j - i, base + i);
+          pending = j;
+        }
+        i = j;
+      }
+      out.push(1, end - pending, base + pending);
+    }
+    at += piece.length;
+  }
+  return out.toPieces();
+}
+
+function checkCoverage(oldFile: Uint8Array, newLength: number, pieces: readonly RefinedPiece[]): void {
+  let total = 0;
+  for (const piece of pieces) {
+    if (piece.kind !== "extra" && (piece.oldOffset < 0 || piece.oldOffset + piece.length > oldFile.length)) {
+      throw new RangeError(
+        `approximate matching: a ${piece.kind} piece reads old bytes ${piece.oldOffset}..${piece.oldOffset + piece.length}, the old file has ${oldFile.length}`,
+      );
+    }
+    total += piece.length;
+  }
+  if (total !== newLength) {
+    throw new RangeError(
+      `approximate matching: the pieces cover ${total} bytes, the new file has ${newLength}`,
+    );
+  }
+}
+
+/** The difference bytes of the diff pieces and the extra bytes, each stream in piece order. */
+export function pieceStreams(
+  oldFile: Uint8Array,
+  newFile: Uint8Array,
+  pieces: readonly RefinedPiece[],
+): { diff: Uint8Array; extra: Uint8Array } {
+  checkCoverage(oldFile, newFile.length, pieces);
+  let diffLength = 0;
+  let extraLength = 0;
+  for (const piece of pieces) {
+    if (piece.kind === "diff") diffLength += piece.length;
+    else if (piece.kind === "extra") extraLength += piece.length;
+  }
+  const diff = new Uint8Array(diffLength);
+  const extra = new Uint8Array(extraLength);
+  let at = 0;
+  let d = 0;
+  let e = 0;
+  for (const piece of pieces) {
+    if (piece.kind === "diff") {
+      const base = piece.oldOffset;
+      for (let i = 0; i < piece.length; i++) diff[d + i] = newFile[at + i]! - oldFile[base + i]!;
+      d += piece.length;
+    } else if (piece.kind === "extra") {
+      extra.set(newFile.subarray(at, at + piece.length), e);
+      e += piece.length;
+    }
+    at += piece.length;
+  }
+  return { diff, extra };
+}
+
+/** One literal stream: difference bytes for diff pieces and new bytes for extras, interleaved in piece order. */
+export function literalStream(
+  oldFile: Uint8Array,
+  newFile: Uint8Array,
+  pieces: readonly RefinedPiece[],
+): Uint8Array {
+  checkCoverage(oldFile, newFile.length, pieces);
+  let length = 0;
+  for (const piece of pieces) if (piece.kind !== "copy") length += piece.length;
+  const literal = new Uint8Array(length);
+  let at = 0;
+  let l = 0;
+  for (const piece of pieces) {
+    if (piece.kind === "diff") {
+      const base = piece.oldOffset;
+      for (let i = 0; i < piece.length; i++) literal[l + i] = newFile[at + i]! - oldFile[base + i]!;
+      l += piece.length;
+    } else if (piece.kind === "extra") {
+      literal.set(newFile.subarray(at, at + piece.length), l);
+      l += piece.length;
+    }
+    at += piece.length;
+  }
+  return literal;
+}
+
+/**
+ * Adds `length` difference bytes to old bytes: out[outAt + i] = old[oldAt + i] + diff[diffAt + i]
+ * (mod 256). The device's step for a diff piece, on whatever chunks it has read.
+ */
+export function addDifferences(
+  out: Uint8Array,
+  outAt: number,
+  old: Uint8Array,
+  oldAt: number,
+  diff: Uint8Array,
+  diffAt: number,
+  length: number,
+): void {
+  for (let i = 0; i < length; i++) out[outAt + i] = old[oldAt + i]! + diff[diffAt + i]!;
+}
+
+/**
+ * Rebuilds the new file from the old one, the pieces and the streams of `pieceStreams`.
+ * Reads old bytes only where a piece points and each stream once, front to back.
+ */
+export function applyPieces(
+  oldFile: Uint8Array,
+  pieces: readonly RefinedPiece[],
+  diff: Uint8Array,
+  extra: Uint8Array,
+): Uint8Array {
+  let total = 0;
+  for (const piece of pieces) total += piece.length;
+  const out = new Uint8Array(total);
+  let at = 0;
+  let d = 0;
+  let e = 0;
+  for (const piece of pieces) {
+    const { length } = piece;
+    if (piece.kind === "extra") {
+      if (e + length > extra.length) {
+        throw new RangeError(
+          `approximate matching: the extra stream ends at byte ${extra.length}, a piece needs ${e + length}`,
+        );
+      }
+      out.set(extra.subarray(e, e + length), at);
+      e += length;
+    } else {
+      if (piece.oldOffset < 0 || piece.oldOffset + length > oldFile.length) {
+        throw new RangeError(
+          `approximate matching: a piece reads old bytes ${piece.oldOffset}..${piece.oldOffset + length}, the old file has ${oldFile.length}`,
+        );
+      }
+      if (piece.kind === "copy") {
+        out.set(oldFile.subarray(piece.oldOffset, piece.oldOffset + length), at);
+      } else {
+        if (d + length > diff.length) {
+          throw new RangeError(
+            `approximate matching: the diff stream ends at byte ${diff.length}, a piece needs ${d + length}`,
+          );
+        }
+        addDifferences(out, at, oldFile, piece.oldOffset, diff, d, length);
+        d += length;
+      }
+    }
+    at += length;
+  }
+  if (d !== diff.length || e !== extra.length) {
+    throw new RangeError(
+      `approximate matching: the pieces use ${d} diff and ${e} extra bytes, the streams hold ${diff.length} and ${extra.length}`,
+    );
+  }
+  return out;
+}
+
+/**
+ * The piece table as varints, for measuring: per piece varint(length × 3 + kind) with kind 0
+ * extra, 1 diff, 2 copy, then for diff and copy varint(zigzag(oldOffset − end of the previous one)).
+ */
+export function encodePieceTable(pieces: readonly RefinedPiece[]): Uint8Array {
+  let bytes = new Uint8Array(1024);
+  let length = 0;
+  const write = (value: number) => {
+    if (length + 8 > bytes.length) {
+      const grown = new Uint8Array(bytes.length * 2);
+      grown.set(bytes.subarray(0, length));
+      bytes = grown;
+    }
+    let v = value;
+    while (v >= 0x80) {
+      bytes[length++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    bytes[length++] = v;
+  };
+  let oldEnd = 0;
+  for (const piece of pieces) {
+    const kind = piece.kind === "extra" ? 0 : piece.kind === "diff" ? 1 : 2;
+    write(piece.length * 3 + kind);
+    if (piece.kind !== "extra") {
+      const delta = piece.oldOffset - oldEnd;
+      write(delta >= 0 ? delta * 2 : -delta * 2 - 1);
+      oldEnd = piece.oldOffset + piece.length;
+    }
+  }
+  return bytes.slice(0, length);
+}

@@ -1,0 +1,395 @@
+/**
+ * Decoding a `ref-zstd` payload: per segment, read the tables, read the reference extents from
+ * the source by random access, decompress the literal frame single-shot into a buffer of the
+ * declared size, then play the pieces (literal bytes from that buffer, copies streamed from the
+ * source). Memory: one reference (≤ 32 MiB) + one segment's literal bytes (≤ 16 MiB) + its frame.
+ */
+import zstd from "zstd-napi/binding.js";
+import type { SourceReader } from "../vcdiff/source.js";
+import {
+  compressBound,
+  MAX_EXTENTS,
+  MAX_OUTPUT_SIZE,
+  MAX_PIECES,
+  MAX_REFERENCE,
+  MAX_SEGMENT_HEADER,
+  MAX_SEGMENT_LITERAL,
+  maxTablesSize,
+  PREAMBLE_SIZE,
+  REFZSTD_MAGIC,
+  REFZSTD_VERSION,
+  RefZstdError,
+  type SegmentHeader,
+  unzigzag,
+  VarintReader,
+} from "./format.js";
+
+/** Output is handed on in pieces of this size: large enough for few writes, small enough to bound memory. */
+const OUTPUT_CHUNK = 1024 * 1024;
+/** The payload header (magic, version, two varints) fits in this many bytes. */
+const MAX_PAYLOAD_HEADER = PREAMBLE_SIZE + 2 * 8;
+
+export interface DecodeOptions {
+  /** The virtual source the payload copies from; absent when the payload needs none. */
+  readonly source?: SourceReader;
+  /** The size the caller expects (the manifest's); a payload declaring another is refused. */
+  readonly expectedSize?: number;
+}
+
+async function readExact(reader: SourceReader, position: number, length: number): Promise<Uint8Array> {
+  const bytes = new Uint8Array(length);
+  if (reader.readSync !== undefined) reader.readSync(position, bytes, 0, length);
+  else await reader.read(position, bytes, 0, length);
+  return bytes;
+}
+
+/** The payload bytes at `position`, refused as truncated if fewer than `length` remain. */
+async function readPayload(
+  payload: SourceReader,
+  position: number,
+  length: number,
+  what: string,
+): Promise<Uint8Array> {
+  if (position + length > payload.size) {
+    throw new RefZstdError(
+      "TRUNCATED",
+      `${what} needs ${length} bytes, only ${payload.size - position} remain in the ${payload.size}-byte payload`,
+      position,
+    );
+  }
+  return readExact(payload, position, length);
+}
+
+/** Checks that `frame` is exactly one zstd frame declaring `size` content bytes. */
+function checkFrame(frame: Uint8Array, size: number, what: string, offset: number): void {
+  let declared: number | null;
+  let compressed: number;
+  try {
+    declared = zstd.getFrameContentSize(frame);
+    compressed = zstd.findFrameCompressedSize(frame);
+  } catch (err) {
+    throw new RefZstdError("CORRUPT", `the ${what} is not a zstd frame (${(err as Error).message})`, offset);
+  }
+  if (compressed !== frame.length) {
+    throw new RefZstdError(
+      "CORRUPT",
+      `the ${what} should be one ${frame.length}-byte zstd frame, its first frame has ${compressed} bytes`,
+      offset,
+    );
+  }
+  if (declared !== size) {
+    throw new RefZstdError(
+      "CORRUPT",
+      `the ${what} declares ${declared === null ? "no" : declared} content bytes, the segment header says ${size}`,
+      offset,
+    );
+  }
+}
+
+function parseSegmentHeader(
+  bytes: Uint8Array,
+  offset: number,
+  remainingOutput: number,
+): {
+  header: SegmentHeader;
+  length: number;
+} {
+  const r = new VarintReader(bytes, offset, "segment header");
+  const header: SegmentHeader = {
+    outputLength: r.read("the segment's output length"),
+    literalLength: r.read("the literal length"),
+    extentCount: r.read("the extent count"),
+    pieceCount: r.read("the piece count"),
+    tablesLength: r.read("the tables length"),
+    frameLength: r.read("the frame length"),
+  };
+  const limit = (ok: boolean, message: string) => {
+    if (!ok) throw new RefZstdError("LIMIT", message, offset);
+  };
+  limit(
+    header.outputLength >= 1 && header.outputLength <= remainingOutput,
+    `segment output of ${header.outputLength} bytes, expected 1 to the ${remainingOutput} bytes still to produce`,
+  );
+  limit(
+    header.literalLength <= MAX_SEGMENT_LITERAL && header.literalLength <= header.outputLength,
+    `${header.literalLength} literal bytes exceed the segment output or the ${MAX_SEGMENT_LITERAL}-byte limit`,
+  );
+  limit(header.extentCount <= MAX_EXTENTS, `${header.extentCount} extents exceed ${MAX_EXTENTS}`);
+  limit(
+    header.pieceCount >= 1 && header.pieceCount <= MAX_PIECES,
+    `${header.pieceCount} pieces, expected 1 to ${MAX_PIECES}`,
+  );
+  limit(
+    header.tablesLength >= 1 &&
+      header.tablesLength <= compressBound(maxTablesSize(header.extentCount, header.pieceCount)),
+    `a ${header.tablesLength}-byte tables frame cannot hold ${header.extentCount} extents and ${header.pieceCount} pieces`,
+  );
+  limit(
+    header.literalLength === 0
+      ? header.frameLength === 0
+      : header.frameLength >= 1 && header.frameLength <= compressBound(header.literalLength),
+    `a ${header.frameLength}-byte frame cannot hold ${header.literalLength} literal bytes`,
+  );
+  return { header, length: r.position };
+}
+
+interface Tables {
+  readonly extentOffsets: Float64Array;
+  readonly extentLengths: Float64Array;
+  readonly referenceSize: number;
+  /** Source offset per piece, -1 for literal pieces. */
+  readonly pieceOffsets: Float64Array;
+  readonly pieceLengths: Float64Array;
+}
+
+function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, sourceSize: number): Tables {
+  const r = new VarintReader(bytes, offset, "tables");
+  const corrupt = (message: string) => new RefZstdError("CORRUPT", `tables: ${message}`, offset);
+  const extentOffsets = new Float64Array(header.extentCount);
+  const extentLengths = new Float64Array(header.extentCount);
+  let end = 0;
+  let referenceSize = 0;
+  for (let i = 0; i < header.extentCount; i++) {
+    const start = end + unzigzag(r.read(`extent ${i}'s offset`));
+    const length = r.read(`extent ${i}'s length`);
+    if (length < 1 || start < 0 || start + length > sourceSize) {
+      throw corrupt(
+        `extent ${i} (${length} bytes at ${start}) is empty or outside the ${sourceSize}-byte source`,
+      );
+    }
+    referenceSize += length;
+    if (referenceSize > MAX_REFERENCE) {
+      throw new RefZstdError("LIMIT", `the reference exceeds ${MAX_REFERENCE} bytes at extent ${i}`, offset);
+    }
+    extentOffsets[i] = start;
+    extentLengths[i] = length;
+    end = start + length;
+  }
+  const pieceOffsets = new Float64Array(header.pieceCount);
+  const pieceLengths = new Float64Array(header.pieceCount);
+  /** Where the next copy is expected to start: every piece, literal or copy, moves it on. */
+  let expected = 0;
+  let literal = 0;
+  let output = 0;
+  for (let i = 0; i < header.pieceCount; i++) {
+    const word = r.read(`piece ${i}`);
+    const length = Math.floor(word / 2);
+    if (length < 1) throw corrupt(`piece ${i} is empty`);
+    output += length;
+    if (output > header.outputLength) {
+      throw corrupt(`piece ${i} goes past the segment's ${header.outputLength} output bytes`);
+    }
+    pieceLengths[i] = length;
+    if (word % 2 === 1) {
+      const start = expected + unzigzag(r.read(`piece ${i}'s source offset`));
+      if (start < 0 || start + length > sourceSize) {
+        throw corrupt(`piece ${i} copies ${length} bytes at ${start}, outside the ${sourceSize}-byte source`);
+      }
+      pieceOffsets[i] = start;
+      expected = start;
+    } else {
+      literal += length;
+      pieceOffsets[i] = -1;
+    }
+    expected += length;
+  }
+  if (r.remaining !== 0) throw corrupt(`${r.remaining} bytes follow the last piece`);
+  if (output !== header.outputLength || literal !== header.literalLength) {
+    throw corrupt(
+      `pieces produce ${output} bytes with ${literal} literal, the header says ${header.outputLength} with ${header.literalLength}`,
+    );
+  }
+  return { extentOffsets, extentLengths, referenceSize, pieceOffsets, pieceLengths };
+}
+
+function decompressInto(
+  dctx: InstanceType<typeof zstd.DCtx>,
+  frame: Uint8Array,
+  size: number,
+  dictionary: Uint8Array | undefined,
+  what: string,
+  offset: number,
+): Uint8Array {
+  const out = new Uint8Array(size);
+  let produced: number;
+  try {
+    produced =
+      dictionary === undefined
+        ? dctx.decompress(out, frame)
+        : dctx.decompressUsingDict(out, frame, dictionary);
+  } catch (err) {
+    throw new RefZstdError("CORRUPT", `the ${what} does not decompress (${(err as Error).message})`, offset);
+  }
+  if (produced !== size) {
+    throw new RefZstdError(
+      "CORRUPT",
+      `the ${what} decompressed to ${produced} bytes, expected ${size}`,
+      offset,
+    );
+  }
+  return out;
+}
+
+/**
+ * Decodes a `ref-zstd` payload read by random access from `payload`; yields the layer tar in
+ * order. Every malformed or truncated payload ends in a RefZstdError; a source read that fails
+ * ends in the source's own error.
+ */
+export async function* decodeRefZstd(
+  payload: SourceReader,
+  options: DecodeOptions = {},
+): AsyncGenerator<Uint8Array> {
+  const source = options.source;
+  const sourceSize = source?.size ?? 0;
+  const head = await readExact(payload, 0, Math.min(MAX_PAYLOAD_HEADER, payload.size));
+  if (head.length < PREAMBLE_SIZE) {
+    throw new RefZstdError(
+      "TRUNCATED",
+      `a payload starts with ${PREAMBLE_SIZE} bytes of magic and version`,
+      0,
+    );
+  }
+  for (let i = 0; i < REFZSTD_MAGIC.length; i++) {
+    if (head[i] !== REFZSTD_MAGIC[i]) {
+      throw new RefZstdError("BAD_MAGIC", "this is not a ref-zstd payload (magic bytes differ)", i);
+    }
+  }
+  if (head[REFZSTD_MAGIC.length] !== REFZSTD_VERSION) {
+    throw new RefZstdError(
+      "VERSION",
+      `payload version ${head[REFZSTD_MAGIC.length]}, this decoder reads version ${REFZSTD_VERSION}; update the device software`,
+      REFZSTD_MAGIC.length,
+    );
+  }
+  const top = new VarintReader(head.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
+  const outputSize = top.read("the output size");
+  const segmentCount = top.read("the segment count");
+  if (outputSize > MAX_OUTPUT_SIZE) {
+    throw new RefZstdError("LIMIT", `output size ${outputSize} exceeds ${MAX_OUTPUT_SIZE}`, PREAMBLE_SIZE);
+  }
+  if (options.expectedSize !== undefined && outputSize !== options.expectedSize) {
+    throw new RefZstdError(
+      "CORRUPT",
+      `the payload makes ${outputSize} bytes, the caller expects ${options.expectedSize}`,
+      PREAMBLE_SIZE,
+    );
+  }
+  if (segmentCount > outputSize) {
+    throw new RefZstdError(
+      "LIMIT",
+      `${segmentCount} segments cannot each produce a byte of a ${outputSize}-byte output`,
+      PREAMBLE_SIZE,
+    );
+  }
+
+  const dctx = new zstd.DCtx();
+  let position = top.offset;
+  let produced = 0;
+  /** Output the segments read so far promise. */
+  let planned = 0;
+  let out = new Uint8Array(Math.min(OUTPUT_CHUNK, Math.max(outputSize, 1)));
+  let fill = 0;
+  for (let s = 0; s < segmentCount; s++) {
+    const headerBytes = await readExact(
+      payload,
+      position,
+      Math.min(MAX_SEGMENT_HEADER, payload.size - position),
+    );
+    const { header, length } = parseSegmentHeader(headerBytes, position, outputSize - planned);
+    position += length;
+    planned += header.outputLength;
+
+    const tablesFrame = await readPayload(payload, position, header.tablesLength, `segment ${s}'s tables`);
+    const tablesSize = maxTablesSize(header.extentCount, header.pieceCount);
+    const declared = (() => {
+      try {
+        return zstd.getFrameContentSize(tablesFrame);
+      } catch (err) {
+        throw new RefZstdError(
+          "CORRUPT",
+          `segment ${s}'s tables are not a zstd frame (${(err as Error).message})`,
+          position,
+        );
+      }
+    })();
+    if (declared === null || declared > tablesSize) {
+      throw new RefZstdError(
+        "LIMIT",
+        `segment ${s}'s tables declare ${declared ?? "no"} bytes, at most ${tablesSize} fit its counts`,
+        position,
+      );
+    }
+    checkFrame(tablesFrame, declared, `segment ${s}'s tables frame`, position);
+    const tables = parseTables(
+      decompressInto(dctx, tablesFrame, declared, undefined, `segment ${s}'s tables`, position),
+      position,
+      header,
+      sourceSize,
+    );
+    position += header.tablesLength;
+
+    let literal: Uint8Array = new Uint8Array(0);
+    if (header.literalLength > 0) {
+      const frame = await readPayload(payload, position, header.frameLength, `segment ${s}'s literal frame`);
+      checkFrame(frame, header.literalLength, `segment ${s}'s literal frame`, position);
+      const dictionary = new Uint8Array(1 + tables.referenceSize);
+      let at = 1;
+      for (let i = 0; i < tables.extentOffsets.length; i++) {
+        const n = tables.extentLengths[i]!;
+        if (source!.readSync !== undefined) source!.readSync(tables.extentOffsets[i]!, dictionary, at, n);
+        else await source!.read(tables.extentOffsets[i]!, dictionary, at, n);
+        at += n;
+      }
+      literal = decompressInto(
+        dctx,
+        frame,
+        header.literalLength,
+        dictionary,
+        `segment ${s}'s literal frame`,
+        position,
+      );
+    }
+    position += header.frameLength;
+
+    let literalAt = 0;
+    for (let i = 0; i < tables.pieceLengths.length; i++) {
+      let remaining = tables.pieceLengths[i]!;
+      const from = tables.pieceOffsets[i]!;
+      let copied = 0;
+      while (remaining > 0) {
+        const n = Math.min(remaining, out.length - fill);
+        if (from < 0) {
+          out.set(literal.subarray(literalAt, literalAt + n), fill);
+          literalAt += n;
+        } else if (source!.readSync !== undefined) {
+          source!.readSync(from + copied, out, fill, n);
+        } else {
+          await source!.read(from + copied, out, fill, n);
+        }
+        copied += n;
+        fill += n;
+        remaining -= n;
+        if (fill === out.length) {
+          yield out;
+          produced += fill;
+          fill = 0;
+          out = new Uint8Array(Math.min(OUTPUT_CHUNK, Math.max(outputSize - produced, 1)));
+        }
+      }
+    }
+  }
+  if (fill > 0) {
+    yield out.subarray(0, fill);
+    produced += fill;
+  }
+  if (produced !== outputSize) {
+    throw new RefZstdError(
+      "TRUNCATED",
+      `the segments produce ${produced} bytes, the payload header says ${outputSize}`,
+      position,
+    );
+  }
+  if (position !== payload.size) {
+    throw new RefZstdError("CORRUPT", `${payload.size - position} bytes follow the last segment`, position);
+  }
+}

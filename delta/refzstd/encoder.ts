@@ -1,0 +1,448 @@
+/**
+ * Encoding a layer tar as a `ref-zstd` payload. The caller knows the files (see diff.ts): which
+ * target ranges exist verbatim in the source (copies) and which have an old version there
+ * (references: a header against the old header, a changed file against the old file). The
+ * encoder plans segments over the target (copies, and literal runs with their references in
+ * target order), then compresses each segment's literal bytes against its reference.
+ */
+import { Compressor } from "zstd-napi";
+import type { SourceReader } from "../vcdiff/source.js";
+import {
+  type Extent,
+  FRAME_WINDOW_LOG,
+  MAX_EXTENTS,
+  MAX_PIECES,
+  MAX_REFERENCE,
+  MAX_SEGMENT_LITERAL,
+  MAX_SOURCE_SIZE,
+  REFZSTD_MAGIC,
+  REFZSTD_VERSION,
+  VarintWriter,
+  zigzag,
+} from "./format.js";
+
+/** Default zstd level: 19 is within 1% of 22 on real layers and needs a fraction of its memory. */
+export const DEFAULT_REFZSTD_LEVEL = 19;
+/** Tar pads data to 512-byte blocks: a copy is extended over the padding when the source's matches. */
+const TAR_BLOCK = 512;
+
+/** target[targetOffset, +length) equals source[sourceOffset, +length). */
+export interface CopyHint {
+  readonly targetOffset: number;
+  readonly length: number;
+  readonly sourceOffset: number;
+}
+
+/** target[targetOffset, +targetLength) is a new version of source[sourceOffset, +sourceLength). */
+export interface ReferenceHint {
+  readonly targetOffset: number;
+  readonly targetLength: number;
+  readonly sourceOffset: number;
+  readonly sourceLength: number;
+}
+
+export interface RefZstdEncodeOptions {
+  readonly copies?: readonly CopyHint[];
+  readonly references?: readonly ReferenceHint[];
+  /** zstd level of the literal frames; default DEFAULT_REFZSTD_LEVEL. */
+  readonly level?: number;
+  /** Literal bytes per segment, at most MAX_SEGMENT_LITERAL (smaller in tests). */
+  readonly segmentLiteral?: number;
+  /** Reference bytes per segment, at most MAX_REFERENCE (smaller in tests). */
+  readonly reference?: number;
+}
+
+/** A planned segment: its pieces (literal pieces keep their target offset to gather them) and extents. */
+interface SegmentPlan {
+  readonly lengths: number[];
+  /** Source offset of a copy, -1 for literal bytes. */
+  readonly sources: number[];
+  /** Target offset of each piece. */
+  readonly targets: number[];
+  readonly extents: Extent[];
+  literal: number;
+  output: number;
+  referenceSize: number;
+}
+
+function emptySegment(): SegmentPlan {
+  return { lengths: [], sources: [], targets: [], extents: [], literal: 0, output: 0, referenceSize: 0 };
+}
+
+interface Reference {
+  readonly targetOffset: number;
+  readonly targetEnd: number;
+  readonly sourceOffset: number;
+  readonly sourceLength: number;
+  /** Target bytes in the range that are not copied. */
+  literal: number;
+  /** Literal bytes of the range already planned (for references split across segments). */
+  done: number;
+}
+
+/** Builds segments piece by piece; a new segment inherits the extent of the reference being emitted. */
+class Planner {
+  readonly segments: SegmentPlan[] = [];
+  current = emptySegment();
+  /** The extent that literal bytes being emitted are compressed against. */
+  active: Extent | undefined;
+
+  constructor(
+    readonly segmentLiteral: number,
+    readonly referenceLimit: number,
+  ) {}
+
+  flush(): void {
+    if (this.current.output > 0) {
+      this.segments.push(this.current);
+      this.current = emptySegment();
+    }
+    if (this.active !== undefined && this.current.extents.length === 0) this.addExtent(this.active);
+  }
+
+  private roomForPiece(): void {
+    if (this.current.lengths.length >= MAX_PIECES) this.flush();
+  }
+
+  addExtent(extent: Extent): void {
+    const seg = this.current;
+    if (seg.extents.length >= MAX_EXTENTS) throw new Error("a segment was planned past MAX_EXTENTS");
+    const last = seg.extents[seg.extents.length - 1];
+    if (last !== undefined && last.sourceOffset + last.length === extent.sourceOffset) {
+      seg.extents[seg.extents.length - 1] = {
+        sourceOffset: last.sourceOffset,
+        length: last.length + extent.length,
+      };
+    } else {
+      seg.extents.push(extent);
+    }
+    seg.referenceSize += extent.length;
+  }
+
+  literal(targetOffset: number, length: number): void {
+    this.roomForPiece();
+    const seg = this.current;
+    const i = seg.lengths.length - 1;
+    if (i >= 0 && seg.sources[i] === -1 && seg.targets[i]! + seg.lengths[i]! === targetOffset) {
+      seg.lengths[i]! += length;
+    } else {
+      seg.lengths.push(length);
+      seg.sources.push(-1);
+      seg.targets.push(targetOffset);
+    }
+    seg.literal += length;
+    seg.output += length;
+  }
+
+  copy(targetOffset: number, length: number, sourceOffset: number): void {
+    this.roomForPiece();
+    const seg = this.current;
+    const i = seg.lengths.length - 1;
+    if (
+      i >= 0 &&
+      seg.sources[i]! >= 0 &&
+      seg.targets[i]! + seg.lengths[i]! === targetOffset &&
+      seg.sources[i]! + seg.lengths[i]! === sourceOffset
+    ) {
+      seg.lengths[i]! += length;
+    } else {
+      seg.lengths.push(length);
+      seg.sources.push(sourceOffset);
+      seg.targets.push(targetOffset);
+    }
+    seg.output += length;
+  }
+}
+
+function readInto(reader: SourceReader, position: number, into: Uint8Array, offset: number, length: number) {
+  if (reader.readSync !== undefined) {
+    reader.readSync(position, into, offset, length);
+    return undefined;
+  }
+  return reader.read(position, into, offset, length);
+}
+
+/** Sorted, in-bounds, non-overlapping copies, each extended over following bytes the source repeats (tar padding). */
+async function prepareCopies(
+  target: SourceReader,
+  source: SourceReader | undefined,
+  hints: readonly CopyHint[],
+): Promise<CopyHint[]> {
+  if (hints.length === 0) return [];
+  if (source === undefined) throw new Error("copy hints need a source");
+  const sorted = [...hints].sort((a, b) => a.targetOffset - b.targetOffset);
+  const kept: CopyHint[] = [];
+  let end = 0;
+  for (const c of sorted) {
+    if (c.length <= 0 || c.targetOffset < end) continue;
+    if (
+      c.targetOffset + c.length > target.size ||
+      c.sourceOffset < 0 ||
+      c.sourceOffset + c.length > source.size
+    ) {
+      throw new Error(
+        `copy hint of ${c.length} bytes from ${c.sourceOffset} to ${c.targetOffset} is outside the target (${target.size}) or source (${source.size})`,
+      );
+    }
+    kept.push(c);
+    end = c.targetOffset + c.length;
+  }
+  const a = new Uint8Array(TAR_BLOCK);
+  const b = new Uint8Array(TAR_BLOCK);
+  for (let i = 0; i < kept.length; i++) {
+    const c = kept[i]!;
+    const targetEnd = c.targetOffset + c.length;
+    // Only up to the next block boundary: beyond it starts the next header, which must stay literal to align with its old version.
+    const limit = Math.min(
+      Math.ceil(targetEnd / TAR_BLOCK) * TAR_BLOCK - targetEnd,
+      (i + 1 < kept.length ? kept[i + 1]!.targetOffset : target.size) - targetEnd,
+      source.size - (c.sourceOffset + c.length),
+    );
+    if (limit <= 0) continue;
+    await readInto(target, targetEnd, a, 0, limit);
+    await readInto(source, c.sourceOffset + c.length, b, 0, limit);
+    let n = 0;
+    while (n < limit && a[n] === b[n]) n++;
+    if (n > 0) kept[i] = { targetOffset: c.targetOffset, length: c.length + n, sourceOffset: c.sourceOffset };
+  }
+  return kept;
+}
+
+/** Sorted, clipped, non-overlapping references, each widened to the old entry's padded end; with their literal byte counts. */
+function prepareReferences(
+  target: SourceReader,
+  source: SourceReader | undefined,
+  hints: readonly ReferenceHint[],
+  copies: readonly CopyHint[],
+): Reference[] {
+  if (hints.length === 0) return [];
+  if (source === undefined) throw new Error("reference hints need a source");
+  const sorted = [...hints].sort((a, b) => a.targetOffset - b.targetOffset);
+  const kept: Reference[] = [];
+  let end = 0;
+  for (const h of sorted) {
+    if (h.targetLength <= 0 || h.sourceLength <= 0 || h.targetOffset < end) continue;
+    if (
+      h.targetOffset + h.targetLength > target.size ||
+      h.sourceOffset < 0 ||
+      h.sourceOffset + h.sourceLength > source.size
+    ) {
+      throw new Error(
+        `reference hint ${h.targetOffset}+${h.targetLength} ← ${h.sourceOffset}+${h.sourceLength} is outside the target (${target.size}) or source (${source.size})`,
+      );
+    }
+    const padded = Math.min(Math.ceil(h.sourceLength / TAR_BLOCK) * TAR_BLOCK, source.size - h.sourceOffset);
+    kept.push({
+      targetOffset: h.targetOffset,
+      targetEnd: h.targetOffset + h.targetLength,
+      sourceOffset: h.sourceOffset,
+      sourceLength: padded,
+      literal: 0,
+      done: 0,
+    });
+    end = h.targetOffset + h.targetLength;
+  }
+  // Literal bytes of each range: its length minus the copies that overlap it.
+  let ci = 0;
+  for (const r of kept) {
+    let copied = 0;
+    while (ci < copies.length && copies[ci]!.targetOffset + copies[ci]!.length <= r.targetOffset) ci++;
+    for (let j = ci; j < copies.length && copies[j]!.targetOffset < r.targetEnd; j++) {
+      const c = copies[j]!;
+      copied += Math.min(r.targetEnd, c.targetOffset + c.length) - Math.max(r.targetOffset, c.targetOffset);
+    }
+    r.literal = r.targetEnd - r.targetOffset - copied;
+  }
+  return kept;
+}
+
+/** The part of a big reference that literal bytes [from, to) of its range are compressed against. */
+function sliceFor(r: Reference, from: number, to: number, limit: number): Extent {
+  const length = Math.min(r.sourceLength, limit);
+  const center = r.sourceOffset + ((from + to) / 2) * (r.sourceLength / r.literal);
+  const start = Math.min(
+    Math.max(Math.round(center - length / 2), r.sourceOffset),
+    r.sourceOffset + r.sourceLength - length,
+  );
+  return { sourceOffset: start, length };
+}
+
+function plan(
+  size: number,
+  copies: readonly CopyHint[],
+  references: Reference[],
+  segmentLiteral: number,
+  referenceLimit: number,
+): SegmentPlan[] {
+  const planner = new Planner(segmentLiteral, referenceLimit);
+  let ci = 0;
+  let ri = 0;
+  let entered: Reference | undefined;
+  let chunk = -1;
+  let position = 0;
+  while (position < size) {
+    const copy = copies[ci];
+    if (copy !== undefined && copy.targetOffset === position) {
+      planner.copy(position, copy.length, copy.sourceOffset);
+      position += copy.length;
+      ci++;
+      continue;
+    }
+    const nextCopy = copy !== undefined ? copy.targetOffset : size;
+    while (ri < references.length && references[ri]!.targetEnd <= position) ri++;
+    const r =
+      references[ri] !== undefined && references[ri]!.targetOffset <= position ? references[ri] : undefined;
+    const runEnd = Math.min(nextCopy, r !== undefined ? r.targetEnd : (references[ri]?.targetOffset ?? size));
+    if (r !== entered) {
+      entered = r;
+      chunk = -1;
+      planner.active = undefined;
+      if (r !== undefined && r.literal <= segmentLiteral && r.sourceLength <= referenceLimit) {
+        const seg = planner.current;
+        if (
+          seg.literal + r.literal > segmentLiteral ||
+          seg.referenceSize + r.sourceLength > referenceLimit ||
+          seg.extents.length >= MAX_EXTENTS
+        ) {
+          planner.flush();
+        }
+        planner.active = { sourceOffset: r.sourceOffset, length: r.sourceLength };
+        planner.addExtent(planner.active);
+      }
+    }
+    let t = position;
+    let n = runEnd - position;
+    while (n > 0) {
+      let take: number;
+      if (r !== undefined && planner.active === undefined && chunk === -1) {
+        // Too big for one segment: cut into segment-sized chunks, each against a slice of the old version.
+        chunk = 0;
+      }
+      if (r !== undefined && chunk >= 0) {
+        const c = Math.floor(r.done / segmentLiteral);
+        if (c !== chunk || planner.active === undefined) {
+          chunk = c;
+          planner.active = undefined;
+          planner.flush();
+          const from = c * segmentLiteral;
+          planner.active = sliceFor(r, from, Math.min(from + segmentLiteral, r.literal), referenceLimit);
+          planner.addExtent(planner.active);
+        }
+        take = Math.min(n, (chunk + 1) * segmentLiteral - r.done);
+      } else {
+        const room = segmentLiteral - planner.current.literal;
+        if (room === 0) {
+          planner.flush();
+          continue;
+        }
+        take = Math.min(n, room);
+      }
+      planner.literal(t, take);
+      if (r !== undefined) r.done += take;
+      t += take;
+      n -= take;
+    }
+    position = runEnd;
+  }
+  planner.active = undefined;
+  planner.flush();
+  return planner.segments;
+}
+
+/**
+ * Encodes `target` (a layer tar) against `source` (the virtual source) as a `ref-zstd` payload,
+ * yielded in parts. Hints come from the caller's knowledge of both tars; without them the payload
+ * is the tar compressed in segments with no reference.
+ */
+export async function* encodeRefZstd(
+  target: SourceReader,
+  source: SourceReader | undefined,
+  options: RefZstdEncodeOptions = {},
+): AsyncGenerator<Uint8Array> {
+  const segmentLiteral = Math.min(options.segmentLiteral ?? MAX_SEGMENT_LITERAL, MAX_SEGMENT_LITERAL);
+  const referenceLimit = Math.min(options.reference ?? MAX_REFERENCE, MAX_REFERENCE);
+  if (source !== undefined && source.size > MAX_SOURCE_SIZE) {
+    throw new Error(`a ${source.size}-byte source exceeds ref-zstd's ${MAX_SOURCE_SIZE}-byte limit`);
+  }
+  const copies = await prepareCopies(target, source, options.copies ?? []);
+  const references = prepareReferences(target, source, options.references ?? [], copies);
+  const segments = plan(target.size, copies, references, segmentLiteral, referenceLimit);
+
+  const head = new VarintWriter();
+  head.write(target.size);
+  head.write(segments.length);
+  const preamble = new Uint8Array(REFZSTD_MAGIC.length + 1 + head.length);
+  preamble.set(REFZSTD_MAGIC);
+  preamble[REFZSTD_MAGIC.length] = REFZSTD_VERSION;
+  preamble.set(head.result, REFZSTD_MAGIC.length + 1);
+  yield preamble;
+
+  const level = options.level ?? 19;
+  const literalCompressor = new Compressor();
+  literalCompressor.setParameters({
+    compressionLevel: level,
+    windowLog: FRAME_WINDOW_LOG,
+    // Ultra levels' own tables (hashLog 25, chainLog 27) cost over 1 GiB per context for little gain here.
+    ...(level >= 20 ? { hashLog: 25, chainLog: 26 } : {}),
+    checksumFlag: false,
+    contentSizeFlag: true,
+  });
+  const tablesCompressor = new Compressor();
+  tablesCompressor.setParameters({ compressionLevel: 19, checksumFlag: false, contentSizeFlag: true });
+
+  for (const seg of segments) {
+    const tables = new VarintWriter();
+    let end = 0;
+    for (const e of seg.extents) {
+      tables.write(zigzag(e.sourceOffset - end));
+      tables.write(e.length);
+      end = e.sourceOffset + e.length;
+    }
+    // Source and target tars usually share their layout: a literal header between two copied
+    // files stands for the old header between them, so the expected next copy is that far on.
+    let expected = 0;
+    for (let i = 0; i < seg.lengths.length; i++) {
+      const from = seg.sources[i]!;
+      tables.write(seg.lengths[i]! * 2 + (from >= 0 ? 1 : 0));
+      if (from >= 0) {
+        tables.write(zigzag(from - expected));
+        expected = from;
+      }
+      expected += seg.lengths[i]!;
+    }
+    const tablesFrame = tablesCompressor.compress(tables.result);
+
+    let frame: Uint8Array = new Uint8Array(0);
+    if (seg.literal > 0) {
+      const literal = new Uint8Array(seg.literal);
+      let at = 0;
+      for (let i = 0; i < seg.lengths.length; i++) {
+        if (seg.sources[i]! >= 0) continue;
+        await readInto(target, seg.targets[i]!, literal, at, seg.lengths[i]!);
+        at += seg.lengths[i]!;
+      }
+      const dictionary = new Uint8Array(1 + seg.referenceSize);
+      at = 1;
+      for (const e of seg.extents) {
+        await readInto(source!, e.sourceOffset, dictionary, at, e.length);
+        at += e.length;
+      }
+      literalCompressor.loadDictionary(dictionary);
+      frame = literalCompressor.compress(literal);
+    }
+
+    const header = new VarintWriter();
+    for (const v of [
+      seg.output,
+      seg.literal,
+      seg.extents.length,
+      seg.lengths.length,
+      tablesFrame.length,
+      frame.length,
+    ])
+      header.write(v);
+    yield header.result.slice();
+    yield tablesFrame;
+    if (frame.length > 0) yield frame;
+  }
+}

@@ -1,0 +1,170 @@
+/**
+ * The `ref-zstd` payload, byte by byte: a file-aligned delta of one layer tar against a virtual
+ * source. Target bytes whose content the source already holds are COPYs; everything else (tar
+ * headers, changed and new files) forms a literal stream, cut into segments, and each segment's
+ * literal bytes are one zstd frame compressed against a reference: the old versions of the same
+ * entries, in the same order, loaded as a raw-content dictionary. Aligned that way, most of a
+ * changed file or header is a repeat-offset match into its old version.
+ *
+ *   payload  := magic "DSRZ" (44 53 52 5A), version (1 byte, 1),
+ *               varint outputSize, varint segmentCount, segment × segmentCount
+ *   segment  := varint outputLength, varint literalLength, varint extentCount,
+ *               varint pieceCount, varint tablesLength, varint frameLength,
+ *               tables (zstd frame, tablesLength bytes), literal frame (frameLength bytes)
+ *   tables   := extent × extentCount, piece × pieceCount (after zstd decompression)
+ *   extent   := varint zigzag(sourceOffset − end of the previous extent), varint length
+ *   piece    := varint (length × 2 + isCopy) [, varint zigzag(sourceOffset − expected) if isCopy]
+ *
+ * Varints are unsigned LEB128 (7 bits per byte, least significant first). The dictionary of a
+ * segment's literal frame is one zero byte followed by its extents read from the source (the
+ * zero byte keeps zstd from taking a reference that starts with its dictionary magic as a
+ * formatted dictionary). A segment with no literal bytes has no frame (frameLength 0).
+ * `expected` starts at 0 in every segment; after a copy it is the copy's end, after literal
+ * bytes it moves on by their length (a literal header between two copied files stands for the
+ * old header between them, so in-order files cost one byte). The previous extent's end starts
+ * at 0 in every segment too.
+ */
+
+export const REFZSTD_MAGIC = Uint8Array.of(0x44, 0x53, 0x52, 0x5a);
+export const REFZSTD_VERSION = 1;
+/** Magic plus the version byte. */
+export const PREAMBLE_SIZE = REFZSTD_MAGIC.length + 1;
+
+// Limits that guard the decoder against hostile input (and that the encoder stays within).
+/** Literal bytes per segment: the decoder holds one segment's literal bytes in memory. */
+export const MAX_SEGMENT_LITERAL = 16 * 1024 * 1024;
+/** Reference bytes per segment: the decoder holds the reference in memory while it decodes the frame. */
+export const MAX_REFERENCE = 32 * 1024 * 1024;
+/** Extents per segment: their table is held in memory (16 bytes each). */
+export const MAX_EXTENTS = 1 << 18;
+/** Pieces per segment: their table is held in memory (16 bytes each). */
+export const MAX_PIECES = 1 << 19;
+/** A varint longer than this cannot hold a safe integer and is refused. */
+export const MAX_VARINT_BYTES = 8;
+/** Source offsets beyond this are refused, so zigzag-coded deltas stay exact integers. */
+export const MAX_SOURCE_SIZE = 2 ** 50;
+/** Output sizes stay exact JavaScript integers. */
+export const MAX_OUTPUT_SIZE = Number.MAX_SAFE_INTEGER;
+/** The six varints of a segment header, at most. */
+export const MAX_SEGMENT_HEADER = 6 * MAX_VARINT_BYTES;
+/** zstd window for literal frames: covers a full reference plus a full segment (a decoder decodes single-shot, so it never allocates the window). */
+export const FRAME_WINDOW_LOG = 26;
+
+/** Upper bound of the decompressed tables of a segment with these counts. */
+export function maxTablesSize(extentCount: number, pieceCount: number): number {
+  return (2 * extentCount + 2 * pieceCount) * MAX_VARINT_BYTES;
+}
+
+/** zstd's ZSTD_COMPRESSBOUND: the largest frame a compressor writes for `n` input bytes. */
+export function compressBound(n: number): number {
+  const small = 128 * 1024;
+  return n + (n >>> 8) + (n < small ? (small - n) >>> 11 : 0);
+}
+
+export type RefZstdErrorCode = "BAD_MAGIC" | "VERSION" | "TRUNCATED" | "LIMIT" | "CORRUPT" | "SOURCE";
+
+/** Every malformed or truncated payload ends in this error, with the byte offset in the payload. */
+export class RefZstdError extends Error {
+  readonly code: RefZstdErrorCode;
+  readonly offset: number;
+  constructor(code: RefZstdErrorCode, message: string, offset: number) {
+    super(`ref-zstd ${code.toLowerCase().replace(/_/g, " ")} at byte ${offset}: ${message}`);
+    this.name = "RefZstdError";
+    this.code = code;
+    this.offset = offset;
+  }
+}
+
+/** One piece of a segment's output: literal bytes (next from the literal frame) or a copy from the source. */
+export interface Piece {
+  readonly length: number;
+  /** Source offset for a copy; -1 for literal bytes. */
+  readonly sourceOffset: number;
+}
+
+export interface Extent {
+  readonly sourceOffset: number;
+  readonly length: number;
+}
+
+export interface SegmentHeader {
+  readonly outputLength: number;
+  readonly literalLength: number;
+  readonly extentCount: number;
+  readonly pieceCount: number;
+  readonly tablesLength: number;
+  readonly frameLength: number;
+}
+
+export function zigzag(n: number): number {
+  return n >= 0 ? n * 2 : -n * 2 - 1;
+}
+
+export function unzigzag(n: number): number {
+  return n % 2 === 0 ? n / 2 : -(n + 1) / 2;
+}
+
+/** Appends varints to a growing byte array. */
+export class VarintWriter {
+  private bytes = new Uint8Array(256);
+  length = 0;
+
+  write(value: number): void {
+    if (this.length + MAX_VARINT_BYTES > this.bytes.length) {
+      const grown = new Uint8Array(this.bytes.length * 2);
+      grown.set(this.bytes.subarray(0, this.length));
+      this.bytes = grown;
+    }
+    let v = value;
+    while (v >= 0x80) {
+      this.bytes[this.length++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    this.bytes[this.length++] = v;
+  }
+
+  get result(): Uint8Array {
+    return this.bytes.subarray(0, this.length);
+  }
+}
+
+/** Reads varints from a buffer that starts at `base` in the payload (for error offsets). */
+export class VarintReader {
+  position = 0;
+
+  constructor(
+    private readonly bytes: Uint8Array,
+    private readonly base: number,
+    private readonly what: string,
+  ) {}
+
+  get offset(): number {
+    return this.base + this.position;
+  }
+
+  get remaining(): number {
+    return this.bytes.length - this.position;
+  }
+
+  read(field: string): number {
+    let value = 0;
+    let scale = 1;
+    for (let i = 0; i < MAX_VARINT_BYTES; i++) {
+      if (this.position >= this.bytes.length) {
+        throw new RefZstdError("TRUNCATED", `the ${this.what} ends inside ${field}`, this.offset);
+      }
+      const b = this.bytes[this.position++]!;
+      value += (b & 0x7f) * scale;
+      if (b < 0x80) {
+        if (value > Number.MAX_SAFE_INTEGER) break;
+        return value;
+      }
+      scale *= 0x80;
+    }
+    throw new RefZstdError(
+      "LIMIT",
+      `${field} is not a varint of at most ${MAX_VARINT_BYTES} bytes holding a safe integer`,
+      this.offset,
+    );
+  }
+}
