@@ -6,12 +6,11 @@
  * reaches the destination.
  */
 import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
 import { open, statfs } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
-import { DecompressStream } from "zstd-napi";
+import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
-import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite } from "../image/types.js";
+import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
 import { decodeRefZstd, RefZstdError } from "../refzstd/index.js";
 import { decode } from "../vcdiff/decoder.js";
 import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js";
@@ -24,6 +23,7 @@ import {
   readBundleHead,
   requiredLayers,
 } from "./format.js";
+import { inflateFileRange } from "./inflate.js";
 import { readFileStream, ScratchDir, spool } from "./scratch.js";
 import { type TrustedKey, verifyManifest } from "./sign.js";
 
@@ -36,8 +36,15 @@ const READ_PIECE = 1024 * 1024;
 /** Gives the uncompressed, verified tar of a layer the device holds. */
 export interface LayerProvider {
   has(diffId: string): Promise<boolean>;
-  /** A random-access reader over the layer's tar; its bytes must hash to `diffId`. */
+  /**
+   * A random-access reader over the layer's tar. It need not be hashed first: every rebuilt
+   * layer is checked against its diff_id, and layers copied into the image are hashed as written.
+   */
   open(diffId: string): Promise<SourceReader>;
+  /** Where the layer's tar lies in a local file, if it does, so a writer can copy it with large reads. */
+  locate?(diffId: string): Promise<LocalLayer | undefined>;
+  /** Hashes the layer: after a rebuild failed, this finds the corrupted source layer to name. */
+  digest?(diffId: string): Promise<string>;
   close?(): Promise<void>;
 }
 
@@ -105,10 +112,10 @@ async function checkPayloadDigest(
   }
 }
 
-/** Streams a SourceReader from start to end. */
+/** Streams a SourceReader from start to end, in fresh pieces (the consumer may keep them). */
 async function* readAll(reader: SourceReader): AsyncGenerator<Uint8Array> {
   for (let position = 0; position < reader.size; position += READ_PIECE) {
-    const piece = new Uint8Array(Math.min(READ_PIECE, reader.size - position));
+    const piece = Buffer.allocUnsafe(Math.min(READ_PIECE, reader.size - position));
     await reader.read(position, piece, 0, piece.length);
     yield piece;
   }
@@ -127,12 +134,14 @@ async function decodePayload(
   const handle = await open(out, "wx", 0o600);
   try {
     const start = head.payloadsOffset + payload.offset;
-    const compressed = createReadStream(bundlePath, {
-      start,
-      end: start + payload.length - 1,
-      highWaterMark: READ_PIECE,
+    // Pulled by the sink: nothing is inflated ahead of the writes. The VCDIFF decoder keeps its
+    // input chunks, so only a plain zstd payload may reuse one output buffer.
+    const compressed = inflateFileRange(bundlePath, start, payload.length, {
+      windowLogMax: MAX_ZSTD_WINDOW_LOG,
+      reuseOutput: payload.codec === "zstd",
     });
-    const inflate = new DecompressStream({ windowLogMax: MAX_ZSTD_WINDOW_LOG });
+    const inflate = (stream: AsyncIterable<Uint8Array>) => stream;
+    // Each chunk is hashed and written before the next is pulled (decoders may reuse buffers).
     const sink = async (stream: AsyncIterable<Uint8Array>) => {
       for await (const chunk of stream) {
         if (size + chunk.length > payload.outputSize) {
@@ -172,7 +181,12 @@ async function decodePayload(
         compressed,
         inflate,
         (stream: AsyncIterable<Uint8Array>) =>
-          decode(stream, { ...(source !== undefined ? { source } : {}) }),
+          // The layer's sha256 decides; window checksums would cost a second pass over the output.
+          decode(stream, {
+            ...(source !== undefined ? { source } : {}),
+            reuseBuffers: true,
+            verifyChecksum: false,
+          }),
         sink,
       );
     }
@@ -180,6 +194,24 @@ async function decodePayload(
     await handle.close();
   }
   return { size, digest: `sha256:${hash.digest("hex")}` };
+}
+
+/** Throws a DIGEST error naming the first source layer that does not hash to its diff_id, if any. */
+async function nameCorruptedSource(
+  provider: LayerProvider,
+  sources: readonly { diffId: string }[],
+): Promise<void> {
+  if (provider.digest === undefined) return;
+  for (const { diffId } of sources) {
+    const digest = await provider.digest(diffId);
+    if (digest !== diffId) {
+      throw new BundleError(
+        "DIGEST",
+        diffId,
+        `layer ${diffId} on this device hashes to ${digest}; it is corrupted, re-deploy the image that holds it`,
+      );
+    }
+  }
 }
 
 export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyResult> {
@@ -256,7 +288,14 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
       if (isPresent(entry)) {
         const reader = await options.layers.open(ref.diffId);
         opened.push(reader);
-        layers.push({ diffId: ref.diffId, size: reader.size, open: async () => readAll(reader) });
+        const local = await options.layers.locate?.(ref.diffId);
+        const expected = { digest: ref.diffId, size: reader.size };
+        layers.push({
+          diffId: ref.diffId,
+          size: reader.size,
+          open: async () => verifyingStream(readAll(reader), expected, `layer ${ref.diffId} on this device`),
+          ...(local !== undefined ? { local } : {}),
+        });
         applied.push({ diffId: ref.diffId, size: reader.size, from: "device" });
         continue;
       }
@@ -267,6 +306,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
         );
       } catch (err) {
+        await nameCorruptedSource(options.layers, manifest.sources);
         if (err instanceof BundleError) throw err;
         throw new BundleError(
           "DIGEST",
@@ -275,22 +315,39 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         );
       }
       if (decoded.digest !== entry.diffId || decoded.size !== entry.outputSize) {
+        await nameCorruptedSource(options.layers, manifest.sources);
         throw new BundleError(
           "DIGEST",
           `layers[${i}]`,
           `rebuilt layer hashes to ${decoded.digest} (${decoded.size} bytes), expected ${entry.diffId} (${entry.outputSize} bytes); a source layer on this device is corrupted or differs, nothing was written`,
         );
       }
-      layers.push({ diffId: entry.diffId, size: decoded.size, open: async () => readFileStream(out) });
+      layers.push({
+        diffId: entry.diffId,
+        size: decoded.size,
+        open: async () => readFileStream(out),
+        local: { location: { path: out, offset: 0, size: decoded.size }, verified: true },
+      });
       applied.push({ diffId: entry.diffId, size: decoded.size, from: "bundle" });
     }
 
-    const written = await options.write({
-      repository: manifest.target.repository,
-      tag: manifest.target.tag,
-      config,
-      layers,
-    });
+    let written: WrittenImage;
+    try {
+      written = await options.write({
+        repository: manifest.target.repository,
+        tag: manifest.target.tag,
+        config,
+        layers,
+      });
+    } catch (err) {
+      // Layers the device holds are hashed while copied in; the writer has removed what it wrote.
+      if (!(err instanceof DigestError)) throw err;
+      throw new BundleError(
+        "DIGEST",
+        "target.layers",
+        `${err.message}; nothing was written, re-deploy the image that holds it`,
+      );
+    }
     return {
       image: written.image,
       digest: written.digest,
@@ -306,11 +363,12 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 }
 
 /**
- * Serves layers from images at hand (archives, layouts, registries): each needed layer's tar is
- * spooled once to a scratch file and verified against its diff_id before anyone reads it.
+ * Serves layers from images at hand (archives, layouts, registries). An uncompressed layer in a
+ * local file is read where it lies, unhashed (what is rebuilt from it or copied from it is
+ * checked); any other is spooled once to a scratch file and verified against its diff_id.
  */
 export class ImageLayerProvider implements LayerProvider {
-  private readonly spooled = new Map<string, string>();
+  private readonly spooled = new Map<string, BlobLocation>();
   private readonly inPlace = new Map<string, BlobLocation>();
   private scratch: ScratchDir | undefined;
 
@@ -319,7 +377,7 @@ export class ImageLayerProvider implements LayerProvider {
     private readonly scratchDir?: string,
   ) {}
 
-  private locate(diffId: string): { image: ImageReader; index: number } | undefined {
+  private find(diffId: string): { image: ImageReader; index: number } | undefined {
     for (const image of this.images) {
       const index = image.info.layers.findIndex((l) => l.diffId === diffId);
       if (index >= 0) return { image, index };
@@ -328,63 +386,70 @@ export class ImageLayerProvider implements LayerProvider {
   }
 
   async has(diffId: string): Promise<boolean> {
-    return this.locate(diffId) !== undefined;
+    return this.find(diffId) !== undefined;
   }
 
   async open(diffId: string): Promise<SourceReader> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return FileRangeSource.open(inPlace);
-    let path = this.spooled.get(diffId);
-    if (path === undefined) {
-      const found = this.locate(diffId);
-      if (found === undefined) {
-        throw new BundleError(
-          "MISSING_SOURCE",
-          diffId,
-          `layer ${diffId} is not in any image given; deploy the base image first`,
-        );
-      }
-      const info = found.image.info.layers[found.index]!;
-      if (info.compression === "none" && found.image.locateLayerBlob !== undefined) {
-        // An uncompressed blob in a local file is read where it lies, after one hashing pass.
-        const location = found.image.locateLayerBlob(found.index);
-        const hash = createHash("sha256");
-        for await (const chunk of readFileStream(location.path, location.offset, location.size))
-          hash.update(chunk);
-        const digest = `sha256:${hash.digest("hex")}`;
-        if (digest !== diffId) {
-          throw new BundleError(
-            "DIGEST",
-            diffId,
-            `layer ${diffId} on this device hashes to ${digest}; it is corrupted, re-deploy the image that holds it`,
-          );
-        }
-        this.inPlace.set(diffId, location);
-        return FileRangeSource.open(location);
-      }
-      this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
-      let result: Awaited<ReturnType<typeof spool>>;
-      try {
-        result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
-      } catch (err) {
-        const corrupt = (err as Error).name === "DigestError";
-        throw new BundleError(
-          corrupt ? "DIGEST" : "IO",
-          diffId,
-          `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
-        );
-      }
-      if (result.digest !== diffId) {
-        throw new BundleError(
-          "DIGEST",
-          diffId,
-          `layer ${diffId} on this device hashes to ${result.digest}; it is corrupted, re-deploy the image that holds it`,
-        );
-      }
-      path = result.path;
-      this.spooled.set(diffId, path);
+    const spooled = this.spooled.get(diffId);
+    if (spooled !== undefined) return FileSource.open(spooled.path);
+    const found = this.find(diffId);
+    if (found === undefined) {
+      throw new BundleError(
+        "MISSING_SOURCE",
+        diffId,
+        `layer ${diffId} is not in any image given; deploy the base image first`,
+      );
     }
-    return FileSource.open(path);
+    const info = found.image.info.layers[found.index]!;
+    if (info.compression === "none" && found.image.locateLayerBlob !== undefined) {
+      const location = found.image.locateLayerBlob(found.index);
+      this.inPlace.set(diffId, location);
+      return FileRangeSource.open(location);
+    }
+    this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
+    let result: Awaited<ReturnType<typeof spool>>;
+    try {
+      result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
+    } catch (err) {
+      const corrupt = (err as Error).name === "DigestError";
+      throw new BundleError(
+        corrupt ? "DIGEST" : "IO",
+        diffId,
+        `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
+      );
+    }
+    if (result.digest !== diffId) {
+      throw new BundleError(
+        "DIGEST",
+        diffId,
+        `layer ${diffId} on this device hashes to ${result.digest}; it is corrupted, re-deploy the image that holds it`,
+      );
+    }
+    this.spooled.set(diffId, { path: result.path, offset: 0, size: result.size });
+    return FileSource.open(result.path);
+  }
+
+  /** Known after `open`: in place (not yet hashed) or spooled (hashed while spooled). */
+  async locate(diffId: string): Promise<LocalLayer | undefined> {
+    const inPlace = this.inPlace.get(diffId);
+    if (inPlace !== undefined) return { location: inPlace, verified: false };
+    const spooled = this.spooled.get(diffId);
+    return spooled !== undefined ? { location: spooled, verified: true } : undefined;
+  }
+
+  async digest(diffId: string): Promise<string> {
+    const location = this.inPlace.get(diffId) ?? this.spooled.get(diffId);
+    if (location === undefined) {
+      const reader = await this.open(diffId);
+      await reader.close?.();
+      return this.digest(diffId);
+    }
+    const hash = createHash("sha256");
+    for await (const chunk of readFileStream(location.path, location.offset, location.size))
+      hash.update(chunk);
+    return `sha256:${hash.digest("hex")}`;
   }
 
   async close(): Promise<void> {

@@ -528,6 +528,11 @@ export async function writeDockerArchive(dest: string, image: ImageToWrite): Pro
     { path: "blobs/sha256", type: "directory" },
   ];
   const seen = new Set<string>();
+  let buffer: Buffer | undefined;
+  const copyBuffer = () => {
+    buffer ??= Buffer.allocUnsafe(COPY_PIECE);
+    return buffer;
+  };
   for (const [i, layer] of image.layers.entries()) {
     if (seen.has(layer.diffId)) continue;
     seen.add(layer.diffId);
@@ -536,7 +541,7 @@ export async function writeDockerArchive(dest: string, image: ImageToWrite): Pro
       type: "file",
       stream: {
         size: layer.size,
-        open: () => verifiedLayer(layer, i),
+        open: () => verifiedLayer(layer, i, copyBuffer),
       },
     });
   }
@@ -554,8 +559,12 @@ export async function writeDockerArchive(dest: string, image: ImageToWrite): Pro
   const handle = await open(temp, "w");
   let size = 0;
   try {
+    // Each chunk is written before the next is pulled: layer copies reuse one buffer.
     for await (const chunk of writeTar(entries)) {
-      await handle.write(chunk);
+      for (let done = 0; done < chunk.length; ) {
+        const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, size + done);
+        done += bytesWritten;
+      }
       size += chunk.length;
     }
     await handle.close();
@@ -568,15 +577,53 @@ export async function writeDockerArchive(dest: string, image: ImageToWrite): Pro
   return { path: dest, configDigest, manifestDigest, size };
 }
 
+/** Bytes per read when a layer is copied from a local file: few calls, one buffer. */
+const COPY_PIECE = 4 * 1024 * 1024;
+
+/**
+ * A local file range in pieces of one reused buffer: each piece is overwritten by the next, which
+ * is safe here because the archive loop writes every chunk before it pulls the next one.
+ */
+async function* reusedPieces(location: BlobLocation, buffer: Buffer): AsyncGenerator<Uint8Array> {
+  const handle = await open(location.path, "r");
+  try {
+    for (let done = 0; done < location.size; ) {
+      const want = Math.min(buffer.length, location.size - done);
+      let filled = 0;
+      while (filled < want) {
+        const at = location.offset + done + filled;
+        const { bytesRead } = await handle.read(buffer, filled, want - filled, at);
+        if (bytesRead === 0) {
+          throw new Error(
+            `${location.path} ends at byte ${at}, inside the ${location.size}-byte layer at ${location.offset}; the file is truncated`,
+          );
+        }
+        filled += bytesRead;
+      }
+      done += want;
+      yield buffer.subarray(0, want);
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
 async function* verifiedLayer(
   layer: ImageToWrite["layers"][number],
   index: number,
+  copyBuffer: () => Buffer,
 ): AsyncGenerator<Uint8Array> {
-  yield* verifyingStream(
-    await layer.open(),
-    { digest: layer.diffId, size: layer.size },
-    `layer ${index} (${layer.diffId})`,
-  );
+  const expected = { digest: layer.diffId, size: layer.size };
+  const what = `layer ${index} (${layer.diffId})`;
+  const local = layer.local;
+  if (local === undefined) {
+    yield* verifyingStream(await layer.open(), expected, what);
+  } else if (local.verified) {
+    // Hashed by this process a moment ago (a rebuilt layer): copied, not hashed again.
+    yield* reusedPieces(local.location, copyBuffer());
+  } else {
+    yield* verifyingStream(reusedPieces(local.location, copyBuffer()), expected, what);
+  }
 }
 
 /** `apps/x:1` → `docker.io/apps/x:1`, `alpine:3` → `docker.io/library/alpine:3`, as Docker annotates. */

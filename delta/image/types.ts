@@ -57,6 +57,15 @@ export interface LayerToWrite {
   /** Uncompressed size in bytes. */
   readonly size: number;
   open(): Promise<AsyncIterable<Uint8Array>>;
+  /** Where the same tar lies in a local file, if it does: file writers copy it from there with large reads. */
+  readonly local?: LocalLayer;
+}
+
+/** A layer's tar inside a local file. */
+export interface LocalLayer {
+  readonly location: BlobLocation;
+  /** Whether this process already hashed these bytes against the diff_id (writers need not again). */
+  readonly verified: boolean;
 }
 
 export interface ImageToWrite {
