@@ -1,0 +1,55 @@
+/**
+ * Measures approximate matching on real executable pairs, by hand (the files are too large for CI):
+ *   node --import tsx bench/refzstd-approx.ts OLD NEW [OLD NEW ...]
+ * Prints, per pair, the cloud-side time and peak RSS of `approximatePieces`, the piece counts, and
+ * the sizes after `zstd -19 --long=28` of the piece table, the diff stream and the extra stream,
+ * separately and as one interleaved literal stream; checks the round trip byte for byte.
+ */
+import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import {
+  applyPieces,
+  approximatePieces,
+  encodePieceTable,
+  literalStream,
+  pieceStreams,
+  splitExactRuns,
+} from "../delta/refzstd/approx.js";
+
+function zstdSize(bytes: Uint8Array): number {
+  if (bytes.length === 0) return 0;
+  const run = spawnSync("zstd", ["-19", "--long=28", "-q", "-c"], { input: bytes, maxBuffer: 1 << 30 });
+  if (run.status !== 0) throw new Error(`zstd failed: ${run.stderr}`);
+  return run.stdout.length;
+}
+
+const args = process.argv.slice(2);
+const minCopy = Number(process.env.MIN_COPY ?? 32);
+for (let i = 0; i + 1 < args.length; i += 2) {
+  const oldFile = new Uint8Array(readFileSync(args[i]!));
+  const newFile = new Uint8Array(readFileSync(args[i + 1]!));
+  const started = process.hrtime.bigint();
+  const pieces = approximatePieces(oldFile, newFile);
+  const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  const { diff, extra } = pieceStreams(oldFile, newFile, pieces);
+  const rebuilt = applyPieces(oldFile, pieces, diff, extra);
+  if (Buffer.compare(rebuilt, newFile) !== 0) throw new Error(`round trip differs for ${args[i + 1]}`);
+  const table = encodePieceTable(pieces);
+  const t = zstdSize(table);
+  const d = zstdSize(diff);
+  const e = zstdSize(extra);
+  const refined = splitExactRuns(oldFile, newFile, pieces, minCopy);
+  const rTable = zstdSize(encodePieceTable(refined));
+  const rLiteral = zstdSize(literalStream(oldFile, newFile, refined));
+  const counts = (list: readonly { kind: string }[]) =>
+    ["extra", "diff", "copy"].map((k) => `${k} ${list.filter((p) => p.kind === k).length}`).join(", ");
+  console.log(
+    [
+      `${args[i + 1]}: old ${oldFile.length}, new ${newFile.length} bytes`,
+      `  approximatePieces ${ms.toFixed(0)} ms, peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
+      `  pieces: ${counts(pieces)}; diff ${diff.length} B, extra ${extra.length} B`,
+      `  zstd -19: table ${t} + diff ${d} + extra ${e} = ${t + d + e}`,
+      `  with copies (runs >= ${minCopy}): ${counts(refined)}; table ${rTable} + literal ${rLiteral} = ${rTable + rLiteral}`,
+    ].join("\n"),
+  );
+}
