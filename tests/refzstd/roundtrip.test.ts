@@ -1,0 +1,160 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
+import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
+import { PREAMBLE_SIZE, RefZstdError, VarintReader } from "../../delta/refzstd/format.js";
+import { opaqueWhiteout, whiteout } from "../../delta/tar/writer.js";
+import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
+import { buildTar, patched, realFiles, sha256, withContent } from "../bundle/fixtures.js";
+import { hintsFor } from "./hints.js";
+
+async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
+  const chunks: Uint8Array[] = [];
+  for await (const part of parts) chunks.push(Buffer.from(part));
+  return Buffer.concat(chunks);
+}
+
+async function encode(
+  target: Uint8Array,
+  sources: readonly Uint8Array[],
+  options: RefZstdEncodeOptions = {},
+): Promise<Buffer> {
+  const source = sources.length > 0 ? new BufferSource(Buffer.concat(sources)) : undefined;
+  return collect(
+    encodeRefZstd(new BufferSource(target), source, { ...hintsFor(target, sources), level: 3, ...options }),
+  );
+}
+
+/** A source with only the asynchronous read, like a registry-backed one. */
+function asyncOnly(bytes: Uint8Array): SourceReader {
+  const inner = new BufferSource(bytes);
+  return { size: inner.size, read: (p, into, o, n) => inner.read(p, into, o, n) };
+}
+
+async function decode(payload: Uint8Array, sources: readonly Uint8Array[], size: number, sync = true) {
+  const bytes = Buffer.concat(sources);
+  const source = sources.length > 0 ? (sync ? new BufferSource(bytes) : asyncOnly(bytes)) : undefined;
+  return collect(
+    decodeRefZstd(sync ? new BufferSource(payload) : asyncOnly(payload), {
+      expectedSize: size,
+      ...(source !== undefined ? { source } : {}),
+    }),
+  );
+}
+
+function segmentCount(payload: Uint8Array): number {
+  const r = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
+  r.read("output size");
+  return r.read("segment count");
+}
+
+const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000 });
+const libs = realFiles("/usr/lib/x86_64-linux-gnu", "usr/lib", { limit: 30, maxBytes: 3_000_000 });
+const docs = realFiles("/usr/share/common-licenses", "usr/share/licenses", { limit: 20 });
+
+describe("ref-zstd round trips", () => {
+  it("rebuilds a layer with changed, moved, duplicated, hard-linked and whited-out files byte for byte", async () => {
+    const base = await buildTar([{ path: "usr/bin", type: "directory" }, ...bins]);
+    const app1 = await buildTar([
+      { path: "usr/lib", type: "directory" },
+      ...libs,
+      ...docs,
+      { path: "usr/lib/link", type: "hardlink", linkName: libs[1]!.path },
+    ]);
+    const libs2 = libs.map((e, i) => (i % 5 === 1 ? withContent(e, patched(e.content!, i)) : e));
+    const app2 = await buildTar([
+      { path: "usr/lib", type: "directory" },
+      ...libs2.filter((_, i) => i !== 4),
+      whiteout(libs[4]!.path),
+      opaqueWhiteout("usr/share/old"),
+      ...docs.map((d, i) =>
+        i === 3 ? withContent(d, Buffer.concat([d.content!, Buffer.from("amended\n")])) : d,
+      ),
+      // Moved from the base layer, and the same content twice under new names.
+      { path: "opt/moved", type: "file", content: bins[2]!.content! },
+      { path: "usr/lib/copy-a", type: "file", content: libs[0]!.content! },
+      { path: "usr/lib/copy-b", type: "file", content: libs[0]!.content! },
+      { path: "usr/lib/link", type: "hardlink", linkName: libs2[2]!.path },
+      { path: "usr/lib/sym", type: "symlink", linkName: "link" },
+      { path: "etc/new.json", type: "file", content: new TextEncoder().encode('{"feature":true}\n') },
+    ]);
+    const payload = await encode(app2, [base, app1]);
+    const rebuilt = await decode(payload, [base, app1], app2.length);
+    assert.equal(sha256(rebuilt), sha256(app2));
+    assert.equal(segmentCount(payload), 1);
+    // Copies and patched binaries against their old versions: far below the layer's size.
+    assert.ok(
+      payload.length < app2.length / 40,
+      `payload ${payload.length} bytes for a ${app2.length}-byte layer`,
+    );
+    // The same payload through sources that only read asynchronously.
+    assert.deepEqual(await decode(payload, [base, app1], app2.length, false), rebuilt);
+  });
+
+  it("cuts a file larger than a segment into segments, each against a slice of its old version", async () => {
+    const big = Buffer.concat(libs.map((l) => l.content!)).subarray(0, 1_500_000);
+    const old = await buildTar([{ path: "usr/lib/big.so", type: "file", content: big }, ...docs]);
+    const next = await buildTar([
+      { path: "usr/lib/big.so", type: "file", content: patched(patched(big, 1), 2) },
+      ...docs,
+    ]);
+    const options = { segmentLiteral: 256 * 1024, reference: 512 * 1024 };
+    const payload = await encode(next, [old], options);
+    // 1.5 MB of changed file in six 256 KiB chunks whose slices fill the reference budget, then
+    // the unchanged files' headers against their old headers in a seventh.
+    assert.equal(segmentCount(payload), 7);
+    assert.equal(sha256(await decode(payload, [old], next.length)), sha256(next));
+    // Each slice still finds the old bytes: nearly nothing is sent for a few changed bytes.
+    assert.ok(payload.length < 40_000, `payload ${payload.length} bytes`);
+  });
+
+  it("splits many small entries into segments by literal bytes", async () => {
+    const old = await buildTar(docs);
+    const next = await buildTar(
+      docs.map((d) => withContent(d, Buffer.concat([d.content!, Buffer.from("x")]))),
+    );
+    const payload = await encode(next, [old], { segmentLiteral: 64 * 1024, reference: 64 * 1024 });
+    assert.ok(segmentCount(payload) > 3, `${segmentCount(payload)} segments`);
+    assert.equal(sha256(await decode(payload, [old], next.length)), sha256(next));
+  });
+
+  it("encodes an empty layer, a zero-byte layer and a layer with no source", async () => {
+    const empty = await buildTar([]);
+    assert.equal(empty.length, 1024);
+    const source = await buildTar(docs);
+    for (const [target, sources] of [
+      [empty, [source]],
+      [new Uint8Array(0), [source]],
+      [source, []],
+      [new Uint8Array(0), []],
+    ] as const) {
+      const payload = await encode(target, sources);
+      assert.deepEqual(await decode(payload, sources, target.length), Buffer.from(target));
+    }
+    const zero = await encode(new Uint8Array(0), []);
+    assert.deepEqual([...zero], [0x44, 0x53, 0x52, 0x5a, 1, 0, 0]);
+  });
+
+  it("refuses a payload whose output size differs from the expected one", async () => {
+    const target = await buildTar(docs);
+    const payload = await encode(target, []);
+    await assert.rejects(decode(payload, [], target.length + 1), (err: unknown) => {
+      assert.ok(err instanceof RefZstdError);
+      assert.equal(err.code, "CORRUPT");
+      assert.equal(err.offset, PREAMBLE_SIZE);
+      return true;
+    });
+  });
+
+  it("refuses a payload that copies from a source it was not given", async () => {
+    const old = await buildTar(docs);
+    const next = await buildTar([...docs, { path: "new", type: "file", content: Buffer.from("n") }]);
+    const payload = await encode(next, [old]);
+    await assert.rejects(decode(payload, [], next.length), (err: unknown) => {
+      assert.ok(err instanceof RefZstdError);
+      assert.equal(err.code, "CORRUPT");
+      assert.match(err.message, /outside the 0-byte source/);
+      return true;
+    });
+  });
+});
