@@ -6,7 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { applyBundle, ImageLayerProvider, type ImageWriter } from "../delta/bundle/apply.js";
 import { loadTrustedKey } from "../delta/bundle/sign.js";
-import { locateImage, openImage, writeImage } from "../delta/image/open.js";
+import { locateImage, openImage, writeDestinationKind, writeImage } from "../delta/image/open.js";
 import type { ImageReader } from "../delta/image/types.js";
 import {
   EXIT_OK,
@@ -96,12 +96,18 @@ export async function run(args: string[]): Promise<number> {
     const registry = registryOptions(opts.flags.has("insecure"));
     for (const ref of opts.values.get("from") ?? []) images.push(await openImage(ref, { registry }));
     const scratch = opts.one("scratch");
+    const dest = opts.one("to")!;
+    // A docker-archive is written to a temporary name and checks each layer as it goes, so rebuilt
+    // layers stream into it without a scratch copy.
+    const streamToWriter =
+      !(await isRegistryDestination(dest)) && (await writeDestinationKind(dest)) === "docker-archive";
     provider = new ImageLayerProvider(images, scratch);
     const result = await applyBundle({
       bundle: opts.positional[0]!,
       trust,
       layers: provider,
-      write: writerFor(opts.one("to")!, registry),
+      write: writerFor(dest, registry),
+      streamToWriter,
       ...(scratch !== undefined ? { scratchDir: scratch } : {}),
       onProgress: (p) => bar.update(`rebuild ${p.diffId.slice(7, 19)}`, p.done, p.total),
     });

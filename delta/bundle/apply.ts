@@ -1,13 +1,12 @@
 /**
  * Applying a bundle: check the header and the signature, check every needed layer is at hand,
- * decode each payload (zstd stream → VCDIFF against the virtual source → scratch file) with
- * memory bounded by the windows, verify every layer's diff_id and the config digest, and only
- * then hand the verified image to a writer. On any failure the scratch folder goes and nothing
- * reaches the destination.
+ * decode each payload (zstd stream → VCDIFF against the virtual source → scratch file, or straight
+ * into a file writer that drops its temporary file on failure) with memory bounded by the windows,
+ * verify every layer's diff_id and the config digest, and only then hand the verified image to a
+ * writer. On any failure the scratch folder goes and nothing reaches the destination.
  */
 import { createHash } from "node:crypto";
 import { open, statfs } from "node:fs/promises";
-import { pipeline } from "node:stream/promises";
 import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
@@ -65,6 +64,13 @@ export interface ApplyBundleOptions {
   readonly layers: LayerProvider;
   readonly write: ImageWriter;
   readonly scratchDir?: string;
+  /**
+   * Decode each rebuilt layer while the writer writes it, instead of into a scratch file first.
+   * Only for writers that write each chunk before pulling the next (chunks are reused buffers)
+   * and leave nothing behind when a layer stream throws at its end (its digest did not match):
+   * file writers that write to a temporary name, such as writeDockerArchive.
+   */
+  readonly streamToWriter?: boolean;
   /** Skip the free-space check (tests on tmpfs). */
   readonly skipDiskCheck?: boolean;
   readonly onProgress?: (progress: { diffId: string; done: number; total: number }) => void;
@@ -121,79 +127,112 @@ async function* readAll(reader: SourceReader): AsyncGenerator<Uint8Array> {
   }
 }
 
-async function decodePayload(
+/**
+ * A payload's decoded bytes, pulled by the consumer: nothing is inflated or decoded ahead of it.
+ * Each chunk must be consumed (hashed, written) before the next is pulled: buffers are reused.
+ */
+async function* payloadChunks(
   bundlePath: string,
   head: BundleHead,
   payload: LayerPayload,
   source: SourceReader | undefined,
-  out: string,
+): AsyncGenerator<Uint8Array> {
+  const start = head.payloadsOffset + payload.offset;
+  if (payload.length === 0) {
+    // An empty payload decodes to nothing; the size check decides.
+  } else if (payload.codec === "zstd") {
+    yield* inflateFileRange(bundlePath, start, payload.length, {
+      windowLogMax: MAX_ZSTD_WINDOW_LOG,
+      reuseOutput: true,
+    });
+  } else if (payload.codec === "ref-zstd") {
+    const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });
+    try {
+      const options = { expectedSize: payload.outputSize, ...(source !== undefined ? { source } : {}) };
+      yield* decodeRefZstd(reader, options);
+    } catch (err) {
+      if (!(err instanceof RefZstdError)) throw err;
+      throw new BundleError("PAYLOAD", `layer ${payload.diffId} payload byte ${err.offset}`, err.message);
+    } finally {
+      await reader.close();
+    }
+  } else {
+    // The VCDIFF decoder keeps its input chunks, so they are fresh; the layer's sha256 decides,
+    // so window checksums (a second pass over the output) are not checked.
+    const delta = inflateFileRange(bundlePath, start, payload.length, {
+      windowLogMax: MAX_ZSTD_WINDOW_LOG,
+      reuseOutput: false,
+    });
+    yield* decode(delta, {
+      ...(source !== undefined ? { source } : {}),
+      reuseBuffers: true,
+      verifyChecksum: false,
+    });
+  }
+}
+
+/** A payload's decoded bytes, hashed and counted; throws after the last chunk unless they are the layer. */
+async function* verifiedPayload(
+  bundlePath: string,
+  head: BundleHead,
+  payload: LayerPayload,
+  source: SourceReader | undefined,
+  where: string,
   onBytes: (n: number) => void,
-): Promise<{ size: number; digest: string }> {
+  onMismatch: () => Promise<void>,
+): AsyncGenerator<Uint8Array> {
   const hash = createHash("sha256");
+  let size = 0;
+  try {
+    for await (const chunk of payloadChunks(bundlePath, head, payload, source)) {
+      if (size + chunk.length > payload.outputSize) {
+        throw new BundleError(
+          "PAYLOAD",
+          `layer ${payload.diffId}`,
+          `decodes to more than the ${payload.outputSize} bytes the manifest says`,
+        );
+      }
+      hash.update(chunk);
+      size += chunk.length;
+      yield chunk;
+      onBytes(size);
+    }
+  } catch (err) {
+    await onMismatch();
+    if (err instanceof BundleError) throw err;
+    throw new BundleError(
+      "DIGEST",
+      where,
+      `layer ${payload.diffId} could not be rebuilt (${(err as Error).message}); a source layer on this device may be corrupted`,
+    );
+  }
+  const digest = `sha256:${hash.digest("hex")}`;
+  if (digest !== payload.diffId || size !== payload.outputSize) {
+    await onMismatch();
+    throw new BundleError(
+      "DIGEST",
+      where,
+      `rebuilt layer hashes to ${digest} (${size} bytes), expected ${payload.diffId} (${payload.outputSize} bytes); a source layer on this device is corrupted or differs, nothing was written`,
+    );
+  }
+}
+
+/** Writes a verified payload to a new scratch file. */
+async function decodeToFile(chunks: AsyncIterable<Uint8Array>, out: string): Promise<number> {
   let size = 0;
   const handle = await open(out, "wx", 0o600);
   try {
-    const start = head.payloadsOffset + payload.offset;
-    // Pulled by the sink: nothing is inflated ahead of the writes. The VCDIFF decoder keeps its
-    // input chunks, so only a plain zstd payload may reuse one output buffer.
-    const compressed = inflateFileRange(bundlePath, start, payload.length, {
-      windowLogMax: MAX_ZSTD_WINDOW_LOG,
-      reuseOutput: payload.codec === "zstd",
-    });
-    const inflate = (stream: AsyncIterable<Uint8Array>) => stream;
-    // Each chunk is hashed and written before the next is pulled (decoders may reuse buffers).
-    const sink = async (stream: AsyncIterable<Uint8Array>) => {
-      for await (const chunk of stream) {
-        if (size + chunk.length > payload.outputSize) {
-          throw new BundleError(
-            "PAYLOAD",
-            `layer ${payload.diffId}`,
-            `decodes to more than the ${payload.outputSize} bytes the manifest says`,
-          );
-        }
-        hash.update(chunk);
-        let done = 0;
-        while (done < chunk.length) {
-          const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, size + done);
-          done += bytesWritten;
-        }
-        size += chunk.length;
-        onBytes(size);
+    for await (const chunk of chunks) {
+      for (let done = 0; done < chunk.length; ) {
+        const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, size + done);
+        done += bytesWritten;
       }
-    };
-    if (payload.length === 0) {
-      // An empty payload decodes to nothing; the size check below decides.
-    } else if (payload.codec === "zstd") {
-      await pipeline(compressed, inflate, sink);
-    } else if (payload.codec === "ref-zstd") {
-      const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });
-      try {
-        const options = { expectedSize: payload.outputSize, ...(source !== undefined ? { source } : {}) };
-        await sink(decodeRefZstd(reader, options));
-      } catch (err) {
-        if (!(err instanceof RefZstdError)) throw err;
-        throw new BundleError("PAYLOAD", `layer ${payload.diffId} payload byte ${err.offset}`, err.message);
-      } finally {
-        await reader.close();
-      }
-    } else {
-      await pipeline(
-        compressed,
-        inflate,
-        (stream: AsyncIterable<Uint8Array>) =>
-          // The layer's sha256 decides; window checksums would cost a second pass over the output.
-          decode(stream, {
-            ...(source !== undefined ? { source } : {}),
-            reuseBuffers: true,
-            verifyChecksum: false,
-          }),
-        sink,
-      );
+      size += chunk.length;
     }
   } finally {
     await handle.close();
   }
-  return { size, digest: `sha256:${hash.digest("hex")}` };
+  return size;
 }
 
 /** Throws a DIGEST error naming the first source layer that does not hash to its diff_id, if any. */
@@ -294,41 +333,41 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           diffId: ref.diffId,
           size: reader.size,
           open: async () => verifyingStream(readAll(reader), expected, `layer ${ref.diffId} on this device`),
+          checked: true,
           ...(local !== undefined ? { local } : {}),
         });
         applied.push({ diffId: ref.diffId, size: reader.size, from: "device" });
         continue;
       }
-      const out = scratch.file("layer.tar");
-      let decoded: { size: number; digest: string };
-      try {
-        decoded = await decodePayload(options.bundle, head, entry, source, out, (done) =>
-          options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
-        );
-      } catch (err) {
-        await nameCorruptedSource(options.layers, manifest.sources);
-        if (err instanceof BundleError) throw err;
-        throw new BundleError(
-          "DIGEST",
+      const chunks = () =>
+        verifiedPayload(
+          options.bundle,
+          head,
+          entry,
+          source,
           `layers[${i}]`,
-          `layer ${entry.diffId} could not be rebuilt (${(err as Error).message}); a source layer on this device may be corrupted`,
+          (done) => options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
+          () => nameCorruptedSource(options.layers, manifest.sources),
         );
+      if (options.streamToWriter === true) {
+        // Decoded while the writer writes it; the writer drops everything if the check at its end throws.
+        layers.push({
+          diffId: entry.diffId,
+          size: entry.outputSize,
+          open: async () => chunks(),
+          checked: true,
+        });
+      } else {
+        const out = scratch.file("layer.tar");
+        const size = await decodeToFile(chunks(), out);
+        layers.push({
+          diffId: entry.diffId,
+          size,
+          open: async () => readFileStream(out),
+          local: { location: { path: out, offset: 0, size }, verified: true },
+        });
       }
-      if (decoded.digest !== entry.diffId || decoded.size !== entry.outputSize) {
-        await nameCorruptedSource(options.layers, manifest.sources);
-        throw new BundleError(
-          "DIGEST",
-          `layers[${i}]`,
-          `rebuilt layer hashes to ${decoded.digest} (${decoded.size} bytes), expected ${entry.diffId} (${entry.outputSize} bytes); a source layer on this device is corrupted or differs, nothing was written`,
-        );
-      }
-      layers.push({
-        diffId: entry.diffId,
-        size: decoded.size,
-        open: async () => readFileStream(out),
-        local: { location: { path: out, offset: 0, size: decoded.size }, verified: true },
-      });
-      applied.push({ diffId: entry.diffId, size: decoded.size, from: "bundle" });
+      applied.push({ diffId: entry.diffId, size: entry.outputSize, from: "bundle" });
     }
 
     let written: WrittenImage;

@@ -108,6 +108,14 @@ export interface WrittenImage {
   readonly manifestDigest: string;
 }
 
+/** What writeImage would write at `dest`: an OCI layout or a docker-archive file. */
+export async function writeDestinationKind(dest: string): Promise<"docker-archive" | "oci"> {
+  if (dest.startsWith("oci:")) return "oci";
+  if (dest.startsWith("docker-archive:")) return "docker-archive";
+  const found = await splitPathAndName(dest);
+  return found.kind === "oci" || found.kind === "dir" || dest.endsWith("/") ? "oci" : "docker-archive";
+}
+
 /**
  * Writes an image to a docker-archive file or an OCI layout: `oci:dir[:tag]`, an existing layout
  * folder or a path ending in `/` → OCI layout; `docker-archive:file[:repo:tag]` or any other path →
@@ -119,18 +127,12 @@ export async function writeImage(
   image: ImageToWrite,
   options: WriteImageOptions = {},
 ): Promise<WrittenImage> {
-  let kind: "docker-archive" | "oci";
-  let rest = dest;
-  if (dest.startsWith("oci:")) {
-    kind = "oci";
-    rest = dest.slice(4);
-  } else if (dest.startsWith("docker-archive:")) {
-    kind = "docker-archive";
-    rest = dest.slice("docker-archive:".length);
-  } else {
-    const found = await splitPathAndName(dest);
-    kind = found.kind === "oci" || found.kind === "dir" || dest.endsWith("/") ? "oci" : "docker-archive";
-  }
+  const kind = await writeDestinationKind(dest);
+  const rest = dest.startsWith("oci:")
+    ? dest.slice(4)
+    : dest.startsWith("docker-archive:")
+      ? dest.slice("docker-archive:".length)
+      : dest;
   // A colon after an existing path, or after a path whose parent exists, separates the name.
   const split = await splitPathAndName(rest);
   let path = split.path;

@@ -57,6 +57,8 @@ export interface LayerToWrite {
   /** Uncompressed size in bytes. */
   readonly size: number;
   open(): Promise<AsyncIterable<Uint8Array>>;
+  /** open() yields a stream that throws at its end unless its bytes hash to diffId: writers need not hash it again. */
+  readonly checked?: boolean;
   /** Where the same tar lies in a local file, if it does: file writers copy it from there with large reads. */
   readonly local?: LocalLayer;
 }
