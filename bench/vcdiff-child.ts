@@ -4,11 +4,11 @@
  * (not process start-up) and the process's peak RSS in KiB.
  */
 
-import { once } from "node:events";
-import { createReadStream, createWriteStream } from "node:fs";
+import { createReadStream } from "node:fs";
+import { open } from "node:fs/promises";
 import { decode } from "../delta/vcdiff/decoder.js";
 import { encode } from "../delta/vcdiff/encoder.js";
-import { FileSource } from "../delta/vcdiff/source.js";
+import { FileSource, fileChunks } from "../delta/vcdiff/source.js";
 
 const [mode, sourcePath, inputPath, outPath] = process.argv.slice(2);
 if ((mode !== "encode" && mode !== "decode") || outPath === undefined) {
@@ -17,18 +17,25 @@ if ((mode !== "encode" && mode !== "decode") || outPath === undefined) {
 }
 
 const source = await FileSource.open(sourcePath);
-const out = createWriteStream(outPath);
-const input = createReadStream(inputPath, { highWaterMark: 1 << 20 });
+// Each write completes before the next chunk is asked for, as the CLI does: with reuseBuffers a
+// chunk is overwritten two windows later, so a write stream's queue could see changed bytes.
+const out = await open(outPath, "w");
+const inputHandle = await open(inputPath, "r");
+// The decoder reads the delta the way the CLI does (one reused buffer) and reuses its target
+// buffers, as the CLI does; the encoder reads a plain stream.
+const input =
+  mode === "encode" ? createReadStream(inputPath, { highWaterMark: 1 << 20 }) : fileChunks(inputHandle);
 const start = performance.now();
 const cpuStart = process.cpuUsage();
-const stream = mode === "encode" ? encode(input, source) : decode(input, { source });
+const stream = mode === "encode" ? encode(input, source) : decode(input, { source, reuseBuffers: true });
 for await (const part of stream) {
-  if (!out.write(part)) await once(out, "drain");
+  for (let done = 0; done < part.length; )
+    done += (await out.write(part, done, part.length - done)).bytesWritten;
 }
-out.end();
-await once(out, "finish");
+await out.close();
 const ms = performance.now() - start;
 const cpu = process.cpuUsage(cpuStart);
 const cpuMs = (cpu.user + cpu.system) / 1000;
 await source.close();
+await inputHandle.close();
 console.log(JSON.stringify({ ms, cpuMs, maxRssKiB: process.resourceUsage().maxRSS }));

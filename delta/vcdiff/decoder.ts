@@ -76,16 +76,32 @@ const READ_CONCURRENCY = 16;
 /** A window needing more source ranges than this reads them with readSync when the source has it. */
 const SYNC_READ_RANGES = 64;
 /**
- * Windows' worth of unneeded source bytes read between needed ranges to save read calls: with 2,
- * a node binary's delta needs 424 reads instead of 26,800, and memory stays a few windows.
+ * Target bytes decoded per round of staged source reads: the staging area holds the short COPYs'
+ * source ranges of one part, not of the whole window, so it stays a few MiB for any window size.
  */
-const SOURCE_GAP_WINDOWS = 2;
+const STAGE_PART = 1024 * 1024;
+/**
+ * Parts' worth of unneeded source bytes that may be read between a part's needed ranges to save
+ * read calls (twice: while collecting and while merging): a node binary's delta then needs about
+ * a tenth of the reads, and the staging area stays at most 1 + 2·SOURCE_GAP_PARTS parts.
+ */
+const SOURCE_GAP_PARTS = 1;
 /** Source ranges closer than this are read in one call: fewer reads cost less than the bytes skipped. */
 const SOURCE_READ_GAP = 64 * 1024;
 /** Bytes of window header between the delta length and the sections, at most (four varints, a byte, a checksum). */
 const MAX_WINDOW_HEADER = 4 * 10 + 1 + 4;
 /** Spare room when the input buffer grows, so small chunks that follow fit without another copy. */
 const INPUT_SLACK = 64 * 1024;
+/**
+ * Source COPYs at least this long are read straight into the target window; shorter ones are
+ * staged with their neighbours (fewer reads) and copied from there.
+ */
+const DIRECT_READ = 64 * 1024;
+/**
+ * The staging area: one part's needed source bytes (at most a part plus one short COPY) and the
+ * gaps read between them (at most SOURCE_GAP_PARTS parts, twice).
+ */
+const STAGING_SIZE = (1 + 2 * SOURCE_GAP_PARTS) * STAGE_PART + DIRECT_READ;
 /** Copies and ADDs shorter than this are done byte by byte: a native call costs more than the loop. */
 const SHORT_COPY = 16;
 
@@ -345,22 +361,56 @@ class TargetHistory implements SourceReader {
 class WindowDecoder {
   private readonly near = new Float64Array(NEAR_SLOTS);
   private readonly same = new Float64Array(SAME_CACHE_SIZE);
-  /** Source ranges [rangeStart, rangeEnd) relative to the segment, and where each sits in sourceBytes. */
-  private rangeStart = new Float64Array(1024);
-  private rangeEnd = new Float64Array(1024);
-  private rangeAt = new Float64Array(1024);
+  /** Source ranges [rangeStart, rangeEnd) relative to the segment, and where each sits in the staging area. */
+  private rangeStart: Float64Array = new Float64Array(1024);
+  private rangeEnd: Float64Array = new Float64Array(1024);
+  private rangeAt: Float64Array = new Float64Array(1024);
   private rangeCount = 0;
   private lastRange = 0;
   /**
-   * Source bytes between needed ranges that may still be read to save read calls: a few windows'
-   * worth (SOURCE_GAP_WINDOWS), so a window never holds more than that plus one of source bytes.
+   * The window's parts: part k starts at target position partTp[k] (an instruction boundary) and
+   * its source ranges are rangeStart[partRange[k] ..] (partMerged[k] of them once merged).
    */
+  private readonly partTp: number[] = [];
+  private readonly partRange: number[] = [];
+  private readonly partMerged: number[] = [];
+  private partCount = 0;
+  /** The current part's merged ranges, for sourceIndex. */
+  private partLo = 0;
+  private partHi = 0;
+  /** Source bytes between the current part's needed ranges that may still be read to save read calls. */
   private gapBudget = 0;
-  private readonly work: Uint8Array[] = [new Uint8Array(0), new Uint8Array(0)];
-  private poolNext = 0;
+  /** Where the instruction walk stands: it stops between parts to read their source ranges. */
+  private ip = 0;
+  private dp = 0;
+  private ap = 0;
+  private tp = 0;
+  private nextSlot = 0;
+  /** Where the merged source ranges start in the work buffer (their rangeAt is relative to it). */
+  private stagedAt = 0;
+  /**
+   * Long source COPYs, read straight into the target window instead of through the staged ranges:
+   * segment address, target position and length. At most one per DIRECT_READ bytes of target.
+   */
+  private directFrom: Float64Array = new Float64Array(64);
+  private directTo: Float64Array = new Float64Array(64);
+  private directLength: Float64Array = new Float64Array(64);
+  private directCount = 0;
+  /**
+   * One buffer for everything a window needs: one target slot (two with reuseBuffers, used in
+   * turn so the window yielded last stays intact), then the data section, then the staged source
+   * ranges. One buffer, because then every ADD and COPY is a copyWithin: copying between two
+   * arrays would allocate a view per instruction.
+   */
+  private work: Uint8Array = new Uint8Array(0);
+  /** Bytes per target slot in work. */
+  private slotSize = 0;
+  private slot = 0;
+  private readonly slots: number;
 
-  /** With reuseBuffers, yielded windows are views into the work buffers, which take turns. */
-  constructor(private readonly reuseBuffers: boolean) {}
+  constructor(private readonly reuseBuffers: boolean) {
+    this.slots = reuseBuffers ? 2 : 1;
+  }
 
   /** Delta buffer and the positions of the current window's sections in it. */
   private buf: Uint8Array = new Uint8Array(0);
@@ -381,68 +431,105 @@ class WindowDecoder {
     this.instStart = this.dataStart + w.dataLength;
     this.addrStart = this.instStart + w.instLength;
     this.rangeCount = 0;
-    this.gapBudget = SOURCE_GAP_WINDOWS * w.targetLength;
-    if (w.segmentLength > 0) this.run(w, false, this.buf, 0, 0);
-    const sourceBytes = this.mergeRanges();
-    // One buffer holds the source ranges, the data section and the target window, so that every
-    // ADD and COPY is a copyWithin: copying between two arrays would allocate a view per instruction.
-    const dataAt = sourceBytes;
-    const targetAt = dataAt + w.dataLength;
-    const work = this.workBuffer(targetAt + w.targetLength, w.targetLength);
-    if (sourceBytes > 0) await this.readRanges(w, (w.indicator & VCD_SOURCE ? source : history)!, work);
-    work.set(this.buf.subarray(this.dataStart, this.instStart), dataAt);
-    this.run(w, true, work, dataAt, targetAt);
-    const target = new Uint8Array(work.buffer, work.byteOffset + targetAt, w.targetLength);
-    if (this.reuseBuffers) return target;
-    const copy = new Uint8Array(w.targetLength);
-    copy.set(target);
-    return copy;
+    this.directCount = 0;
+    this.partCount = 0;
+    let staged = 0;
+    if (w.segmentLength > 0) {
+      // First walk: validate, and collect the source ranges of each part and the long COPYs.
+      this.start();
+      this.run(w, false, this.buf, 0, Number.POSITIVE_INFINITY);
+      this.partRange[this.partCount] = this.rangeCount;
+      for (let k = 0; k < this.partCount; k++) staged = Math.max(staged, this.mergeRanges(k));
+    }
+    const work = this.workBuffer(w.targetLength, staged);
+    const targetAt = this.slot * this.slotSize;
+    this.stagedAt = this.slots * this.slotSize;
+    const from = (w.indicator & VCD_SOURCE ? source : history)!;
+    if (this.directCount > 0) await this.readSource(w, from, work, targetAt, true);
+    // Second walk: write the target, part by part, each after reading its staged source ranges.
+    this.start();
+    if (this.partCount === 0) this.run(w, true, work, targetAt, Number.POSITIVE_INFINITY);
+    for (let k = 0; k < this.partCount; k++) {
+      this.partLo = this.partRange[k];
+      this.partHi = this.partLo + this.partMerged[k];
+      this.lastRange = this.partLo;
+      if (this.partHi > this.partLo) await this.readSource(w, from, work, targetAt, false);
+      const until = k + 1 < this.partCount ? this.partTp[k + 1] : Number.POSITIVE_INFINITY;
+      this.run(w, true, work, targetAt, until);
+    }
+    const target = work.subarray(targetAt, targetAt + w.targetLength);
+    // A copy, not Buffer#slice (a view).
+    return this.reuseBuffers ? target : new Uint8Array(target);
   }
 
   /**
-   * The work buffer for a window: one reused buffer, or with reuseBuffers two used in turn so the
-   * window yielded last stays intact. Not zero-filled: decoding writes every target byte before
-   * the window is yielded (an error discards it). Sized for the worst case of a window this large
-   * (source ranges up to 1 + SOURCE_GAP_WINDOWS windows, data up to one, the target) so it rarely
-   * grows: fresh memory costs a page fault per 4 KiB, and pages never touched cost nothing.
+   * The work buffer for a window of targetLength bytes whose parts stage at most `staged` source
+   * bytes (never more than STAGING_SIZE: a part's short COPYs and its gaps); picks the window's target slot. Not
+   * zero-filled: decoding writes every target byte before the window is yielded (an error discards
+   * it). A grown buffer is a new one, so the window yielded last (kept for VCD_TARGET) stays intact.
    */
-  private workBuffer(length: number, targetLength: number): Uint8Array {
-    const i = this.poolNext;
-    if (this.reuseBuffers && length > 0) this.poolNext = 1 - i;
-    if (this.work[i].length < length)
-      this.work[i] = Buffer.allocUnsafe(Math.max(length, (3 + SOURCE_GAP_WINDOWS) * targetLength));
-    return this.work[i];
+  private workBuffer(targetLength: number, staged: number): Uint8Array {
+    if (this.reuseBuffers && targetLength > 0) this.slot = 1 - this.slot;
+    const room = this.work.length - this.slots * this.slotSize;
+    if (targetLength > this.slotSize || staged > room) {
+      // Doubling, so windows that grow a little at a time do not leave a trail of dropped buffers;
+      // pages never touched cost no memory.
+      if (targetLength > this.slotSize) {
+        this.slotSize = Math.max(targetLength, DEFAULT_WINDOW_SIZE, 2 * this.slotSize);
+      }
+      this.work = Buffer.allocUnsafe(this.slots * this.slotSize + Math.max(staged, STAGING_SIZE));
+    }
+    return this.work;
   }
 
   private corrupt(message: string, index: number): VcdiffError {
     return new VcdiffError("CORRUPT", message, this.base + index);
   }
 
+  /** Puts the instruction walk at the start of the window, with empty address caches. */
+  private start(): void {
+    this.near.fill(0);
+    this.same.fill(0);
+    this.nextSlot = 0;
+    this.ip = this.instStart;
+    this.dp = this.dataStart;
+    this.ap = this.addrStart;
+    this.tp = 0;
+  }
+
   /**
-   * Walks the window's instructions. With execute false it validates them and records the
-   * source ranges the COPYs need; with execute true it writes the target window.
+   * Walks the window's instructions from where the walk stands until the target position reaches
+   * `until` (at an instruction boundary) or the instructions end. With execute false it validates
+   * them, splits the window into parts and records the source ranges each part's COPYs need; with
+   * execute true it writes the target window (the first walk has validated everything).
    */
-  private run(w: WindowHeader, execute: boolean, work: Uint8Array, dataAt: number, targetAt: number): void {
+  private run(w: WindowHeader, execute: boolean, work: Uint8Array, targetAt: number, until: number): void {
     const buf = this.buf;
     const near = this.near;
     const same = this.same;
-    near.fill(0);
-    same.fill(0);
-    let nextSlot = 0;
+    let nextSlot = this.nextSlot;
     const { type1, size1, mode1, type2, size2, mode2 } = DEFAULT_CODE_TABLE;
     const segLen = w.segmentLength;
     const tLen = w.targetLength;
-    let dp = this.dataStart;
+    let dp = this.dp;
     const dEnd = this.instStart;
-    let ip = this.instStart;
+    let ip = this.ip;
     const iEnd = this.addrStart;
-    let ap = this.addrStart;
-    const aEnd = ap + w.addrLength;
-    // In work: source ranges from 0, the data section from dataAt, the target window from targetAt.
-    const dataShift = dataAt - this.dataStart;
-    let tp = 0;
+    let ap = this.ap;
+    const aEnd = this.addrStart + w.addrLength;
+    // In work: the target window from targetAt, the part's staged source ranges from stagedAt.
+    let tp = this.tp;
+    let nextPart = 0;
 
     while (ip < iEnd) {
+      if (tp >= until) break;
+      if (!execute && tp >= nextPart) {
+        this.partTp[this.partCount] = tp;
+        this.partRange[this.partCount] = this.rangeCount;
+        this.partCount++;
+        this.gapBudget = SOURCE_GAP_PARTS * STAGE_PART;
+        nextPart = tp + STAGE_PART;
+      }
       const codeAt = ip;
       const code = buf[ip++];
       for (let half = 0; half < 2; half++) {
@@ -472,7 +559,7 @@ class WindowDecoder {
               codeAt,
             );
           }
-          if (execute) copyBytes(work, dp + dataShift, targetAt + tp, size);
+          if (execute) copyIn(buf, dp, work, targetAt + tp, size);
           dp += size;
         } else if (type === RUN) {
           if (dp >= dEnd) throw this.corrupt("RUN needs a byte but the data section is used up", codeAt);
@@ -515,7 +602,10 @@ class WindowDecoder {
           let from = addr - segLen; // position in the target window when the copy starts past the segment
           if (addr < segLen) {
             const fromSource = Math.min(n, segLen - addr);
-            if (execute) {
+            if (fromSource >= DIRECT_READ) {
+              // Read straight into the target before this pass: nothing to do when executing.
+              if (!execute) this.addDirect(addr, tp, fromSource);
+            } else if (execute) {
               copyBytes(work, this.sourceIndex(addr), targetAt + to, fromSource);
             } else {
               this.addRange(addr, addr + fromSource, addrAt);
@@ -529,6 +619,12 @@ class WindowDecoder {
         tp += size;
       }
     }
+    this.ip = ip;
+    this.dp = dp;
+    this.ap = ap;
+    this.tp = tp;
+    this.nextSlot = nextSlot;
+    if (ip < iEnd) return;
     if (tp !== tLen) {
       throw this.corrupt(`the instructions produce ${tp} bytes but the window header says ${tLen}`, iEnd);
     }
@@ -540,7 +636,7 @@ class WindowDecoder {
   private addRange(start: number, end: number, at: number): void {
     if (end <= start) return;
     const i = this.rangeCount - 1;
-    if (i >= 0 && start >= this.rangeStart[i]) {
+    if (i >= this.partRange[this.partCount - 1] && start >= this.rangeStart[i]) {
       const gap = start - this.rangeEnd[i];
       if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= this.gapBudget)) {
         if (gap > 0) this.gapBudget -= gap;
@@ -555,11 +651,6 @@ class WindowDecoder {
           at,
         );
       }
-      const grow = (a: Float64Array) => {
-        const b = new Float64Array(a.length * 2);
-        b.set(a);
-        return b;
-      };
       this.rangeStart = grow(this.rangeStart);
       this.rangeEnd = grow(this.rangeEnd);
       this.rangeAt = grow(this.rangeAt);
@@ -569,21 +660,39 @@ class WindowDecoder {
     this.rangeCount++;
   }
 
-  /** Sorts and merges the recorded ranges and places them one after another; returns their total length. */
-  private mergeRanges(): number {
-    const count = this.rangeCount;
+  /** Records a long source COPY that is read straight into the target window. */
+  private addDirect(addr: number, to: number, length: number): void {
+    if (this.directCount === this.directFrom.length) {
+      this.directFrom = grow(this.directFrom);
+      this.directTo = grow(this.directTo);
+      this.directLength = grow(this.directLength);
+    }
+    this.directFrom[this.directCount] = addr;
+    this.directTo[this.directCount] = to;
+    this.directLength[this.directCount] = length;
+    this.directCount++;
+  }
+
+  /**
+   * Sorts and merges part k's recorded ranges in place and places them one after another in the
+   * staging area; returns their total length.
+   */
+  private mergeRanges(k: number): number {
+    const lo = this.partRange[k];
+    const count = this.partRange[k + 1] - lo;
+    this.partMerged[k] = 0;
     if (count === 0) return 0;
     // The union of the ranges from their starts and ends sorted independently (native numeric
     // sorts, no comparator): a union segment closes where the count of open ranges drops to zero.
     // Outputs are written in place behind the two read positions.
     const starts = this.rangeStart;
     const ends = this.rangeEnd;
-    starts.subarray(0, count).sort();
-    ends.subarray(0, count).sort();
-    let union = -1;
+    starts.subarray(lo, lo + count).sort();
+    ends.subarray(lo, lo + count).sort();
+    let union = lo - 1;
     let open = 0;
-    for (let i = 0, j = 0; j < count; ) {
-      if (i < count && starts[i] <= ends[j]) {
+    for (let i = lo, j = lo; j < lo + count; ) {
+      if (i < lo + count && starts[i] <= ends[j]) {
         if (open === 0) starts[++union] = starts[i];
         open++;
         i++;
@@ -593,45 +702,59 @@ class WindowDecoder {
         j++;
       }
     }
-    // Merge overlapping ranges, and ranges separated by a small gap while the gaps stay within the
-    // window's size, so memory stays bounded by the window.
-    let gapBudget = this.gapBudget;
-    let m = 0;
-    for (let i = 1; i <= union; i++) {
-      const gap = this.rangeStart[i] - this.rangeEnd[m];
+    // Merge overlapping ranges, and ranges separated by a small gap while the gaps stay within a
+    // budget, so the staging area stays bounded by a few parts.
+    let gapBudget = SOURCE_GAP_PARTS * STAGE_PART;
+    let m = lo;
+    for (let i = lo + 1; i <= union; i++) {
+      const gap = starts[i] - ends[m];
       if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= gapBudget)) {
         if (gap > 0) gapBudget -= gap;
-        if (this.rangeEnd[i] > this.rangeEnd[m]) this.rangeEnd[m] = this.rangeEnd[i];
+        if (ends[i] > ends[m]) ends[m] = ends[i];
       } else {
         m++;
-        this.rangeStart[m] = this.rangeStart[i];
-        this.rangeEnd[m] = this.rangeEnd[i];
+        starts[m] = starts[i];
+        ends[m] = ends[i];
       }
     }
-    this.rangeCount = m + 1;
+    this.partMerged[k] = m + 1 - lo;
     let total = 0;
-    for (let i = 0; i < this.rangeCount; i++) {
+    for (let i = lo; i <= m; i++) {
       this.rangeAt[i] = total;
-      total += this.rangeEnd[i] - this.rangeStart[i];
+      total += ends[i] - starts[i];
     }
-    this.lastRange = 0;
     return total;
   }
 
-  /** Reads the merged ranges into work[0..], several at a time, or synchronously when they are many. */
-  private async readRanges(w: WindowHeader, source: SourceReader, work: Uint8Array): Promise<void> {
-    const count = this.rangeCount;
-    if (count > SYNC_READ_RANGES && source.readSync !== undefined) {
+  /**
+   * Reads the long COPYs straight into the target window (direct), or the current part's merged
+   * ranges into the staging area: several reads at a time, or synchronously when they are many.
+   */
+  private async readSource(
+    w: WindowHeader,
+    source: SourceReader,
+    work: Uint8Array,
+    targetAt: number,
+    direct: boolean,
+  ): Promise<void> {
+    const lo = direct ? 0 : this.partLo;
+    const count = direct ? this.directCount : this.partHi - this.partLo;
+    const job = (i: number): [position: number, at: number, length: number] =>
+      direct
+        ? [this.directFrom[i], targetAt + this.directTo[i], this.directLength[i]]
+        : [
+            this.rangeStart[lo + i],
+            this.stagedAt + this.rangeAt[lo + i],
+            this.rangeEnd[lo + i] - this.rangeStart[lo + i],
+          ];
+    const readSync = source.readSync;
+    if (count > SYNC_READ_RANGES && readSync !== undefined) {
       for (let i = 0; i < count; i++) {
+        const [position, at, length] = job(i);
         try {
-          source.readSync(
-            w.segmentPosition + this.rangeStart[i],
-            work,
-            this.rangeAt[i],
-            this.rangeEnd[i] - this.rangeStart[i],
-          );
+          readSync.call(source, w.segmentPosition + position, work, at, length);
         } catch (err) {
-          throw this.readError(w, i, err);
+          throw this.readError(w, position, length, err);
         }
       }
       return;
@@ -640,16 +763,11 @@ class WindowDecoder {
     let failure: unknown;
     const reader = async (): Promise<void> => {
       while (next < count && failure === undefined) {
-        const i = next++;
+        const [position, at, length] = job(next++);
         try {
-          await source.read(
-            w.segmentPosition + this.rangeStart[i],
-            work,
-            this.rangeAt[i],
-            this.rangeEnd[i] - this.rangeStart[i],
-          );
+          await source.read(w.segmentPosition + position, work, at, length);
         } catch (err) {
-          failure ??= this.readError(w, i, err);
+          failure ??= this.readError(w, position, length, err);
         }
       }
     };
@@ -657,9 +775,8 @@ class WindowDecoder {
     if (failure !== undefined) throw failure;
   }
 
-  private readError(w: WindowHeader, range: number, err: unknown): VcdiffError {
-    const position = w.segmentPosition + this.rangeStart[range];
-    const length = this.rangeEnd[range] - this.rangeStart[range];
+  private readError(w: WindowHeader, segmentAddress: number, length: number, err: unknown): VcdiffError {
+    const position = w.segmentPosition + segmentAddress;
     const what = w.indicator & VCD_SOURCE ? "source" : "earlier target output";
     const message = err instanceof Error ? err.message : String(err);
     const code = err instanceof VcdiffError && err.code === "LIMIT" ? "LIMIT" : "SOURCE";
@@ -670,12 +787,12 @@ class WindowDecoder {
     );
   }
 
-  /** Index in sourceBytes of segment address addr (always inside a recorded range). */
+  /** Index in work of segment address addr (always inside a recorded range). */
   private sourceIndex(addr: number): number {
     let r = this.lastRange;
     if (!(addr >= this.rangeStart[r] && addr < this.rangeEnd[r])) {
-      let lo = 0;
-      let hi = this.rangeCount - 1;
+      let lo = this.partLo;
+      let hi = this.partHi - 1;
       while (lo < hi) {
         const mid = (lo + hi + 1) >>> 1;
         if (this.rangeStart[mid] <= addr) lo = mid;
@@ -684,7 +801,22 @@ class WindowDecoder {
       r = lo;
       this.lastRange = r;
     }
-    return this.rangeAt[r] + (addr - this.rangeStart[r]);
+    return this.stagedAt + this.rangeAt[r] + (addr - this.rangeStart[r]);
+  }
+}
+
+function grow(a: Float64Array): Float64Array {
+  const b = new Float64Array(a.length * 2);
+  b.set(a);
+  return b;
+}
+
+/** Copies n bytes of the data section into the target: a view for long ADDs, which are few. */
+function copyIn(from: Uint8Array, at: number, work: Uint8Array, to: number, n: number): void {
+  if (n < SHORT_COPY) {
+    for (let k = 0; k < n; k++) work[to + k] = from[at + k];
+  } else {
+    work.set(from.subarray(at, at + n), to);
   }
 }
 

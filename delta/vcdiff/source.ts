@@ -178,3 +178,24 @@ export class ConcatSource implements SourceReader {
     for (const part of this.parts) await part.close?.();
   }
 }
+
+/** Default size of the chunks fileChunks yields: big sequential reads, a fixed 1 MiB of memory. */
+export const FILE_CHUNK_SIZE = 1024 * 1024;
+
+/**
+ * Reads a file (a delta) as a stream of chunks through one reused buffer: each yielded chunk is a
+ * view that the next one overwrites, so reading costs a fixed FILE_CHUNK_SIZE of memory instead of
+ * a fresh buffer per chunk (garbage the collector frees late). Fit for `decode`, which never holds
+ * a chunk after asking for the next; not for consumers that keep chunks (`Readable.from`, arrays).
+ */
+export async function* fileChunks(
+  handle: FileHandle,
+  chunkSize = FILE_CHUNK_SIZE,
+): AsyncGenerator<Uint8Array> {
+  const buffer = new Uint8Array(chunkSize);
+  for (;;) {
+    const { bytesRead } = await handle.read(buffer, 0, chunkSize, null);
+    if (bytesRead === 0) return;
+    yield buffer.subarray(0, bytesRead);
+  }
+}
