@@ -11,6 +11,7 @@ import {
   deviceIds,
   runDemo,
 } from "./demo.js";
+import { ImageOptionError } from "./image-archives.js";
 
 const HELP = `usage: deltaship demo [options]      (npm start)
 
@@ -193,7 +194,7 @@ export async function runDemoCommand(args: string[]): Promise<number> {
     bars.clear();
     const message = (error as Error).message;
     console.error(`deltaship demo: ${message}`);
-    return message.includes("setup-debian.sh") ? 2 : 1;
+    return error instanceof ImageOptionError || message.includes("setup-debian.sh") ? 2 : 1;
   }
   print(result);
   return result.outcome === "succeeded" ? 0 : 1;

@@ -207,21 +207,31 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   need("mosquitto", ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]);
   need("openssl", ["/usr/bin/openssl"]);
   const log = options.log ?? (() => {});
-  const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), "deltaship-demo-")));
-  await mkdir(workDir, { recursive: true });
-  const cleanup: Array<() => Promise<unknown>> = [];
-  const stopAll = async () => {
-    for (const step of cleanup.reverse()) await step().catch(() => undefined);
+  // Archives first: a wrong path is reported before anything starts or is written.
+  const images = options.images.length > 0 ? await archiveImages(options) : await sampleImages();
+  const cleanup: Array<() => Promise<unknown>> = [() => images.close()];
+  let stopping: Promise<void> | undefined;
+  const stopAll = () =>
+    (stopping ??= (async () => {
+      for (const step of cleanup.reverse()) await step().catch(() => undefined);
+    })());
+  // Ctrl-C or a kill: stop Azurite, the registries, the broker and the modules, which would outlive us.
+  // While serving, the signal is the normal end of the run instead.
+  let endServing: (() => void) | undefined;
+  const onSignal = () => {
+    if (endServing) endServing();
+    else void stopAll().finally(() => process.exit(130));
   };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
 
   try {
+    const workDir = options.workDir ?? (await mkdtemp(join(tmpdir(), "deltaship-demo-")));
+    await mkdir(workDir, { recursive: true });
     const { startAzurite } = await import("./services/azurite.js");
     const { startRegistry } = await import("./services/registry.js");
     const { startHubStandIn } = await import("../tests/support/mqtt.js");
 
-    // Archives first: a wrong path is reported before anything starts.
-    const images = options.images.length > 0 ? await archiveImages(options) : await sampleImages();
-    cleanup.push(() => images.close());
     log(
       options.images.length > 0
         ? `deploying ${images.targets.map((t) => t.name).join(", ")}`
@@ -439,12 +449,13 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     if (options.serve) {
       options.onServing?.(result, origin);
       await new Promise<void>((done) => {
-        process.once("SIGINT", () => done());
-        process.once("SIGTERM", () => done());
+        endServing = done;
       });
     }
     return result;
   } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
     await stopAll();
   }
 }

@@ -10,6 +10,11 @@ import { locateImage, openImage } from "../delta/image/open.js";
 import type { ImageReader, LayerToWrite } from "../delta/image/types.js";
 import type { SampleImage } from "./sample-images.js";
 
+/** A path given with --image, --from or --holds that does not name a usable image: the user's to fix. */
+export class ImageOptionError extends Error {
+  override name = "ImageOptionError";
+}
+
 export interface OpenedArchives {
   /** One entry per distinct path given, in the order first given. */
   readonly byPath: ReadonlyMap<string, SampleImage>;
@@ -31,10 +36,10 @@ async function openArchive(
   try {
     location = await locateImage(path);
   } catch (error) {
-    throw new Error(`${option} ${path}: ${(error as Error).message}`);
+    throw new ImageOptionError(`${option} ${path}: ${(error as Error).message}`);
   }
   if (location.kind === "registry") {
-    throw new Error(
+    throw new ImageOptionError(
       `${option} ${path}: no such file or folder; give a docker-archive file (docker save, skopeo copy … docker-archive:FILE:repo:tag) or an OCI layout folder`,
     );
   }
@@ -42,20 +47,25 @@ async function openArchive(
   try {
     reader = await openImage(path);
   } catch (error) {
-    throw new Error(
+    throw new ImageOptionError(
       `${option} ${path} is not a readable container image (docker-archive or OCI layout): ${(error as Error).message}`,
     );
   }
   try {
     const { repository, tag } = reader.info;
     if (repository === "" || tag === "") {
-      throw new Error(
+      throw new ImageOptionError(
         `${option} ${path} holds an image without a repository:tag name; save it with one (docker save repo:tag, skopeo copy … oci:DIR:repo:tag)`,
       );
     }
     const layers: LayerToWrite[] = [];
     for (const [i, layer] of reader.info.layers.entries()) {
-      const size = layer.compression === "none" ? layer.size : await uncompressedSize(reader, i);
+      const size =
+        layer.compression === "none"
+          ? layer.size
+          : await uncompressedSize(reader, i).catch((error: Error) => {
+              throw new ImageOptionError(`${option} ${path}: layer ${i} cannot be read: ${error.message}`);
+            });
       layers.push({ diffId: layer.diffId, size, open: () => reader.openLayerTar(i) });
     }
     return {
@@ -92,7 +102,7 @@ export async function openImageArchives(
       readers.push(reader);
       const same = byName.get(sample.name);
       if (same !== undefined && same.configDigest !== reader.info.configDigest) {
-        throw new Error(
+        throw new ImageOptionError(
           `${same.path} and ${path} both hold an image named ${sample.name}, with different contents; give each version its own tag`,
         );
       }
