@@ -4,6 +4,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { buildBundle, DEFAULT_ZSTD_LEVEL, DEFAULT_ZSTD_WINDOW_LOG } from "../delta/bundle/diff.js";
+import { PAYLOAD_CODECS, type PayloadCodec } from "../delta/bundle/format.js";
 import { loadSigningKey } from "../delta/bundle/sign.js";
 import { openImage } from "../delta/image/open.js";
 import type { ImageReader } from "../delta/image/types.js";
@@ -26,6 +27,7 @@ const USAGE = `usage: deltaship diff --to IMAGE --key KEY --out BUNDLE [--from I
   --out BUNDLE      where to write the bundle
   --level N         zstd level (default ${DEFAULT_ZSTD_LEVEL})
   --window-log N    zstd window log; the device needs 2^N bytes to decode (default ${DEFAULT_ZSTD_WINDOW_LOG}, at most 26)
+  --codec NAME      payload codec for layers with a source: ref-zstd (default), vcdiff-zstd or zstd
   --scratch DIR     scratch folder (default the system temp folder)
   --insecure        plain http for registries other than localhost
   --json            print the result as JSON
@@ -44,9 +46,10 @@ export async function run(args: string[]): Promise<number> {
   let opts: ReturnType<typeof parseArgs>;
   let level: number | undefined;
   let windowLog: number | undefined;
+  let codec: PayloadCodec | undefined;
   try {
     opts = parseArgs(args, {
-      values: ["from", "to", "key", "out", "level", "window-log", "scratch"],
+      values: ["from", "to", "key", "out", "level", "window-log", "scratch", "codec"],
       flags: ["json", "insecure", "help"],
     });
     if (opts.flags.has("help")) {
@@ -58,6 +61,10 @@ export async function run(args: string[]): Promise<number> {
       if (opts.one(name) === undefined) throw new UsageError(`--${name} is required`);
     level = integer(opts.one("level"), "level", -7, 22);
     windowLog = integer(opts.one("window-log"), "window-log", 10, 26);
+    const codecName = opts.one("codec");
+    if (codecName !== undefined && !(PAYLOAD_CODECS as readonly string[]).includes(codecName))
+      throw new UsageError(`--codec must be one of ${PAYLOAD_CODECS.join(", ")}, found '${codecName}'`);
+    codec = codecName as PayloadCodec | undefined;
   } catch (err) {
     if (err instanceof UsageError) {
       console.error(`deltaship diff: ${err.message}\n\n${USAGE}`);
@@ -87,6 +94,7 @@ export async function run(args: string[]): Promise<number> {
       out: opts.one("out")!,
       ...(level !== undefined ? { zstdLevel: level } : {}),
       ...(windowLog !== undefined ? { zstdWindowLog: windowLog } : {}),
+      ...(codec !== undefined ? { codec } : {}),
       ...(scratch !== undefined ? { scratchDir: scratch } : {}),
       onProgress: (p) => bar.update(`${p.phase} ${p.diffId.slice(7, 19)}`, p.done, p.total),
     });
