@@ -5,8 +5,8 @@
  */
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
-import { availableParallelism } from "node:os";
 import { open, rename, rm, stat } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { CompressStream } from "zstd-napi";
