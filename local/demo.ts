@@ -311,6 +311,35 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       devices.push({ id, store: deviceStore, inbox, holds });
     }
 
+    // The modules start (and report their inventories) while the Function App loads; reports wait in the broker stand-in.
+    const outbox = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(
+      "outbox",
+    );
+    await outbox.createIfNotExists();
+    const progress: DemoProgress = { links: {} };
+    for (const device of devices) {
+      device.module = startEdgeModule(device, hub, trustedKeys, workDir, log);
+      const module = device.module;
+      cleanup.push(() => stopProcess(module));
+      device.link = new SimulatedLink({
+        device: device.id,
+        outbox,
+        inboxDir: device.inbox,
+        bitsPerSecond: options.bandwidth,
+        dropsPerSecond: options.dropRate,
+        latencyMs: options.latencyMs,
+        timeFactor: options.timeFactor,
+        corrupt: device.id === options.corruptDevice,
+      });
+      device.link.onProgress((p) => {
+        progress.links[p.device] = p;
+        options.onProgress?.(progress);
+      });
+      device.link.start();
+      const link = device.link;
+      cleanup.push(() => link.stop());
+    }
+
     const recorders = {
       manifests: new ManifestRecorder(join(workDir, "iothub-manifests")),
       emails: new EmailRecorder(join(workDir, "emails")),
@@ -360,34 +389,6 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
         .catch((error) => log(`report function failed: ${(error as Error).message}`));
     }, 100);
     cleanup.push(async () => clearInterval(bridge));
-
-    const outbox = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(
-      "outbox",
-    );
-    await outbox.createIfNotExists();
-    const progress: DemoProgress = { links: {} };
-    for (const device of devices) {
-      device.module = startEdgeModule(device, hub, trustedKeys, workDir, log);
-      const module = device.module;
-      cleanup.push(() => stopProcess(module));
-      device.link = new SimulatedLink({
-        device: device.id,
-        outbox,
-        inboxDir: device.inbox,
-        bitsPerSecond: options.bandwidth,
-        dropsPerSecond: options.dropRate,
-        latencyMs: options.latencyMs,
-        timeFactor: options.timeFactor,
-        corrupt: device.id === options.corruptDevice,
-      });
-      device.link.onProgress((p) => {
-        progress.links[p.device] = p;
-        options.onProgress?.(progress);
-      });
-      device.link.start();
-      const link = device.link;
-      cleanup.push(() => link.stop());
-    }
 
     // Wait until each module's inventory reached the cloud, so planning sees what devices hold.
     await until(

@@ -7,13 +7,11 @@ import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { type DemoJson, RUN_LIMIT_MS, startDemo } from "./run-demo.js";
+import { type DemoJson, RUN_LIMIT_MS, STOP_LIMIT_MS, startDemo } from "./run-demo.js";
 
 /** How long the second set may take once started; it ships one small bundle to one device. */
 const SET_LIMIT_MS = 2 * 60 * 1000;
 const POLL_MS = 250;
-/** How long the demo may take to stop its services after SIGINT. */
-const STOP_LIMIT_MS = 30_000;
 
 let workDir = "";
 after(() => (workDir ? rm(workDir, { recursive: true, force: true }) : undefined));

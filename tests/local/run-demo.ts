@@ -34,6 +34,8 @@ export interface DemoRecord {
 
 /** A run takes about a minute; past this something hangs. */
 export const RUN_LIMIT_MS = 6 * 60 * 1000;
+/** How long the demo may take to stop its services after SIGTERM or SIGINT. */
+export const STOP_LIMIT_MS = 30_000;
 
 export const root = join(import.meta.dirname, "../..");
 
@@ -52,7 +54,11 @@ export function runCommand(args: string[]): Promise<{ code: number | null; stdou
   let stderr = "";
   child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
   child.stderr.on("data", (c: Buffer) => (stderr = (stderr + c.toString()).slice(-8000)));
-  const timer = setTimeout(() => child.kill("SIGKILL"), RUN_LIMIT_MS);
+  // Past the limit: SIGTERM lets the demo stop the services it started; SIGKILL if that hangs too.
+  const timer = setTimeout(() => {
+    child.kill("SIGTERM");
+    setTimeout(() => child.kill("SIGKILL"), STOP_LIMIT_MS).unref();
+  }, RUN_LIMIT_MS);
   return new Promise((resolve) => {
     child.on("exit", (code) => {
       clearTimeout(timer);
