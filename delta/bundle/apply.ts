@@ -7,6 +7,7 @@
  */
 import { createHash } from "node:crypto";
 import { open, statfs } from "node:fs/promises";
+import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
@@ -145,6 +146,24 @@ async function* payloadChunks(
       windowLogMax: MAX_ZSTD_WINDOW_LOG,
       reuseOutput: true,
     });
+  } else if (payload.codec === "zstd-x86") {
+    let table: Awaited<ReturnType<typeof readFilterTable>>;
+    try {
+      table = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
+    } catch (err) {
+      if (!(err instanceof FilterTableError)) throw err;
+      throw new BundleError("PAYLOAD", `layer ${payload.diffId}`, err.message);
+    }
+    const inflated = inflateFileRange(
+      bundlePath,
+      start + table.tableLength,
+      payload.length - table.tableLength,
+      {
+        windowLogMax: MAX_ZSTD_WINDOW_LOG,
+        reuseOutput: true,
+      },
+    );
+    yield* filterRanges(inflated, table.ranges, "decode");
   } else if (payload.codec === "ref-zstd") {
     const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });
     try {

@@ -10,6 +10,13 @@ import { availableParallelism } from "node:os";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { CompressStream } from "zstd-napi";
+import {
+  encodeFilterTable,
+  type FilterRange,
+  filterRanges,
+  isX86Elf,
+  MIN_FILTERED_FILE,
+} from "../filters/payload.js";
 import type { ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
 import { DEFAULT_REFZSTD_LEVEL, encodeRefZstd } from "../refzstd/encoder.js";
@@ -303,7 +310,14 @@ async function encodePayload(
   targetPath: string,
   source: ConcatSource | undefined,
   hints: LayerHints | undefined,
-  options: { level: number; windowLog: number; windowSize?: number; searchWholeSource: boolean },
+  options: {
+    level: number;
+    windowLog: number;
+    windowSize?: number;
+    searchWholeSource: boolean;
+    /** Executables' ranges to run through the x86 filter (plain zstd only): makes a `zstd-x86` payload. */
+    x86?: readonly FilterRange[];
+  },
   out: string,
   onBytes: (n: number) => void,
 ): Promise<{ length: number; sha256: string }> {
@@ -326,9 +340,12 @@ async function encodePayload(
     }
   }
   const target = counted(readFileStream(targetPath));
+  const table = options.x86 !== undefined && hints === undefined ? encodeFilterTable(options.x86) : undefined;
   const input =
     hints === undefined
-      ? target
+      ? options.x86 !== undefined
+        ? filterRanges(target, options.x86, "encode")
+        : target
       : encode(target, source, {
           copies: hints.copies,
           searches: hints.searches,
@@ -339,6 +356,11 @@ async function encodePayload(
     Readable.from(input, { objectMode: false }),
     compressor,
     async function* (compressed: AsyncIterable<Buffer>) {
+      if (table !== undefined) {
+        hash.update(table);
+        length += table.length;
+        yield Buffer.from(table);
+      }
       for await (const chunk of compressed) {
         hash.update(chunk);
         length += chunk.length;
@@ -430,6 +452,8 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       path: string;
       size: number;
       hints: LayerHints;
+      /** The layer's x86 executables (content ranges), for the x86 filter of a plain-zstd payload. */
+      x86: FilterRange[];
     }
     const pending: Pending[] = [];
     for (let i = 0; i < target.info.layers.length; i++) {
@@ -437,19 +461,34 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       const info = target.info.layers[i]!;
       const entries: ScannedEntry[] = [];
       const digests: (string | undefined)[] = [];
+      const x86: FilterRange[] = [];
       let hash: ReturnType<typeof createHash> | undefined;
+      // The first bytes of a file large enough to be worth the x86 filter, to recognise executables.
+      let head: Uint8Array | undefined;
+      let headLength = 0;
       const scanner = new TarScanner({
         entry(entry) {
           entries.push(entry);
           digests.push(undefined);
           hash = entry.type === "file" && entry.size > 0 ? sha256Hex() : undefined;
+          head = entry.type === "file" && entry.size >= MIN_FILTERED_FILE ? new Uint8Array(20) : undefined;
+          headLength = 0;
         },
         data(chunk) {
           hash!.update(chunk);
+          if (head !== undefined && headLength < head.length) {
+            const n = Math.min(head.length - headLength, chunk.length);
+            head.set(chunk.subarray(0, n), headLength);
+            headLength += n;
+          }
         },
         entryEnd() {
           if (hash !== undefined) digests[digests.length - 1] = hash.digest("hex");
           hash = undefined;
+          const entry = entries[entries.length - 1]!;
+          if (head !== undefined && isX86Elf(head))
+            x86.push({ offset: entry.dataOffset, length: entry.size });
+          head = undefined;
         },
       });
       let done = 0;
@@ -474,6 +513,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         path: spooled.path,
         size: spooled.size,
         hints: hintsFor(entries, digests, catalog),
+        x86,
       });
     }
 
@@ -520,14 +560,17 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         const report = (done: number) =>
           progress?.({ phase: "encode", diffId: info.diffId, done, total: p.size });
         const preferred = options.codec ?? "ref-zstd";
+        // Whole-layer zstd runs executables through the x86 filter unless plain `zstd` was asked for.
+        const plainX86 = p.x86.length > 0 && preferred !== "zstd" ? { x86: p.x86 } : {};
+        const plainCodec: PayloadCodec = plainX86.x86 !== undefined ? "zstd-x86" : "zstd";
         let codec: PayloadCodec =
-          source === undefined || preferred === "zstd"
-            ? "zstd"
+          source === undefined || preferred === "zstd" || preferred === "zstd-x86"
+            ? plainCodec
             : preferred === "ref-zstd" && hinted
               ? "ref-zstd"
               : hinted || searchWholeSource
                 ? "vcdiff-zstd"
-                : "zstd";
+                : plainCodec;
         let out = scratch.file("payload");
         let { length, sha256 } =
           codec === "ref-zstd"
@@ -541,15 +584,23 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
               )
             : codec === "vcdiff-zstd"
               ? await encodePayload(p.path, source, p.hints, settings, out, report)
-              : await encodePayload(p.path, undefined, undefined, settings, out, report);
+              : // zstd or zstd-x86 (plainX86 is empty for plain zstd).
+                await encodePayload(p.path, undefined, undefined, { ...settings, ...plainX86 }, out, report);
         if (codec === "vcdiff-zstd" && !hinted) {
           // Nothing known in common: keep the delta only if the search found enough to beat plain zstd.
           const plain = scratch.file("payload");
-          const alternative = await encodePayload(p.path, undefined, undefined, settings, plain, report);
+          const alternative = await encodePayload(
+            p.path,
+            undefined,
+            undefined,
+            { ...settings, ...plainX86 },
+            plain,
+            report,
+          );
           if (alternative.length <= length) {
             await rm(out);
             out = plain;
-            codec = "zstd";
+            codec = plainCodec;
             ({ length, sha256 } = alternative);
           } else {
             await rm(plain);

@@ -30,9 +30,11 @@ export const SIGNATURE_BLOCK_SIZE = 1 + KEY_ID_SIZE + ED25519_SIGNATURE_SIZE;
 /**
  * Payload codecs. `vcdiff-zstd`: zstd frame of an RFC 3284 delta against the virtual source;
  * `zstd`: zstd frame of the tar itself; `ref-zstd`: file-aligned copies plus zstd frames of the
- * rest against the old versions (delta/refzstd/format.ts).
+ * rest against the old versions (delta/refzstd/format.ts); `zstd-x86`: a table of executable
+ * ranges, then a zstd frame of the tar with those ranges through the x86 branch filter
+ * (delta/filters/payload.ts).
  */
-export const PAYLOAD_CODECS = ["vcdiff-zstd", "zstd", "ref-zstd"] as const;
+export const PAYLOAD_CODECS = ["vcdiff-zstd", "zstd", "ref-zstd", "zstd-x86"] as const;
 export type PayloadCodec = (typeof PAYLOAD_CODECS)[number];
 
 // Limits that guard the parser against hostile input.

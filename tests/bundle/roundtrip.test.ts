@@ -238,19 +238,35 @@ describe("bundle round trips", () => {
     assert.equal(sha256(decoded), sha256(layersV2[1]!));
   });
 
-  it("ships a first image to an empty device as zstd payloads and rebuilds it", async () => {
+  it("ships a first image to an empty device as zstd payloads, executables through the x86 filter, and rebuilds it", async () => {
     const first = join(dir, "first.bundle");
     const built = await diff([], v1Path, first);
+    // Both layers hold x86-64 executables and libraries from this machine.
     assert.deepEqual(
       built.layers.map((l) => [l.present, l.codec]),
       [
-        [false, "zstd"],
-        [false, "zstd"],
+        [false, "zstd-x86"],
+        [false, "zstd-x86"],
       ],
     );
     const dest = join(dir, "first.tar");
     await apply(first, [], dest);
     assert.deepEqual(await readFile(dest), await readFile(v1Path));
+
+    const plain = join(dir, "first-plain.bundle");
+    const plainBuilt = await diff([], v1Path, plain, "zstd");
+    assert.deepEqual(
+      plainBuilt.layers.map((l) => l.codec),
+      ["zstd", "zstd"],
+    );
+    const plainDest = join(dir, "first-plain.tar");
+    await apply(plain, [], plainDest);
+    assert.deepEqual(await readFile(plainDest), await readFile(v1Path));
+    const size = (b: typeof built) => b.layers.reduce((n, l) => n + l.payloadBytes, 0);
+    assert.ok(
+      size(built) < size(plainBuilt),
+      `zstd-x86 ${size(built)} bytes vs zstd ${size(plainBuilt)} bytes`,
+    );
   });
 
   it("makes an empty bundle payload section when the device holds every layer", async () => {

@@ -1,0 +1,180 @@
+/**
+ * The `zstd-x86` payload: a layer tar whose x86 executables went through the x86 branch filter
+ * (filters/x86.ts) before zstd. Only the encoder can tell code from data, so the payload names
+ * the filtered ranges:
+ *
+ *   payload := varint rangeCount, range × rangeCount, zstd frame of the filtered tar
+ *   range   := varint (offset − end of the previous range), varint length
+ *
+ * Varints are unsigned LEB128. Ranges are in order, do not overlap, and lie inside the tar; each
+ * is filtered on its own, with positions counted from the range's first byte (a file's content).
+ */
+import { open } from "node:fs/promises";
+import { X86Stream } from "./x86.js";
+
+/** Ranges a payload may name: the table is held in memory (two numbers each). */
+export const MAX_FILTER_RANGES = 1 << 18;
+/** A varint longer than this cannot hold a safe integer and is refused. */
+const MAX_VARINT_BYTES = 8;
+/** The table's largest encoded size, so a reader knows how much to read before parsing it. */
+export const MAX_FILTER_TABLE_SIZE = MAX_VARINT_BYTES * (1 + 2 * MAX_FILTER_RANGES);
+/** Files smaller than this are not worth a range (a range costs a few bytes, small code gains little). */
+export const MIN_FILTERED_FILE = 4096;
+
+export interface FilterRange {
+  readonly offset: number;
+  readonly length: number;
+}
+
+export class FilterTableError extends Error {
+  override readonly name = "FilterTableError";
+  readonly offset: number;
+  constructor(message: string, offset: number) {
+    super(`zstd-x86 filter table at byte ${offset}: ${message}`);
+    this.offset = offset;
+  }
+}
+
+/** True when `head` (a file's first bytes) starts an x86 or x86-64 ELF file. */
+export function isX86Elf(head: Uint8Array): boolean {
+  if (head.length < 20) return false;
+  if (head[0] !== 0x7f || head[1] !== 0x45 || head[2] !== 0x4c || head[3] !== 0x46) return false;
+  // e_machine, little-endian (EI_DATA 1): 0x03 i386, 0x3E x86-64.
+  return head[5] === 1 && head[19] === 0 && (head[18] === 0x03 || head[18] === 0x3e);
+}
+
+export function encodeFilterTable(ranges: readonly FilterRange[]): Uint8Array {
+  if (ranges.length > MAX_FILTER_RANGES) {
+    throw new RangeError(`${ranges.length} filter ranges, at most ${MAX_FILTER_RANGES}`);
+  }
+  const out: number[] = [];
+  const put = (value: number) => {
+    let v = value;
+    while (v >= 0x80) {
+      out.push((v % 0x80) | 0x80);
+      v = Math.floor(v / 0x80);
+    }
+    out.push(v);
+  };
+  put(ranges.length);
+  let end = 0;
+  for (const r of ranges) {
+    if (r.offset < end || r.length <= 0)
+      throw new RangeError("filter ranges must be in order, apart and not empty");
+    put(r.offset - end);
+    put(r.length);
+    end = r.offset + r.length;
+  }
+  return Uint8Array.from(out);
+}
+
+/**
+ * Parses the table at the start of `bytes` (which may hold more than the table). `outputSize` is
+ * the tar's size: every range must lie inside it.
+ */
+export function parseFilterTable(
+  bytes: Uint8Array,
+  outputSize: number,
+): { ranges: FilterRange[]; tableLength: number } {
+  let position = 0;
+  const read = (field: string): number => {
+    let value = 0;
+    let scale = 1;
+    for (let i = 0; i < MAX_VARINT_BYTES; i++) {
+      if (position >= bytes.length) throw new FilterTableError(`the payload ends inside ${field}`, position);
+      const b = bytes[position++]!;
+      value += (b & 0x7f) * scale;
+      if (b < 0x80) return value;
+      scale *= 0x80;
+    }
+    throw new FilterTableError(`${field} is longer than ${MAX_VARINT_BYTES} bytes`, position);
+  };
+  const count = read("the range count");
+  if (count > MAX_FILTER_RANGES) {
+    throw new FilterTableError(`${count} ranges, at most ${MAX_FILTER_RANGES} are accepted`, 0);
+  }
+  const ranges: FilterRange[] = [];
+  let end = 0;
+  for (let i = 0; i < count; i++) {
+    const at = position;
+    const offset = end + read(`range ${i}'s offset`);
+    const length = read(`range ${i}'s length`);
+    if (length === 0 || offset + length > outputSize) {
+      throw new FilterTableError(
+        `range ${i} (${length} bytes at ${offset}) is empty or ends past the layer's ${outputSize} bytes`,
+        at,
+      );
+    }
+    ranges.push({ offset, length });
+    end = offset + length;
+  }
+  return { ranges, tableLength: position };
+}
+
+/**
+ * Runs the x86 filter over the given ranges of a byte stream (chunks are rewritten in place, so
+ * they must be the caller's to change). Output chunks may split differently from input chunks.
+ */
+export async function* filterRanges(
+  chunks: AsyncIterable<Uint8Array>,
+  ranges: readonly FilterRange[],
+  direction: "encode" | "decode",
+): AsyncGenerator<Uint8Array> {
+  let position = 0;
+  let next = 0;
+  let active: X86Stream | undefined;
+  let activeEnd = 0;
+  for await (const whole of chunks) {
+    let chunk = whole;
+    while (chunk.length > 0) {
+      if (active === undefined) {
+        const start = next < ranges.length ? ranges[next]!.offset : Number.POSITIVE_INFINITY;
+        const plain = Math.min(chunk.length, start - position);
+        if (plain > 0) {
+          yield chunk.subarray(0, plain);
+          chunk = chunk.subarray(plain);
+          position += plain;
+          continue;
+        }
+        const range = ranges[next++]!;
+        active = new X86Stream(direction, range.length);
+        activeEnd = range.offset + range.length;
+      }
+      const take = Math.min(chunk.length, activeEnd - position);
+      const done = active.push(chunk.subarray(0, take));
+      if (done.length > 0) yield done;
+      chunk = chunk.subarray(take);
+      position += take;
+      if (position === activeEnd) active = undefined;
+    }
+  }
+}
+
+/** The table's bytes read first; a larger table (thousands of executables) is read again whole. */
+const FIRST_READ = 64 * 1024;
+
+/** Reads and parses the filter table at `start` of a payload of `length` bytes in `path`. */
+export async function readFilterTable(
+  path: string,
+  start: number,
+  length: number,
+  outputSize: number,
+): Promise<{ ranges: FilterRange[]; tableLength: number }> {
+  const handle = await open(path, "r");
+  try {
+    let want = Math.min(length, FIRST_READ);
+    for (;;) {
+      const bytes = new Uint8Array(want);
+      const { bytesRead } = await handle.read(bytes, 0, want, start);
+      try {
+        return parseFilterTable(bytes.subarray(0, bytesRead), outputSize);
+      } catch (err) {
+        const larger = Math.min(length, MAX_FILTER_TABLE_SIZE);
+        if (!(err instanceof FilterTableError) || bytesRead < want || want >= larger) throw err;
+        want = larger;
+      }
+    }
+  } finally {
+    await handle.close();
+  }
+}

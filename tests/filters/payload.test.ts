@@ -1,0 +1,124 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  encodeFilterTable,
+  FilterTableError,
+  filterRanges,
+  isX86Elf,
+  MAX_FILTER_RANGES,
+  parseFilterTable,
+} from "../../delta/filters/payload.js";
+import { filterX86 } from "../../delta/filters/x86.js";
+
+async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  for await (const c of chunks) parts.push(Uint8Array.from(c));
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+async function* pieces(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
+  for (let at = 0; at < bytes.length; at += size) yield Uint8Array.from(bytes.subarray(at, at + size));
+}
+
+function xorshift(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return s >>> 0;
+  };
+}
+
+describe("zstd-x86 filter table", () => {
+  it("encodes ranges as gaps and lengths and parses them back", () => {
+    const ranges = [
+      { offset: 512, length: 4096 },
+      { offset: 5120, length: 1 },
+      { offset: 300_000, length: 70_000 },
+    ];
+    const table = encodeFilterTable(ranges);
+    // count 3; gap 512 (80 04), length 4096 (80 20); gap 512 (80 04), length 1; gap 294879, length 70000.
+    assert.deepEqual([...table.subarray(0, 8)], [3, 0x80, 0x04, 0x80, 0x20, 0x80, 0x04, 0x01]);
+    const parsed = parseFilterTable(Buffer.concat([table, Uint8Array.of(9, 9, 9)]), 400_000);
+    assert.deepEqual(parsed, { ranges, tableLength: table.length });
+  });
+
+  it("refuses a range past the layer's end, a truncated table and an oversized count, naming the byte", () => {
+    const table = encodeFilterTable([{ offset: 10, length: 100 }]);
+    assert.throws(
+      () => parseFilterTable(table, 50),
+      (err: unknown) => {
+        assert.ok(err instanceof FilterTableError);
+        assert.match(err.message, /range 0 \(100 bytes at 10\) is empty or ends past the layer's 50 bytes/);
+        assert.equal(err.offset, 1);
+        return true;
+      },
+    );
+    assert.throws(() => parseFilterTable(table.subarray(0, 2), 1000), /ends inside range 0's length/);
+    assert.throws(
+      () => parseFilterTable(Uint8Array.of(0xff, 0xff, 0xff, 0x7f), 1000),
+      new RegExp(`at most ${MAX_FILTER_RANGES}`),
+    );
+  });
+
+  it("ends every random or mutated table in a result or a FilterTableError", () => {
+    const next = xorshift(7);
+    const valid = encodeFilterTable([
+      { offset: 0, length: 5000 },
+      { offset: 9000, length: 123_456 },
+    ]);
+    for (let n = 0; n < 3000; n++) {
+      const bytes =
+        n % 2 === 0
+          ? Uint8Array.from({ length: next() % 40 }, () => next() & 0xff)
+          : Uint8Array.from(valid, (b) => (next() % 5 === 0 ? next() & 0xff : b));
+      try {
+        const { ranges, tableLength } = parseFilterTable(bytes, 200_000);
+        assert.ok(tableLength <= bytes.length);
+        let end = 0;
+        for (const r of ranges) {
+          assert.ok(r.offset >= end && r.length > 0 && r.offset + r.length <= 200_000);
+          end = r.offset + r.length;
+        }
+      } catch (err) {
+        assert.ok(err instanceof FilterTableError, `case ${n}: ${String(err)}`);
+      }
+    }
+  });
+});
+
+describe("filtering ranges of a stream", () => {
+  it("filters exactly the named ranges, each from its own position 0, whatever the chunking", async () => {
+    const next = xorshift(11);
+    const bytes = Uint8Array.from({ length: 20_000 }, () => (next() % 4 === 0 ? 0xe8 : next() & 0xff));
+    for (let i = 4; i < bytes.length; i += 9) bytes[i] = 0;
+    const ranges = [
+      { offset: 100, length: 3000 },
+      { offset: 3100, length: 7 },
+      { offset: 9000, length: 11_000 },
+    ];
+    const expected = Uint8Array.from(bytes);
+    for (const r of ranges) {
+      const part = expected.subarray(r.offset, r.offset + r.length);
+      filterX86(part, 0, part.length, 0, "encode");
+    }
+    for (const size of [1, 3, 4096, 20_000]) {
+      const encoded = await collect(filterRanges(pieces(bytes, size), ranges, "encode"));
+      assert.deepEqual(encoded, expected, `chunks of ${size}`);
+      assert.deepEqual(await collect(filterRanges(pieces(encoded, size), ranges, "decode")), bytes);
+    }
+  });
+
+  it("recognises x86 and x86-64 ELF headers only", () => {
+    const head = new Uint8Array(20);
+    head.set([0x7f, 0x45, 0x4c, 0x46, 2, 1]);
+    head[18] = 0x3e;
+    assert.equal(isX86Elf(head), true);
+    head[18] = 0x03;
+    assert.equal(isX86Elf(head), true);
+    head[18] = 0xb7; // aarch64
+    assert.equal(isX86Elf(head), false);
+    assert.equal(isX86Elf(head.subarray(0, 19)), false);
+  });
+});
