@@ -69,8 +69,11 @@ export interface DecodeOptions {
 export const TARGET_HISTORY = DEFAULT_WINDOW_SIZE;
 /** At most this many earlier windows are kept for VCD_TARGET, so tiny hostile windows cannot pile up. */
 const MAX_HISTORY_WINDOWS = 4096;
-/** A window whose source COPYs need more separate ranges than this is refused: the range table is sized by it. */
-export const MAX_SOURCE_RANGES = 1 << 20;
+/**
+ * A part ends after this many decoded instructions even before STAGE_PART bytes of target:
+ * the tables of one part's instructions and source ranges are sized by it (about 2 MB).
+ */
+export const MAX_PART_INSTRUCTIONS = 1 << 15;
 /** Source reads in flight at once: parallel reads hide the latency of each (thread pool, network). */
 const READ_CONCURRENCY = 16;
 /** A window needing more source ranges than this reads them with readSync when the source has it. */
@@ -82,8 +85,8 @@ const SYNC_READ_RANGES = 64;
 const STAGE_PART = 1024 * 1024;
 /**
  * Parts' worth of unneeded source bytes that may be read between a part's needed ranges to save
- * read calls (twice: while collecting and while merging): a node binary's delta then needs about
- * a tenth of the reads, and the staging area stays at most 1 + 2·SOURCE_GAP_PARTS parts.
+ * read calls (twice: while collecting and while merging), so the staging area stays at most
+ * 1 + 2·SOURCE_GAP_PARTS parts.
  */
 const SOURCE_GAP_PARTS = 1;
 /** Source ranges closer than this are read in one call: fewer reads cost less than the bytes skipped. */
@@ -98,10 +101,10 @@ const INPUT_SLACK = 64 * 1024;
  */
 const DIRECT_READ = 64 * 1024;
 /**
- * The staging area: one part's needed source bytes (at most a part plus one short COPY) and the
- * gaps read between them (at most SOURCE_GAP_PARTS parts, twice).
+ * The staging area: one part's needed source bytes (a part ends once it stages STAGE_PART, so at
+ * most that plus an opcode's two short COPYs) and the gaps read between them (SOURCE_GAP_PARTS parts, twice).
  */
-const STAGING_SIZE = (1 + 2 * SOURCE_GAP_PARTS) * STAGE_PART + DIRECT_READ;
+const STAGING_SIZE = (1 + 2 * SOURCE_GAP_PARTS) * STAGE_PART + 2 * DIRECT_READ;
 /** Copies and ADDs shorter than this are done byte by byte: a native call costs more than the loop. */
 const SHORT_COPY = 16;
 
@@ -357,55 +360,58 @@ class TargetHistory implements SourceReader {
   }
 }
 
-/** Per-stream decoding state reused from window to window: caches, the source-range table, the source buffer. */
+/** What a decoded instruction does when the part is written (see WindowDecoder.execute). */
+const OP_ADD = 0;
+const OP_RUN = 1;
+/** COPY from the source, staged: its argument is the segment address. */
+const OP_COPY_STAGED = 2;
+/** COPY from the source, already read straight into the target: nothing left to do. */
+const OP_COPY_DIRECT = 3;
+/** COPY from the target window itself: its argument is the target position it copies from. */
+const OP_COPY_TARGET = 4;
+
+/**
+ * Per-stream decoding state reused from window to window: address caches, one part's decoded
+ * instructions and source ranges, and the work buffer.
+ *
+ * A window is decoded one part at a time. A part is the instructions that start within
+ * STAGE_PART bytes of target (or MAX_PART_INSTRUCTIONS of them): `scan` validates and decodes
+ * them into a table and records the source bytes they copy, those are read (long COPYs straight
+ * into the target, short ones merged into few reads of a staging area), and `execute` writes the
+ * part's target bytes from the table. So memory holds one target window and one part's source
+ * bytes and instructions, whatever the window's size.
+ */
 class WindowDecoder {
   private readonly near = new Float64Array(NEAR_SLOTS);
   private readonly same = new Float64Array(SAME_CACHE_SIZE);
-  /** Source ranges [rangeStart, rangeEnd) relative to the segment, and where each sits in the staging area. */
-  private rangeStart: Float64Array = new Float64Array(1024);
-  private rangeEnd: Float64Array = new Float64Array(1024);
-  private rangeAt: Float64Array = new Float64Array(1024);
+  /** The part's decoded instructions: what to do, how many target bytes, and from where. */
+  private readonly ops = new Uint8Array(MAX_PART_INSTRUCTIONS);
+  private readonly sizes = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private readonly args = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private opCount = 0;
+  /** The part's staged source ranges [rangeStart, rangeEnd) relative to the segment, and where each sits in the staging area. */
+  private readonly rangeStart = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private readonly rangeEnd = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private readonly rangeAt = new Float64Array(MAX_PART_INSTRUCTIONS);
   private rangeCount = 0;
   private lastRange = 0;
-  /**
-   * The window's parts: part k starts at target position partTp[k] (an instruction boundary) and
-   * its source ranges are rangeStart[partRange[k] ..] (partMerged[k] of them once merged).
-   */
-  private readonly partTp: number[] = [];
-  private readonly partRange: number[] = [];
-  private readonly partMerged: number[] = [];
-  private partCount = 0;
-  /** The current part's merged ranges, for sourceIndex. */
-  private partLo = 0;
-  private partHi = 0;
-  /** Source bytes between the current part's needed ranges that may still be read to save read calls. */
+  /** Source bytes between the part's needed ranges that may still be read to save read calls. */
   private gapBudget = 0;
-  /** Where the instruction walk stands: it stops between parts to read their source ranges. */
-  private ip = 0;
-  private dp = 0;
-  private ap = 0;
-  private tp = 0;
-  private nextSlot = 0;
-  /** Where the merged source ranges start in the work buffer (their rangeAt is relative to it). */
-  private stagedAt = 0;
-  /**
-   * Long source COPYs, read straight into the target window instead of through the staged ranges:
-   * segment address, target position and length. At most one per DIRECT_READ bytes of target.
-   */
-  private directFrom: Float64Array = new Float64Array(64);
-  private directTo: Float64Array = new Float64Array(64);
-  private directLength: Float64Array = new Float64Array(64);
+  /** The part's long source COPYs, read straight into the target: segment address, target position, length. */
+  private readonly directFrom = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private readonly directTo = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private readonly directLength = new Float64Array(MAX_PART_INSTRUCTIONS);
   private directCount = 0;
   /**
-   * One buffer for everything a window needs: one target slot (two with reuseBuffers, used in
-   * turn so the window yielded last stays intact), then the data section, then the staged source
-   * ranges. One buffer, because then every ADD and COPY is a copyWithin: copying between two
-   * arrays would allocate a view per instruction.
+   * One buffer: one target slot (two with reuseBuffers, used in turn so the window yielded last
+   * stays intact), then the staging area. One buffer, because then every staged COPY and every
+   * COPY within the target is a copyWithin: copying between two arrays would allocate a view each.
    */
   private work: Uint8Array = new Uint8Array(0);
-  /** Bytes per target slot in work. */
+  /** Bytes per target slot in work; the staging area starts after the slots. */
   private slotSize = 0;
   private slot = 0;
+  private stagedAt = 0;
   private readonly slots: number;
 
   constructor(private readonly reuseBuffers: boolean) {
@@ -418,6 +424,12 @@ class WindowDecoder {
   private dataStart = 0;
   private instStart = 0;
   private addrStart = 0;
+  /** Where the instruction scan stands in the window. */
+  private ip = 0;
+  private dp = 0;
+  private ap = 0;
+  private tp = 0;
+  private nextSlot = 0;
 
   async decode(
     input: DeltaInput,
@@ -430,54 +442,47 @@ class WindowDecoder {
     this.dataStart = input.start;
     this.instStart = this.dataStart + w.dataLength;
     this.addrStart = this.instStart + w.instLength;
-    this.rangeCount = 0;
-    this.directCount = 0;
-    this.partCount = 0;
-    let staged = 0;
-    if (w.segmentLength > 0) {
-      // First walk: validate, and collect the source ranges of each part and the long COPYs.
-      this.start();
-      this.run(w, false, this.buf, 0, Number.POSITIVE_INFINITY);
-      this.partRange[this.partCount] = this.rangeCount;
-      for (let k = 0; k < this.partCount; k++) staged = Math.max(staged, this.mergeRanges(k));
-    }
-    const work = this.workBuffer(w.targetLength, staged);
+    this.near.fill(0);
+    this.same.fill(0);
+    this.nextSlot = 0;
+    this.ip = this.instStart;
+    this.dp = this.dataStart;
+    this.ap = this.addrStart;
+    this.tp = 0;
+    const work = this.workBuffer(w.targetLength);
     const targetAt = this.slot * this.slotSize;
-    this.stagedAt = this.slots * this.slotSize;
     const from = (w.indicator & VCD_SOURCE ? source : history)!;
-    if (this.directCount > 0) await this.readSource(w, from, work, targetAt, true);
-    // Second walk: write the target, part by part, each after reading its staged source ranges.
-    this.start();
-    if (this.partCount === 0) this.run(w, true, work, targetAt, Number.POSITIVE_INFINITY);
-    for (let k = 0; k < this.partCount; k++) {
-      this.partLo = this.partRange[k];
-      this.partHi = this.partLo + this.partMerged[k];
-      this.lastRange = this.partLo;
-      if (this.partHi > this.partLo) await this.readSource(w, from, work, targetAt, false);
-      const until = k + 1 < this.partCount ? this.partTp[k + 1] : Number.POSITIVE_INFINITY;
-      this.run(w, true, work, targetAt, until);
-    }
+    do {
+      const partAt = this.tp;
+      this.scan(w);
+      const staged = this.mergeRanges();
+      if (staged > work.length - this.stagedAt) {
+        throw new Error(
+          `internal error: a part stages ${staged} bytes, more than the ${STAGING_SIZE} planned`,
+        );
+      }
+      if (this.rangeCount + this.directCount > 0) await this.readSource(w, from, work, targetAt);
+      this.execute(work, targetAt, partAt);
+    } while (this.ip < this.addrStart);
+    this.checkEnd(w);
     const target = work.subarray(targetAt, targetAt + w.targetLength);
     // A copy, not Buffer#slice (a view).
     return this.reuseBuffers ? target : new Uint8Array(target);
   }
 
   /**
-   * The work buffer for a window of targetLength bytes whose parts stage at most `staged` source
-   * bytes (never more than STAGING_SIZE: a part's short COPYs and its gaps); picks the window's target slot. Not
+   * The work buffer for a window of targetLength bytes; picks the window's target slot. Not
    * zero-filled: decoding writes every target byte before the window is yielded (an error discards
    * it). A grown buffer is a new one, so the window yielded last (kept for VCD_TARGET) stays intact.
    */
-  private workBuffer(targetLength: number, staged: number): Uint8Array {
+  private workBuffer(targetLength: number): Uint8Array {
     if (this.reuseBuffers && targetLength > 0) this.slot = 1 - this.slot;
-    const room = this.work.length - this.slots * this.slotSize;
-    if (targetLength > this.slotSize || staged > room) {
+    if (targetLength > this.slotSize) {
       // Doubling, so windows that grow a little at a time do not leave a trail of dropped buffers;
       // pages never touched cost no memory.
-      if (targetLength > this.slotSize) {
-        this.slotSize = Math.max(targetLength, DEFAULT_WINDOW_SIZE, 2 * this.slotSize);
-      }
-      this.work = Buffer.allocUnsafe(this.slots * this.slotSize + Math.max(staged, STAGING_SIZE));
+      this.slotSize = Math.max(targetLength, DEFAULT_WINDOW_SIZE, 2 * this.slotSize);
+      this.work = Buffer.allocUnsafe(this.slots * this.slotSize + STAGING_SIZE);
+      this.stagedAt = this.slots * this.slotSize;
     }
     return this.work;
   }
@@ -486,27 +491,17 @@ class WindowDecoder {
     return new VcdiffError("CORRUPT", message, this.base + index);
   }
 
-  /** Puts the instruction walk at the start of the window, with empty address caches. */
-  private start(): void {
-    this.near.fill(0);
-    this.same.fill(0);
-    this.nextSlot = 0;
-    this.ip = this.instStart;
-    this.dp = this.dataStart;
-    this.ap = this.addrStart;
-    this.tp = 0;
-  }
-
   /**
-   * Walks the window's instructions from where the walk stands until the target position reaches
-   * `until` (at an instruction boundary) or the instructions end. With execute false it validates
-   * them, splits the window into parts and records the source ranges each part's COPYs need; with
-   * execute true it writes the target window (the first walk has validated everything).
+   * Validates and decodes the next part's instructions into the table, recording the source
+   * bytes its COPYs need: staged ranges, and long COPYs to read straight into the target.
    */
-  private run(w: WindowHeader, execute: boolean, work: Uint8Array, targetAt: number, until: number): void {
+  private scan(w: WindowHeader): void {
     const buf = this.buf;
     const near = this.near;
     const same = this.same;
+    const ops = this.ops;
+    const sizes = this.sizes;
+    const args = this.args;
     let nextSlot = this.nextSlot;
     const { type1, size1, mode1, type2, size2, mode2 } = DEFAULT_CODE_TABLE;
     const segLen = w.segmentLength;
@@ -517,19 +512,17 @@ class WindowDecoder {
     const iEnd = this.addrStart;
     let ap = this.ap;
     const aEnd = this.addrStart + w.addrLength;
-    // In work: the target window from targetAt, the part's staged source ranges from stagedAt.
     let tp = this.tp;
-    let nextPart = 0;
+    const partEnd = tp + STAGE_PART;
+    // An opcode adds at most four entries: two instructions, each COPY in a source and a target piece.
+    const lastOp = MAX_PART_INSTRUCTIONS - 4;
+    let n = 0;
+    let staged = 0;
+    this.rangeCount = 0;
+    this.directCount = 0;
+    this.gapBudget = SOURCE_GAP_PARTS * STAGE_PART;
 
-    while (ip < iEnd) {
-      if (tp >= until) break;
-      if (!execute && tp >= nextPart) {
-        this.partTp[this.partCount] = tp;
-        this.partRange[this.partCount] = this.rangeCount;
-        this.partCount++;
-        this.gapBudget = SOURCE_GAP_PARTS * STAGE_PART;
-        nextPart = tp + STAGE_PART;
-      }
+    while (ip < iEnd && tp < partEnd && n <= lastOp && staged < STAGE_PART) {
       const codeAt = ip;
       const code = buf[ip++];
       for (let half = 0; half < 2; half++) {
@@ -559,12 +552,20 @@ class WindowDecoder {
               codeAt,
             );
           }
-          if (execute) copyIn(buf, dp, work, targetAt + tp, size);
+          if (size > 0) {
+            ops[n] = OP_ADD;
+            sizes[n] = size;
+            args[n++] = dp;
+          }
           dp += size;
         } else if (type === RUN) {
           if (dp >= dEnd) throw this.corrupt("RUN needs a byte but the data section is used up", codeAt);
-          const value = buf[dp++];
-          if (execute) work.fill(value, targetAt + tp, targetAt + tp + size);
+          if (size > 0) {
+            ops[n] = OP_RUN;
+            sizes[n] = size;
+            args[n++] = buf[dp];
+          }
+          dp++;
         } else {
           // COPY: decode the address against source segment ‖ target so far.
           const mode = half === 0 ? mode1[code] : mode2[code];
@@ -597,63 +598,96 @@ class WindowDecoder {
           nextSlot = (nextSlot + 1) % NEAR_SLOTS;
           same[addr % SAME_CACHE_SIZE] = addr;
 
-          let to = tp;
-          let n = size;
-          let from = addr - segLen; // position in the target window when the copy starts past the segment
-          if (addr < segLen) {
-            const fromSource = Math.min(n, segLen - addr);
+          let rest = size;
+          // Where the copy reads in the target window when it starts (or continues) past the segment.
+          let from = addr - segLen;
+          if (addr < segLen && size > 0) {
+            const fromSource = Math.min(size, segLen - addr);
             if (fromSource >= DIRECT_READ) {
-              // Read straight into the target before this pass: nothing to do when executing.
-              if (!execute) this.addDirect(addr, tp, fromSource);
-            } else if (execute) {
-              copyBytes(work, this.sourceIndex(addr), targetAt + to, fromSource);
+              this.addDirect(addr, tp, fromSource);
+              ops[n] = OP_COPY_DIRECT;
             } else {
-              this.addRange(addr, addr + fromSource, addrAt);
+              this.addRange(addr, addr + fromSource);
+              staged += fromSource;
+              ops[n] = OP_COPY_STAGED;
             }
-            to += fromSource;
-            n -= fromSource;
-            from = 0; // a copy that runs past the segment continues at the start of the target window
+            sizes[n] = fromSource;
+            args[n++] = addr;
+            rest -= fromSource;
+            from = 0;
           }
-          if (execute && n > 0) copyOverlapping(work, targetAt + from, targetAt + to, n);
+          if (rest > 0) {
+            ops[n] = OP_COPY_TARGET;
+            sizes[n] = rest;
+            args[n++] = from;
+          }
         }
         tp += size;
       }
     }
+    this.opCount = n;
     this.ip = ip;
     this.dp = dp;
     this.ap = ap;
     this.tp = tp;
     this.nextSlot = nextSlot;
-    if (ip < iEnd) return;
-    if (tp !== tLen) {
-      throw this.corrupt(`the instructions produce ${tp} bytes but the window header says ${tLen}`, iEnd);
+  }
+
+  /** After the last part: the instructions must have produced the window and used every section byte. */
+  private checkEnd(w: WindowHeader): void {
+    const dEnd = this.instStart;
+    const aEnd = this.addrStart + w.addrLength;
+    if (this.tp !== w.targetLength) {
+      throw this.corrupt(
+        `the instructions produce ${this.tp} bytes but the window header says ${w.targetLength}`,
+        this.addrStart,
+      );
     }
-    if (dp !== dEnd) throw this.corrupt(`${dEnd - dp} bytes of the data section are left unused`, dp);
-    if (ap !== aEnd) throw this.corrupt(`${aEnd - ap} bytes of the address section are left unused`, ap);
+    if (this.dp !== dEnd)
+      throw this.corrupt(`${dEnd - this.dp} bytes of the data section are left unused`, this.dp);
+    if (this.ap !== aEnd)
+      throw this.corrupt(`${aEnd - this.ap} bytes of the address section are left unused`, this.ap);
+  }
+
+  /** Writes the part's target bytes, starting at target position tp, from its decoded instructions. */
+  private execute(work: Uint8Array, targetAt: number, tp: number): void {
+    const buf = this.buf;
+    const ops = this.ops;
+    const sizes = this.sizes;
+    const args = this.args;
+    let to = targetAt + tp;
+    for (let i = 0; i < this.opCount; i++) {
+      const size = sizes[i];
+      const arg = args[i];
+      switch (ops[i]) {
+        case OP_ADD:
+          copyIn(buf, arg, work, to, size);
+          break;
+        case OP_RUN:
+          work.fill(arg, to, to + size);
+          break;
+        case OP_COPY_STAGED:
+          copyBytes(work, this.sourceIndex(arg), to, size);
+          break;
+        case OP_COPY_TARGET:
+          copyOverlapping(work, targetAt + arg, to, size);
+          break;
+        default: // OP_COPY_DIRECT: read in place already
+      }
+      to += size;
+    }
   }
 
   /** Records that bytes [start, end) of the source segment are needed, merging with the previous range when they touch. */
-  private addRange(start: number, end: number, at: number): void {
-    if (end <= start) return;
+  private addRange(start: number, end: number): void {
     const i = this.rangeCount - 1;
-    if (i >= this.partRange[this.partCount - 1] && start >= this.rangeStart[i]) {
+    if (i >= 0 && start >= this.rangeStart[i]) {
       const gap = start - this.rangeEnd[i];
       if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= this.gapBudget)) {
         if (gap > 0) this.gapBudget -= gap;
         if (end > this.rangeEnd[i]) this.rangeEnd[i] = end;
         return;
       }
-    }
-    if (this.rangeCount === this.rangeStart.length) {
-      if (this.rangeCount >= MAX_SOURCE_RANGES) {
-        throw this.corrupt(
-          `the window's COPYs need more than ${MAX_SOURCE_RANGES} separate source ranges; re-encode with a smaller window`,
-          at,
-        );
-      }
-      this.rangeStart = grow(this.rangeStart);
-      this.rangeEnd = grow(this.rangeEnd);
-      this.rangeAt = grow(this.rangeAt);
     }
     this.rangeStart[this.rangeCount] = start;
     this.rangeEnd[this.rangeCount] = end;
@@ -662,37 +696,28 @@ class WindowDecoder {
 
   /** Records a long source COPY that is read straight into the target window. */
   private addDirect(addr: number, to: number, length: number): void {
-    if (this.directCount === this.directFrom.length) {
-      this.directFrom = grow(this.directFrom);
-      this.directTo = grow(this.directTo);
-      this.directLength = grow(this.directLength);
-    }
     this.directFrom[this.directCount] = addr;
     this.directTo[this.directCount] = to;
     this.directLength[this.directCount] = length;
     this.directCount++;
   }
 
-  /**
-   * Sorts and merges part k's recorded ranges in place and places them one after another in the
-   * staging area; returns their total length.
-   */
-  private mergeRanges(k: number): number {
-    const lo = this.partRange[k];
-    const count = this.partRange[k + 1] - lo;
-    this.partMerged[k] = 0;
+  /** Sorts and merges the part's recorded ranges and places them one after another; returns their total length. */
+  private mergeRanges(): number {
+    const count = this.rangeCount;
+    this.lastRange = 0;
     if (count === 0) return 0;
     // The union of the ranges from their starts and ends sorted independently (native numeric
     // sorts, no comparator): a union segment closes where the count of open ranges drops to zero.
     // Outputs are written in place behind the two read positions.
     const starts = this.rangeStart;
     const ends = this.rangeEnd;
-    starts.subarray(lo, lo + count).sort();
-    ends.subarray(lo, lo + count).sort();
-    let union = lo - 1;
+    starts.subarray(0, count).sort();
+    ends.subarray(0, count).sort();
+    let union = -1;
     let open = 0;
-    for (let i = lo, j = lo; j < lo + count; ) {
-      if (i < lo + count && starts[i] <= ends[j]) {
+    for (let i = 0, j = 0; j < count; ) {
+      if (i < count && starts[i] <= ends[j]) {
         if (open === 0) starts[++union] = starts[i];
         open++;
         i++;
@@ -703,10 +728,10 @@ class WindowDecoder {
       }
     }
     // Merge overlapping ranges, and ranges separated by a small gap while the gaps stay within a
-    // budget, so the staging area stays bounded by a few parts.
+    // budget, so the staging area stays bounded (STAGING_SIZE).
     let gapBudget = SOURCE_GAP_PARTS * STAGE_PART;
-    let m = lo;
-    for (let i = lo + 1; i <= union; i++) {
+    let m = 0;
+    for (let i = 1; i <= union; i++) {
       const gap = starts[i] - ends[m];
       if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= gapBudget)) {
         if (gap > 0) gapBudget -= gap;
@@ -717,9 +742,9 @@ class WindowDecoder {
         ends[m] = ends[i];
       }
     }
-    this.partMerged[k] = m + 1 - lo;
+    this.rangeCount = m + 1;
     let total = 0;
-    for (let i = lo; i <= m; i++) {
+    for (let i = 0; i <= m; i++) {
       this.rangeAt[i] = total;
       total += ends[i] - starts[i];
     }
@@ -727,26 +752,22 @@ class WindowDecoder {
   }
 
   /**
-   * Reads the long COPYs straight into the target window (direct), or the current part's merged
-   * ranges into the staging area: several reads at a time, or synchronously when they are many.
+   * Reads the part's merged ranges into the staging area and its long COPYs straight into the
+   * target window: several reads at a time, or synchronously when they are many.
    */
   private async readSource(
     w: WindowHeader,
     source: SourceReader,
     work: Uint8Array,
     targetAt: number,
-    direct: boolean,
   ): Promise<void> {
-    const lo = direct ? 0 : this.partLo;
-    const count = direct ? this.directCount : this.partHi - this.partLo;
+    const ranges = this.rangeCount;
+    const count = ranges + this.directCount;
+    // Job i < ranges is a staged range, the others are long COPYs.
     const job = (i: number): [position: number, at: number, length: number] =>
-      direct
-        ? [this.directFrom[i], targetAt + this.directTo[i], this.directLength[i]]
-        : [
-            this.rangeStart[lo + i],
-            this.stagedAt + this.rangeAt[lo + i],
-            this.rangeEnd[lo + i] - this.rangeStart[lo + i],
-          ];
+      i < ranges
+        ? [this.rangeStart[i], this.stagedAt + this.rangeAt[i], this.rangeEnd[i] - this.rangeStart[i]]
+        : [this.directFrom[i - ranges], targetAt + this.directTo[i - ranges], this.directLength[i - ranges]];
     const readSync = source.readSync;
     if (count > SYNC_READ_RANGES && readSync !== undefined) {
       for (let i = 0; i < count; i++) {
@@ -787,12 +808,12 @@ class WindowDecoder {
     );
   }
 
-  /** Index in work of segment address addr (always inside a recorded range). */
+  /** Index in work of segment address addr (always inside one of the part's merged ranges). */
   private sourceIndex(addr: number): number {
     let r = this.lastRange;
     if (!(addr >= this.rangeStart[r] && addr < this.rangeEnd[r])) {
-      let lo = this.partLo;
-      let hi = this.partHi - 1;
+      let lo = 0;
+      let hi = this.rangeCount - 1;
       while (lo < hi) {
         const mid = (lo + hi + 1) >>> 1;
         if (this.rangeStart[mid] <= addr) lo = mid;
@@ -803,12 +824,6 @@ class WindowDecoder {
     }
     return this.stagedAt + this.rangeAt[r] + (addr - this.rangeStart[r]);
   }
-}
-
-function grow(a: Float64Array): Float64Array {
-  const b = new Float64Array(a.length * 2);
-  b.set(a);
-  return b;
 }
 
 /** Copies n bytes of the data section into the target: a view for long ADDs, which are few. */
