@@ -194,6 +194,63 @@ describe("VCDIFF decoder: instructions", () => {
     }
   });
 
+  test("a window larger than a part, with more instructions than a part holds, decodes part by part", async () => {
+    // 40,000 short source COPYs (more than MAX_PART_INSTRUCTIONS), a long COPY read straight into
+    // the target that runs past the segment into the window, a RUN across the 1 MiB part
+    // boundary, an ADD, an overlapping COPY within the target and a short source COPY after it.
+    const source = randomish(300_000);
+    const target: number[] = [];
+    const inst: number[] = [];
+    const addr: number[] = [];
+    for (let i = 0; i < 40_000; i++) {
+      const a = (i * 7919) % (source.length - 4);
+      inst.push(code.copy(0, 4));
+      addr.push(...varint(a));
+      for (let k = 0; k < 4; k++) target.push(source[a + k]);
+    }
+    inst.push(code.copy(0, 0), ...varint(200_000));
+    addr.push(...varint(200_000));
+    for (let k = 0; k < 100_000; k++) target.push(source[200_000 + k]);
+    for (let k = 0; k < 100_000; k++) target.push(target[k]);
+    inst.push(code.run, ...varint(1_500_000));
+    for (let k = 0; k < 1_500_000; k++) target.push(0x5a);
+    const added = bytes("twenty bytes of data");
+    inst.push(code.add(0), ...varint(added.length));
+    target.push(...added);
+    inst.push(code.copy(0, 0), ...varint(50_000));
+    addr.push(...varint(source.length + target.length - 10));
+    for (let k = 0; k < 50_000; k++) target.push(target[target.length - 10]);
+    inst.push(code.copy(0, 0), ...varint(100));
+    addr.push(...varint(5));
+    for (let k = 0; k < 100; k++) target.push(source[5 + k]);
+    const expected = Uint8Array.from(target);
+    const delta = buildDelta({
+      windows: [
+        {
+          indicator: VCD_SOURCE,
+          segmentLength: source.length,
+          targetLength: expected.length,
+          data: [0x5a, ...added],
+          inst,
+          addr,
+          checksumOf: expected,
+        },
+      ],
+    });
+    const withSync = new BufferSource(source);
+    const asyncOnly: SourceReader = { size: source.length, read: (p, i, o, l) => withSync.read(p, i, o, l) };
+    for (const reader of [withSync, asyncOnly]) {
+      for (const reuseBuffers of [false, true]) {
+        const parts: Uint8Array[] = [];
+        for await (const part of decode(chunks(delta, 1 << 16), { source: reader, reuseBuffers })) {
+          parts.push(part.slice());
+        }
+        assert.equal(parts.length, 1);
+        assert.ok(Buffer.from(parts[0]).equals(expected), `reuseBuffers ${reuseBuffers}`);
+      }
+    }
+  });
+
   test("an empty window produces nothing and a delta without windows decodes to empty", async () => {
     assert.equal((await decodeBuffer(buildDelta({ windows: [] }))).length, 0);
     assert.equal((await decodeBuffer(buildDelta({ windows: [{ targetLength: 0 }] }))).length, 0);

@@ -46,13 +46,12 @@ export function buildDelta(spec: DeltaSpec): Uint8Array {
   let indicator = spec.headerIndicator ?? 0;
   if (spec.appHeader) indicator |= VCD_APPHEADER;
   out.push(indicator, ...(spec.headerExtra ?? []));
-  if (spec.appHeader) out.push(...varint(spec.appHeader.length), ...spec.appHeader);
+  if (spec.appHeader) append(out, varint(spec.appHeader.length), spec.appHeader);
   for (const w of spec.windows) {
     let winInd = w.indicator ?? 0;
     if (w.checksumOf !== undefined) winInd |= VCD_ADLER32;
     out.push(winInd);
-    if (w.segmentLength !== undefined)
-      out.push(...varint(w.segmentLength), ...varint(w.segmentPosition ?? 0));
+    if (w.segmentLength !== undefined) append(out, varint(w.segmentLength), varint(w.segmentPosition ?? 0));
     const data = [...(w.data ?? [])];
     const inst = w.inst ?? [];
     const addr = w.addr ?? [];
@@ -67,10 +66,15 @@ export function buildDelta(spec: DeltaSpec): Uint8Array {
       const sum = typeof w.checksumOf === "number" ? w.checksumOf : adler32(w.checksumOf);
       body.push((sum >>> 24) & 0xff, (sum >>> 16) & 0xff, (sum >>> 8) & 0xff, sum & 0xff);
     }
-    body.push(...data, ...inst, ...addr);
-    out.push(...varint(body.length), ...body);
+    append(body, data, inst, addr);
+    append(out, varint(body.length), body);
   }
   return Uint8Array.from(out);
+}
+
+/** Appends element by element: spreading a large section into push() overflows the call stack. */
+function append(out: number[], ...parts: ArrayLike<number>[]): void {
+  for (const part of parts) for (let i = 0; i < part.length; i++) out.push(part[i]);
 }
 
 export const bytes = (s: string): Uint8Array => new TextEncoder().encode(s);
