@@ -1,0 +1,270 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { describe, it } from "node:test";
+import zstd from "zstd-napi";
+import {
+  type ApproxPiece,
+  applyPieces,
+  approximatePieces,
+  encodePieceTable,
+  literalStream,
+  pieceStreams,
+  type RefinedPiece,
+  splitExactRuns,
+} from "../../delta/refzstd/approx.js";
+
+/** Deterministic pseudo-random bytes (xorshift32), so every run sees the same inputs. */
+function prng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s;
+  };
+}
+
+function randomBytes(length: number, seed: number): Uint8Array {
+  const next = prng(seed);
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) out[i] = next() & 0xff;
+  return out;
+}
+
+/** Adds `delta` to every little-endian 32-bit word of `bytes[from, to)`: what relinking does to addresses. */
+function relocate(bytes: Uint8Array, from: number, to: number, delta: number): void {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let p = from; p + 4 <= to; p += 4) view.setUint32(p, (view.getUint32(p, true) + delta) >>> 0, true);
+}
+
+function concat(...parts: Uint8Array[]): Uint8Array {
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+/** Checks the pieces cover the new file and rebuild it byte for byte, raw and split into copies. */
+function roundTrip(oldFile: Uint8Array, newFile: Uint8Array, pieces: readonly RefinedPiece[]): void {
+  assert.equal(
+    pieces.reduce((sum, p) => sum + p.length, 0),
+    newFile.length,
+  );
+  for (const p of pieces) assert.ok(p.length > 0, "no empty pieces");
+  const { diff, extra } = pieceStreams(oldFile, newFile, pieces);
+  assert.ok(Buffer.from(applyPieces(oldFile, pieces, diff, extra)).equals(newFile), "rebuilt file differs");
+  const refined = splitExactRuns(oldFile, newFile, pieces, 16);
+  const streams = pieceStreams(oldFile, newFile, refined);
+  assert.ok(
+    Buffer.from(applyPieces(oldFile, refined, streams.diff, streams.extra)).equals(newFile),
+    "rebuilt file differs after splitting exact runs",
+  );
+}
+
+function count(pieces: readonly RefinedPiece[], kind: RefinedPiece["kind"]): number {
+  return pieces.filter((p) => p.kind === kind).reduce((sum, p) => sum + p.length, 0);
+}
+
+function nonZero(bytes: Uint8Array): number {
+  let n = 0;
+  for (const b of bytes) if (b !== 0) n++;
+  return n;
+}
+
+/** A real executable on this machine: the first 3 MiB of the running node binary (machine code and data). */
+function realExecutable(): Uint8Array {
+  const bytes = readFileSync(process.execPath);
+  assert.equal(bytes.readUInt32BE(0), 0x7f454c46, `${process.execPath} should be an ELF file`);
+  return new Uint8Array(bytes.subarray(0, Math.min(bytes.length, 3 * 1024 * 1024)));
+}
+
+describe("approximate matching", () => {
+  it("describes inserted code and relocated addresses as one insertion and two aligned regions", () => {
+    const oldFile = randomBytes(256 * 1024, 7);
+    const inserted = randomBytes(1000, 8);
+    const newFile = concat(oldFile.subarray(0, 100_000), inserted, oldFile.subarray(100_000));
+    relocate(newFile, 150_000, 200_000, 0x1000);
+    const pieces = approximatePieces(oldFile, newFile);
+    roundTrip(oldFile, newFile, pieces);
+    assert.deepEqual(
+      pieces.map((p) => p.kind),
+      ["diff", "extra", "diff"],
+    );
+    const [first, extra, last] = pieces as [ApproxPiece, ApproxPiece, ApproxPiece];
+    assert.deepEqual(first, { kind: "diff", length: 100_000 + (first.length - 100_000), oldOffset: 0 });
+    // Random inserted bytes may agree with the old ones at a byte or two next to the edges.
+    assert.ok(first.length >= 100_000 && first.length <= 100_004, `first region ${first.length}`);
+    assert.ok(extra.length >= 992 && extra.length <= 1000, `extra ${extra.length}`);
+    assert.equal(last.kind, "diff");
+    if (last.kind === "diff") assert.equal(last.oldOffset - (first.length + extra.length), -1000);
+    // Exactly the bytes the relocation changed differ: the second of each word, and carries.
+    const unshifted = concat(newFile.subarray(0, 100_000), newFile.subarray(101_000));
+    let relocated = 0;
+    for (let i = 0; i < oldFile.length; i++) if (unshifted[i] !== oldFile[i]) relocated++;
+    assert.ok(relocated > 12_500, `the relocation changes ${relocated} bytes`);
+    assert.equal(nonZero(pieceStreams(oldFile, newFile, pieces).diff), relocated);
+  });
+
+  it("rebuilds a real executable with a shifted region and relocated words, in a fraction of its size", () => {
+    const oldFile = realExecutable();
+    const third = Math.floor(oldFile.length / 3);
+    const newFile = concat(
+      oldFile.subarray(0, third),
+      randomBytes(4096, 11),
+      oldFile.subarray(third, 2 * third),
+      oldFile.subarray(2 * third + 8192),
+    );
+    relocate(newFile, third + 4096 + 1000, 2 * third, 0x40);
+    const pieces = approximatePieces(oldFile, newFile);
+    roundTrip(oldFile, newFile, pieces);
+    const { diff, extra } = pieceStreams(oldFile, newFile, pieces);
+    assert.ok(extra.length <= 4096 + 1024, `${extra.length} extra bytes for a 4096-byte insertion`);
+    const sent = zstd.compress(Buffer.from(diff), { compressionLevel: 9 }).length + extra.length;
+    const plain = zstd.compress(Buffer.from(newFile), { compressionLevel: 9 }).length;
+    assert.ok(sent * 10 < plain, `streams of ${sent} bytes should be under a tenth of zstd's ${plain}`);
+  });
+
+  it("sends one all-zero difference region for identical files, and one copy once exact runs are split", () => {
+    const file = randomBytes(70_000, 3);
+    const pieces = approximatePieces(file, file);
+    assert.deepEqual(pieces, [{ kind: "diff", length: 70_000, oldOffset: 0 }]);
+    assert.equal(nonZero(pieceStreams(file, file, pieces).diff), 0);
+    assert.deepEqual(splitExactRuns(file, file, pieces, 32), [
+      { kind: "copy", length: 70_000, oldOffset: 0 },
+    ]);
+  });
+
+  it("handles empty files on either side", () => {
+    const some = randomBytes(5000, 4);
+    const empty = new Uint8Array(0);
+    assert.deepEqual(approximatePieces(empty, empty), []);
+    assert.deepEqual(approximatePieces(some, empty), []);
+    assert.deepEqual(approximatePieces(empty, some), [{ kind: "extra", length: 5000 }]);
+    roundTrip(empty, some, approximatePieces(empty, some));
+    assert.equal(applyPieces(some, [], new Uint8Array(0), new Uint8Array(0)).length, 0);
+  });
+
+  it("sends unrelated files as extra bytes", () => {
+    const oldFile = randomBytes(200_000, 5);
+    const newFile = randomBytes(150_000, 6);
+    const pieces = approximatePieces(oldFile, newFile);
+    roundTrip(oldFile, newFile, pieces);
+    assert.ok(count(pieces, "extra") >= 149_900, `${count(pieces, "extra")} of 150000 bytes extra`);
+  });
+
+  it("works with an old file shorter than a seed", () => {
+    const newFile = concat(Uint8Array.of(1, 2, 3), randomBytes(1000, 9));
+    const oldFile = Uint8Array.of(1, 2, 3);
+    const pieces = approximatePieces(oldFile, newFile);
+    roundTrip(oldFile, newFile, pieces);
+    assert.deepEqual(pieces[0], { kind: "diff", length: 3, oldOffset: 0 });
+    assert.equal(count(pieces, "extra"), 1000);
+  });
+
+  it("round-trips random edits of all kinds (property test)", () => {
+    const next = prng(2024);
+    for (let round = 0; round < 150; round++) {
+      const size = 1 + (next() % 40_000);
+      let file = randomBytes(size, next());
+      const oldFile = file;
+      const edits = next() % 8;
+      for (let e = 0; e < edits; e++) {
+        const at = next() % (file.length + 1);
+        const length = 1 + (next() % 3000);
+        const kind = next() % 5;
+        if (kind === 0) file = concat(file.subarray(0, at), randomBytes(length, next()), file.subarray(at));
+        else if (kind === 1)
+          file = concat(file.subarray(0, at), file.subarray(Math.min(file.length, at + length)));
+        else if (kind === 2) relocate(file, at, Math.min(file.length, at + length), next());
+        else if (kind === 3) file = concat(file, oldFile.subarray(at % oldFile.length));
+        else file = concat(file.subarray(0, at), new Uint8Array(length), file.subarray(at));
+      }
+      const pieces = approximatePieces(oldFile, file, {
+        seedLength: 4 * (1 + (next() % 4)),
+        oldStride: 1 + (next() % 9),
+      });
+      try {
+        roundTrip(oldFile, file, pieces);
+      } catch (err) {
+        throw new Error(
+          `round ${round} (old ${oldFile.length}, new ${file.length} bytes): ${(err as Error).message}`,
+        );
+      }
+    }
+  });
+
+  it("puts difference and extra bytes in piece order into one literal stream", () => {
+    const oldFile = randomBytes(60_000, 12);
+    const newFile = concat(oldFile.subarray(0, 20_000), randomBytes(500, 13), oldFile.subarray(20_000));
+    relocate(newFile, 30_000, 40_000, 3);
+    const pieces = splitExactRuns(oldFile, newFile, approximatePieces(oldFile, newFile), 64);
+    assert.ok(pieces.some((p) => p.kind === "copy") && pieces.some((p) => p.kind === "diff"));
+    const literal = literalStream(oldFile, newFile, pieces);
+    const expected: Uint8Array[] = [];
+    let at = 0;
+    for (const p of pieces) {
+      if (p.kind !== "copy")
+        expected.push(pieceStreams(oldFile, newFile.subarray(at, at + p.length), [p]).diff);
+      if (p.kind === "extra") expected[expected.length - 1] = newFile.subarray(at, at + p.length);
+      at += p.length;
+    }
+    assert.ok(Buffer.from(literal).equals(Buffer.concat(expected)));
+  });
+
+  it("refuses streams that do not fit the pieces and options out of range", () => {
+    const oldFile = randomBytes(1000, 1);
+    const pieces: RefinedPiece[] = [
+      { kind: "diff", length: 600, oldOffset: 400 },
+      { kind: "extra", length: 10 },
+    ];
+    assert.throws(
+      () => applyPieces(oldFile, pieces, new Uint8Array(600), new Uint8Array(5)),
+      /the extra stream ends at byte 5, a piece needs 10/,
+    );
+    assert.throws(
+      () => applyPieces(oldFile, pieces, new Uint8Array(700), new Uint8Array(10)),
+      /the pieces use 600 diff and 10 extra bytes, the streams hold 700 and 10/,
+    );
+    assert.throws(
+      () =>
+        applyPieces(
+          oldFile,
+          [{ kind: "copy", length: 10, oldOffset: 995 }],
+          new Uint8Array(0),
+          new Uint8Array(0),
+        ),
+      /reads old bytes 995\.\.1005, the old file has 1000/,
+    );
+    assert.throws(
+      () => approximatePieces(oldFile, oldFile, { seedLength: 10 }),
+      /seedLength must be an integer from 4 to 32 in steps of 4, got 10/,
+    );
+  });
+
+  const bench = ".bench/vcdiff";
+  it("sends a real libc update (Debian 12 u7 → u14) in about what bsdiff needs, half of zstd --patch-from", {
+    skip:
+      !existsSync(`${bench}/libc6_2.36-9+deb12u14.data.tar`) && "the benchmark cache is not on this machine",
+  }, () => {
+    const libc = (version: string) => {
+      const run = spawnSync(
+        "tar",
+        ["-xOf", `${bench}/libc6_2.36-9+deb12u${version}.data.tar`, "./lib/x86_64-linux-gnu/libc.so.6"],
+        { maxBuffer: 1 << 26 },
+      );
+      assert.equal(run.status, 0, String(run.stderr));
+      return new Uint8Array(run.stdout);
+    };
+    const oldFile = libc("7");
+    const newFile = libc("14");
+    const pieces = approximatePieces(oldFile, newFile);
+    roundTrip(oldFile, newFile, pieces);
+    const { diff, extra } = pieceStreams(oldFile, newFile, pieces);
+    const sent =
+      zstd.compress(Buffer.from(encodePieceTable(pieces)), { compressionLevel: 19 }).length +
+      zstd.compress(Buffer.from(diff), { compressionLevel: 19 }).length +
+      zstd.compress(Buffer.from(extra), { compressionLevel: 19 }).length;
+    // Measured: bsdiff 54,976 bytes, zstd -19 --long=28 --patch-from 111,455.
+    assert.ok(sent < 54_976 * 1.1, `${sent} bytes, bsdiff needs 54976`);
+  });
+});
