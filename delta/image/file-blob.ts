@@ -2,6 +2,7 @@
  * Positional reads of a byte range of a file: how layer blobs are read out of an OCI layout
  * folder or from inside a docker-archive tar without loading the file or streaming what precedes it.
  */
+import { readSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import type { SourceReader } from "../vcdiff/source.js";
 import type { BlobLocation } from "./types.js";
@@ -109,6 +110,22 @@ export class FileRangeSource implements SourceReader {
       const { bytesRead } = await this.handle.read(into, offset + done, length - done, at);
       if (bytesRead === 0) throw new Error(`${this.location.path} ended at byte ${at}; did it shrink?`);
       done += bytesRead;
+    }
+  }
+
+  /** The same read without the thread pool: the decoder uses it for windows copying from many places. */
+  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
+    if (position < 0 || length < 0 || position + length > this.location.size) {
+      throw new RangeError(
+        `read of ${length} bytes at ${position} is outside the ${this.location.size}-byte blob in ${this.location.path}`,
+      );
+    }
+    let done = 0;
+    while (done < length) {
+      const at = this.location.offset + position + done;
+      const n = readSync(this.handle.fd, into, offset + done, length - done, at);
+      if (n === 0) throw new Error(`${this.location.path} ended at byte ${at}; did it shrink?`);
+      done += n;
     }
   }
 
