@@ -7,7 +7,7 @@ import { type FileHandle, open, rename, rm } from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { decode } from "../delta/vcdiff/decoder.js";
 import { DEFAULT_WINDOW_SIZE, MAX_WINDOW_SIZE, VcdiffError } from "../delta/vcdiff/format.js";
-import { FileSource } from "../delta/vcdiff/source.js";
+import { FileSource, fileChunks } from "../delta/vcdiff/source.js";
 
 const EXIT_OK = 0;
 const EXIT_FAILURE = 1;
@@ -145,11 +145,15 @@ async function decodeCommand(args: string[]): Promise<number> {
   try {
     // Opened before decoding starts, so a missing delta reports its own name, not a stream error.
     const delta = await open(deltaPath, "r");
-    const stream = delta.createReadStream({ highWaterMark: 1024 * 1024 });
-    await writeAll(
-      outPath,
-      decode(stream, { source, verifyChecksum: !values["no-checksum"], reuseBuffers: true }),
-    );
+    try {
+      // One reused read buffer: a fresh 1 MiB chunk per read is garbage that raises peak RSS.
+      await writeAll(
+        outPath,
+        decode(fileChunks(delta), { source, verifyChecksum: !values["no-checksum"], reuseBuffers: true }),
+      );
+    } finally {
+      await delta.close();
+    }
   } finally {
     await source?.close();
   }
