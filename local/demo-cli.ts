@@ -297,7 +297,8 @@ function summary(result: DemoResult): string {
     `Arrival order: ${result.arrivals.map((a) => `${a.device} #${a.order} ${a.image} (${a.priority})`).join(", ") || "none"}`,
     `Manifest pushes (${result.manifestPushes.length}): ${result.manifestPushes.map((p) => `${p.device} at ${p.at}`).join(", ") || "none"}`,
     `Emails (${result.emails.length}): ${result.emails.map((e) => `"${e.subject}" to ${e.to}`).join(", ") || "none"}`,
-    `Written to ${result.workDir}: iothub-manifests/, emails/, devices/, result.json`,
+    `Images kept in ${result.store === "oci" ? "OCI layout folders (registry/, devices/<id>/images/)" : "registries (docker-registry)"}`,
+    `Written to ${result.workDir}: iothub-manifests/, emails/, devices/, result.json, deployment.json`,
     "",
   ];
   return out.join("\n");
