@@ -17,7 +17,8 @@ import {
   isX86Elf,
   MIN_FILTERED_FILE,
 } from "../filters/payload.js";
-import type { ImageReader } from "../image/types.js";
+import { FileRangeSource } from "../image/file-blob.js";
+import type { BlobLocation, ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
 import { DEFAULT_REFZSTD_LEVEL, encodeRefZstd } from "../refzstd/encoder.js";
 import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
@@ -122,7 +123,8 @@ interface SourceEntry {
 
 interface SourceLayer {
   readonly diffId: string;
-  readonly path: string;
+  /** Where the layer's tar lies: in place in a local image, or a scratch copy. */
+  readonly location: BlobLocation;
   readonly size: number;
   /** Virtual offset of the layer's first byte. */
   start: number;
@@ -229,19 +231,35 @@ async function addSourceLayer(
     },
   });
   let done = 0;
-  const spooled = await spool(await image.openLayerTar(index), scratch.file("source.tar"), (chunk) => {
+  const scan = (chunk: Uint8Array) => {
     scanner.push(chunk);
     done += chunk.length;
     onProgress?.(done);
-  });
+  };
+  let location: BlobLocation;
+  let digest: string;
+  if (info.compression === "none" && image.locateLayerBlob !== undefined) {
+    // An uncompressed layer in a local file is read where it lies: scanned and hashed, not copied.
+    location = image.locateLayerBlob(index);
+    const hash = sha256Hex();
+    for await (const chunk of readFileStream(location.path, location.offset, location.size)) {
+      hash.update(chunk);
+      scan(chunk);
+    }
+    digest = `sha256:${hash.digest("hex")}`;
+  } else {
+    const spooled = await spool(await image.openLayerTar(index), scratch.file("source.tar"), scan);
+    location = { path: spooled.path, offset: 0, size: spooled.size };
+    digest = spooled.digest;
+  }
   scanner.finish();
-  if (spooled.digest !== info.diffId) {
+  if (digest !== info.diffId) {
     throw new Error(
-      `source layer ${index} of ${describe(image)} hashes to ${spooled.digest}, but its config says ${info.diffId}; the source image is damaged, fetch it again`,
+      `source layer ${index} of ${describe(image)} hashes to ${digest}, but its config says ${info.diffId}; the source image is damaged, fetch it again`,
     );
   }
-  catalog.layers.push({ diffId: info.diffId, path: spooled.path, size: spooled.size, start });
-  catalog.size += spooled.size;
+  catalog.layers.push({ diffId: info.diffId, location, size: location.size, start });
+  catalog.size += location.size;
 }
 
 function describe(image: ImageReader): string {
@@ -541,7 +559,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         return offset - catalog.layers[n]!.start + newStart.get(n)!;
       });
 
-    const parts = await Promise.all(listed.map((layer) => FileSource.open(layer.path)));
+    const parts = await Promise.all(listed.map((layer) => FileRangeSource.open(layer.location)));
     const source = parts.length > 0 ? new ConcatSource(parts) : undefined;
     const payloads = new Map<
       number,
