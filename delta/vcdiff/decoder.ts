@@ -76,8 +76,6 @@ const MAX_HISTORY_WINDOWS = 4096;
 export const MAX_PART_INSTRUCTIONS = 1 << 15;
 /** Source reads in flight at once: parallel reads hide the latency of each (thread pool, network). */
 const READ_CONCURRENCY = 16;
-/** A window needing more source ranges than this reads them with readSync when the source has it. */
-const SYNC_READ_RANGES = 64;
 /**
  * Target bytes decoded per round of staged source reads: the staging area holds the short COPYs'
  * source ranges of one part, not of the whole window, so it stays a few MiB for any window size.
@@ -753,7 +751,7 @@ class WindowDecoder {
 
   /**
    * Reads the part's merged ranges into the staging area and its long COPYs straight into the
-   * target window: several reads at a time, or synchronously when they are many.
+   * target window: synchronously from a local source, else several reads at a time.
    */
   private async readSource(
     w: WindowHeader,
@@ -769,7 +767,8 @@ class WindowDecoder {
         ? [this.rangeStart[i], this.stagedAt + this.rangeAt[i], this.rangeEnd[i] - this.rangeStart[i]]
         : [this.directFrom[i - ranges], targetAt + this.directTo[i - ranges], this.directLength[i - ranges]];
     const readSync = source.readSync;
-    if (count > SYNC_READ_RANGES && readSync !== undefined) {
+    // A local source (readSync) is read synchronously: an async read costs a thread-pool round trip.
+    if (readSync !== undefined) {
       for (let i = 0; i < count; i++) {
         const [position, at, length] = job(i);
         try {

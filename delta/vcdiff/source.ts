@@ -13,9 +13,9 @@ export interface SourceReader {
   /** Reads exactly `length` bytes at `position` into `into[offset..]`; rejects if the source is shorter. */
   read(position: number, into: Uint8Array, offset: number, length: number): Promise<void>;
   /**
-   * Optional synchronous read with the same contract, for local sources only (memory, files): a
-   * window that copies from thousands of scattered places is read with it, because each async
-   * read costs tens of microseconds of event-loop and thread-pool overhead.
+   * Optional synchronous read with the same contract, for local sources only (memory, files):
+   * the decoder then reads only through it, because each async read costs tens of microseconds
+   * of event-loop and thread-pool overhead. A remote source leaves it out and gets parallel reads.
    */
   readSync?(position: number, into: Uint8Array, offset: number, length: number): void;
   /** Releases file handles or connections; safe to call twice. */
