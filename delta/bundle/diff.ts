@@ -20,7 +20,7 @@ import {
 import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
-import { DEFAULT_REFZSTD_LEVEL, encodeRefZstd } from "../refzstd/encoder.js";
+import { encodeRefZstd } from "../refzstd/encoder.js";
 import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
 import { ConcatSource, FileSource } from "../vcdiff/source.js";
 import {
@@ -91,7 +91,7 @@ export interface BuildBundleOptions {
    * Layers with nothing in common with the source go as `zstd` either way.
    */
   readonly codec?: PayloadCodec;
-  /** zstd level of `ref-zstd` literal frames; default DEFAULT_REFZSTD_LEVEL. */
+  /** zstd level of `ref-zstd` literal frames; default by layer (delta/refzstd/encoder.ts: 22 for application layers, 19 above 32 MiB of literal data). */
   readonly refZstdLevel?: number;
   readonly onProgress?: (progress: BundleProgress) => void;
 }
@@ -395,7 +395,7 @@ async function encodeRefZstdPayload(
   targetPath: string,
   source: ConcatSource,
   hints: LayerHints,
-  level: number,
+  level: number | undefined,
   out: string,
   onBytes: (n: number) => void,
 ): Promise<{ length: number; sha256: string }> {
@@ -406,7 +406,7 @@ async function encodeRefZstdPayload(
     const parts = encodeRefZstd(target, source, {
       copies: hints.copies,
       references: hints.searches,
-      level,
+      ...(level !== undefined ? { level } : {}),
     });
     await pipeline(
       Readable.from(parts, { objectMode: false }),
@@ -592,14 +592,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         let out = scratch.file("payload");
         let { length, sha256 } =
           codec === "ref-zstd"
-            ? await encodeRefZstdPayload(
-                p.path,
-                source!,
-                p.hints,
-                options.refZstdLevel ?? DEFAULT_REFZSTD_LEVEL,
-                out,
-                report,
-              )
+            ? await encodeRefZstdPayload(p.path, source!, p.hints, options.refZstdLevel, out, report)
             : codec === "vcdiff-zstd"
               ? await encodePayload(p.path, source, p.hints, settings, out, report)
               : // zstd or zstd-x86 (plainX86 is empty for plain zstd).

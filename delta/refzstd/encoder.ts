@@ -7,7 +7,9 @@
  */
 import { Compressor } from "zstd-napi";
 import type { SourceReader } from "../vcdiff/source.js";
+import { approximatePieces, type RefinedPiece, splitExactRuns } from "./approx.js";
 import {
+  DIFF_PIECE,
   type Extent,
   FRAME_WINDOW_LOG,
   MAX_EXTENTS,
@@ -21,8 +23,12 @@ import {
   zigzag,
 } from "./format.js";
 
-/** Default zstd level: 19 is within 1% of 22 on real layers and needs a fraction of its memory. */
+/** zstd level for layers with much literal data (base layers, big binaries): 22 would take twice the CPU time. */
 export const DEFAULT_REFZSTD_LEVEL = 19;
+/** zstd level for layers with little literal data (application layers): about 1% smaller than 19, seconds of CPU. */
+export const SMALL_LAYER_REFZSTD_LEVEL = 22;
+/** Layers with at most this many literal bytes are compressed at SMALL_LAYER_REFZSTD_LEVEL. */
+export const SMALL_LAYER_LITERAL = 32 * 1024 * 1024;
 /** Tar pads data to 512-byte blocks: a copy is extended over the padding when the source's matches. */
 const TAR_BLOCK = 512;
 
@@ -44,7 +50,9 @@ export interface ReferenceHint {
 export interface RefZstdEncodeOptions {
   readonly copies?: readonly CopyHint[];
   readonly references?: readonly ReferenceHint[];
-  /** zstd level of the literal frames; default DEFAULT_REFZSTD_LEVEL. */
+  /** Diff pieces for changed executables (approximate matching); default true. */
+  readonly approximate?: boolean;
+  /** zstd level of the literal frames; default SMALL_LAYER_REFZSTD_LEVEL up to SMALL_LAYER_LITERAL literal bytes, else DEFAULT_REFZSTD_LEVEL. */
   readonly level?: number;
   /** Literal bytes per segment, at most MAX_SEGMENT_LITERAL (smaller in tests). */
   readonly segmentLiteral?: number;
@@ -59,6 +67,8 @@ interface SegmentPlan {
   readonly sources: number[];
   /** Target offset of each piece. */
   readonly targets: number[];
+  /** Indexes of diff pieces: their source offset is in `sources`, their difference bytes are literal. */
+  readonly diffs: Set<number>;
   readonly extents: Extent[];
   literal: number;
   output: number;
@@ -66,7 +76,16 @@ interface SegmentPlan {
 }
 
 function emptySegment(): SegmentPlan {
-  return { lengths: [], sources: [], targets: [], extents: [], literal: 0, output: 0, referenceSize: 0 };
+  return {
+    lengths: [],
+    sources: [],
+    targets: [],
+    diffs: new Set(),
+    extents: [],
+    literal: 0,
+    output: 0,
+    referenceSize: 0,
+  };
 }
 
 interface Reference {
@@ -78,6 +97,8 @@ interface Reference {
   literal: number;
   /** Literal bytes of the range already planned (for references split across segments). */
   done: number;
+  /** Pieces from approximate matching (old offsets in the source) that replace the reference. */
+  approx?: RefinedPiece[];
 }
 
 /** Builds segments piece by piece; a new segment inherits the extent of the reference being emitted. */
@@ -141,6 +162,7 @@ class Planner {
     if (
       i >= 0 &&
       seg.sources[i]! >= 0 &&
+      !seg.diffs.has(i) &&
       seg.targets[i]! + seg.lengths[i]! === targetOffset &&
       seg.sources[i]! + seg.lengths[i]! === sourceOffset
     ) {
@@ -150,6 +172,28 @@ class Planner {
       seg.sources.push(sourceOffset);
       seg.targets.push(targetOffset);
     }
+    seg.output += length;
+  }
+
+  /** Target bytes = source bytes at `sourceOffset` + as many difference bytes from the literal frame. */
+  diff(targetOffset: number, length: number, sourceOffset: number): void {
+    this.roomForPiece();
+    const seg = this.current;
+    const i = seg.lengths.length - 1;
+    if (
+      i >= 0 &&
+      seg.diffs.has(i) &&
+      seg.targets[i]! + seg.lengths[i]! === targetOffset &&
+      seg.sources[i]! + seg.lengths[i]! === sourceOffset
+    ) {
+      seg.lengths[i]! += length;
+    } else {
+      seg.diffs.add(seg.lengths.length);
+      seg.lengths.push(length);
+      seg.sources.push(sourceOffset);
+      seg.targets.push(targetOffset);
+    }
+    seg.literal += length;
     seg.output += length;
   }
 }
@@ -267,6 +311,84 @@ function sliceFor(r: Reference, from: number, to: number, limit: number): Extent
   return { sourceOffset: start, length };
 }
 
+/** Smaller changed files stay with the reference dictionary: approximate matching pays off on executables. */
+const APPROX_MIN_SIZE = 64 * 1024;
+/** Both versions are held in cloud memory, plus a seed table of up to 256 MiB. */
+const APPROX_MAX_SIZE = 512 * 1024 * 1024;
+/** Exact runs at least this long become copies: fewer literal bytes, almost no larger tables (measured on libc). */
+const APPROX_MIN_COPY = 4096;
+/** ELF files start with this, after the tar header blocks of their entry. */
+const ELF_MAGIC = 0x7f454c46;
+/** Where the ELF magic may sit: after a header and up to a PAX or GNU long-name header pair and its data. */
+const ELF_SEARCH = 8 * 1024;
+
+/** A range holds an executable or other binary: ELF magic at a tar block boundary, or NUL bytes in its middle. */
+function looksBinary(bytes: Uint8Array): boolean {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let p = 0; p + 4 <= Math.min(bytes.length, ELF_SEARCH); p += TAR_BLOCK) {
+    if (view.getUint32(p) === ELF_MAGIC) return true;
+  }
+  const middle = Math.floor(bytes.length / 2);
+  return bytes.subarray(middle, Math.min(bytes.length, middle + 4096)).includes(0);
+}
+
+/**
+ * Gives each reference that covers a changed binary of APPROX_MIN_SIZE or more (and no copies)
+ * pieces from approximate matching against its old version: relocated code becomes difference
+ * bytes, mostly zeros, instead of literal bytes zstd must find in the reference.
+ */
+async function approximateReferences(
+  target: SourceReader,
+  source: SourceReader,
+  references: readonly Reference[],
+): Promise<void> {
+  for (const r of references) {
+    const length = r.targetEnd - r.targetOffset;
+    if (length < APPROX_MIN_SIZE || length > APPROX_MAX_SIZE || r.sourceLength > APPROX_MAX_SIZE) continue;
+    if (r.literal !== length) continue;
+    const newBytes = new Uint8Array(length);
+    await readInto(target, r.targetOffset, newBytes, 0, length);
+    if (!looksBinary(newBytes)) continue;
+    const oldBytes = new Uint8Array(r.sourceLength);
+    await readInto(source, r.sourceOffset, oldBytes, 0, r.sourceLength);
+    const pieces = splitExactRuns(oldBytes, newBytes, approximatePieces(oldBytes, newBytes), APPROX_MIN_COPY);
+    r.approx = pieces.map((p) =>
+      p.kind === "extra" ? p : { ...p, oldOffset: p.oldOffset + r.sourceOffset },
+    );
+  }
+}
+
+/** Plans a reference's approximate pieces, cutting diff and extra bytes at segment literal limits. */
+function planApproximate(
+  planner: Planner,
+  r: Reference,
+  pieces: readonly RefinedPiece[],
+  segmentLiteral: number,
+) {
+  planner.active = undefined;
+  let t = r.targetOffset;
+  for (const piece of pieces) {
+    if (piece.kind === "copy") {
+      planner.copy(t, piece.length, piece.oldOffset);
+      t += piece.length;
+      continue;
+    }
+    let done = 0;
+    while (done < piece.length) {
+      const room = segmentLiteral - planner.current.literal;
+      if (room === 0) {
+        planner.flush();
+        continue;
+      }
+      const take = Math.min(piece.length - done, room);
+      if (piece.kind === "diff") planner.diff(t, take, piece.oldOffset + done);
+      else planner.literal(t, take);
+      t += take;
+      done += take;
+    }
+  }
+}
+
 function plan(
   size: number,
   copies: readonly CopyHint[],
@@ -292,6 +414,13 @@ function plan(
     while (ri < references.length && references[ri]!.targetEnd <= position) ri++;
     const r =
       references[ri] !== undefined && references[ri]!.targetOffset <= position ? references[ri] : undefined;
+    if (r?.approx !== undefined && r.targetOffset === position) {
+      planApproximate(planner, r, r.approx, segmentLiteral);
+      entered = undefined;
+      chunk = -1;
+      position = r.targetEnd;
+      continue;
+    }
     const runEnd = Math.min(nextCopy, r !== undefined ? r.targetEnd : (references[ri]?.targetOffset ?? size));
     if (r !== entered) {
       entered = r;
@@ -366,6 +495,8 @@ export async function* encodeRefZstd(
   }
   const copies = await prepareCopies(target, source, options.copies ?? []);
   const references = prepareReferences(target, source, options.references ?? [], copies);
+  if (options.approximate !== false && source !== undefined)
+    await approximateReferences(target, source, references);
   const segments = plan(target.size, copies, references, segmentLiteral, referenceLimit);
 
   const head = new VarintWriter();
@@ -377,7 +508,11 @@ export async function* encodeRefZstd(
   preamble.set(head.result, REFZSTD_MAGIC.length + 1);
   yield preamble;
 
-  const level = options.level ?? 19;
+  let literalBytes = 0;
+  for (const seg of segments) literalBytes += seg.literal;
+  const level =
+    options.level ??
+    (literalBytes <= SMALL_LAYER_LITERAL ? SMALL_LAYER_REFZSTD_LEVEL : DEFAULT_REFZSTD_LEVEL);
   const literalCompressor = new Compressor();
   literalCompressor.setParameters({
     compressionLevel: level,
@@ -403,7 +538,12 @@ export async function* encodeRefZstd(
     let expected = 0;
     for (let i = 0; i < seg.lengths.length; i++) {
       const from = seg.sources[i]!;
-      tables.write(seg.lengths[i]! * 2 + (from >= 0 ? 1 : 0));
+      if (seg.diffs.has(i)) {
+        tables.write(DIFF_PIECE);
+        tables.write(seg.lengths[i]!);
+      } else {
+        tables.write(seg.lengths[i]! * 2 + (from >= 0 ? 1 : 0));
+      }
       if (from >= 0) {
         tables.write(zigzag(from - expected));
         expected = from;
@@ -417,9 +557,16 @@ export async function* encodeRefZstd(
       const literal = new Uint8Array(seg.literal);
       let at = 0;
       for (let i = 0; i < seg.lengths.length; i++) {
-        if (seg.sources[i]! >= 0) continue;
-        await readInto(target, seg.targets[i]!, literal, at, seg.lengths[i]!);
-        at += seg.lengths[i]!;
+        const isDiff = seg.diffs.has(i);
+        if (seg.sources[i]! >= 0 && !isDiff) continue;
+        const length = seg.lengths[i]!;
+        await readInto(target, seg.targets[i]!, literal, at, length);
+        if (isDiff) {
+          const old = new Uint8Array(length);
+          await readInto(source!, seg.sources[i]!, old, 0, length);
+          for (let k = 0; k < length; k++) literal[at + k] = literal[at + k]! - old[k]!;
+        }
+        at += length;
       }
       const dictionary = new Uint8Array(1 + seg.referenceSize);
       at = 1;
