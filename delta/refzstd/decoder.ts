@@ -6,8 +6,10 @@
  */
 import zstd from "zstd-napi/binding.js";
 import type { SourceReader } from "../vcdiff/source.js";
+import { addDifferences } from "./approx.js";
 import {
   compressBound,
+  DIFF_PIECE,
   MAX_EXTENTS,
   MAX_OUTPUT_SIZE,
   MAX_PIECES,
@@ -140,6 +142,8 @@ interface Tables {
   /** Source offset per piece, -1 for literal pieces. */
   readonly pieceOffsets: Float64Array;
   readonly pieceLengths: Float64Array;
+  /** 1 for a diff piece (source bytes plus as many literal bytes, mod 256), else 0. */
+  readonly pieceDiffs: Uint8Array;
 }
 
 function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, sourceSize: number): Tables {
@@ -167,20 +171,33 @@ function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, s
   }
   const pieceOffsets = new Float64Array(header.pieceCount);
   const pieceLengths = new Float64Array(header.pieceCount);
+  const pieceDiffs = new Uint8Array(header.pieceCount);
   /** Where the next copy is expected to start: every piece, literal or copy, moves it on. */
   let expected = 0;
   let literal = 0;
   let output = 0;
   for (let i = 0; i < header.pieceCount; i++) {
     const word = r.read(`piece ${i}`);
-    const length = Math.floor(word / 2);
+    const isDiff = word === DIFF_PIECE;
+    const length = isDiff ? r.read(`diff piece ${i}'s length`) : Math.floor(word / 2);
     if (length < 1) throw corrupt(`piece ${i} is empty`);
     output += length;
     if (output > header.outputLength) {
       throw corrupt(`piece ${i} goes past the segment's ${header.outputLength} output bytes`);
     }
     pieceLengths[i] = length;
-    if (word % 2 === 1) {
+    if (isDiff) {
+      const start = expected + unzigzag(r.read(`diff piece ${i}'s source offset`));
+      if (start < 0 || start + length > sourceSize) {
+        throw corrupt(
+          `diff piece ${i} reads ${length} bytes at ${start}, outside the ${sourceSize}-byte source`,
+        );
+      }
+      pieceOffsets[i] = start;
+      pieceDiffs[i] = 1;
+      literal += length;
+      expected = start;
+    } else if (word % 2 === 1) {
       const start = expected + unzigzag(r.read(`piece ${i}'s source offset`));
       if (start < 0 || start + length > sourceSize) {
         throw corrupt(`piece ${i} copies ${length} bytes at ${start}, outside the ${sourceSize}-byte source`);
@@ -199,7 +216,7 @@ function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, s
       `pieces produce ${output} bytes with ${literal} literal, the header says ${header.outputLength} with ${header.literalLength}`,
     );
   }
-  return { extentOffsets, extentLengths, referenceSize, pieceOffsets, pieceLengths };
+  return { extentOffsets, extentLengths, referenceSize, pieceOffsets, pieceLengths, pieceDiffs };
 }
 
 /**
@@ -379,6 +396,7 @@ export async function* decodeRefZstd(
     for (let i = 0; i < tables.pieceLengths.length; i++) {
       let remaining = tables.pieceLengths[i]!;
       const from = tables.pieceOffsets[i]!;
+      const isDiff = tables.pieceDiffs[i] === 1;
       let copied = 0;
       while (remaining > 0) {
         const n = Math.min(remaining, out.length - fill);
@@ -389,6 +407,10 @@ export async function* decodeRefZstd(
           source!.readSync(from + copied, out, fill, n);
         } else {
           await source!.read(from + copied, out, fill, n);
+        }
+        if (isDiff) {
+          addDifferences(out, fill, out, fill, literal, literalAt, n);
+          literalAt += n;
         }
         copied += n;
         fill += n;

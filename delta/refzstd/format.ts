@@ -14,7 +14,11 @@
  *   tables   := extent × extentCount, piece × pieceCount (after zstd decompression)
  *   extent   := varint zigzag(sourceOffset − end of the previous extent), varint length
  *   piece    := varint (length × 2 + isCopy) [, varint zigzag(sourceOffset − expected) if isCopy]
+ *             | varint 0, varint length, varint zigzag(sourceOffset − expected)       (a diff piece)
  *
+ * A diff piece (approximate matching, for changed executables: see approx.ts) makes output byte i
+ * = source[sourceOffset + i] + the next literal byte (mod 256); its bytes count as literal bytes
+ * and it moves `expected` like a copy. The 0 word is free because a literal piece is never empty.
  * Varints are unsigned LEB128 (7 bits per byte, least significant first). The dictionary of a
  * segment's literal frame is one zero byte followed by its extents read from the source (the
  * zero byte keeps zstd from taking a reference that starts with its dictionary magic as a
@@ -27,6 +31,8 @@
 
 export const REFZSTD_MAGIC = Uint8Array.of(0x44, 0x53, 0x52, 0x5a);
 export const REFZSTD_VERSION = 1;
+/** The piece word that starts a diff piece. */
+export const DIFF_PIECE = 0;
 /** Magic plus the version byte. */
 export const PREAMBLE_SIZE = REFZSTD_MAGIC.length + 1;
 

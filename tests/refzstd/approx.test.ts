@@ -13,6 +13,11 @@ import {
   type RefinedPiece,
   splitExactRuns,
 } from "../../delta/refzstd/approx.js";
+import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
+import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
+import { BufferSource } from "../../delta/vcdiff/source.js";
+import { buildTar } from "../bundle/fixtures.js";
+import { hintsFor } from "./hints.js";
 
 /** Deterministic pseudo-random bytes (xorshift32), so every run sees the same inputs. */
 function prng(seed: number): () => number {
@@ -266,5 +271,49 @@ describe("approximate matching", () => {
       zstd.compress(Buffer.from(extra), { compressionLevel: 19 }).length;
     // Measured: bsdiff 54,976 bytes, zstd -19 --long=28 --patch-from 111,455.
     assert.ok(sent < 54_976 * 1.1, `${sent} bytes, bsdiff needs 54976`);
+  });
+
+  it("makes ref-zstd payloads send a relinked executable in a layer as diff pieces, and decodes them", async () => {
+    const oldExe = realExecutable().subarray(0, 1024 * 1024);
+    const third = Math.floor(oldExe.length / 3);
+    const newExe = concat(oldExe.subarray(0, third), randomBytes(3000, 21), oldExe.subarray(third));
+    relocate(newExe, third + 3000, 2 * third, 0x28);
+    const notes = new TextEncoder().encode("release notes\n".repeat(9000));
+    const oldTar = await buildTar([
+      { path: "usr/bin/app", type: "file", content: oldExe, mode: 0o755 },
+      { path: "usr/share/notes", type: "file", content: notes },
+    ]);
+    const newTar = await buildTar([
+      { path: "usr/bin/app", type: "file", content: newExe, mode: 0o755 },
+      {
+        path: "usr/share/notes",
+        type: "file",
+        content: concat(notes, new TextEncoder().encode("one more\n")),
+      },
+    ]);
+    const encode = async (approximate: boolean) => {
+      const parts: Uint8Array[] = [];
+      for await (const part of encodeRefZstd(new BufferSource(newTar), new BufferSource(oldTar), {
+        ...hintsFor(newTar, [oldTar]),
+        level: 19,
+        approximate,
+      }))
+        parts.push(part);
+      return Buffer.concat(parts);
+    };
+    const withDiffs = await encode(true);
+    const without = await encode(false);
+    const decoded: Uint8Array[] = [];
+    for await (const part of decodeRefZstd(new BufferSource(withDiffs), {
+      source: new BufferSource(oldTar),
+      expectedSize: newTar.length,
+    }))
+      decoded.push(Buffer.from(part));
+    assert.ok(Buffer.concat(decoded).equals(newTar), "decoded layer differs");
+    // The relocated third: a repeating difference pattern instead of bytes zstd must find one by one.
+    assert.ok(
+      withDiffs.length * 2 < without.length,
+      `${withDiffs.length} bytes with diff pieces, ${without.length} without`,
+    );
   });
 });
