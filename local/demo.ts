@@ -294,7 +294,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       } else {
         const registry = await startRegistry();
         cleanup.push(() => registry.stop());
-        deviceStore = await registryStore(registry);
+        deviceStore = await registryStore(registry, acr.host);
       }
       const holds = images.holds(id, i);
       for (const sample of holds) {

@@ -7,7 +7,7 @@
  */
 import { mkdir } from "node:fs/promises";
 import { openOciLayout } from "../delta/image/oci-layout.js";
-import { openRegistryImage, pushImage } from "../delta/image/registry.js";
+import { openRegistryImage, RegistryClient } from "../delta/image/registry.js";
 import type { ImageReader } from "../delta/image/types.js";
 import type { SampleImage } from "./sample-images.js";
 import type { LayoutRegistry } from "./services/layout-registry.js";
@@ -27,20 +27,51 @@ export interface DeviceStore {
   open(name: string): Promise<ImageReader>;
 }
 
-/** A device registry: pushed gzip-compressed, as the container registry holds it, so the digests match. */
-export async function registryStore(registry: TestRegistry): Promise<DeviceStore> {
+/**
+ * Copies an image blob for blob from one registry to another, manifest bytes unchanged (as a pull
+ * and push would), so it keeps its digest; blobs the target has are not sent again.
+ */
+async function copyRegistryImage(fromHost: string, toHost: string, name: string): Promise<string> {
+  const source = await openRegistryImage(`${fromHost}/${name}`);
+  const target = new RegistryClient(toHost, { insecure: true });
+  try {
+    const repository = source.reference.repository;
+    const blobs = [
+      { digest: source.info.configDigest, size: source.info.config.length },
+      ...source.info.layers.map((l) => ({ digest: l.digest, size: l.size })),
+    ];
+    for (const blob of blobs) {
+      if ((await target.blobSize(repository, blob.digest)) !== undefined) continue;
+      await target.uploadBlob(
+        repository,
+        await source.client.openBlob(repository, blob.digest, blob.size),
+        blob,
+      );
+    }
+    return await target.putManifest(
+      repository,
+      source.reference.tag ?? "latest",
+      source.manifest.bytes,
+      source.manifest.mediaType,
+    );
+  } finally {
+    target.close();
+    await source.close();
+  }
+}
+
+/** A device registry: images copied blob for blob from the container registry, so the digests match. */
+export async function registryStore(
+  registry: TestRegistry,
+  containerRegistryHost: string,
+): Promise<DeviceStore> {
   // The module checks free space where the registry stores blobs; an empty registry has not made it yet.
   await mkdir(registry.storageDir, { recursive: true });
   return {
     kind: "registry",
     location: registry.host,
     moduleEnv: { DELTASHIP_REGISTRY: registry.host, DELTASHIP_REGISTRY_STORAGE: registry.storageDir },
-    async hold(sample) {
-      const pushed = await pushImage(`${registry.host}/${sample.name}`, sample.image, {
-        compression: "gzip",
-      });
-      return pushed.manifestDigest;
-    },
+    hold: (sample) => copyRegistryImage(containerRegistryHost, registry.host, sample.name),
     open: (name) => openRegistryImage(`${registry.host}/${name}`),
   };
 }
