@@ -24,13 +24,15 @@ function zstdSize(bytes: Uint8Array): number {
 }
 
 const args = process.argv.slice(2);
-const minCopy = Number(process.env.MIN_COPY ?? 32);
+const minCopy = Number(process.env.MIN_COPY ?? 4096);
 for (let i = 0; i + 1 < args.length; i += 2) {
   const oldFile = new Uint8Array(readFileSync(args[i]!));
   const newFile = new Uint8Array(readFileSync(args[i + 1]!));
   const started = process.hrtime.bigint();
+  const cpuStart = process.cpuUsage();
   const pieces = approximatePieces(oldFile, newFile);
   const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  const cpu = process.cpuUsage(cpuStart);
   const { diff, extra } = pieceStreams(oldFile, newFile, pieces);
   const rebuilt = applyPieces(oldFile, pieces, diff, extra);
   if (Buffer.compare(rebuilt, newFile) !== 0) throw new Error(`round trip differs for ${args[i + 1]}`);
@@ -46,7 +48,7 @@ for (let i = 0; i + 1 < args.length; i += 2) {
   console.log(
     [
       `${args[i + 1]}: old ${oldFile.length}, new ${newFile.length} bytes`,
-      `  approximatePieces ${ms.toFixed(0)} ms, peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
+      `  approximatePieces ${ms.toFixed(0)} ms (CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms), peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
       `  pieces: ${counts(pieces)}; diff ${diff.length} B, extra ${extra.length} B`,
       `  zstd -19: table ${t} + diff ${d} + extra ${e} = ${t + d + e}`,
       `  with copies (runs >= ${minCopy}): ${counts(refined)}; table ${rTable} + literal ${rLiteral} = ${rTable + rLiteral}`,

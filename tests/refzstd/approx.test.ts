@@ -15,6 +15,7 @@ import {
 } from "../../delta/refzstd/approx.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
+import { RefZstdError, VarintWriter, zigzag } from "../../delta/refzstd/format.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar } from "../bundle/fixtures.js";
 import { hintsFor } from "./hints.js";
@@ -315,5 +316,36 @@ describe("approximate matching", () => {
       withDiffs.length * 2 < without.length,
       `${withDiffs.length} bytes with diff pieces, ${without.length} without`,
     );
+  });
+
+  /** A one-segment ref-zstd payload whose single piece is a diff piece of `length` bytes at `offset`. */
+  function diffPayload(length: number, offset: number, literal: Uint8Array): Uint8Array {
+    const tables = new VarintWriter();
+    for (const v of [0, length, zigzag(offset)]) tables.write(v);
+    const tablesFrame = zstd.compress(Buffer.from(tables.result));
+    const frame = zstd.compress(Buffer.from(literal));
+    const head = new VarintWriter();
+    for (const v of [length, 1, length, literal.length, 0, 1, tablesFrame.length, frame.length])
+      head.write(v);
+    return concat(new TextEncoder().encode("DSRZ"), Uint8Array.of(1), head.result, tablesFrame, frame);
+  }
+
+  async function decodeAll(payload: Uint8Array, source: Uint8Array): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const part of decodeRefZstd(new BufferSource(payload), { source: new BufferSource(source) }))
+      parts.push(Buffer.from(part));
+    return Buffer.concat(parts);
+  }
+
+  it("decodes a diff piece as source plus literal bytes, and refuses one outside the source", async () => {
+    const source = Uint8Array.of(10, 20, 30, 40, 250);
+    const decoded = await decodeAll(diffPayload(3, 2, Uint8Array.of(1, 0, 10)), source);
+    assert.deepEqual([...decoded], [31, 40, 4]);
+    await assert.rejects(decodeAll(diffPayload(3, 3, Uint8Array.of(1, 2, 3)), source), (err: unknown) => {
+      assert.ok(err instanceof RefZstdError, String(err));
+      assert.equal(err.code, "CORRUPT");
+      assert.match(err.message, /diff piece 0 reads 3 bytes at 3, outside the 5-byte source/);
+      return true;
+    });
   });
 });
