@@ -313,8 +313,8 @@ function sliceFor(r: Reference, from: number, to: number, limit: number): Extent
 
 /** Smaller changed files stay with the reference dictionary: approximate matching pays off on executables. */
 const APPROX_MIN_SIZE = 64 * 1024;
-/** Both versions are held in cloud memory, plus a seed table of up to 256 MiB. */
-const APPROX_MAX_SIZE = 512 * 1024 * 1024;
+/** Both versions are held in cloud memory, plus a seed table of up to 256 MiB: about 800 MiB at this size. */
+const APPROX_MAX_SIZE = 256 * 1024 * 1024;
 /** Exact runs at least this long become copies: fewer literal bytes, almost no larger tables (measured on libc). */
 const APPROX_MIN_COPY = 4096;
 /** ELF files start with this, after the tar header blocks of their entry. */
