@@ -139,6 +139,8 @@ const EDGE_MODULE_ID = "imageReconstruction";
 const REGISTRY_BIN = "/usr/bin/docker-registry";
 /** Every wait in the demo is bounded; past this the demo reports what it saw and stops. */
 const DEMO_TIMEOUT_MS = 15 * 60 * 1000;
+/** Status queries failing one after another past this mean the host is gone, not busy. */
+const MAX_STATUS_FAILURES = 30;
 
 function need(binary: string, paths: string[]): void {
   if (!paths.some((p) => existsSync(p))) {
@@ -425,8 +427,23 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     let status: { runtimeStatus: string; customStatus?: unknown; output?: unknown } = {
       runtimeStatus: "Pending",
     };
+    let failures = 0;
     while (Date.now() < deadline) {
-      status = (await (await fetch(started.statusQueryGetUri)).json()) as typeof status;
+      try {
+        status = (await (await fetch(started.statusQueryGetUri)).json()) as typeof status;
+        failures = 0;
+      } catch (error) {
+        // Building a big bundle keeps this process busy for a while; the host may drop an idle
+        // kept-alive connection meanwhile, and the next request on it fails. Ask again.
+        if (++failures > MAX_STATUS_FAILURES) {
+          throw new Error(
+            `the status of set ${started.id} could not be read ${failures} times in a row (${(error as Error).message}); see ${started.statusQueryGetUri}`,
+          );
+        }
+        log(`status query failed (${(error as Error).message}); asking again`);
+        await new Promise((r) => setTimeout(r, 1_000));
+        continue;
+      }
       progress.status = status;
       options.onProgress?.(progress);
       if (["Completed", "Failed", "Terminated"].includes(status.runtimeStatus)) break;
@@ -600,9 +617,9 @@ interface SummaryInput {
 }
 
 async function summarize(input: SummaryInput): Promise<DemoResult> {
-  const set = (await (
-    await fetch(`${input.origin}/api/deployments/${encodeURIComponent(input.setId)}`)
-  ).json()) as {
+  const url = `${input.origin}/api/deployments/${encodeURIComponent(input.setId)}`;
+  // One retry: a kept-alive connection the host dropped while this process was busy fails once.
+  const set = (await (await fetch(url).catch(() => fetch(url))).json()) as {
     items?: Array<{
       device: string;
       digest: string;
