@@ -600,7 +600,8 @@ class WindowDecoder {
           }
           near[nextSlot] = addr;
           nextSlot = (nextSlot + 1) % NEAR_SLOTS;
-          same[addr % SAME_CACHE_SIZE] = addr;
+          // An integer remainder where the address fits 31 bits: % on a double is a slow library call.
+          same[addr <= 0x7fffffff ? (addr | 0) % SAME_CACHE_SIZE : addr % SAME_CACHE_SIZE] = addr;
 
           let rest = size;
           // Where the copy reads in the target window when it starts (or continues) past the segment.
@@ -628,13 +629,15 @@ class WindowDecoder {
         }
         tp += size;
       }
+      // Saved at every opcode, not once after the loop: code after a hot loop has no type feedback
+      // when the loop is optimized on the stack, and V8 then deoptimizes at every return (twice as slow).
+      this.opCount = n;
+      this.ip = ip;
+      this.dp = dp;
+      this.ap = ap;
+      this.tp = tp;
+      this.nextSlot = nextSlot;
     }
-    this.opCount = n;
-    this.ip = ip;
-    this.dp = dp;
-    this.ap = ap;
-    this.tp = tp;
-    this.nextSlot = nextSlot;
   }
 
   /** After the last part: the instructions must have produced the window and used every section byte. */
