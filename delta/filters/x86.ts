@@ -109,7 +109,9 @@ export class X86Stream {
     const decided = filterX86(work, 0, work.length, position, this.direction);
     // At the range's end an opcode without its whole operand stays as it is, in both directions.
     const settled = this.remaining === 0 ? work.length : decided;
-    this.held = work.slice(settled);
+    // A copy: the piece may be a Buffer (whose slice is a view) in a buffer its producer reuses.
+    this.held = new Uint8Array(work.length - settled);
+    this.held.set(work.subarray(settled));
     this.heldAt = position + settled;
     return work.subarray(0, settled);
   }

@@ -110,6 +110,26 @@ describe("filtering ranges of a stream", () => {
     }
   });
 
+  it("keeps held bytes when the producer reuses one Buffer for every chunk", async () => {
+    const next = xorshift(5);
+    const bytes = Uint8Array.from({ length: 50_000 }, () => (next() % 3 === 0 ? 0xe9 : next() & 0xff));
+    for (let i = 4; i < bytes.length; i += 7) bytes[i] = 0xff;
+    const ranges = [{ offset: 0, length: bytes.length }];
+    const encoded = await collect(filterRanges(pieces(bytes, 4096), ranges, "encode"));
+    for (const size of [4093, 4096, 65536]) {
+      // Like the zstd inflater with reuseOutput: each chunk overwrites the one before.
+      const shared = Buffer.alloc(size);
+      async function* reused(): AsyncGenerator<Uint8Array> {
+        for (let at = 0; at < encoded.length; at += size) {
+          const n = Math.min(size, encoded.length - at);
+          shared.set(encoded.subarray(at, at + n));
+          yield shared.subarray(0, n);
+        }
+      }
+      assert.deepEqual(await collect(filterRanges(reused(), ranges, "decode")), bytes, `chunks of ${size}`);
+    }
+  });
+
   it("recognises x86 and x86-64 ELF headers only", () => {
     const head = new Uint8Array(20);
     head.set([0x7f, 0x45, 0x4c, 0x46, 2, 1]);
