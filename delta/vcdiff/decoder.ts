@@ -145,6 +145,9 @@ class DeltaInput {
 
   /** Pulls one more non-empty chunk; false at the end of the delta. */
   async more(): Promise<boolean> {
+    // Live bytes of an adopted chunk are copied out first: the producer may reuse its buffer for
+    // the next chunk (fileChunks does).
+    if (!this.owned && this.available > 0) this.regrow(this.available);
     while (!this.ended) {
       const r = await this.it.next();
       if (r.done) {

@@ -19,7 +19,13 @@ import {
   VCD_TARGET,
   VcdiffError,
 } from "../../delta/vcdiff/format.js";
-import { BufferSource, ConcatSource, FileSource, type SourceReader } from "../../delta/vcdiff/source.js";
+import {
+  BufferSource,
+  ConcatSource,
+  FileSource,
+  fileChunks,
+  type SourceReader,
+} from "../../delta/vcdiff/source.js";
 import { buildDelta, bytes, code, text, varint } from "./delta-builder.js";
 
 /** Bytes with every value, runs of 0xff included (the largest sums Adler-32 must carry). */
@@ -502,6 +508,42 @@ class PatternSource implements SourceReader {
 }
 
 describe("VCDIFF sources", () => {
+  test("fileChunks reads a delta through one reused buffer, and the decoder copes at every chunk size", async () => {
+    // Window headers and sections straddle chunk boundaries: the decoder must copy what it still
+    // needs of a chunk before asking for the next, which overwrites it.
+    const source = randomish(5000);
+    const windows = [0, 1, 2, 3].map((i) => ({
+      indicator: VCD_SOURCE,
+      segmentLength: 1000,
+      segmentPosition: 1000 * i,
+      targetLength: 300 + i,
+      data: bytes("x".repeat(i + 1)),
+      inst: [code.copy(0, 0), ...varint(299), code.add(i + 1)],
+      addr: [...varint(i * 100)],
+    }));
+    const delta = buildDelta({ windows });
+    const expected = await decodeBuffer(delta, source);
+    assert.equal(expected.length, 1206);
+    const dir = await mkdtemp(join(tmpdir(), "vcdiff-chunks-"));
+    try {
+      const path = join(dir, "delta");
+      await writeFile(path, delta);
+      for (const size of [1, 2, 3, 5, 7, 16, 64, delta.length]) {
+        const handle = await open(path, "r");
+        try {
+          const decoded = await collect(
+            decode(fileChunks(handle, size), { source: new BufferSource(source) }),
+          );
+          assert.ok(Buffer.from(decoded).equals(expected), `chunks of ${size}`);
+        } finally {
+          await handle.close();
+        }
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   test("FileSource reads by position, beyond 4 GiB too, and refuses reads past the end", async () => {
     const dir = await mkdtemp(join(tmpdir(), "vcdiff-source-"));
     try {
