@@ -39,19 +39,25 @@ import { type SigningKey, signManifest } from "./sign.js";
 
 /**
  * Default zstd level: bytes over the link come first, the cloud has time. 22 (ultra) beats 19
- * by ~0.3% at the same 8 MiB window, enough for a first-image bundle to undercut `zstd -19 --long=31`
- * of the whole image; it costs about a third more compression time and nothing on the device.
+ * by ~0.3% at the same window; it costs about a third more compression time and nothing on the
+ * device.
  */
 export const DEFAULT_ZSTD_LEVEL = 22;
 /**
  * zstd worker threads for payloads (the cloud side). Output is the same for any count from 1 up
  * (zstd's multithreaded format depends on job size, not workers); against single-threaded level 22
  * it measured 3,036,649 bytes instead of 3,036,668 on the 33 MB app layer, at the same CPU time.
- * Each worker holds its own match tables (~100 MB at level 22), hence the cap.
+ * Each worker holds its own match tables (see DEFAULT_ZSTD_WINDOW_LOG), hence the cap.
  */
-const ZSTD_WORKERS = Math.min(4, Math.max(1, availableParallelism()));
-/** Default zstd window (8 MiB): a device decodes with about that much memory. */
-export const DEFAULT_ZSTD_WINDOW_LOG = 23;
+const ZSTD_WORKERS = Math.min(2, Math.max(1, availableParallelism()));
+/**
+ * Default zstd window (64 MiB, the most a device accepts: MAX_ZSTD_WINDOW_LOG in apply.ts); the
+ * device decodes with about that much memory (scenario 1 applied at 156 MB peak RSS under tsx).
+ * Against 8 MiB it took the first-image bundle (365 MB, with the x86 filter) from about 71 MB to
+ * 69.5 MB, under `zstd -19 --long=31` of the whole image (70.3 MB). At level 22 the match tables
+ * then take ~770 MB per zstd worker in the cloud (1.17 GB peak RSS for that diff), hence two workers.
+ */
+export const DEFAULT_ZSTD_WINDOW_LOG = 26;
 /** Content shorter than this is left to zstd: a COPY instruction would cost about as much. */
 const MIN_COPY_LENGTH = 32;
 /** A file counts as the old version of a differently named one only within this size ratio. */
