@@ -27,7 +27,9 @@ const USAGE = `usage: deltaship diff --to IMAGE --key KEY --out BUNDLE [--from I
   --out BUNDLE      where to write the bundle
   --level N         zstd level (default ${DEFAULT_ZSTD_LEVEL})
   --window-log N    zstd window log; the device needs 2^N bytes to decode (default ${DEFAULT_ZSTD_WINDOW_LOG}, at most 26)
-  --codec NAME      payload codec for layers with a source: ref-zstd (default), vcdiff-zstd or zstd
+  --codec NAME      payload codec: ref-zstd (default for layers with a source), vcdiff-zstd,
+                    zstd-x86 (default without a source: executables through the x86 filter)
+                    or zstd (plain, no filter)
   --scratch DIR     scratch folder (default the system temp folder)
   --insecure        plain http for registries other than localhost
   --json            print the result as JSON
