@@ -90,13 +90,23 @@ describe("local mode with images passed as options", () => {
 
   test("--store oci: no registry server; every device's layout holds the new images, digests checked", async () => {
     const work = await workDir("oci");
-    const { code, result, record } = await runDemoJson(work, "--store", "oci", "--time-factor", "200");
+    // Two devices keep the run short: an update (ship-1) and new images on a held base (ship-2);
+    // the archives run above covers a first install.
+    const { code, result, record } = await runDemoJson(
+      work,
+      "--store",
+      "oci",
+      "--devices",
+      "2",
+      "--time-factor",
+      "200",
+    );
     assert.equal(code, 0, JSON.stringify(result));
     assert.equal(record.store, "oci");
     assert.equal(result.outcome, "succeeded");
     assert.deepEqual(
       result.devices.map((d) => d.id),
-      ["ship-1", "ship-2", "truck-3"],
+      ["ship-1", "ship-2"],
     );
     for (const device of result.devices) {
       for (const target of [samples.telemetryV2, samples.dashboard]) {
@@ -125,7 +135,7 @@ describe("local mode with images passed as options", () => {
     const acr = await openOciLayout(join(work, "registry"), { tag: samples.telemetryV2.name });
     assert.equal(result.devices[0]!.images[0]!.digest, acr.info.manifestDigest);
     assert.equal(result.emails.length, 1);
-    assert.equal(result.manifestPushes.length, 3);
+    assert.equal(result.manifestPushes.length, 2);
   });
 
   test("refuses, before starting anything, paths that are missing or not images and devices not in the fleet", async () => {
