@@ -14,11 +14,11 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { startHubStandIn } from "../local/services/mqtt.js";
 import { buildTar, imageOf, patched, realFiles, withContent } from "../tests/bundle/fixtures.js";
 import { makeBundle, newSigner, pushToRegistry } from "../tests/edge/fixtures.js";
 import { startModule } from "../tests/edge/module-process.js";
 import { reportsFor } from "../tests/edge/world.js";
-import { startHubStandIn } from "../tests/support/mqtt.js";
 import { startRegistry } from "../tests/support/registry.js";
 
 const { values } = parseArgs({

@@ -19,7 +19,6 @@ import { generateSigningKey, keyIdOf, privateKeyPem, publicKeyPem } from "../del
 import { openRegistryImage, pushImage } from "../delta/image/registry.js";
 import { indexImage } from "../delta/index/index.js";
 import { indexBlobName } from "../state/blobs.js";
-import type { HubStandIn } from "../tests/support/mqtt.js";
 import { type DeviceStore, layoutStore, registryStore, type StoreKind } from "./device-store.js";
 import { TableInstanceStore } from "./durable/store.js";
 import { LocalFunctionApp } from "./functions-app.js";
@@ -30,6 +29,7 @@ import { EmailRecorder, ManifestRecorder } from "./recorders.js";
 import { buildSampleImages, type SampleImage, type SampleSet } from "./sample-images.js";
 import type { Azurite } from "./services/azurite.js";
 import { LAYOUT_REGISTRY_HOST, LayoutRegistry } from "./services/layout-registry.js";
+import type { HubStandIn } from "./services/mqtt.js";
 
 export interface DemoOptions {
   devices: number;
@@ -232,7 +232,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     await mkdir(workDir, { recursive: true });
     const { startAzurite } = await import("./services/azurite.js");
     const { startRegistry } = await import("./services/registry.js");
-    const { startHubStandIn } = await import("../tests/support/mqtt.js");
+    const { startHubStandIn } = await import("./services/mqtt.js");
 
     log(
       options.images.length > 0
