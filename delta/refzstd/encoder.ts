@@ -58,6 +58,12 @@ export interface RefZstdEncodeOptions {
   readonly segmentLiteral?: number;
   /** Reference bytes per segment, at most MAX_REFERENCE (smaller in tests). */
   readonly reference?: number;
+  /**
+   * Source ranges, most related first (the source layers the old versions came from), appended
+   * to the reference of each segment of a small layer while it has room: new files with no old
+   * version of their own still find their neighbours' code there (same packages, same licences).
+   */
+  readonly fill?: readonly Extent[];
 }
 
 /** A planned segment: its pieces (literal pieces keep their target offset to gather them) and extents. */
@@ -498,6 +504,27 @@ export async function* encodeRefZstd(
   if (options.approximate !== false && source !== undefined)
     await approximateReferences(target, source, references);
   const segments = plan(target.size, copies, references, segmentLiteral, referenceLimit);
+  let planned = 0;
+  for (const seg of segments) planned += seg.literal;
+  // Only layers of one segment (application layers): on the 365 MB base-image update the fill
+  // saved 0.15% of the bundle for twice the cloud time.
+  if (options.fill !== undefined && source !== undefined && planned <= segmentLiteral) {
+    for (const seg of segments) {
+      if (seg.literal === 0) continue;
+      for (const e of options.fill) {
+        const room = referenceLimit - seg.referenceSize;
+        if (room <= 0 || seg.extents.length >= MAX_EXTENTS) break;
+        if (e.sourceOffset < 0 || e.length <= 0 || e.sourceOffset + e.length > source.size) {
+          throw new Error(
+            `fill range ${e.sourceOffset}+${e.length} is outside the ${source.size}-byte source`,
+          );
+        }
+        const length = Math.min(room, e.length);
+        seg.extents.push({ sourceOffset: e.sourceOffset, length });
+        seg.referenceSize += length;
+      }
+    }
+  }
 
   const head = new VarintWriter();
   head.write(target.size);
