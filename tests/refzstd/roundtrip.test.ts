@@ -119,6 +119,33 @@ describe("ref-zstd round trips", () => {
     assert.equal(sha256(await decode(payload, [old], next.length)), sha256(next));
   });
 
+  it("fills spare reference room with a related source layer, so new files find their neighbours", async () => {
+    // Another app's layer holds the licences; the new layer has edited copies under new names,
+    // so no entry has an old version of its own and only the fill can help.
+    const related = await buildTar(docs);
+    const unrelated = await buildTar(bins.slice(0, 5));
+    const next = await buildTar(
+      docs.map((d, i) => ({
+        ...withContent(d, Buffer.concat([Buffer.from(`edited ${i}\n`), d.content!])),
+        path: `opt/newapp/licence-${i}.txt`,
+      })),
+    );
+    const fill = [{ sourceOffset: unrelated.length, length: related.length }];
+    const without = await encode(next, [unrelated, related]);
+    const withFill = await encode(next, [unrelated, related], { fill });
+    assert.equal(sha256(await decode(withFill, [unrelated, related], next.length)), sha256(next));
+    assert.ok(
+      withFill.length < without.length * 0.5,
+      `with fill ${withFill.length} bytes, without ${without.length}`,
+    );
+    await assert.rejects(
+      encode(next, [unrelated, related], {
+        fill: [{ sourceOffset: unrelated.length, length: related.length + 1 }],
+      }),
+      /fill range .* is outside the .*-byte source/,
+    );
+  });
+
   it("encodes an empty layer, a zero-byte layer and a layer with no source", async () => {
     const empty = await buildTar([]);
     assert.equal(empty.length, 1024);
