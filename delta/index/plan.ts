@@ -7,28 +7,41 @@
 import type { FileIndex, ImageIndex, LayerIndex } from "./index.js";
 
 /**
- * Cost model, in compressed bytes, fitted on real layer pairs (tests/index/plan.test.ts checks it)
- * for the default `ref-zstd` codec: copies cost about a byte of piece table each, and a changed
- * file compressed against its aligned old version keeps a small share of its size (a real npm
- * version bump: 5%, against 27% with VCDIFF).
+ * Cost model in bundle bytes for the default codecs (`ref-zstd`, with diff pieces for changed
+ * binaries, and `zstd-x86` for first images). Fitted on the benchmark's cached indexes against
+ * the bundles the benchmark built (bench/RESULTS.md, "Planning estimate"); tests/index/plan.test.ts
+ * checks it against bundles built from real binaries and real npm version bumps.
  */
 const COST = {
   /** A header group found verbatim in the source: a repeat match against the old header. */
   headerCopy: 2,
   /** A header group not found: mostly zeros and octal fields, compresses well next to its neighbours. */
   headerLiteral: 22,
-  /** File content found by hash: one copy piece. */
+  /** File content found by hash (in the source, or earlier in the same layer): one copy piece or one long match. */
   fileCopy: 2,
-  /** A changed small file, compressed against its old version, keeps this share of its compressed size. */
-  changedSmallFile: 0.05,
-  /** zstd -19 over the payload versus the level-3 sample the index holds. */
-  literalFactor: 0.8,
+  /** zstd -19/-22 (with the x86 filter on first images) over new content versus the level-3 sample `z`: scenario 1 is 69.5 MB against 92.4 MB of `z`. */
+  literalFactor: 0.75,
+  /** A changed executable or library of APPROX_MIN_SIZE or more goes by diff pieces: the node 20.20.1 → 20.20.2 binary costs 1.16 MB of its 33.5 MB `z` (3.5%). */
+  changedBinary: 0.035,
+  /** Any other changed file is compressed against its aligned old version: npm version bumps keep 8–12% of their `z` (tests/index/plan.test.ts, scenario 3). */
+  changedText: 0.1,
+  /** A changed file that is itself compressed (gzip, zip…) differs from its old version throughout and zstd cannot shrink it: its full size. */
+  changedCompressed: 1,
   /** Manifest bytes per listed source layer and per target layer, plus the fixed part. */
   manifestPerLayer: 160,
   manifestFixed: 600,
-  /** Per payload: zstd frame and VCDIFF header. */
+  /** Per payload: zstd frame and codec header. */
   perPayload: 40,
 };
+
+/** The encoder sends changed binaries of this size or more as diff pieces (delta/refzstd/encoder.ts APPROX_MIN_SIZE). */
+const APPROX_MIN_SIZE = 64 * 1024;
+/** The encoder takes a differently named file as the old version only within this size ratio (delta/bundle/diff.ts). */
+const SIMILAR_SIZE_RATIO = 2;
+/** Names of already-compressed formats: a change rewrites them from the first changed byte on. */
+const COMPRESSED_NAME = /\.(gz|tgz|xz|txz|bz2|zst|lz4|br|zip|jar|war|whl|apk|png|jpe?g|gif|webp|woff2?)$/i;
+/** Names of executables and libraries (the index keeps no content, so the name stands in for the encoder's ELF check): no extension, or a shared or static library or native module. */
+const BINARY_NAME = /(^|\/)[^./]+$|\.so(\.[0-9]+)*$|\.(node|a|o)$/;
 
 /** Adding a source layer must save at least this many estimated bytes: each listed layer narrows which devices can use the bundle. */
 const MIN_SOURCE_GAIN = 512;
@@ -58,7 +71,10 @@ interface SourceView {
   readonly headers: Set<string>;
   readonly contents: Set<string>;
   readonly paths: Map<string, FileIndex>;
-  readonly chunks: Set<string>;
+  /** Files by name shape (digits replaced), as the encoder finds renamed versions. */
+  readonly shapes: Map<string, FileIndex[]>;
+  /** Path suffixes, first file seen for each (the same package file in another app's node_modules). */
+  readonly suffixes: Map<string, FileIndex>;
 }
 
 function viewOf(layer: LayerIndex): SourceView {
@@ -66,14 +82,27 @@ function viewOf(layer: LayerIndex): SourceView {
     headers: new Set(layer.headers),
     contents: new Set(),
     paths: new Map(),
-    chunks: new Set(),
+    shapes: new Map(),
+    suffixes: new Map(),
   };
   for (const file of layer.files) {
     view.contents.add(file.sha256);
     view.paths.set(file.path, file);
-    if (file.chunks !== undefined) for (const [hash] of file.chunks) view.chunks.add(hash);
+    const shape = shapeOf(file.path);
+    const list = view.shapes.get(shape);
+    if (list === undefined) view.shapes.set(shape, [file]);
+    else list.push(file);
+    for (let slash = file.path.indexOf("/"); slash >= 0; slash = file.path.indexOf("/", slash + 1)) {
+      const suffix = file.path.slice(slash + 1);
+      if (suffix !== "" && !view.suffixes.has(suffix)) view.suffixes.set(suffix, file);
+    }
   }
   return view;
+}
+
+/** `libssl.so.3.0.13` and `libssl.so.3.0.14` share a shape, as in the encoder. */
+function shapeOf(path: string): string {
+  return path.replace(/[0-9]+/g, "#");
 }
 
 function anyHas<T>(views: readonly SourceView[], pick: (v: SourceView) => Set<T>, key: T): boolean {
@@ -81,12 +110,36 @@ function anyHas<T>(views: readonly SourceView[], pick: (v: SourceView) => Set<T>
   return false;
 }
 
-function oldVersion(views: readonly SourceView[], path: string): FileIndex | undefined {
+/** The old version the encoder would diff `file` against: same path, else similar name and size, else a common path suffix. */
+function oldVersion(views: readonly SourceView[], file: FileIndex): FileIndex | undefined {
   for (let i = views.length - 1; i >= 0; i--) {
-    const file = views[i]!.paths.get(path);
-    if (file !== undefined) return file;
+    const same = views[i]!.paths.get(file.path);
+    if (same !== undefined) return same;
+  }
+  const shape = shapeOf(file.path);
+  let best: FileIndex | undefined;
+  for (const view of views) {
+    for (const c of view.shapes.get(shape) ?? []) {
+      if (c.size * SIMILAR_SIZE_RATIO < file.size || file.size * SIMILAR_SIZE_RATIO < c.size) continue;
+      if (best === undefined || Math.abs(c.size - file.size) < Math.abs(best.size - file.size)) best = c;
+    }
+  }
+  if (best !== undefined) return best;
+  for (let slash = file.path.indexOf("/"); slash >= 0; slash = file.path.indexOf("/", slash + 1)) {
+    const suffix = file.path.slice(slash + 1);
+    for (const view of views) {
+      const found = view.suffixes.get(suffix);
+      if (found !== undefined) return found;
+    }
   }
   return undefined;
+}
+
+/** Share of a changed file's cost: compressed formats in full, big binaries by diff pieces, the rest against the old version. */
+function changedCost(file: FileIndex): number {
+  if (COMPRESSED_NAME.test(file.path)) return file.size * COST.changedCompressed;
+  if (file.size >= APPROX_MIN_SIZE && BINARY_NAME.test(file.path)) return file.z * COST.changedBinary;
+  return file.z * COST.changedText;
 }
 
 /** Estimated payload bytes for one target layer given the chosen source layers. */
@@ -95,26 +148,16 @@ export function estimateLayerBytes(layer: LayerIndex, views: readonly SourceView
   for (const header of layer.headers) {
     bytes += anyHas(views, (v) => v.headers, header) ? COST.headerCopy : COST.headerLiteral;
   }
+  const seen = new Set<string>();
   for (const file of layer.files) {
     if (file.size === 0) continue;
-    if (anyHas(views, (v) => v.contents, file.sha256)) {
+    if (seen.has(file.sha256) || anyHas(views, (v) => v.contents, file.sha256)) {
       bytes += COST.fileCopy;
       continue;
     }
-    const old = oldVersion(views, file.path);
-    if (old === undefined) {
-      bytes += file.z * COST.literalFactor;
-    } else if (file.chunks !== undefined && old.chunks !== undefined) {
-      let unmatched = 0;
-      let matched = 0;
-      for (const [hash, length] of file.chunks) {
-        if (anyHas(views, (v) => v.chunks, hash)) matched++;
-        else unmatched += length;
-      }
-      bytes += (file.z * COST.literalFactor * unmatched) / file.size + matched * COST.fileCopy;
-    } else {
-      bytes += file.z * COST.literalFactor * COST.changedSmallFile;
-    }
+    seen.add(file.sha256);
+    const old = oldVersion(views, file);
+    bytes += old === undefined ? file.z * COST.literalFactor : changedCost(file);
   }
   return Math.round(bytes);
 }
