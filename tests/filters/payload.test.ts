@@ -9,6 +9,7 @@ import {
   parseFilterTable,
 } from "../../delta/filters/payload.js";
 import { filterX86 } from "../../delta/filters/x86.js";
+import { prng } from "../support/random.js";
 
 async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
@@ -18,16 +19,6 @@ async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
 
 async function* pieces(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
   for (let at = 0; at < bytes.length; at += size) yield Uint8Array.from(bytes.subarray(at, at + size));
-}
-
-function xorshift(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return s >>> 0;
-  };
 }
 
 describe("zstd-x86 filter table", () => {
@@ -63,7 +54,7 @@ describe("zstd-x86 filter table", () => {
   });
 
   it("ends every random or mutated table in a result or a FilterTableError", () => {
-    const next = xorshift(7);
+    const next = prng(7);
     const valid = encodeFilterTable([
       { offset: 0, length: 5000 },
       { offset: 9000, length: 123_456 },
@@ -90,7 +81,7 @@ describe("zstd-x86 filter table", () => {
 
 describe("filtering ranges of a stream", () => {
   it("filters exactly the named ranges, each from its own position 0, whatever the chunking", async () => {
-    const next = xorshift(11);
+    const next = prng(11);
     const bytes = Uint8Array.from({ length: 20_000 }, () => (next() % 4 === 0 ? 0xe8 : next() & 0xff));
     for (let i = 4; i < bytes.length; i += 9) bytes[i] = 0;
     const ranges = [
@@ -111,7 +102,7 @@ describe("filtering ranges of a stream", () => {
   });
 
   it("keeps held bytes when the producer reuses one Buffer for every chunk", async () => {
-    const next = xorshift(5);
+    const next = prng(5);
     const bytes = Uint8Array.from({ length: 50_000 }, () => (next() % 3 === 0 ? 0xe9 : next() & 0xff));
     for (let i = 4; i < bytes.length; i += 7) bytes[i] = 0xff;
     const ranges = [{ offset: 0, length: bytes.length }];

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { compress } from "zstd-napi";
 import { filterX86, X86Stream } from "../../delta/filters/x86.js";
+import { prng } from "../support/random.js";
 
 /** Real x86-64 code from this machine: the C library and the Node.js executable running the test. */
 const LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6";
@@ -31,17 +32,10 @@ function streamed(input: Uint8Array, direction: "encode" | "decode", sizes: read
   return out;
 }
 
-/** A small deterministic generator (xorshift32), so failures reproduce. */
+/** Seeded bytes, so failures reproduce. */
 function randomBytes(n: number, seed: number): Uint8Array {
-  let s = seed >>> 0 || 1;
-  const out = new Uint8Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = s & 0xff;
-  }
-  return out;
+  const next = prng(seed);
+  return Uint8Array.from({ length: n }, () => next() & 0xff);
 }
 
 describe("x86 branch filter", () => {

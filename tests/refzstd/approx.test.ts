@@ -16,20 +16,8 @@ import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
 import { RefZstdError, VarintWriter, zigzag } from "../../delta/refzstd/format.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar } from "../bundle/fixtures.js";
+import { prng } from "../support/random.js";
 import { hintsFor } from "./hints.js";
-
-/** Deterministic pseudo-random bytes (xorshift32), so every run sees the same inputs. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
 
 function randomBytes(length: number, seed: number): Uint8Array {
   const next = prng(seed);

@@ -21,18 +21,9 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 
-/** xorshift32: small, fast and seeded; Math.random cannot be replayed. */
-export function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s;
-  };
-}
+import { prng } from "../support/random.js";
+
+export { prng };
 
 export function randomBytes(seed: number, length: number): Uint8Array {
   const next = prng(seed);
