@@ -30,6 +30,7 @@ import { buildSampleImages, type SampleImage, type SampleSet } from "./sample-im
 import type { Azurite } from "./services/azurite.js";
 import { LAYOUT_REGISTRY_HOST, LayoutRegistry } from "./services/layout-registry.js";
 import type { HubStandIn } from "./services/mqtt.js";
+import { stopProcess } from "./services/process.js";
 
 export interface DemoOptions {
   devices: number;
@@ -582,15 +583,6 @@ function startEdgeModule(
     if (code !== 0 && code !== null) log(`${device.id}: edge module exited with ${code}: ${tail}`);
   });
   return child;
-}
-
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((r) => child.once("exit", r));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-  await exited;
-  clearTimeout(timer);
 }
 
 async function until(check: () => boolean, ms: number, what: string): Promise<void> {

@@ -11,9 +11,9 @@
  * Every call starts its own process, so test files never share state.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { stopProcess } from "./process.js";
 
 /** Azurite's well-known development account; it accepts nothing else. */
 export const AZURITE_ACCOUNT = "devstoreaccount1";
@@ -22,8 +22,6 @@ export const AZURITE_KEY =
 
 /** How long Azurite may take to listen before the test gives up (a cold start takes about a second). */
 const START_TIMEOUT_MS = 30_000;
-/** How long a stop waits for a clean exit before killing the process. */
-const STOP_TIMEOUT_MS = 5_000;
 /** In-memory extent store cap in MB, so a runaway test cannot take half of a shared machine's memory. */
 const EXTENT_MEMORY_LIMIT_MB = 512;
 
@@ -119,13 +117,4 @@ function readPorts(child: ChildProcess): Promise<Record<"Blob" | "Queue" | "Tabl
       fail(`Azurite exited before listening (code ${code}, signal ${signal}); output:\n${output}`),
     );
   });
-}
-
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, "exit");
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_TIMEOUT_MS);
-  await exited;
-  clearTimeout(timer);
 }

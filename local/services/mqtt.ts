@@ -9,12 +9,12 @@
  * method answers come from this file instead of IoT Hub.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { once } from "node:events";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mqtt from "mqtt";
+import { stopProcess } from "./process.js";
 
 /** The SDK's MQTT port is fixed (mqtts://host:8883), so the broker must take this one. */
 export const HUB_MQTT_PORT = 8883;
@@ -173,11 +173,7 @@ export async function startHubStandIn(): Promise<HubStandIn> {
   const stopBroker = async () => {
     const running = broker;
     broker = undefined;
-    if (running && running.exitCode === null) {
-      const exited = once(running, "exit");
-      running.kill("SIGTERM");
-      await exited;
-    }
+    if (running !== undefined) await stopProcess(running);
   };
   await startBroker();
 

@@ -24,6 +24,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { stopProcess } from "./process.js";
 
 const REGISTRY_BIN = "/usr/bin/docker-registry";
 /** How long the registry may take to answer /v2/ (it starts in well under a second). */
@@ -33,8 +34,6 @@ const PROBE_INTERVAL_MS = 100;
 /** Ports tried when another process takes the free port first. */
 const START_ATTEMPTS = 3;
 const IDENTITY_HEADER = "X-Deltaship-Test-Registry";
-/** How long a stop waits for a clean exit before killing the process. */
-const STOP_TIMEOUT_MS = 5_000;
 /** Registry output kept for error messages. */
 const MAX_LOG_CHARS = 20_000;
 /** Token lifetime the stand-in grants; long enough for any test. */
@@ -219,15 +218,6 @@ async function waitForRegistry(
     }
     await new Promise((resolve) => setTimeout(resolve, PROBE_INTERVAL_MS));
   }
-}
-
-async function stopProcess(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = once(child, "exit");
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), STOP_TIMEOUT_MS);
-  await exited;
-  clearTimeout(timer);
 }
 
 // ---- the token service stand-in ----
