@@ -10,12 +10,11 @@
  * is filtered on its own, with positions counted from the range's first byte (a file's content).
  */
 import { open } from "node:fs/promises";
+import { MAX_VARINT_BYTES, VarintReader, VarintWriter } from "../varint.js";
 import { X86Stream } from "./x86.js";
 
 /** Ranges a payload may name: the table is held in memory (two numbers each). */
 export const MAX_FILTER_RANGES = 1 << 18;
-/** A varint longer than this cannot hold a safe integer and is refused. */
-const MAX_VARINT_BYTES = 8;
 /** The table's largest encoded size, so a reader knows how much to read before parsing it. */
 export const MAX_FILTER_TABLE_SIZE = MAX_VARINT_BYTES * (1 + 2 * MAX_FILTER_RANGES);
 /** Files smaller than this are not worth a range (a range costs a few bytes, small code gains little). */
@@ -47,25 +46,17 @@ export function encodeFilterTable(ranges: readonly FilterRange[]): Uint8Array {
   if (ranges.length > MAX_FILTER_RANGES) {
     throw new RangeError(`${ranges.length} filter ranges, at most ${MAX_FILTER_RANGES}`);
   }
-  const out: number[] = [];
-  const put = (value: number) => {
-    let v = value;
-    while (v >= 0x80) {
-      out.push((v % 0x80) | 0x80);
-      v = Math.floor(v / 0x80);
-    }
-    out.push(v);
-  };
-  put(ranges.length);
+  const out = new VarintWriter();
+  out.write(ranges.length);
   let end = 0;
   for (const r of ranges) {
     if (r.offset < end || r.length <= 0)
       throw new RangeError("filter ranges must be in order, apart and not empty");
-    put(r.offset - end);
-    put(r.length);
+    out.write(r.offset - end);
+    out.write(r.length);
     end = r.offset + r.length;
   }
-  return Uint8Array.from(out);
+  return out.result.slice();
 }
 
 /**
@@ -76,29 +67,22 @@ export function parseFilterTable(
   bytes: Uint8Array,
   outputSize: number,
 ): { ranges: FilterRange[]; tableLength: number } {
-  let position = 0;
-  const read = (field: string): number => {
-    let value = 0;
-    let scale = 1;
-    for (let i = 0; i < MAX_VARINT_BYTES; i++) {
-      if (position >= bytes.length) throw new FilterTableError(`the payload ends inside ${field}`, position);
-      const b = bytes[position++]!;
-      value += (b & 0x7f) * scale;
-      if (b < 0x80) return value;
-      scale *= 0x80;
-    }
-    throw new FilterTableError(`${field} is longer than ${MAX_VARINT_BYTES} bytes`, position);
-  };
-  const count = read("the range count");
+  const reader = new VarintReader(
+    bytes,
+    0,
+    "filter table",
+    (_, message, offset) => new FilterTableError(message, offset),
+  );
+  const count = reader.read("the range count");
   if (count > MAX_FILTER_RANGES) {
     throw new FilterTableError(`${count} ranges, at most ${MAX_FILTER_RANGES} are accepted`, 0);
   }
   const ranges: FilterRange[] = [];
   let end = 0;
   for (let i = 0; i < count; i++) {
-    const at = position;
-    const offset = end + read(`range ${i}'s offset`);
-    const length = read(`range ${i}'s length`);
+    const at = reader.position;
+    const offset = end + reader.read(`range ${i}'s offset`);
+    const length = reader.read(`range ${i}'s length`);
     if (length === 0 || offset + length > outputSize) {
       throw new FilterTableError(
         `range ${i} (${length} bytes at ${offset}) is empty or ends past the layer's ${outputSize} bytes`,
@@ -108,7 +92,7 @@ export function parseFilterTable(
     ranges.push({ offset, length });
     end = offset + length;
   }
-  return { ranges, tableLength: position };
+  return { ranges, tableLength: reader.position };
 }
 
 /**

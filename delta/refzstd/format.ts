@@ -29,6 +29,10 @@
  * at 0 in every segment too.
  */
 
+import { VarintReader as BaseVarintReader, MAX_VARINT_BYTES, VarintWriter } from "../varint.js";
+
+export { MAX_VARINT_BYTES, VarintWriter };
+
 export const REFZSTD_MAGIC = Uint8Array.of(0x44, 0x53, 0x52, 0x5a);
 export const REFZSTD_VERSION = 1;
 /** The piece word that starts a diff piece. */
@@ -45,8 +49,6 @@ export const MAX_REFERENCE = 32 * 1024 * 1024;
 export const MAX_EXTENTS = 1 << 18;
 /** Pieces per segment: their table is held in memory (16 bytes each). */
 export const MAX_PIECES = 1 << 19;
-/** A varint longer than this cannot hold a safe integer and is refused. */
-export const MAX_VARINT_BYTES = 8;
 /** Source offsets beyond this are refused, so zigzag-coded deltas stay exact integers. */
 export const MAX_SOURCE_SIZE = 2 ** 50;
 /** Output sizes stay exact JavaScript integers. */
@@ -110,67 +112,9 @@ export function unzigzag(n: number): number {
   return n % 2 === 0 ? n / 2 : -(n + 1) / 2;
 }
 
-/** Appends varints to a growing byte array. */
-export class VarintWriter {
-  private bytes = new Uint8Array(256);
-  length = 0;
-
-  write(value: number): void {
-    if (this.length + MAX_VARINT_BYTES > this.bytes.length) {
-      const grown = new Uint8Array(this.bytes.length * 2);
-      grown.set(this.bytes.subarray(0, this.length));
-      this.bytes = grown;
-    }
-    let v = value;
-    while (v >= 0x80) {
-      this.bytes[this.length++] = (v % 0x80) | 0x80;
-      v = Math.floor(v / 0x80);
-    }
-    this.bytes[this.length++] = v;
-  }
-
-  get result(): Uint8Array {
-    return this.bytes.subarray(0, this.length);
-  }
-}
-
-/** Reads varints from a buffer that starts at `base` in the payload (for error offsets). */
-export class VarintReader {
-  position = 0;
-
-  constructor(
-    private readonly bytes: Uint8Array,
-    private readonly base: number,
-    private readonly what: string,
-  ) {}
-
-  get offset(): number {
-    return this.base + this.position;
-  }
-
-  get remaining(): number {
-    return this.bytes.length - this.position;
-  }
-
-  read(field: string): number {
-    let value = 0;
-    let scale = 1;
-    for (let i = 0; i < MAX_VARINT_BYTES; i++) {
-      if (this.position >= this.bytes.length) {
-        throw new RefZstdError("TRUNCATED", `the ${this.what} ends inside ${field}`, this.offset);
-      }
-      const b = this.bytes[this.position++]!;
-      value += (b & 0x7f) * scale;
-      if (b < 0x80) {
-        if (value > Number.MAX_SAFE_INTEGER) break;
-        return value;
-      }
-      scale *= 0x80;
-    }
-    throw new RefZstdError(
-      "LIMIT",
-      `${field} is not a varint of at most ${MAX_VARINT_BYTES} bytes holding a safe integer`,
-      this.offset,
-    );
+/** Reads varints from a buffer that starts at `base` in the payload; bad varints are RefZstdErrors. */
+export class VarintReader extends BaseVarintReader {
+  constructor(bytes: Uint8Array, base: number, what: string) {
+    super(bytes, base, what, (code, message, offset) => new RefZstdError(code, message, offset));
   }
 }
