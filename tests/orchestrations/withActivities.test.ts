@@ -22,11 +22,7 @@ import { updateSetState } from "../../activities/updateSetState.js";
 import { createEmailSender } from "../../adapters/email.js";
 import { loadSigningKey } from "../../delta/bundle/sign.js";
 import { pushImage } from "../../delta/image/registry.js";
-import {
-  type DeploymentSetInput,
-  type DeploymentSetOutput,
-  imageEventName,
-} from "../../orchestrations/contract.js";
+import type { DeploymentSetInput, DeploymentSetOutput } from "../../orchestrations/contract.js";
 import type { SetStatus } from "../../orchestrations/decisions.js";
 import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
 import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
@@ -43,6 +39,7 @@ import {
   type TestCertificates,
 } from "../support/https-standin.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
+import { reportInTransit } from "../support/reports.js";
 
 const ACCESS_KEY = Buffer.from("deltaship-e2e-key").toString("base64");
 const T0 = new Date("2026-11-28T09:00:00.000Z");
@@ -138,30 +135,12 @@ const handlers: Record<string, (input: never, deps: ActivityDeps) => Promise<unk
 
 /** Devices report every item in transit, the way the report trigger handles a report. */
 function devicesReport(setId: string, failOn: string | undefined) {
-  return async (now: Date): Promise<RaisedEvent[]> => {
-    const events: RaisedEvent[] = [];
-    const page = await deps.state.sets.listItems(setId, { pageSize: 1000 });
-    for (const item of page.items.filter((row) => row.state === "inTransit")) {
-      const ok = item.device !== failOn;
-      const report = ok
+  return (now: Date): Promise<RaisedEvent[]> =>
+    reportInTransit(deps.state, setId, now, (item) =>
+      item.device !== failOn
         ? { ok: true, bytes: 4096 }
-        : { ok: false, reason: "layer sha256:ab12 is not in the local registry" };
-      const { item: recorded } = await deps.state.recordImageReport({
-        device: item.device,
-        digest: item.digest,
-        setId,
-        at: now.toISOString(),
-        ...report,
-      });
-      events.push({
-        instanceId: recorded!.waiter!,
-        name: imageEventName(item.device, item.digest),
-        payload: report,
-        at: now,
-      });
-    }
-    return events;
-  };
+        : { ok: false, reason: "layer sha256:ab12 is not in the local registry" },
+    );
 }
 
 function run(setId: string, failOn?: string) {

@@ -27,11 +27,7 @@ import { pushImage } from "../../delta/image/registry.js";
 import { buildTar } from "../../delta/tar/writer.js";
 import { readHead } from "../../edge-module/bundle-file.js";
 import { type LinkProgress, SimulatedLink } from "../../local/link.js";
-import {
-  type DeploymentSetInput,
-  type DeploymentSetOutput,
-  imageEventName,
-} from "../../orchestrations/contract.js";
+import type { DeploymentSetInput, DeploymentSetOutput } from "../../orchestrations/contract.js";
 import type { SetStatus } from "../../orchestrations/decisions.js";
 import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
 import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
@@ -41,6 +37,7 @@ import { imageOf } from "../bundle/fixtures.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
 import { type RaisedEvent, replay } from "../support/durableReplay.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
+import { reportInTransit } from "../support/reports.js";
 
 const T0 = new Date("2026-11-28T09:00:00.000Z");
 const DEVICE = "ship-1";
@@ -139,30 +136,13 @@ async function waitFor(what: string, check: () => boolean): Promise<void> {
 
 /** The device reports each in-transit item once the link has delivered its bundle whole. */
 function deviceReportsArrivals(setId: string) {
-  return async (now: Date): Promise<RaisedEvent[]> => {
-    const events: RaisedEvent[] = [];
-    const page = await deps.state.sets.listItems(setId, { pageSize: 1000 });
-    for (const item of page.items.filter((row) => row.state === "inTransit")) {
+  return (now: Date): Promise<RaisedEvent[]> =>
+    reportInTransit(deps.state, setId, now, async (item) => {
       const file = item.bundleId!.replace(/\//g, "-");
       const arrived = () => link.transfers.find((t) => withoutOutboxPrefix(t.name) === file);
       await waitFor(`bundle ${file} of ${setId} to arrive`, () => arrived() !== undefined);
-      const report = { ok: true, bytes: arrived()!.bytes };
-      const { item: recorded } = await deps.state.recordImageReport({
-        device: item.device,
-        digest: item.digest,
-        setId,
-        at: now.toISOString(),
-        ...report,
-      });
-      events.push({
-        instanceId: recorded!.waiter!,
-        name: imageEventName(item.device, item.digest),
-        payload: report,
-        at: now,
-      });
-    }
-    return events;
-  };
+      return { ok: true, bytes: arrived()!.bytes };
+    });
 }
 
 function run(setId: string, module: string, requestedAt: Date) {

@@ -29,7 +29,7 @@ import { pushImage } from "../../delta/image/registry.js";
 import { declaredLength, hasUnfilledBlock, readHead } from "../../edge-module/bundle-file.js";
 import { Inbox } from "../../edge-module/inbox.js";
 import { getDeployment } from "../../functions/query/handlers.js";
-import { type DeploymentSetInput, imageEventName } from "../../orchestrations/contract.js";
+import type { DeploymentSetInput } from "../../orchestrations/contract.js";
 import type { SetStatus } from "../../orchestrations/decisions.js";
 import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
 import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
@@ -39,6 +39,7 @@ import { buildTar, imageOf, realFiles } from "../bundle/fixtures.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
 import { type RaisedEvent, replay } from "../support/durableReplay.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
+import { reportInTransit } from "../support/reports.js";
 
 const T0 = new Date("2026-11-28T09:00:00.000Z");
 const DEVICE = "vessel-1";
@@ -106,27 +107,8 @@ const handlers: Record<string, (input: never, deps: ActivityDeps) => Promise<unk
 };
 
 function devicesReport(setId: string) {
-  return async (now: Date): Promise<RaisedEvent[]> => {
-    const events: RaisedEvent[] = [];
-    const page = await deps.state.sets.listItems(setId, { pageSize: 1000 });
-    for (const item of page.items.filter((row) => row.state === "inTransit")) {
-      const report = { ok: true, bytes: 1 };
-      const { item: recorded } = await deps.state.recordImageReport({
-        device: item.device,
-        digest: item.digest,
-        setId,
-        at: now.toISOString(),
-        ...report,
-      });
-      events.push({
-        instanceId: recorded!.waiter!,
-        name: imageEventName(item.device, item.digest),
-        payload: report,
-        at: now,
-      });
-    }
-    return events;
-  };
+  return (now: Date): Promise<RaisedEvent[]> =>
+    reportInTransit(deps.state, setId, now, () => ({ ok: true, bytes: 1 }));
 }
 
 function run(setId: string, module: string, requested: DeploymentSetInput["priority"]) {
