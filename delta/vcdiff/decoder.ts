@@ -6,7 +6,8 @@
  * about 1 MiB of target: a part's instructions are validated and decoded into a table that
  * records the source bytes they copy, those are read (long COPYs straight into the target,
  * short ones merged into few reads), then the table writes the part. Memory is one target
- * window (two with reuseBuffers) plus one part's source bytes and tables, for any window size.
+ * window (two with reuseBuffers when VCD_TARGET windows follow each other) plus one part's source
+ * bytes and tables, for any window size.
  */
 import {
   ADD,
@@ -56,11 +57,13 @@ export interface DecodeOptions {
   /** How much earlier output VCD_TARGET windows may copy from; default TARGET_HISTORY. */
   targetHistory?: number;
   /**
-   * Default false. When true, a yielded chunk is overwritten two windows later, so the decoder
-   * reuses two target buffers instead of copying each window into a fresh one (much faster and
-   * leaner: fresh memory costs a page fault per 4 KiB, and dropped windows wait for the GC). Set it when each chunk is consumed (written, hashed) before the next
-   * is requested, as a plain `for await` loop does; not with `Readable.from`, which reads ahead.
-   * VCD_TARGET windows can then reach only the previous window.
+   * Default false. When true, a yielded chunk is valid only until the decoder starts the next
+   * window (it may be overwritten then, and after the decode ends another decode may take the
+   * buffers over), so the decoder reuses its target buffer instead of copying each window into a
+   * fresh one (much faster and leaner: fresh memory costs a page fault per 4 KiB, and dropped
+   * windows wait for the GC). Set it when each chunk is consumed (written, hashed) before the
+   * next is requested, as a plain `for await` loop does; not with `Readable.from`, which reads
+   * ahead. VCD_TARGET windows can then reach only the previous window.
    */
   reuseBuffers?: boolean;
   onHeader?(header: VcdiffHeader): void;
@@ -111,6 +114,13 @@ const STAGING_SIZE = (1 + 2 * SOURCE_GAP_PARTS) * STAGE_PART + 2 * DIRECT_READ;
 export const OUTPUT_PIECE = 1024 * 1024;
 /** Copies and ADDs shorter than this are done byte by byte: a native call costs more than the loop. */
 const SHORT_COPY = 16;
+/**
+ * A finished decode's buffers are kept this long for the next one (a bundle's next layer, the
+ * edge module's next bundle): touching fresh memory costs a page fault per 4 KiB, which on the
+ * build machine cost more than decoding the bytes. Then they are dropped, so an idle device does
+ * not hold a window's worth of memory.
+ */
+const SPARE_IDLE_MS = 10_000;
 
 const WIN_INDICATOR_BITS = VCD_SOURCE | VCD_TARGET | VCD_ADLER32;
 const HDR_INDICATOR_BITS = VCD_DECOMPRESS | VCD_CODETABLE | VCD_APPHEADER;
@@ -410,8 +420,9 @@ class WindowDecoder {
   private readonly directLength = new Float64Array(MAX_PART_INSTRUCTIONS);
   private directCount = 0;
   /**
-   * One buffer: one target slot (two with reuseBuffers, used in turn so the window yielded last
-   * stays intact), then the staging area. One buffer, because then every staged COPY and every
+   * One buffer: one target slot (two with reuseBuffers: a VCD_TARGET window goes to the slot the
+   * previous window is not in, so that window stays intact to copy from; any other window reuses
+   * the previous window's slot, so the second slot is never touched unless needed), then the staging area. One buffer, because then every staged COPY and every
    * COPY within the target is a copyWithin: copying between two arrays would allocate a view each.
    */
   private work: Uint8Array = new Uint8Array(0);
@@ -423,6 +434,11 @@ class WindowDecoder {
 
   constructor(private readonly reuseBuffers: boolean) {
     this.slots = reuseBuffers ? 2 : 1;
+  }
+
+  /** Drops the references to the last delta chunk, so a kept decoder holds only its own buffers. */
+  release(): void {
+    this.buf = new Uint8Array(0);
   }
 
   /** Delta buffer and the positions of the current window's sections in it. */
@@ -456,7 +472,7 @@ class WindowDecoder {
     this.dp = this.dataStart;
     this.ap = this.addrStart;
     this.tp = 0;
-    const work = this.workBuffer(w.targetLength);
+    const work = this.workBuffer(w.targetLength, (w.indicator & VCD_TARGET) !== 0);
     const targetAt = this.slot * this.slotSize;
     const from = (w.indicator & VCD_SOURCE ? source : history)!;
     do {
@@ -482,8 +498,8 @@ class WindowDecoder {
    * zero-filled: decoding writes every target byte before the window is yielded (an error discards
    * it). A grown buffer is a new one, so the window yielded last (kept for VCD_TARGET) stays intact.
    */
-  private workBuffer(targetLength: number): Uint8Array {
-    if (this.reuseBuffers && targetLength > 0) this.slot = 1 - this.slot;
+  private workBuffer(targetLength: number, readsPrevious: boolean): Uint8Array {
+    if (this.reuseBuffers && targetLength > 0 && readsPrevious) this.slot = 1 - this.slot;
     if (targetLength > this.slotSize) {
       // Doubling, so windows that grow a little at a time do not leave a trail of dropped buffers;
       // pages never touched cost no memory.
@@ -995,7 +1011,7 @@ export async function* decode(
     options.targetHistory ?? TARGET_HISTORY,
     reuseBuffers ? 1 : MAX_HISTORY_WINDOWS,
   );
-  const windows = new WindowDecoder(reuseBuffers);
+  const windows = reuseBuffers ? takeSpareDecoder() : new WindowDecoder(false);
   try {
     const header = await input.parse(parseFileHeader);
     options.onHeader?.(header);
@@ -1030,8 +1046,32 @@ export async function* decode(
       }
     }
   } finally {
+    if (reuseBuffers) keepSpareDecoder(windows);
     await input.close();
   }
+}
+
+/** One finished reuseBuffers decoder, its tables and work buffer already touched; see SPARE_IDLE_MS. */
+let spareDecoder: WindowDecoder | undefined;
+let spareTimer: ReturnType<typeof setTimeout> | undefined;
+
+/** The kept decoder if there is one (a decode that runs at the same time as another gets a new one). */
+function takeSpareDecoder(): WindowDecoder {
+  const kept = spareDecoder;
+  spareDecoder = undefined;
+  return kept ?? new WindowDecoder(true);
+}
+
+function keepSpareDecoder(decoder: WindowDecoder): void {
+  decoder.release();
+  spareDecoder = decoder;
+  if (spareTimer !== undefined) clearTimeout(spareTimer);
+  spareTimer = setTimeout(() => {
+    spareDecoder = undefined;
+    spareTimer = undefined;
+  }, SPARE_IDLE_MS);
+  // The timer only frees memory: it must not keep a process alive that is otherwise done.
+  spareTimer.unref();
 }
 
 function checkSegment(

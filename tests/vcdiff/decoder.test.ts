@@ -11,6 +11,7 @@ import {
   OUTPUT_PIECE,
   type VcdiffHeader,
 } from "../../delta/vcdiff/decoder.js";
+import { encode } from "../../delta/vcdiff/encoder.js";
 import {
   adler32,
   VCD_CODETABLE,
@@ -26,6 +27,7 @@ import {
   fileChunks,
   type SourceReader,
 } from "../../delta/vcdiff/source.js";
+import { mutate, randomBytes } from "./corpus.js";
 import { buildDelta, bytes, code, text, varint } from "./delta-builder.js";
 
 /** Bytes with every value, runs of 0xff included (the largest sums Adler-32 must carry). */
@@ -451,6 +453,68 @@ describe("VCDIFF decoder: refusals and malformed input", () => {
       45,
       /only the last 5 bytes of output/,
     );
+  });
+
+  test("with reuseBuffers, chains of VCD_TARGET windows between others each read the window before", async () => {
+    // Plain windows share one target slot; a VCD_TARGET window goes to the other slot, so the
+    // window it copies from stays intact. Windows span several parts (STAGE_PART is 1 MiB): each
+    // VCD_TARGET window first ADDs 1.5 MiB, then copies the whole previous window, which would
+    // read overwritten bytes if the two shared a slot.
+    const MiB = 1 << 20;
+    const add = (seed: number) => {
+      const data = randomBytes(seed, 2 * MiB);
+      return { indicator: 0, targetLength: data.length, data, inst: [code.add(0), ...varint(data.length)] };
+    };
+    const copyPrevious = (at: number, seed: number) => {
+      const data = randomBytes(seed, 1.5 * MiB);
+      return {
+        indicator: VCD_TARGET,
+        segmentLength: 2 * MiB,
+        segmentPosition: at,
+        targetLength: data.length + 2 * MiB,
+        data,
+        inst: [code.add(0), ...varint(data.length), code.copy(0, 0), ...varint(2 * MiB)],
+        addr: [0],
+      };
+    };
+    const windows = [add(61), copyPrevious(0, 62), add(63), add(64), copyPrevious(7.5 * MiB, 65)];
+    const delta = buildDelta({ windows });
+    const expected: Uint8Array[] = [];
+    for (const w of windows) {
+      expected.push(w.data);
+      if (w.indicator === VCD_TARGET) expected.push(expected.at(-2)!);
+    }
+    // Each chunk is copied as it comes: with reuseBuffers it is valid only until the next window.
+    const parts: Uint8Array[] = [];
+    for await (const part of decode(chunks(delta, 1 << 16), { reuseBuffers: true }))
+      parts.push(new Uint8Array(part));
+    assert.ok(Buffer.concat(parts).equals(Buffer.concat(expected)));
+  });
+
+  test("with reuseBuffers, decodes one after another and at the same time each come out right", async () => {
+    // A finished decode hands its buffers to the next one; two running at once must not share them.
+    const source = randomBytes(51, 300_000);
+    const targets = [mutate(source, 52, 40), mutate(source, 53, 40), mutate(source, 54, 40)];
+    const reader = new BufferSource(source);
+    const deltas = await Promise.all(targets.map((t) => collect(encode(chunks(t, 1 << 16), reader))));
+    for (const [i, delta] of deltas.entries()) {
+      // One window: its chunks stay valid until the next decode takes the buffers over.
+      const out = await collect(decode(chunks(delta, 1 << 12), { source: reader, reuseBuffers: true }));
+      assert.ok(Buffer.from(out).equals(targets[i]!), `decode ${i} in turn`);
+    }
+    const running = deltas.map((d) => decode(chunks(d, 1 << 12), { source: reader, reuseBuffers: true }));
+    const outputs: Uint8Array[][] = running.map(() => []);
+    const done = running.map(() => false);
+    while (done.includes(false)) {
+      for (const [i, stream] of running.entries()) {
+        if (done[i]) continue;
+        const r = await stream.next();
+        if (r.done) done[i] = true;
+        else outputs[i]!.push(new Uint8Array(r.value));
+      }
+    }
+    for (const [i, parts] of outputs.entries())
+      assert.ok(Buffer.concat(parts).equals(targets[i]!), `decode ${i} interleaved`);
   });
 
   test("a failing source read ends in SOURCE at the window, naming the range", async () => {
