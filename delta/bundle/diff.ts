@@ -6,23 +6,15 @@
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { open, rename, rm, stat } from "node:fs/promises";
-import { availableParallelism } from "node:os";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { CompressStream } from "zstd-napi";
-import {
-  encodeFilterTable,
-  type FilterRange,
-  filterRanges,
-  isX86Elf,
-  MIN_FILTERED_FILE,
-} from "../filters/payload.js";
+import { type FilterRange, isX86Elf, MIN_FILTERED_FILE } from "../filters/payload.js";
 import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
 import { encodeRefZstd } from "../refzstd/encoder.js";
-import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
 import { ConcatSource, FileSource } from "../vcdiff/source.js";
+import { CompressPool, compressWorkerCount } from "./compress-pool.js";
 import {
   type BundleManifest,
   encodeHeader,
@@ -34,6 +26,7 @@ import {
   type PayloadCodec,
   SIGNATURE_BLOCK_SIZE,
 } from "./format.js";
+import { encodePayload, type LayerHints, type PayloadSettings } from "./payload.js";
 import { readFileStream, ScratchDir, spool } from "./scratch.js";
 import { type SigningKey, signManifest } from "./sign.js";
 
@@ -43,13 +36,6 @@ import { type SigningKey, signManifest } from "./sign.js";
  * device.
  */
 export const DEFAULT_ZSTD_LEVEL = 22;
-/**
- * zstd worker threads for payloads (the cloud side). Output is the same for any count from 1 up
- * (zstd's multithreaded format depends on job size, not workers); against single-threaded level 22
- * it measured 3,036,649 bytes instead of 3,036,668 on the 33 MB app layer, at the same CPU time.
- * Each worker holds its own match tables (see DEFAULT_ZSTD_WINDOW_LOG), hence the cap.
- */
-const ZSTD_WORKERS = Math.min(2, Math.max(1, availableParallelism()));
 /**
  * Default zstd window (64 MiB, the most a device accepts: MAX_ZSTD_WINDOW_LOG in apply.ts); the
  * device decodes with about that much memory (scenario 1 applied at 156 MB peak RSS under tsx).
@@ -101,6 +87,12 @@ export interface BuildBundleOptions {
   readonly refZstdLevel?: number;
   /** Fill spare `ref-zstd` reference room with the source layers the old versions came from; default true. */
   readonly refZstdFill?: boolean;
+  /**
+   * Worker threads that compress `ref-zstd` frames and plain payloads, so a diff uses several
+   * cores; default one per core up to 2 (compress-pool.ts). Below 2 everything runs in this thread.
+   * The bundle is the same either way.
+   */
+  readonly compressWorkers?: number;
   readonly onProgress?: (progress: BundleProgress) => void;
 }
 
@@ -275,13 +267,6 @@ function describe(image: ImageReader): string {
   return repository !== "" ? `${repository}:${tag}` : configDigest;
 }
 
-interface LayerHints {
-  copies: CopyHint[];
-  searches: SearchHint[];
-  /** Source layers (catalog numbers) the hints read from. */
-  uses: Set<number>;
-}
-
 /** Walks a target layer's entries and turns what the catalog knows into encoder hints. */
 function hintsFor(
   entries: readonly ScannedEntry[],
@@ -331,73 +316,6 @@ function hintsFor(
   return hints;
 }
 
-/** Streams `path` through VCDIFF (or not) and zstd into `out`; returns length and sha256. */
-async function encodePayload(
-  targetPath: string,
-  source: ConcatSource | undefined,
-  hints: LayerHints | undefined,
-  options: {
-    level: number;
-    windowLog: number;
-    windowSize?: number;
-    searchWholeSource: boolean;
-    /** Executables' ranges to run through the x86 filter (plain zstd only): makes a `zstd-x86` payload. */
-    x86?: readonly FilterRange[];
-  },
-  out: string,
-  onBytes: (n: number) => void,
-): Promise<{ length: number; sha256: string }> {
-  const compressor = new CompressStream({
-    compressionLevel: options.level,
-    windowLog: options.windowLog,
-    // Ultra levels' own match tables (hashLog 25, chainLog 27) take over 1 GiB for no gain at this window.
-    ...(options.level >= 20 ? { hashLog: options.windowLog, chainLog: options.windowLog + 1 } : {}),
-    checksumFlag: false,
-    nbWorkers: ZSTD_WORKERS,
-  });
-  const hash = createHash("sha256");
-  let length = 0;
-  let read = 0;
-  async function* counted(stream: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-    for await (const chunk of stream) {
-      read += chunk.length;
-      onBytes(read);
-      yield chunk;
-    }
-  }
-  const target = counted(readFileStream(targetPath));
-  const table = options.x86 !== undefined && hints === undefined ? encodeFilterTable(options.x86) : undefined;
-  const input =
-    hints === undefined
-      ? options.x86 !== undefined
-        ? filterRanges(target, options.x86, "encode")
-        : target
-      : encode(target, source, {
-          copies: hints.copies,
-          searches: hints.searches,
-          searchWholeSource: options.searchWholeSource,
-          ...(options.windowSize !== undefined ? { windowSize: options.windowSize } : {}),
-        });
-  await pipeline(
-    Readable.from(input, { objectMode: false }),
-    compressor,
-    async function* (compressed: AsyncIterable<Buffer>) {
-      if (table !== undefined) {
-        hash.update(table);
-        length += table.length;
-        yield Buffer.from(table);
-      }
-      for await (const chunk of compressed) {
-        hash.update(chunk);
-        length += chunk.length;
-        yield chunk;
-      }
-    },
-    createWriteStream(out, { mode: 0o600 }),
-  );
-  return { length, sha256: `sha256:${hash.digest("hex")}` };
-}
-
 /** Encodes `path` as a `ref-zstd` payload into `out`; returns length and sha256. */
 async function encodeRefZstdPayload(
   targetPath: string,
@@ -405,6 +323,7 @@ async function encodeRefZstdPayload(
   hints: LayerHints,
   level: number | undefined,
   fill: readonly { sourceOffset: number; length: number }[] | undefined,
+  pool: CompressPool | undefined,
   out: string,
   onBytes: (n: number) => void,
 ): Promise<{ length: number; sha256: string }> {
@@ -417,6 +336,8 @@ async function encodeRefZstdPayload(
       references: hints.searches,
       ...(level !== undefined ? { level } : {}),
       ...(fill !== undefined && fill.length > 0 ? { fill } : {}),
+      // One frame per worker compressing and one waiting, so no worker idles while the next segment is gathered.
+      ...(pool !== undefined ? { compressFrame: pool.compressFrame, framesAhead: pool.size } : {}),
     });
     await pipeline(
       Readable.from(parts, { objectMode: false }),
@@ -592,71 +513,90 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       number,
       { path: string; length: number; sha256: string; codec: PayloadCodec; outputSize: number }
     >();
-    try {
-      for (const p of pending) {
-        const info = target.info.layers[p.index]!;
-        const hinted = p.hints.copies.length > 0 || p.hints.searches.length > 0;
-        const settings = {
-          level: options.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
-          windowLog: options.zstdWindowLog ?? DEFAULT_ZSTD_WINDOW_LOG,
-          searchWholeSource,
-          ...(options.windowSize !== undefined ? { windowSize: options.windowSize } : {}),
-        };
-        const report = (done: number) =>
-          progress?.({ phase: "encode", diffId: info.diffId, done, total: p.size });
-        const preferred = options.codec ?? "ref-zstd";
-        // Whole-layer zstd runs executables through the x86 filter unless plain `zstd` was asked for.
-        const plainX86 = p.x86.length > 0 && preferred !== "zstd" ? { x86: p.x86 } : {};
-        const plainCodec: PayloadCodec = plainX86.x86 !== undefined ? "zstd-x86" : "zstd";
-        let codec: PayloadCodec =
-          source === undefined || preferred === "zstd" || preferred === "zstd-x86"
-            ? plainCodec
-            : preferred === "ref-zstd" && hinted
-              ? "ref-zstd"
-              : hinted || searchWholeSource
-                ? "vcdiff-zstd"
-                : plainCodec;
-        let out = scratch.file("payload");
-        let { length, sha256 } =
-          codec === "ref-zstd"
-            ? await encodeRefZstdPayload(
-                p.path,
-                source!,
-                p.hints,
-                options.refZstdLevel,
-                options.refZstdFill === false ? undefined : fills.get(p),
-                out,
-                report,
-              )
-            : codec === "vcdiff-zstd"
-              ? await encodePayload(p.path, source, p.hints, settings, out, report)
-              : // zstd or zstd-x86 (plainX86 is empty for plain zstd).
-                await encodePayload(p.path, undefined, undefined, { ...settings, ...plainX86 }, out, report);
-        if (codec === "vcdiff-zstd" && !hinted) {
-          // Nothing known in common: keep the delta only if the search found enough to beat plain zstd.
-          const plain = scratch.file("payload");
-          const alternative = await encodePayload(
-            p.path,
-            undefined,
-            undefined,
-            { ...settings, ...plainX86 },
-            plain,
+    const workers = options.compressWorkers ?? compressWorkerCount();
+    const pool = workers >= 2 && pending.length > 0 ? new CompressPool(workers) : undefined;
+    const plainPayload = (
+      path: string,
+      settings: PayloadSettings,
+      out: string,
+      report: (n: number) => void,
+    ) =>
+      pool !== undefined
+        ? pool.encodePlainPayload(
+            {
+              targetPath: path,
+              out,
+              level: settings.level,
+              windowLog: settings.windowLog,
+              ...(settings.x86 !== undefined ? { x86: settings.x86 } : {}),
+            },
             report,
-          );
-          if (alternative.length <= length) {
-            await rm(out);
-            out = plain;
-            codec = plainCodec;
-            ({ length, sha256 } = alternative);
-          } else {
-            await rm(plain);
-          }
+          )
+        : encodePayload(path, undefined, undefined, settings, out, report);
+    const encodeLayer = async (p: Pending): Promise<void> => {
+      const info = target.info.layers[p.index]!;
+      const hinted = p.hints.copies.length > 0 || p.hints.searches.length > 0;
+      const settings = {
+        level: options.zstdLevel ?? DEFAULT_ZSTD_LEVEL,
+        windowLog: options.zstdWindowLog ?? DEFAULT_ZSTD_WINDOW_LOG,
+        searchWholeSource,
+        ...(options.windowSize !== undefined ? { windowSize: options.windowSize } : {}),
+      };
+      const report = (done: number) =>
+        progress?.({ phase: "encode", diffId: info.diffId, done, total: p.size });
+      const preferred = options.codec ?? "ref-zstd";
+      // Whole-layer zstd runs executables through the x86 filter unless plain `zstd` was asked for.
+      const plainX86 = p.x86.length > 0 && preferred !== "zstd" ? { x86: p.x86 } : {};
+      const plainCodec: PayloadCodec = plainX86.x86 !== undefined ? "zstd-x86" : "zstd";
+      let codec: PayloadCodec =
+        source === undefined || preferred === "zstd" || preferred === "zstd-x86"
+          ? plainCodec
+          : preferred === "ref-zstd" && hinted
+            ? "ref-zstd"
+            : hinted || searchWholeSource
+              ? "vcdiff-zstd"
+              : plainCodec;
+      let out = scratch.file("payload");
+      let { length, sha256 } =
+        codec === "ref-zstd"
+          ? await encodeRefZstdPayload(
+              p.path,
+              source!,
+              p.hints,
+              options.refZstdLevel,
+              options.refZstdFill === false ? undefined : fills.get(p),
+              pool,
+              out,
+              report,
+            )
+          : codec === "vcdiff-zstd"
+            ? await encodePayload(p.path, source, p.hints, settings, out, report)
+            : // zstd or zstd-x86 (plainX86 is empty for plain zstd).
+              await plainPayload(p.path, { ...settings, ...plainX86 }, out, report);
+      if (codec === "vcdiff-zstd" && !hinted) {
+        // Nothing known in common: keep the delta only if the search found enough to beat plain zstd.
+        const plain = scratch.file("payload");
+        const alternative = await plainPayload(p.path, { ...settings, ...plainX86 }, plain, report);
+        if (alternative.length <= length) {
+          await rm(out);
+          out = plain;
+          codec = plainCodec;
+          ({ length, sha256 } = alternative);
+        } else {
+          await rm(plain);
         }
-        payloads.set(p.index, { path: out, length, sha256, codec, outputSize: p.size });
-        await rm(p.path);
       }
+      payloads.set(p.index, { path: out, length, sha256, codec, outputSize: p.size });
+      await rm(p.path);
+    };
+    try {
+      // Layers are independent: while workers compress one layer's frames, this thread plans the
+      // next (approximate matching of a changed executable, gathering literal bytes).
+      const outcomes = await Promise.allSettled(pending.map(encodeLayer));
+      for (const outcome of outcomes) if (outcome.status === "rejected") throw outcome.reason;
     } finally {
       await Promise.all(parts.map((part) => part.close()));
+      await pool?.close();
     }
 
     let offset = 0;

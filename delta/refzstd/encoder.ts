@@ -64,6 +64,62 @@ export interface RefZstdEncodeOptions {
    * version of their own still find their neighbours' code there (same packages, same licences).
    */
   readonly fill?: readonly Extent[];
+  /**
+   * Compresses one segment's literal bytes against its dictionary with these parameters; default
+   * in this thread. A worker pool (delta/bundle/compress-pool.ts) passes its own, so segments
+   * compress in parallel: each frame depends only on its input, dictionary and parameters.
+   */
+  readonly compressFrame?: CompressFrame;
+  /** Segments gathered and handed to `compressFrame` before the oldest one's frame is awaited; default 0 (one at a time). */
+  readonly framesAhead?: number;
+}
+
+/** zstd parameters of a literal frame (zstd-napi's names), plain data so a worker can receive them. */
+export interface FrameParameters {
+  readonly compressionLevel: number;
+  readonly windowLog: number;
+  readonly hashLog?: number;
+  readonly chainLog?: number;
+  readonly checksumFlag: boolean;
+  readonly contentSizeFlag: boolean;
+}
+
+/**
+ * Compresses `literal` against `dictionary` (raw content) as one zstd frame. Both buffers belong
+ * to the callee afterwards (a pool transfers them to a worker).
+ */
+export type CompressFrame = (
+  literal: Uint8Array,
+  dictionary: Uint8Array,
+  parameters: FrameParameters,
+) => Promise<Uint8Array>;
+
+/** Parameters of the literal frames at `level`. */
+export function frameParameters(level: number): FrameParameters {
+  return {
+    compressionLevel: level,
+    windowLog: FRAME_WINDOW_LOG,
+    // Ultra levels' own tables (hashLog 25, chainLog 27) cost over 1 GiB per context for little gain here.
+    ...(level >= 20 ? { hashLog: 25, chainLog: 26 } : {}),
+    checksumFlag: false,
+    contentSizeFlag: true,
+  };
+}
+
+/** A CompressFrame that compresses in this thread, with one context per parameter set. */
+export function compressInThread(): CompressFrame {
+  const contexts = new Map<string, Compressor>();
+  return async (literal, dictionary, parameters) => {
+    const key = JSON.stringify(parameters);
+    let compressor = contexts.get(key);
+    if (compressor === undefined) {
+      compressor = new Compressor();
+      compressor.setParameters(parameters);
+      contexts.set(key, compressor);
+    }
+    compressor.loadDictionary(dictionary);
+    return compressor.compress(literal);
+  };
 }
 
 /** A planned segment: its pieces (literal pieces keep their target offset to gather them) and extents. */
@@ -540,18 +596,31 @@ export async function* encodeRefZstd(
   const level =
     options.level ??
     (literalBytes <= SMALL_LAYER_LITERAL ? SMALL_LAYER_REFZSTD_LEVEL : DEFAULT_REFZSTD_LEVEL);
-  const literalCompressor = new Compressor();
-  literalCompressor.setParameters({
-    compressionLevel: level,
-    windowLog: FRAME_WINDOW_LOG,
-    // Ultra levels' own tables (hashLog 25, chainLog 27) cost over 1 GiB per context for little gain here.
-    ...(level >= 20 ? { hashLog: 25, chainLog: 26 } : {}),
-    checksumFlag: false,
-    contentSizeFlag: true,
-  });
+  const parameters = frameParameters(level);
+  const compressFrame = options.compressFrame ?? compressInThread();
+  const ahead = Math.max(0, Math.floor(options.framesAhead ?? 0));
   const tablesCompressor = new Compressor();
   tablesCompressor.setParameters({ compressionLevel: 19, checksumFlag: false, contentSizeFlag: true });
 
+  /** Segments whose frames are being compressed, oldest first: yielded in plan order. */
+  const inFlight: { seg: SegmentPlan; tablesFrame: Uint8Array; frame: Promise<Uint8Array> }[] = [];
+  async function* emit(done: (typeof inFlight)[number]): AsyncGenerator<Uint8Array> {
+    const { seg, tablesFrame } = done;
+    const frame = await done.frame;
+    const header = new VarintWriter();
+    for (const v of [
+      seg.output,
+      seg.literal,
+      seg.extents.length,
+      seg.lengths.length,
+      tablesFrame.length,
+      frame.length,
+    ])
+      header.write(v);
+    yield header.result.slice();
+    yield tablesFrame;
+    if (frame.length > 0) yield frame;
+  }
   for (const seg of segments) {
     const tables = new VarintWriter();
     let end = 0;
@@ -579,7 +648,7 @@ export async function* encodeRefZstd(
     }
     const tablesFrame = tablesCompressor.compress(tables.result);
 
-    let frame: Uint8Array = new Uint8Array(0);
+    let frame: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
     if (seg.literal > 0) {
       const literal = new Uint8Array(seg.literal);
       let at = 0;
@@ -601,22 +670,12 @@ export async function* encodeRefZstd(
         await readInto(source!, e.sourceOffset, dictionary, at, e.length);
         at += e.length;
       }
-      literalCompressor.loadDictionary(dictionary);
-      frame = literalCompressor.compress(literal);
+      frame = compressFrame(literal, dictionary, parameters);
+      // Awaited in order below; until then a failure must not count as unhandled.
+      frame.catch(() => {});
     }
-
-    const header = new VarintWriter();
-    for (const v of [
-      seg.output,
-      seg.literal,
-      seg.extents.length,
-      seg.lengths.length,
-      tablesFrame.length,
-      frame.length,
-    ])
-      header.write(v);
-    yield header.result.slice();
-    yield tablesFrame;
-    if (frame.length > 0) yield frame;
+    inFlight.push({ seg, tablesFrame, frame });
+    if (inFlight.length > ahead) yield* emit(inFlight.shift()!);
   }
+  while (inFlight.length > 0) yield* emit(inFlight.shift()!);
 }

@@ -1,0 +1,44 @@
+/**
+ * The worker side of compress-pool.ts: compresses `ref-zstd` literal frames and builds plain
+ * (`zstd`, `zstd-x86`) payloads, one job at a time, with the same code and parameters as the
+ * main thread would use, so the bytes are the same.
+ */
+import { type MessagePort, parentPort } from "node:worker_threads";
+import { compressInThread } from "../refzstd/encoder.js";
+import type { WorkerJob, WorkerReply } from "./compress-pool.js";
+import { encodePayload } from "./payload.js";
+
+if (parentPort === null)
+  throw new Error("compress-worker.ts runs as a worker thread of compress-pool.ts, not on its own");
+
+const port: MessagePort = parentPort;
+const compressFrame = compressInThread();
+
+async function run(job: WorkerJob): Promise<WorkerReply> {
+  if (job.kind === "frame") {
+    const frame = await compressFrame(job.literal, job.dictionary, job.parameters);
+    return { id: job.id, ok: true, frame };
+  }
+  const settings = {
+    level: job.level,
+    windowLog: job.windowLog,
+    searchWholeSource: false,
+    ...(job.x86 !== undefined ? { x86: job.x86 } : {}),
+  };
+  const payload = await encodePayload(job.targetPath, undefined, undefined, settings, job.out, (done) =>
+    port.postMessage({ id: job.id, progress: done } satisfies WorkerReply),
+  );
+  return { id: job.id, ok: true, payload };
+}
+
+port.on("message", (job: WorkerJob) => {
+  run(job).then(
+    (reply) => port.postMessage(reply),
+    (err: unknown) =>
+      port.postMessage({
+        id: job.id,
+        ok: false,
+        error: err instanceof Error ? (err.stack ?? err.message) : String(err),
+      } satisfies WorkerReply),
+  );
+});
