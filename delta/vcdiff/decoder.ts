@@ -123,6 +123,25 @@ const SHORT_COPY = 16;
 const SPARE_IDLE_MS = 10_000;
 
 const WIN_INDICATOR_BITS = VCD_SOURCE | VCD_TARGET | VCD_ADLER32;
+
+/**
+ * Every array the hot loops index is a plain Uint8Array, never a Buffer (a subclass, so another
+ * hidden class): optimized code that met one kind and then the other was thrown away and
+ * compiled again, which cost a fresh process much of its first decode. Not zero-filled: the
+ * pages are touched only when written.
+ */
+function plainBytes(length: number): Uint8Array {
+  const b = Buffer.allocUnsafe(length);
+  return new Uint8Array(b.buffer, b.byteOffset, length);
+}
+
+/** A view of a chunk as a plain Uint8Array (see plainBytes); no copy. */
+function plainView(chunk: Uint8Array): Uint8Array {
+  return chunk.constructor === Uint8Array
+    ? chunk
+    : new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
+}
+
 const HDR_INDICATOR_BITS = VCD_DECOMPRESS | VCD_CODETABLE | VCD_APPHEADER;
 const SAME_CACHE_SIZE = SAME_SLOTS * 256;
 
@@ -211,7 +230,7 @@ class DeltaInput {
     if (this.owned && this.buf.length >= capacity) {
       this.buf.copyWithin(0, this.start, this.end);
     } else {
-      const next: Uint8Array = Buffer.allocUnsafe(capacity + INPUT_SLACK);
+      const next = plainBytes(capacity + INPUT_SLACK);
       next.set(this.buf.subarray(this.start, this.end));
       this.buf = next;
     }
@@ -223,7 +242,7 @@ class DeltaInput {
   private append(chunk: Uint8Array): void {
     const live = this.available;
     if (live === 0) {
-      this.buf = chunk;
+      this.buf = plainView(chunk);
       this.start = 0;
       this.end = chunk.length;
       this.owned = false;
@@ -504,7 +523,7 @@ class WindowDecoder {
       // Doubling, so windows that grow a little at a time do not leave a trail of dropped buffers;
       // pages never touched cost no memory.
       this.slotSize = Math.max(targetLength, DEFAULT_WINDOW_SIZE, 2 * this.slotSize);
-      this.work = Buffer.allocUnsafe(this.slots * this.slotSize + STAGING_SIZE);
+      this.work = plainBytes(this.slots * this.slotSize + STAGING_SIZE);
       this.stagedAt = this.slots * this.slotSize;
     }
     return this.work;
@@ -1060,6 +1079,16 @@ function takeSpareDecoder(): WindowDecoder {
   const kept = spareDecoder;
   spareDecoder = undefined;
   return kept ?? new WindowDecoder(true);
+}
+
+/**
+ * Drops the buffers a finished decode kept for the next one now rather than after SPARE_IDLE_MS
+ * (for a caller that knows no decode follows soon, and for benchmarks of fresh memory).
+ */
+export function releaseDecoderMemory(): void {
+  spareDecoder = undefined;
+  if (spareTimer !== undefined) clearTimeout(spareTimer);
+  spareTimer = undefined;
 }
 
 function keepSpareDecoder(decoder: WindowDecoder): void {
