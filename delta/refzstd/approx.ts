@@ -127,10 +127,25 @@ const FILL_CHUNK = 1 << 22;
 const FILL_REGION_BITS = 10;
 
 /**
- * The seed table: per bucket of WAYS slots, the first old positions (+1, 0 = empty) whose seed
- * hashes there. Filling it in position order is one cache miss per position (three quarters of
- * the cloud time on a 100 MB file); sorting each chunk by region first, stably, gives the same
- * table with the writes sweeping it.
+ * Bits of a table entry left for a tag when `samples` sample numbers (+1) must fit in the rest of
+ * 31 bits: the low bits of the seed's hash, so most candidates whose seed differs are rejected
+ * without reading the old file at a random place (a cache miss each).
+ */
+function tagBitsFor(samples: number): number {
+  let bits = 0;
+  while (bits < MAX_TAG_BITS && samples + 1 < 2 ** (31 - bits - 1)) bits++;
+  return bits;
+}
+
+/** Tags of 5 bits reject 31 of 32 wrong candidates; more would rarely fit beside the sample number. */
+const MAX_TAG_BITS = 5;
+
+/**
+ * The seed table: per bucket of WAYS slots, the first sampled old positions (0 = empty) whose
+ * seed hashes there, each stored as (sample number + 1) << tagBits | tag. Filling it in position
+ * order is one cache miss per position (three quarters of the cloud time on a 100 MB file);
+ * sorting each chunk by region first, stably, gives the same table with the writes sweeping it.
+ * A count per bucket decides the slot, so the loop stores into the table without loading from it.
  */
 function fillSeedTable(
   old: Uint8Array,
@@ -138,38 +153,41 @@ function fillSeedTable(
   stride: number,
   words: number,
   bits: number,
+  tagBits: number,
 ): Int32Array {
   const table = new Int32Array(1 << bits);
+  const counts = new Uint8Array(1 << (bits - WAY_BITS));
   const shift = 32 - (bits - WAY_BITS);
+  const tagMask = (1 << tagBits) - 1;
   const regionShift = Math.max(0, bits - WAY_BITS - FILL_REGION_BITS);
   const regions = 1 << (bits - WAY_BITS - regionShift);
   const size = Math.min(FILL_CHUNK, samples);
-  const buckets = new Int32Array(size);
-  const sortedBuckets = new Int32Array(size);
-  const sortedPositions = new Int32Array(size);
+  const hashes = new Int32Array(size);
+  const sortedHashes = new Int32Array(size);
+  const sortedSamples = new Int32Array(size);
   const starts = new Int32Array(regions + 1);
   for (let first = 0; first < samples; first += FILL_CHUNK) {
     const n = Math.min(FILL_CHUNK, samples - first);
     starts.fill(0);
     for (let i = 0; i < n; i++) {
-      const bucket = seedHash(old, (first + i) * stride, words) >>> shift;
-      buckets[i] = bucket;
-      starts[(bucket >>> regionShift) + 1]!++;
+      const h = seedHash(old, (first + i) * stride, words);
+      hashes[i] = h;
+      starts[((h >>> shift) >>> regionShift) + 1]!++;
     }
     for (let r = 0; r < regions; r++) starts[r + 1]! += starts[r]!;
     for (let i = 0; i < n; i++) {
-      const bucket = buckets[i]!;
-      const j = starts[bucket >>> regionShift]!++;
-      sortedBuckets[j] = bucket;
-      sortedPositions[j] = (first + i) * stride;
+      const h = hashes[i]!;
+      const j = starts[(h >>> shift) >>> regionShift]!++;
+      sortedHashes[j] = h;
+      sortedSamples[j] = first + i;
     }
     for (let j = 0; j < n; j++) {
-      const slot = sortedBuckets[j]! << WAY_BITS;
-      for (let w = 0; w < WAYS; w++) {
-        if (table[slot + w] === 0) {
-          table[slot + w] = sortedPositions[j]! + 1;
-          break;
-        }
+      const h = sortedHashes[j]!;
+      const bucket = h >>> shift;
+      const c = counts[bucket]!;
+      if (c < WAYS) {
+        table[(bucket << WAY_BITS) + c] = ((sortedSamples[j]! + 1) << tagBits) | (h & tagMask);
+        counts[bucket] = c + 1;
       }
     }
   }
@@ -216,7 +234,9 @@ export function approximatePieces(
   let bits = 4;
   while (bits < maxBits && 1 << bits < samples * 2) bits++;
   const shift = 32 - (bits - WAY_BITS);
-  const table = fillSeedTable(old, samples, stride, words, bits);
+  const tagBits = tagBitsFor(samples);
+  const tagMask = (1 << tagBits) - 1;
+  const table = fillSeedTable(old, samples, stride, words, bits, tagBits);
 
   const out = new PieceList();
   /** First new byte not yet given to a piece; the current alignment starts here. */
@@ -305,12 +325,17 @@ export function approximatePieces(
     }
     if (cursor + seedLength > n) break;
     // The longest exact match among the bucket's candidates; of equal ones, the nearest to the current alignment.
-    const bucket = (seedHash(nw, cursor, words) >>> shift) << WAY_BITS;
+    const h = seedHash(nw, cursor, words);
+    const bucket = (h >>> shift) << WAY_BITS;
+    const tag = h & tagMask;
     let found = -1;
     let length = 0;
     for (let w = 0; w < WAYS; w++) {
-      const candidate = table[bucket + w]! - 1;
-      if (candidate < 0) break;
+      const entry = table[bucket + w]!;
+      if (entry === 0) break;
+      // Another tag means another seed: it cannot match seedLength bytes, so it cannot win.
+      if ((entry & tagMask) !== tag) continue;
+      const candidate = ((entry >>> tagBits) - 1) * stride;
       let l = 0;
       const room = Math.min(n - cursor, oldLen - candidate);
       while (l < room && old[candidate + l] === nw[cursor + l]) l++;
