@@ -2,11 +2,9 @@
 // ACR, the engine's real indexer, planner and bundle builder, and the real email SDK talking to
 // a local HTTPS stand-in for Communication Services.
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { buildBundle } from "../../activities/buildBundle.js";
 import type { ActivityDeps } from "../../activities/deps.js";
-import { acrRegistry } from "../../activities/imageRegistry.js";
 import { markInTransit } from "../../activities/markInTransit.js";
 import type { DeploymentManifest, GroupPlan, ResolvedImage } from "../../activities/names.js";
 import { placeBundles } from "../../activities/placeBundles.js";
@@ -16,28 +14,16 @@ import { recordSet } from "../../activities/recordSet.js";
 import { resolveImages } from "../../activities/resolveImages.js";
 import { sendEmail } from "../../activities/sendEmail.js";
 import { updateSetState } from "../../activities/updateSetState.js";
-import { createEmailSender } from "../../adapters/email.js";
-import { loadSigningKey } from "../../delta/bundle/sign.js";
-import { pushImage } from "../../delta/image/registry.js";
-import { BlobStore, outboxBlobName } from "../../state/blobs.js";
-import { StateStore } from "../../state/store.js";
-import { buildTar, imageOf, patched, realFiles } from "../bundle/fixtures.js";
-import { type Azurite, startAzurite } from "../support/azurite.js";
-import {
-  emailResponder,
-  type HttpsStandin,
-  makeTestCertificates,
-  startHttpsStandin,
-  type TestCertificates,
-} from "../support/https-standin.js";
-import { startRegistry, type TestRegistry } from "../support/registry.js";
+import { outboxBlobName } from "../../state/blobs.js";
+import { type ActivityWorld, startActivityWorld } from "../support/activity-world.js";
+import type { HttpsStandin } from "../support/https-standin.js";
+import type { TestRegistry } from "../support/registry.js";
 
 const ACCESS_KEY = Buffer.from("deltaship-activities-key").toString("base64");
 const AT = new Date("2026-11-28T09:00:00.000Z");
 
-let azurite: Azurite;
+let world: ActivityWorld;
 let registry: TestRegistry;
-let tls: TestCertificates;
 let emailService: HttpsStandin;
 let deps: ActivityDeps;
 let v1: string;
@@ -55,56 +41,18 @@ function manifestFor(ref: string): DeploymentManifest {
 }
 
 before(async () => {
-  // One after the other: the registry probes for a free port and binds it later, and Azurite
-  // starting meanwhile can take that very port.
-  azurite = await startAzurite();
-  registry = await startRegistry();
-  tls = makeTestCertificates();
-  emailService = await startHttpsStandin(tls, emailResponder({ accessKey: ACCESS_KEY }));
-  const files = realFiles("/usr/bin", "usr/bin", { limit: 12, maxFile: 300_000, maxBytes: 1_500_000 });
-  const base = await buildTar(files.slice(0, 8));
-  const appV1 = await buildTar(files.slice(8));
-  const appV2 = await buildTar(
-    files.slice(8).map((f, i) => ({ ...f, content: patched(f.content as Uint8Array, i) })),
-  );
-  v1 = (
-    await pushImage(`${registry.host}/apps/telemetry:1.0`, imageOf("apps/telemetry", "1.0", [base, appV1]))
-  ).manifestDigest;
-  v2 = (
-    await pushImage(`${registry.host}/apps/telemetry:2.0`, imageOf("apps/telemetry", "2.0", [base, appV2]))
-  ).manifestDigest;
-  const state = StateStore.fromConnectionString(azurite.connectionString);
-  const blobs = BlobStore.fromConnectionString(azurite.connectionString);
-  await state.createTables();
-  await blobs.createContainers();
-  const pem = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString();
-  deps = {
-    state,
-    blobs,
-    registry: acrRegistry({ acrUrl: registry.url, acrUsername: "", acrPassword: "" }),
+  world = await startActivityWorld({
+    accessKey: ACCESS_KEY,
+    images: { limit: 12, maxBytes: 1_500_000, baseFiles: 8 },
     iotHub: {
       pushManifest: async () => {
         throw new Error("not used here");
       },
     },
-    email: createEmailSender(
-      {
-        communicationEndpoint: emailService.origin,
-        communicationAccessKey: ACCESS_KEY,
-        emailSenderAddress: "DoNotReply@deltaship.example",
-      },
-      {
-        clientOptions: { tlsOptions: { ca: tls.caPem }, retryOptions: { maxRetries: 0 } },
-        pollIntervalMs: 10,
-      },
-    ),
-    signingKey: loadSigningKey(pem),
-  };
+  });
+  ({ registry, emailService, deps, v1, v2 } = world);
 });
-after(async () => {
-  await Promise.all([azurite?.stop(), registry?.stop(), emailService?.close()]);
-  tls?.dispose();
-});
+after(() => world?.stop());
 
 describe("activities against Azurite and a real registry", () => {
   let images: ResolvedImage[];

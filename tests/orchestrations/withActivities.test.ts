@@ -5,49 +5,26 @@
 // on the item's `waiter`. IoT Hub is an in-process recorder at the adapter boundary here (the
 // real client against the IoT Hub stand-in is tests/activities/pushManifest.test.ts).
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
 import { after, before, describe, test } from "node:test";
-import { buildBundle } from "../../activities/buildBundle.js";
 import type { ActivityDeps } from "../../activities/deps.js";
-import { acrRegistry } from "../../activities/imageRegistry.js";
-import { markInTransit } from "../../activities/markInTransit.js";
-import { placeBundles } from "../../activities/placeBundles.js";
-import { planBundles } from "../../activities/planBundles.js";
-import { pushManifest } from "../../activities/pushManifest.js";
-import { readDeviceInventory } from "../../activities/readDeviceInventory.js";
-import { recordSet } from "../../activities/recordSet.js";
 import { resolveImages } from "../../activities/resolveImages.js";
-import { sendEmail } from "../../activities/sendEmail.js";
-import { updateSetState } from "../../activities/updateSetState.js";
-import { createEmailSender } from "../../adapters/email.js";
-import { loadSigningKey } from "../../delta/bundle/sign.js";
 import { pushImage } from "../../delta/image/registry.js";
-import type { DeploymentSetInput, DeploymentSetOutput } from "../../orchestrations/contract.js";
+import type { DeploymentSetOutput } from "../../orchestrations/contract.js";
 import type { SetStatus } from "../../orchestrations/decisions.js";
-import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
-import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
-import { BlobStore } from "../../state/blobs.js";
-import { StateStore } from "../../state/store.js";
-import { buildTar, imageOf, patched, realFiles } from "../bundle/fixtures.js";
-import { type Azurite, startAzurite } from "../support/azurite.js";
-import { type RaisedEvent, replay } from "../support/durableReplay.js";
-import {
-  emailResponder,
-  type HttpsStandin,
-  makeTestCertificates,
-  startHttpsStandin,
-  type TestCertificates,
-} from "../support/https-standin.js";
-import { startRegistry, type TestRegistry } from "../support/registry.js";
+import { buildTar, imageOf, realFiles } from "../bundle/fixtures.js";
+import { type ActivityWorld, startActivityWorld } from "../support/activity-world.js";
+import { moduleManifest, replayDeploymentSet } from "../support/deployment-set.js";
+import type { RaisedEvent } from "../support/durableReplay.js";
+import type { HttpsStandin } from "../support/https-standin.js";
+import type { TestRegistry } from "../support/registry.js";
 import { reportInTransit } from "../support/reports.js";
 
 const ACCESS_KEY = Buffer.from("deltaship-e2e-key").toString("base64");
 const T0 = new Date("2026-11-28T09:00:00.000Z");
 const DEVICES = ["old-1", "old-2", "new-1"];
 
-let azurite: Azurite;
+let world: ActivityWorld;
 let registry: TestRegistry;
-let tls: TestCertificates;
 let emailService: HttpsStandin;
 let deps: ActivityDeps;
 let v1: string;
@@ -55,83 +32,23 @@ let v2: string;
 const pushed: { device: string; modulesContent: Record<string, unknown> }[] = [];
 
 before(async () => {
-  // One after the other: the registry probes for a free port and binds it later.
-  azurite = await startAzurite();
-  registry = await startRegistry();
-  tls = makeTestCertificates();
-  emailService = await startHttpsStandin(tls, emailResponder({ accessKey: ACCESS_KEY }));
-  const files = realFiles("/usr/bin", "usr/bin", { limit: 10, maxFile: 300_000, maxBytes: 1_200_000 });
-  const base = await buildTar(files.slice(0, 6));
-  const appV1 = await buildTar(files.slice(6));
-  const appV2 = await buildTar(
-    files.slice(6).map((f, i) => ({ ...f, content: patched(f.content as Uint8Array, i) })),
-  );
-  v1 = (
-    await pushImage(`${registry.host}/apps/telemetry:1.0`, imageOf("apps/telemetry", "1.0", [base, appV1]))
-  ).manifestDigest;
-  v2 = (
-    await pushImage(`${registry.host}/apps/telemetry:2.0`, imageOf("apps/telemetry", "2.0", [base, appV2]))
-  ).manifestDigest;
-  const state = StateStore.fromConnectionString(azurite.connectionString);
-  const blobs = BlobStore.fromConnectionString(azurite.connectionString);
-  await state.createTables();
-  await blobs.createContainers();
-  deps = {
-    state,
-    blobs,
-    registry: acrRegistry({ acrUrl: registry.url, acrUsername: "", acrPassword: "" }),
+  world = await startActivityWorld({
+    accessKey: ACCESS_KEY,
+    images: { limit: 10, maxBytes: 1_200_000, baseFiles: 6 },
     iotHub: {
       pushManifest: async (device, modulesContent) => {
         pushed.push({ device, modulesContent });
       },
     },
-    email: createEmailSender(
-      {
-        communicationEndpoint: emailService.origin,
-        communicationAccessKey: ACCESS_KEY,
-        emailSenderAddress: "DoNotReply@deltaship.example",
-      },
-      {
-        clientOptions: { tlsOptions: { ca: tls.caPem }, retryOptions: { maxRetries: 0 } },
-        pollIntervalMs: 10,
-      },
-    ),
-    signingKey: loadSigningKey(
-      generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
-    ),
-  };
+  });
+  ({ registry, emailService, deps, v1, v2 } = world);
   // The old devices run v1, which the pipeline indexed when it was built.
-  await resolveImages({ manifest: manifestFor(`${registry.host}/apps/telemetry:1.0`) }, deps);
+  await resolveImages({ manifest: moduleManifest("telemetry", `${registry.host}/apps/telemetry:1.0`) }, deps);
   for (const device of ["old-1", "old-2"]) {
-    await state.deviceImages.apply(device, v1, { kind: "present", at: T0.toISOString() });
+    await deps.state.deviceImages.apply(device, v1, { kind: "present", at: T0.toISOString() });
   }
 });
-after(async () => {
-  await Promise.all([azurite?.stop(), registry?.stop(), emailService?.close()]);
-  tls?.dispose();
-});
-
-function manifestFor(ref: string) {
-  return {
-    modulesContent: {
-      $edgeAgent: { "properties.desired": { modules: { telemetry: { settings: { image: ref } } } } },
-      $edgeHub: { "properties.desired": { routes: {} } },
-    },
-  };
-}
-
-const handlers: Record<string, (input: never, deps: ActivityDeps) => Promise<unknown>> = {
-  resolveImages,
-  readDeviceInventory,
-  planBundles,
-  buildBundle: (input, d) => buildBundle(input, d),
-  placeBundles,
-  markInTransit: (input, d) => markInTransit(input, d),
-  recordSet,
-  updateSetState,
-  pushManifest,
-  sendEmail,
-};
+after(() => world?.stop());
 
 /** Devices report every item in transit, the way the report trigger handles a report. */
 function devicesReport(setId: string, failOn: string | undefined) {
@@ -143,33 +60,24 @@ function devicesReport(setId: string, failOn: string | undefined) {
     );
 }
 
-function run(setId: string, failOn?: string) {
-  const input: DeploymentSetInput = {
-    setId,
-    requestedBy: { name: "Ada", email: "ada@example.com" },
-    requestedAt: T0.toISOString(),
-    manifest: manifestFor(`${registry.host}/apps/telemetry:2.0`),
-    manifestRef: "inline",
-    devices: DEVICES,
-    deadline: new Date(T0.getTime() + 14 * 86_400_000).toISOString(),
-    deviceBatchSize: 2,
-    localRegistry: "localhost:5000",
-  };
-  return replay({
-    orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
-    name: "deploymentSet",
-    instanceId: setId,
-    input,
-    start: T0,
-    activity: (name, activityInput) => handlers[name]!(activityInput as never, deps),
-    onIdle: devicesReport(setId, failOn),
-  });
+function run(setId: string, version: string, failOn?: string) {
+  return replayDeploymentSet(
+    deps,
+    {
+      setId,
+      manifest: moduleManifest("telemetry", `${registry.host}/apps/telemetry:${version}`),
+      devices: DEVICES,
+      requestedAt: T0,
+      deviceBatchSize: 2,
+    },
+    devicesReport(setId, failOn),
+  );
 }
 
 describe("deploymentSet with the real activities", () => {
   test("builds two bundles, places them, waits for the reports and pushes the rewritten manifest", async () => {
     emailService.requests.length = 0;
-    const result = await run("set-ok");
+    const result = await run("set-ok", "2.0");
     assert.equal(result.root.state, "completed", result.root.error);
     assert.deepEqual(result.root.output as DeploymentSetOutput, {
       state: "succeeded",
@@ -220,7 +128,7 @@ describe("deploymentSet with the real activities", () => {
 
   test("a second set for the same image finds it present everywhere and goes straight to the manifest", async () => {
     pushed.length = 0;
-    const result = await run("set-again");
+    const result = await run("set-again", "2.0");
     assert.deepEqual(result.root.output as DeploymentSetOutput, {
       state: "succeeded",
       failures: [],
@@ -244,25 +152,7 @@ describe("deploymentSet with the real activities", () => {
     ).manifestDigest;
     pushed.length = 0;
     emailService.requests.length = 0;
-    const result = await replay({
-      orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
-      name: "deploymentSet",
-      instanceId: "set-fail",
-      input: {
-        setId: "set-fail",
-        requestedBy: { name: "Ada", email: "ada@example.com" },
-        requestedAt: T0.toISOString(),
-        manifest: manifestFor(`${registry.host}/apps/telemetry:3.0`),
-        manifestRef: "inline",
-        devices: DEVICES,
-        deadline: new Date(T0.getTime() + 14 * 86_400_000).toISOString(),
-        deviceBatchSize: 2,
-        localRegistry: "localhost:5000",
-      } satisfies DeploymentSetInput,
-      start: T0,
-      activity: (name, activityInput) => handlers[name]!(activityInput as never, deps),
-      onIdle: devicesReport("set-fail", "old-2"),
-    });
+    const result = await run("set-fail", "3.0", "old-2");
     const reason = "layer sha256:ab12 is not in the local registry";
     assert.deepEqual(result.root.output as DeploymentSetOutput, {
       state: "failed",

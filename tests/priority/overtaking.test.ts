@@ -4,38 +4,22 @@
 // mode's simulated link (local/link.ts), which serves the outbox in priority order. The device
 // reports an image when its bundle has arrived whole in the inbox, as the report trigger records it.
 import assert from "node:assert/strict";
-import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { buildBundle } from "../../activities/buildBundle.js";
 import type { ActivityDeps } from "../../activities/deps.js";
-import { acrRegistry } from "../../activities/imageRegistry.js";
-import { markInTransit } from "../../activities/markInTransit.js";
-import { placeBundles } from "../../activities/placeBundles.js";
-import { planBundles } from "../../activities/planBundles.js";
-import { pushManifest } from "../../activities/pushManifest.js";
-import { readDeviceInventory } from "../../activities/readDeviceInventory.js";
-import { recordSet } from "../../activities/recordSet.js";
-import { resolveImages } from "../../activities/resolveImages.js";
-import { sendEmail } from "../../activities/sendEmail.js";
-import { updateSetState } from "../../activities/updateSetState.js";
 import { withoutOutboxPrefix } from "../../config/priorities.js";
-import { loadSigningKey } from "../../delta/bundle/sign.js";
-import { pushImage } from "../../delta/image/registry.js";
 import { buildTar } from "../../delta/tar/writer.js";
 import { readHead } from "../../edge-module/bundle-file.js";
 import { type LinkProgress, SimulatedLink } from "../../local/link.js";
-import type { DeploymentSetInput, DeploymentSetOutput } from "../../orchestrations/contract.js";
+import type { DeploymentSetOutput } from "../../orchestrations/contract.js";
 import type { SetStatus } from "../../orchestrations/decisions.js";
-import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
-import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
-import { BlobStore } from "../../state/blobs.js";
-import { StateStore } from "../../state/store.js";
-import { imageOf } from "../bundle/fixtures.js";
+import { pushLabelled, realActivityDeps } from "../support/activity-world.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
-import { type RaisedEvent, replay } from "../support/durableReplay.js";
+import { moduleManifest, replayDeploymentSet } from "../support/deployment-set.js";
+import type { RaisedEvent } from "../support/durableReplay.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
 import { reportInTransit } from "../support/reports.js";
 
@@ -61,13 +45,7 @@ async function pushImageOf(repository: string, bytes: number, labels: Record<str
   const layer = await buildTar([
     { path: `app/${repository}.bin`, type: "file", content: randomBytes(bytes), mode: 0o644 },
   ]);
-  const image = imageOf(repository, "2.0", [layer]);
-  const config = JSON.parse(new TextDecoder().decode(image.config));
-  config.config.Labels = labels;
-  await pushImage(`${registry.host}/${repository}:2.0`, {
-    ...image,
-    config: new TextEncoder().encode(JSON.stringify(config)),
-  });
+  await pushLabelled(registry, repository, "2.0", [layer], labels);
 }
 
 before(async () => {
@@ -76,24 +54,14 @@ before(async () => {
   inbox = await mkdtemp(join(tmpdir(), "deltaship-overtake-"));
   await pushImageOf("apps/dashboard", BULK_BYTES, { "deltaship.workstream": "dashboards" });
   await pushImageOf("apps/tempmonitor", CRITICAL_BYTES, { "deltaship.priority": "security" });
-  const state = StateStore.fromConnectionString(azurite.connectionString);
-  const blobs = BlobStore.fromConnectionString(azurite.connectionString);
-  await state.createTables();
-  await blobs.createContainers();
-  deps = {
-    state,
-    blobs,
-    registry: acrRegistry({ acrUrl: registry.url, acrUsername: "", acrPassword: "" }),
-    // IoT Hub and email are recorders at the adapter boundary: this test is about the order.
+  // IoT Hub and email are recorders at the adapter boundary: this test is about the order.
+  deps = await realActivityDeps(azurite, registry, {
     iotHub: { pushManifest: async () => {} },
     email: { sendEmail: async () => "op" },
-    signingKey: loadSigningKey(
-      generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
-    ),
-  };
+  });
   link = new SimulatedLink({
     device: DEVICE,
-    outbox: blobs.outbox,
+    outbox: deps.blobs.outbox,
     inboxDir: inbox,
     bitsPerSecond: LINK_BITS_PER_SECOND,
     latencyMs: 50,
@@ -110,19 +78,6 @@ after(async () => {
   await Promise.all([azurite?.stop(), registry?.stop()]);
   if (inbox) await rm(inbox, { recursive: true, force: true });
 });
-
-const handlers: Record<string, (input: never, deps: ActivityDeps) => Promise<unknown>> = {
-  resolveImages,
-  readDeviceInventory,
-  planBundles,
-  buildBundle: (input, d) => buildBundle(input, d),
-  placeBundles,
-  markInTransit: (input, d) => markInTransit(input, d),
-  recordSet,
-  updateSetState,
-  pushManifest,
-  sendEmail,
-};
 
 async function waitFor(what: string, check: () => boolean): Promise<void> {
   for (let waited = 0; waited < WAIT_LIMIT_MS; waited += POLL_MS) {
@@ -146,36 +101,18 @@ function deviceReportsArrivals(setId: string) {
 }
 
 function run(setId: string, module: string, requestedAt: Date) {
-  const input: DeploymentSetInput = {
-    setId,
-    requestedBy: { name: "Ada", email: "ada@example.com" },
-    requestedAt: requestedAt.toISOString(),
-    manifest: {
-      modulesContent: {
-        $edgeAgent: {
-          "properties.desired": {
-            modules: { [module]: { settings: { image: `${registry.host}/apps/${module}:2.0` } } },
-          },
-        },
-        $edgeHub: { "properties.desired": { routes: {} } },
-      },
+  return replayDeploymentSet(
+    deps,
+    {
+      setId,
+      manifest: moduleManifest(module, `${registry.host}/apps/${module}:2.0`),
+      devices: [DEVICE],
+      requestedAt,
+      deviceBatchSize: 10,
+      priority: "normal",
     },
-    manifestRef: "inline",
-    devices: [DEVICE],
-    deadline: new Date(requestedAt.getTime() + 14 * 86_400_000).toISOString(),
-    deviceBatchSize: 10,
-    localRegistry: "localhost:5000",
-    priority: "normal",
-  };
-  return replay({
-    orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
-    name: "deploymentSet",
-    instanceId: setId,
-    input,
-    start: requestedAt,
-    activity: (name, activityInput) => handlers[name]!(activityInput as never, deps),
-    onIdle: deviceReportsArrivals(setId),
-  });
+    deviceReportsArrivals(setId),
+  );
 }
 
 describe("local mode: priority on one device's link", () => {

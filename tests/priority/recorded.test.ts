@@ -4,40 +4,25 @@
 // GET /api/deployments/{id}; each device's outbox blob carries class and sort key in its name,
 // metadata and blob index tags, and the edge module's inbox still recognises the renamed file.
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import azureFunctions from "@azure/functions";
-import { buildBundle } from "../../activities/buildBundle.js";
 import type { ActivityDeps } from "../../activities/deps.js";
-import { acrRegistry } from "../../activities/imageRegistry.js";
-import { markInTransit } from "../../activities/markInTransit.js";
 import { placeBundles } from "../../activities/placeBundles.js";
-import { planBundles } from "../../activities/planBundles.js";
-import { pushManifest } from "../../activities/pushManifest.js";
-import { readDeviceInventory } from "../../activities/readDeviceInventory.js";
-import { recordSet } from "../../activities/recordSet.js";
-import { resolveImages } from "../../activities/resolveImages.js";
-import { sendEmail } from "../../activities/sendEmail.js";
-import { updateSetState } from "../../activities/updateSetState.js";
 import type { EmailMessage } from "../../adapters/email.js";
 import { withoutOutboxPrefix } from "../../config/priorities.js";
-import { loadSigningKey } from "../../delta/bundle/sign.js";
-import { pushImage } from "../../delta/image/registry.js";
 import { declaredLength, hasUnfilledBlock, readHead } from "../../edge-module/bundle-file.js";
 import { Inbox } from "../../edge-module/inbox.js";
 import { getDeployment } from "../../functions/query/handlers.js";
 import type { DeploymentSetInput } from "../../orchestrations/contract.js";
 import type { SetStatus } from "../../orchestrations/decisions.js";
-import { deploymentSetOrchestrator } from "../../orchestrations/deploymentSet.js";
-import { deviceBatchOrchestrator } from "../../orchestrations/deviceBatch.js";
-import { BlobStore } from "../../state/blobs.js";
-import { StateStore } from "../../state/store.js";
-import { buildTar, imageOf, realFiles } from "../bundle/fixtures.js";
+import { buildTar, realFiles } from "../bundle/fixtures.js";
+import { pushLabelled, realActivityDeps } from "../support/activity-world.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
-import { type RaisedEvent, replay } from "../support/durableReplay.js";
+import { moduleManifest, replayDeploymentSet } from "../support/deployment-set.js";
+import type { RaisedEvent } from "../support/durableReplay.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
 import { reportInTransit } from "../support/reports.js";
 
@@ -51,31 +36,20 @@ let deps: ActivityDeps;
 let scratch: string;
 const emails: EmailMessage[] = [];
 
-/** An image whose config carries the given labels, as a build pipeline's `LABEL` lines would. */
-async function pushLabelled(repository: string, files: number, labels: Record<string, string>) {
+/** An image of three real files, starting at the `files`th, whose config carries the labels. */
+async function pushLabelledFiles(repository: string, files: number, labels: Record<string, string>) {
   const layer = await buildTar(realFiles("/usr/bin", "usr/bin", { limit: 3, maxFile: 200_000, skip: files }));
-  const image = imageOf(repository, "2.0", [layer]);
-  const config = JSON.parse(new TextDecoder().decode(image.config));
-  config.config.Labels = labels;
-  const labelled = { ...image, config: new TextEncoder().encode(JSON.stringify(config)) };
-  await pushImage(`${registry.host}/${repository}:2.0`, labelled);
+  await pushLabelled(registry, repository, "2.0", [layer], labels);
 }
 
 before(async () => {
   azurite = await startAzurite();
   registry = await startRegistry();
   scratch = await mkdtemp(join(tmpdir(), "deltaship-priority-"));
-  await pushLabelled("apps/tempmonitor", 0, { "deltaship.priority": "security" });
-  await pushLabelled("apps/dashboard", 3, { "deltaship.workstream": "dashboards" });
-  const state = StateStore.fromConnectionString(azurite.connectionString);
-  const blobs = BlobStore.fromConnectionString(azurite.connectionString);
-  await state.createTables();
-  await blobs.createContainers();
-  deps = {
-    state,
-    blobs,
-    registry: acrRegistry({ acrUrl: registry.url, acrUsername: "", acrPassword: "" }),
-    // IoT Hub and email are recorders at the adapter boundary: this test is about priorities.
+  await pushLabelledFiles("apps/tempmonitor", 0, { "deltaship.priority": "security" });
+  await pushLabelledFiles("apps/dashboard", 3, { "deltaship.workstream": "dashboards" });
+  // IoT Hub and email are recorders at the adapter boundary: this test is about priorities.
+  deps = await realActivityDeps(azurite, registry, {
     iotHub: { pushManifest: async () => {} },
     email: {
       sendEmail: async (message) => {
@@ -83,28 +57,12 @@ before(async () => {
         return `op-${emails.length}`;
       },
     },
-    signingKey: loadSigningKey(
-      generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" }).toString(),
-    ),
-  };
+  });
 });
 after(async () => {
   await Promise.all([azurite?.stop(), registry?.stop()]);
   if (scratch) await rm(scratch, { recursive: true, force: true });
 });
-
-const handlers: Record<string, (input: never, deps: ActivityDeps) => Promise<unknown>> = {
-  resolveImages,
-  readDeviceInventory,
-  planBundles,
-  buildBundle: (input, d) => buildBundle(input, d),
-  placeBundles,
-  markInTransit: (input, d) => markInTransit(input, d),
-  recordSet,
-  updateSetState,
-  pushManifest,
-  sendEmail,
-};
 
 function devicesReport(setId: string) {
   return (now: Date): Promise<RaisedEvent[]> =>
@@ -112,36 +70,19 @@ function devicesReport(setId: string) {
 }
 
 function run(setId: string, module: string, requested: DeploymentSetInput["priority"]) {
-  const input: DeploymentSetInput = {
-    setId,
-    requestedBy: { name: "Ada", email: "ada@example.com" },
-    requestedAt: T0.toISOString(),
-    manifest: {
-      modulesContent: {
-        $edgeAgent: {
-          "properties.desired": {
-            modules: { [module]: { settings: { image: `${registry.host}/apps/${module}:2.0` } } },
-          },
-        },
-        $edgeHub: { "properties.desired": { routes: {} } },
-      },
+  return replayDeploymentSet(
+    deps,
+    {
+      setId,
+      manifest: moduleManifest(module, `${registry.host}/apps/${module}:2.0`),
+      devices: [DEVICE],
+      requestedAt: T0,
+      deadline: SET_DEADLINE,
+      deviceBatchSize: 10,
+      priority: requested,
     },
-    manifestRef: "inline",
-    devices: [DEVICE],
-    deadline: SET_DEADLINE,
-    deviceBatchSize: 10,
-    localRegistry: "localhost:5000",
-    ...(requested === undefined ? {} : { priority: requested }),
-  };
-  return replay({
-    orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
-    name: "deploymentSet",
-    instanceId: setId,
-    input,
-    start: T0,
-    activity: (name, activityInput) => handlers[name]!(activityInput as never, deps),
-    onIdle: devicesReport(setId),
-  });
+    devicesReport(setId),
+  );
 }
 
 async function bundleOf(setId: string): Promise<string> {
