@@ -148,6 +148,16 @@ async function skopeo(args: string[]): Promise<string> {
   return stdout;
 }
 
+/** The manifest bytes skopeo reads for an image in a plain-http registry. */
+function skopeoRawManifest(reference: string): Promise<string> {
+  return skopeo(["inspect", "--tls-verify=false", "--raw", `docker://${reference}`]);
+}
+
+/** skopeo copy out of a plain-http registry, under a policy file that accepts any image. */
+async function skopeoCopy(policy: string, from: string, to: string, options: string[] = []): Promise<void> {
+  await skopeo(["--policy", policy, "copy", "--src-tls-verify=false", ...options, from, to]);
+}
+
 describe("registry client against docker-registry", () => {
   let registry: TestRegistry;
   let work: string;
@@ -216,12 +226,7 @@ describe("registry client against docker-registry", () => {
       assert.deepEqual(await collect(await read.openLayerBlob(i)), tar);
     }
 
-    const raw = await skopeo([
-      "inspect",
-      "--tls-verify=false",
-      "--raw",
-      `docker://${registry.host}/apps/plain:1.0`,
-    ]);
+    const raw = await skopeoRawManifest(`${registry.host}/apps/plain:1.0`);
     assert.equal(sha256(Buffer.from(raw)), pushed.manifestDigest);
     const inspected = JSON.parse(
       await skopeo(["inspect", "--tls-verify=false", `docker://${registry.host}/apps/plain:1.0`]),
@@ -401,12 +406,7 @@ describe("registry client against docker-registry", () => {
       assert.equal(blob.length, layer.size);
       assert.deepEqual(await collect(await read.openLayerTar(i)), tar);
     }
-    const raw = await skopeo([
-      "inspect",
-      "--tls-verify=false",
-      "--raw",
-      `docker://${registry.host}/apps/gz:1`,
-    ]);
+    const raw = await skopeoRawManifest(`${registry.host}/apps/gz:1`);
     assert.equal(sha256(Buffer.from(raw)), pushed.manifestDigest);
     assert.deepEqual(
       JSON.parse(raw).layers.map((l: { mediaType: string; digest: string }) => [l.mediaType, l.digest]),
@@ -419,17 +419,12 @@ describe("registry client against docker-registry", () => {
     await pushImage(`${registry.host}/apps/forzstd:1`, imageOf(tars));
     const policy = join(work, "policy.json");
     writeFileSync(policy, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
-    await skopeo([
-      "--policy",
+    await skopeoCopy(
       policy,
-      "copy",
-      "--src-tls-verify=false",
-      "--dest-tls-verify=false",
-      "--dest-compress-format",
-      "zstd",
       `docker://${registry.host}/apps/forzstd:1`,
       `docker://${registry.host}/peer/zstd:1`,
-    ]);
+      ["--dest-tls-verify=false", "--dest-compress-format", "zstd"],
+    );
     const read = await openRegistryImage(`${registry.host}/peer/zstd:1`);
     assert.deepEqual(
       read.info.layers.map((l) => [l.compression, l.mediaType, l.diffId]),
@@ -441,19 +436,12 @@ describe("registry client against docker-registry", () => {
     // into this one skopeo would reuse the uncompressed blobs it finds here.
     const other = await startRegistry();
     try {
-      await skopeo([
-        "--policy",
+      await skopeoCopy(
         policy,
-        "copy",
-        "--src-tls-verify=false",
-        "--dest-tls-verify=false",
-        "--format",
-        "v2s2",
-        "--dest-compress-format",
-        "gzip",
         `docker://${registry.host}/apps/forzstd:1`,
         `docker://${other.host}/peer/docker:1`,
-      ]);
+        ["--dest-tls-verify=false", "--format", "v2s2", "--dest-compress-format", "gzip"],
+      );
       const docker = await openRegistryImage(`${other.host}/peer/docker:1`);
       assert.equal(docker.manifest.mediaType, mediaTypes.DOCKER_MANIFEST);
       assert.deepEqual(
@@ -468,14 +456,7 @@ describe("registry client against docker-registry", () => {
 
     // And the other way: skopeo copies what we pushed into a directory (dir: keeps blobs as stored).
     const layout = join(work, "dir");
-    await skopeo([
-      "--policy",
-      policy,
-      "copy",
-      "--src-tls-verify=false",
-      `docker://${registry.host}/apps/forzstd:1`,
-      `dir:${layout}`,
-    ]);
+    await skopeoCopy(policy, `docker://${registry.host}/apps/forzstd:1`, `dir:${layout}`);
     for (const tar of tars) {
       const hex = sha256(tar).slice(7);
       assert.deepEqual(new Uint8Array(readFileSync(join(layout, hex))), tar);

@@ -27,7 +27,6 @@ let world: ActivityWorld;
 let registry: TestRegistry;
 let emailService: HttpsStandin;
 let deps: ActivityDeps;
-let v1: string;
 let v2: string;
 const pushed: { device: string; modulesContent: Record<string, unknown> }[] = [];
 
@@ -41,11 +40,11 @@ before(async () => {
       },
     },
   });
-  ({ registry, emailService, deps, v1, v2 } = world);
+  ({ registry, emailService, deps, v2 } = world);
   // The old devices run v1, which the pipeline indexed when it was built.
   await resolveImages({ manifest: moduleManifest("telemetry", `${registry.host}/apps/telemetry:1.0`) }, deps);
   for (const device of ["old-1", "old-2"]) {
-    await deps.state.deviceImages.apply(device, v1, { kind: "present", at: T0.toISOString() });
+    await deps.state.deviceImages.apply(device, world.v1, { kind: "present", at: T0.toISOString() });
   }
 });
 after(() => world?.stop());
