@@ -34,6 +34,35 @@ function deltaship(...args: string[]): Promise<CliResult> {
   });
 }
 
+/** `deltaship diff` to v2, signed with the key the keygen test writes, at a level fast enough for tests. */
+function diffToV2(from: string, out: string, ...flags: string[]): Promise<CliResult> {
+  return deltaship(
+    "diff",
+    "--from",
+    from,
+    "--to",
+    v2,
+    "--key",
+    join(dir, "k.key"),
+    "--out",
+    out,
+    "--level",
+    "3",
+    ...flags,
+  );
+}
+
+/** `deltaship apply` trusting the public key of that name in the test directory. */
+function applyBundle(
+  bundle: string,
+  from: string,
+  to: string,
+  trust: string,
+  ...flags: string[]
+): Promise<CliResult> {
+  return deltaship("apply", bundle, "--from", from, "--to", to, "--trust", join(dir, trust), ...flags);
+}
+
 let dir: string;
 let registry: TestRegistry;
 let v1: string;
@@ -80,20 +109,7 @@ describe("deltaship bundle commands", () => {
 
   it("diff, inspect and apply rebuild the archive byte for byte", async () => {
     const bundle = join(dir, "v2.bundle");
-    const diff = await deltaship(
-      "diff",
-      "--from",
-      v1,
-      "--to",
-      v2,
-      "--key",
-      join(dir, "k.key"),
-      "--out",
-      bundle,
-      "--level",
-      "3",
-      "--json",
-    );
+    const diff = await diffToV2(v1, bundle, "--json");
     assert.equal(diff.code, 0, diff.stderr);
     const built = JSON.parse(diff.stdout);
     assert.equal(built.bytes, statSync(bundle).size);
@@ -113,46 +129,20 @@ describe("deltaship bundle commands", () => {
     );
 
     const dest = join(dir, "out.tar");
-    const apply = await deltaship(
-      "apply",
-      bundle,
-      "--from",
-      v1,
-      "--to",
-      dest,
-      "--trust",
-      join(dir, "k.pub"),
-      "--json",
-    );
+    const apply = await applyBundle(bundle, v1, dest, "k.pub", "--json");
     assert.equal(apply.code, 0, apply.stderr);
     assert.deepEqual(await readFile(dest), await readFile(v2));
   });
 
   it("applies from a registry image into the registry and the image reads back identical", async () => {
     const bundle = join(dir, "registry.bundle");
-    const diff = await deltaship(
-      "diff",
-      "--from",
-      `${registry.host}/apps/cli:1`,
-      "--to",
-      v2,
-      "--key",
-      join(dir, "k.key"),
-      "--out",
-      bundle,
-      "--level",
-      "3",
-    );
+    const diff = await diffToV2(`${registry.host}/apps/cli:1`, bundle);
     assert.equal(diff.code, 0, diff.stderr);
-    const apply = await deltaship(
-      "apply",
+    const apply = await applyBundle(
       bundle,
-      "--from",
       `${registry.host}/apps/cli:1`,
-      "--to",
       `${registry.host}/apps/cli`,
-      "--trust",
-      join(dir, "k.pub"),
+      "k.pub",
       "--json",
     );
     assert.equal(apply.code, 0, apply.stderr);
@@ -177,29 +167,11 @@ describe("deltaship bundle commands", () => {
     const dest = join(dir, "never.tar");
     assert.equal((await deltaship("apply", bundle)).code, 2);
     await writeFile(join(dir, "garbage.bundle"), "not a bundle at all, just text that is long enough");
-    const bad = await deltaship(
-      "apply",
-      join(dir, "garbage.bundle"),
-      "--from",
-      v1,
-      "--to",
-      dest,
-      "--trust",
-      join(dir, "k.pub"),
-    );
+    const bad = await applyBundle(join(dir, "garbage.bundle"), v1, dest, "k.pub");
     assert.equal(bad.code, 3, bad.stderr);
     assert.match(bad.stderr, /not a Deltaship bundle/);
     assert.equal((await deltaship("keygen", "--out", join(dir, "other"))).code, 0);
-    const untrusted = await deltaship(
-      "apply",
-      bundle,
-      "--from",
-      v1,
-      "--to",
-      dest,
-      "--trust",
-      join(dir, "other.pub"),
-    );
+    const untrusted = await applyBundle(bundle, v1, dest, "other.pub");
     assert.equal(untrusted.code, 4, untrusted.stderr);
     const missing = await deltaship("apply", bundle, "--to", dest, "--trust", join(dir, "k.pub"), "--json");
     assert.equal(missing.code, 5, missing.stderr);
