@@ -5,8 +5,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type ApplyResult, applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
-import { buildBundle } from "../../delta/bundle/diff.js";
+import type { ApplyResult } from "../../delta/bundle/apply.js";
 import {
   BundleError,
   type BundleErrorCode,
@@ -16,9 +15,9 @@ import {
   readBundleHead,
 } from "../../delta/bundle/format.js";
 import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
-import { openImage, writeImage } from "../../delta/image/open.js";
-import type { ImageReader } from "../../delta/image/types.js";
+import { openImage } from "../../delta/image/open.js";
 import { whiteout } from "../../delta/tar/writer.js";
+import { applyFromImages, buildBundleBetween } from "../support/bundles.js";
 import { buildTar, imageOf, patched, realFiles, sha256, withContent, writeArchive } from "./fixtures.js";
 
 /**
@@ -78,53 +77,18 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function withImages<T>(refs: string[], fn: (images: ImageReader[]) => Promise<T>): Promise<T> {
-  const images: ImageReader[] = [];
-  try {
-    for (const ref of refs) images.push(await openImage(ref));
-    return await fn(images);
-  } finally {
-    await Promise.all(images.map((i) => i.close()));
-  }
-}
-
-async function diff(
-  from: string[],
-  to: string,
-  out: string,
-  codec?: PayloadCodec,
-): Promise<Awaited<ReturnType<typeof buildBundle>>> {
-  return withImages([to, ...from], ([target, ...sources]) =>
-    buildBundle({
-      target: target!,
-      sources,
-      key,
-      out,
-      zstdLevel: 3,
-      scratchDir: dir,
-      ...(codec !== undefined ? { codec } : {}),
-    }),
-  );
-}
-
-async function apply(bundle: string, from: string[], dest: string, trust = [key]): Promise<ApplyResult> {
-  return withImages(from, async (images) => {
-    const provider = new ImageLayerProvider(images, dir);
-    try {
-      return await applyBundle({
-        bundle,
-        trust,
-        layers: provider,
-        scratchDir: dir,
-        write: async (image) => {
-          const written = await writeImage(`docker-archive:${dest}`, image);
-          return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
-        },
-      });
-    } finally {
-      await provider.close();
-    }
+function diff(from: string[], to: string, out: string, codec?: PayloadCodec) {
+  return buildBundleBetween(from, to, {
+    key,
+    out,
+    zstdLevel: 3,
+    scratchDir: dir,
+    ...(codec !== undefined ? { codec } : {}),
   });
+}
+
+function apply(bundle: string, from: string[], dest: string, trust = [key]): Promise<ApplyResult> {
+  return applyFromImages({ bundle, trust, from, dest: `docker-archive:${dest}`, scratchDir: dir });
 }
 
 async function expectRefusal(
@@ -166,22 +130,12 @@ describe("bundle round trips", () => {
 
   it("rebuilds into an OCI layout whose layers hash to the target's diff_ids", async () => {
     const layout = join(dir, "layout");
-    const result = await withImages([v1Path], async (images) => {
-      const provider = new ImageLayerProvider(images, dir);
-      try {
-        return await applyBundle({
-          bundle,
-          trust: [key],
-          layers: provider,
-          scratchDir: dir,
-          write: async (image) => {
-            const written = await writeImage(`oci:${layout}`, image);
-            return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
-          },
-        });
-      } finally {
-        await provider.close();
-      }
+    const result = await applyFromImages({
+      bundle,
+      trust: [key],
+      from: [v1Path],
+      dest: `oci:${layout}`,
+      scratchDir: dir,
     });
     const rebuilt = await openImage(layout);
     try {

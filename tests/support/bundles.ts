@@ -1,0 +1,66 @@
+/**
+ * Building and applying bundles between images on disk, the way the bundle tests do it: open
+ * the images, hand their layers over, close them whatever happens.
+ */
+import {
+  type ApplyBundleOptions,
+  type ApplyResult,
+  applyBundle,
+  ImageLayerProvider,
+} from "../../delta/bundle/apply.js";
+import { buildBundle } from "../../delta/bundle/diff.js";
+import { openImage, writeImage } from "../../delta/image/open.js";
+import type { ImageReader } from "../../delta/image/types.js";
+
+/** Opens each image in turn, runs fn on them, and closes every one that opened. */
+export async function withImages<T>(refs: string[], fn: (images: ImageReader[]) => Promise<T>): Promise<T> {
+  const images: ImageReader[] = [];
+  try {
+    for (const ref of refs) images.push(await openImage(ref));
+    return await fn(images);
+  } finally {
+    await Promise.all(images.map((i) => i.close()));
+  }
+}
+
+type BuildOptions = Parameters<typeof buildBundle>[0];
+
+/** buildBundle from the images at `from` to the image at `to`. */
+export function buildBundleBetween(
+  from: string[],
+  to: string,
+  options: Omit<BuildOptions, "target" | "sources">,
+): ReturnType<typeof buildBundle> {
+  return withImages([to, ...from], ([target, ...sources]) =>
+    buildBundle({ ...options, target: target!, sources }),
+  );
+}
+
+export interface ApplyFromImagesOptions extends Omit<ApplyBundleOptions, "layers" | "write" | "scratchDir"> {
+  /** Images on disk whose layers the device holds. */
+  from: string[];
+  /** Where the rebuilt image goes, as writeImage names it: `docker-archive:…`, `oci:…`. */
+  dest: string;
+  /** Scratch space for the layer provider and the apply. */
+  scratchDir: string;
+}
+
+/** applyBundle with the layers of the images at `from`, writing the rebuilt image to `dest`. */
+export function applyFromImages(options: ApplyFromImagesOptions): Promise<ApplyResult> {
+  const { from, dest, ...apply } = options;
+  return withImages(from, async (images) => {
+    const provider = new ImageLayerProvider(images, options.scratchDir);
+    try {
+      return await applyBundle({
+        ...apply,
+        layers: provider,
+        write: async (image) => {
+          const written = await writeImage(dest, image);
+          return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
+        },
+      });
+    } finally {
+      await provider.close();
+    }
+  });
+}
