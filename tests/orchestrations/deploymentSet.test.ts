@@ -11,7 +11,7 @@ import { activities, DAY, digest, HOUR, IMAGES, report, setInput, T0, type World
 const [TELEMETRY, CAMERA] = IMAGES as [(typeof IMAGES)[0], (typeof IMAGES)[0]];
 const OLD = digest("0");
 
-function run(devices: string[], world: World, events: RaisedEvent[], overrides = {}) {
+function run(devices: string[], world: World, events: RaisedEvent[] = [], overrides = {}) {
   return replay({
     orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
     name: "deploymentSet",
@@ -290,17 +290,9 @@ describe("deploymentSet replayed through durable-functions", () => {
 
 describe("deploymentSet failures outside the devices", () => {
   test("an image that cannot be resolved fails the set before anything is placed, and says why", async () => {
-    const failing = activities(MIXED);
-    const result = await replay({
-      orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
-      name: "deploymentSet",
-      instanceId: "set-1",
-      input: setInput(FOUR),
-      start: T0,
-      activity: (name, input, attempt) => {
-        if (name === "resolveImages") throw new Error("acr.io/apps/camera:5.1: manifest unknown");
-        return failing(name, input, attempt);
-      },
+    const result = await run(FOUR, {
+      ...MIXED,
+      fails: (name) => (name === "resolveImages" ? "acr.io/apps/camera:5.1: manifest unknown" : undefined),
     });
     const out = output(result);
     assert.equal(out.state, "failed");
@@ -314,20 +306,17 @@ describe("deploymentSet failures outside the devices", () => {
   });
 
   test("a batch whose bundles cannot be placed fails the set; the other batch's reports still count", async () => {
-    const world = activities(MIXED);
-    const result = await replay({
-      orchestrators: { deploymentSet: deploymentSetOrchestrator, deviceBatch: deviceBatchOrchestrator },
-      name: "deploymentSet",
-      instanceId: "set-1",
-      input: setInput(FOUR),
-      start: T0,
-      activity: (name, input, attempt) => {
-        if (name === "placeBundles" && JSON.stringify(input).includes('"d3"'))
-          throw new Error("outbox container missing");
-        return world(name, input, attempt);
+    const result = await run(
+      FOUR,
+      {
+        ...MIXED,
+        fails: (name, input) =>
+          name === "placeBundles" && JSON.stringify(input).includes('"d3"')
+            ? "outbox container missing"
+            : undefined,
       },
-      events: allArrive(FOUR),
-    });
+      allArrive(FOUR),
+    );
     const out = output(result);
     assert.equal(out.state, "failed");
     assert.match(out.reason ?? "", /^waiting batch\(es\) failed: set-1:batch:1: .*outbox container missing/);

@@ -87,12 +87,16 @@ export interface World {
   /** Fails buildBundle for this bundle id on the first `failures` attempts. */
   buildFailures?: Map<string, number>;
   images?: ResolvedImage[];
+  /** Fails every attempt of the activity calls it returns a message for, with that message. */
+  fails?: (name: string, input: unknown) => string | undefined;
 }
 
 /** The activity answers of a fleet in the given state. */
 export function activities(world: World) {
   const images = world.images ?? IMAGES;
   return (name: string, input: unknown, attempt: number): unknown => {
+    const failure = world.fails?.(name, input);
+    if (failure !== undefined) throw new Error(failure);
     switch (name) {
       case "resolveImages":
         return { images };
