@@ -6,11 +6,7 @@
 // the IoT Hub stand-in in tests/adapters/iothub.test.ts).
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import azureFunctions, {
-  type HttpResponse,
-  type HttpResponseInit,
-  type InvocationContext,
-} from "@azure/functions";
+import azureFunctions, { type HttpResponse, type HttpResponseInit } from "@azure/functions";
 import { BlobServiceClient, type ContainerClient } from "@azure/storage-blob";
 import { TooManyDevicesError } from "../../adapters/iothub.js";
 import {
@@ -24,6 +20,7 @@ import { MAX_DEVICES_PER_SET } from "../../functions/deployments/request.js";
 import type { DeploymentStartInput } from "../../functions/deployments/start.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
 import { type DurableHost, SYSTEM_KEY, startDurableHost, TASK_HUB } from "../support/durable-host.js";
+import { recordingContexts } from "../support/invocation.js";
 
 /** A deployment template placeholder, built so the linter does not read it as a mistaken template literal. */
 const PLACEHOLDER = "$" + "{MODULES.web}";
@@ -104,13 +101,7 @@ function deps(overrides: Partial<Omit<DeploymentHttpDeps, "durable">> = {}): Dep
 /** Log lines the handlers wrote, as `level: message`. */
 const logs: string[] = [];
 
-function context(triggerMetadata: Record<string, unknown> = {}): InvocationContext {
-  return new azureFunctions.InvocationContext({
-    functionName: "test",
-    triggerMetadata,
-    logHandler: (level, ...args) => logs.push(`${level}: ${args.join(" ")}`),
-  });
-}
+const context = recordingContexts("test", logs);
 
 async function post(
   body: unknown,

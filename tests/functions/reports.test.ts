@@ -4,7 +4,6 @@
 // cardinality many: bodies plus triggerMetadata.systemPropertiesArray / enqueuedTimeUtcArray.
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import azureFunctions, { type InvocationContext } from "@azure/functions";
 import {
   handleReports,
   messagesOf,
@@ -14,6 +13,7 @@ import {
 import { StateStore } from "../../state/store.js";
 import { type Azurite, startAzurite } from "../support/azurite.js";
 import { type DurableHost, startDurableHost } from "../support/durable-host.js";
+import { recordingContexts } from "../support/invocation.js";
 
 const digest = (c: string) => `sha256:${c.repeat(64)}`;
 const WEB = digest("a");
@@ -28,13 +28,7 @@ let host: DurableHost;
 let state: StateStore;
 const logs: string[] = [];
 
-function context(triggerMetadata: Record<string, unknown> = {}): InvocationContext {
-  return new azureFunctions.InvocationContext({
-    functionName: "deviceReports",
-    triggerMetadata,
-    logHandler: (level, ...args) => logs.push(`${level}: ${args.join(" ")}`),
-  });
-}
+const context = recordingContexts("deviceReports", logs);
 
 function message(device: string | undefined, body: unknown, enqueuedAt = T0): ReportMessage {
   return {
