@@ -143,6 +143,19 @@ async function startRecordingProxy(
   };
 }
 
+/** Runs fn with a recording proxy in front of the registry, and stops the proxy whatever happens. */
+async function withRecordingProxy<T>(
+  target: TestRegistry,
+  fn: (proxy: Awaited<ReturnType<typeof startRecordingProxy>>) => Promise<T>,
+): Promise<T> {
+  const proxy = await startRecordingProxy(target);
+  try {
+    return await fn(proxy);
+  } finally {
+    proxy.stop();
+  }
+}
+
 async function skopeo(args: string[]): Promise<string> {
   const { stdout } = await run("skopeo", args, { maxBuffer: 64 * 1024 * 1024 });
   return stdout;
@@ -238,8 +251,7 @@ describe("registry client against docker-registry", () => {
 
   test("pushing the same image again uploads nothing: HEAD finds every blob", async () => {
     const tars = [await layerTar(1), await layerTar(2)];
-    const proxy = await startRecordingProxy(registry);
-    try {
+    await withRecordingProxy(registry, async (proxy) => {
       const pushed = await pushImage(`${proxy.host}/apps/plain:1.0-again`, imageOf(tars));
       assert.equal(pushed.config.outcome, "exists");
       assert.deepEqual(
@@ -250,15 +262,12 @@ describe("registry client against docker-registry", () => {
         proxy.log.map((r) => `${r.method} ${r.status}`),
         ["HEAD 200", "HEAD 200", "HEAD 200", "PUT 201"],
       );
-    } finally {
-      proxy.stop();
-    }
+    });
   });
 
   test("uploads a layer larger than a chunk as PATCHes with Content-Range, then PUT ?digest=", async () => {
     const tar = await layerTar(3, 100_000);
-    const proxy = await startRecordingProxy(registry);
-    try {
+    await withRecordingProxy(registry, async (proxy) => {
       const chunkSize = 32 * 1024;
       const pushed = await pushImage(`${proxy.host}/apps/chunked:1`, imageOf([tar]), { chunkSize });
       assert.equal(pushed.layers[0]!.outcome, "uploaded");
@@ -276,17 +285,14 @@ describe("registry client against docker-registry", () => {
       assert.match(layerRequests.at(-1)!.path, /^\/v2\/apps\/chunked\/manifests\/1$/);
       const read = await openRegistryImage(`${registry.host}/apps/chunked:1`);
       assert.deepEqual(await collect(await read.openLayerTar(0)), tar);
-    } finally {
-      proxy.stop();
-    }
+    });
   });
 
   test("mounts blobs from another repository instead of uploading them", async () => {
     const base = await layerTar(10);
     const app = await layerTar(11);
     await pushImage(`${registry.host}/apps/base:1`, imageOf([base]));
-    const proxy = await startRecordingProxy(registry);
-    try {
+    await withRecordingProxy(registry, async (proxy) => {
       const pushed = await pushImage(`${proxy.host}/apps/derived:1`, imageOf([base, app]), {
         mountFrom: ["apps/base"],
       });
@@ -316,9 +322,7 @@ describe("registry client against docker-registry", () => {
       );
       const read = await openRegistryImage(`${registry.host}/apps/derived2:1`);
       assert.deepEqual(await collect(await read.openLayerTar(0)), base);
-    } finally {
-      proxy.stop();
-    }
+    });
   });
 
   test("refuses to commit a layer whose stream does not hash to its diff_id, and pushes no manifest", async () => {
