@@ -1,13 +1,15 @@
 /**
- * A small pool of worker threads for the cloud side's compression: zstd-napi compresses
+ * A small pool of worker threads for the cloud side's heavy work: zstd-napi compresses
  * synchronously, so without workers a diff uses one core. `ref-zstd` literal frames (each
- * against its own reference) and plain layer payloads are independent jobs; the pool runs them
- * first come, first served, and each answer is exactly what the main thread would have made.
+ * against its own reference), approximate matching of changed binaries and plain layer payloads
+ * are independent jobs; the pool runs them first come, first served, and each answer is exactly
+ * what the main thread would have made. The main thread meanwhile reads and plans.
  */
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import type { FilterRange } from "../filters/payload.js";
-import type { CompressFrame, FrameParameters } from "../refzstd/encoder.js";
+import type { RefinedPiece } from "../refzstd/approx.js";
+import type { CompressFrame, FrameParameters, MatchBinary } from "../refzstd/encoder.js";
 
 /** Workers per pool: the benchmark machine has 2 cores, and every worker holds its own zstd tables (up to ~800 MB at level 22). */
 export const MAX_COMPRESS_WORKERS = 2;
@@ -27,6 +29,12 @@ export type WorkerJob =
     }
   | {
       readonly id: number;
+      readonly kind: "match";
+      readonly oldBytes: Uint8Array;
+      readonly newBytes: Uint8Array;
+    }
+  | {
+      readonly id: number;
       readonly kind: "payload";
       readonly targetPath: string;
       readonly out: string;
@@ -37,6 +45,7 @@ export type WorkerJob =
 
 export type WorkerReply =
   | { readonly id: number; readonly ok: true; readonly frame: Uint8Array }
+  | { readonly id: number; readonly ok: true; readonly pieces: RefinedPiece[] }
   | { readonly id: number; readonly ok: true; readonly payload: { length: number; sha256: string } }
   | { readonly id: number; readonly ok: false; readonly error: string }
   | { readonly id: number; readonly progress: number };
@@ -110,6 +119,16 @@ export class CompressPool {
     return reply.frame;
   };
 
+  /** A `MatchBinary` for encodeRefZstd: approximate matching of a changed executable in a worker (both files move there). */
+  readonly matchBinary: MatchBinary = async (oldBytes, newBytes) => {
+    const reply = await this.submit(
+      { id: this.nextId++, kind: "match", oldBytes, newBytes },
+      transferable(oldBytes, newBytes),
+    );
+    if (!("pieces" in reply)) throw new Error("compress worker answered a match job without pieces");
+    return reply.pieces;
+  };
+
   /** Builds a plain `zstd`/`zstd-x86` payload in a worker; `onBytes` sees how much of the tar was read. */
   async encodePlainPayload(
     job: PlainPayloadJob,
@@ -135,8 +154,15 @@ export class CompressPool {
   /** Stops every worker; jobs still queued or running fail. The process can exit afterwards. */
   async close(): Promise<void> {
     this.closed = true;
-    for (const pending of this.queue.splice(0)) pending.reject(new Error("the compress pool was closed"));
-    await Promise.all(this.slots.splice(0).map((slot) => slot.worker.terminate()));
+    const closed = (pending: Pending) =>
+      pending.reject(new Error(`the compress pool was closed before a ${pending.job.kind} job finished`));
+    for (const pending of this.queue.splice(0)) closed(pending);
+    const slots = this.slots.splice(0);
+    for (const slot of slots) {
+      if (slot.busy !== undefined) closed(slot.busy);
+      slot.busy = undefined;
+    }
+    await Promise.all(slots.map((slot) => slot.worker.terminate()));
   }
 
   private submit(job: WorkerJob, transfer: ArrayBuffer[], onProgress?: (done: number) => void) {

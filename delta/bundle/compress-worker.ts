@@ -1,10 +1,10 @@
 /**
- * The worker side of compress-pool.ts: compresses `ref-zstd` literal frames and builds plain
- * (`zstd`, `zstd-x86`) payloads, one job at a time, with the same code and parameters as the
+ * The worker side of compress-pool.ts: compresses `ref-zstd` literal frames, matches changed
+ * binaries approximately and builds plain (`zstd`, `zstd-x86`) payloads, one job at a time, with the same code and parameters as the
  * main thread would use, so the bytes are the same.
  */
 import { type MessagePort, parentPort } from "node:worker_threads";
-import { compressInThread } from "../refzstd/encoder.js";
+import { compressInThread, matchBinary } from "../refzstd/encoder.js";
 import type { WorkerJob, WorkerReply } from "./compress-pool.js";
 import { encodePayload } from "./payload.js";
 
@@ -18,6 +18,9 @@ async function run(job: WorkerJob): Promise<WorkerReply> {
   if (job.kind === "frame") {
     const frame = await compressFrame(job.literal, job.dictionary, job.parameters);
     return { id: job.id, ok: true, frame };
+  }
+  if (job.kind === "match") {
+    return { id: job.id, ok: true, pieces: await matchBinary(job.oldBytes, job.newBytes) };
   }
   const settings = {
     level: job.level,

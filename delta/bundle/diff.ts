@@ -337,7 +337,9 @@ async function encodeRefZstdPayload(
       ...(level !== undefined ? { level } : {}),
       ...(fill !== undefined && fill.length > 0 ? { fill } : {}),
       // One frame per worker compressing and one waiting, so no worker idles while the next segment is gathered.
-      ...(pool !== undefined ? { compressFrame: pool.compressFrame, framesAhead: pool.size } : {}),
+      ...(pool !== undefined
+        ? { compressFrame: pool.compressFrame, matchBinary: pool.matchBinary, framesAhead: pool.size }
+        : {}),
     });
     await pipeline(
       Readable.from(parts, { objectMode: false }),

@@ -72,6 +72,16 @@ export interface RefZstdEncodeOptions {
   readonly compressFrame?: CompressFrame;
   /** Segments gathered and handed to `compressFrame` before the oldest one's frame is awaited; default 0 (one at a time). */
   readonly framesAhead?: number;
+  /** Approximate matching of one changed binary (`matchBinary` by default); a pool runs it in a worker. */
+  readonly matchBinary?: MatchBinary;
+}
+
+/** Pieces that rebuild `newBytes` from `oldBytes` (offsets within `oldBytes`); both buffers belong to the callee afterwards. */
+export type MatchBinary = (oldBytes: Uint8Array, newBytes: Uint8Array) => Promise<RefinedPiece[]>;
+
+/** Approximate matching of a changed binary, then its long exact runs as copies: in this thread. */
+export async function matchBinary(oldBytes: Uint8Array, newBytes: Uint8Array): Promise<RefinedPiece[]> {
+  return splitExactRuns(oldBytes, newBytes, approximatePieces(oldBytes, newBytes), APPROX_MIN_COPY);
 }
 
 /** zstd parameters of a literal frame (zstd-napi's names), plain data so a worker can receive them. */
@@ -403,7 +413,11 @@ async function approximateReferences(
   target: SourceReader,
   source: SourceReader,
   references: readonly Reference[],
+  match: MatchBinary,
+  ahead: number,
 ): Promise<void> {
+  // Up to `ahead` binaries wait for a worker while the next is read; each holds both versions in memory.
+  const matching = new Set<Promise<void>>();
   for (const r of references) {
     const length = r.targetEnd - r.targetOffset;
     if (length < APPROX_MIN_SIZE || length > APPROX_MAX_SIZE || r.sourceLength > APPROX_MAX_SIZE) continue;
@@ -413,11 +427,18 @@ async function approximateReferences(
     if (!looksBinary(newBytes)) continue;
     const oldBytes = new Uint8Array(r.sourceLength);
     await readInto(source, r.sourceOffset, oldBytes, 0, r.sourceLength);
-    const pieces = splitExactRuns(oldBytes, newBytes, approximatePieces(oldBytes, newBytes), APPROX_MIN_COPY);
-    r.approx = pieces.map((p) =>
-      p.kind === "extra" ? p : { ...p, oldOffset: p.oldOffset + r.sourceOffset },
-    );
+    const done: Promise<void> = match(oldBytes, newBytes).then((pieces) => {
+      r.approx = pieces.map((p) =>
+        p.kind === "extra" ? p : { ...p, oldOffset: p.oldOffset + r.sourceOffset },
+      );
+      matching.delete(done);
+    });
+    // Awaited below; until then a failure must not count as unhandled.
+    done.catch(() => {});
+    matching.add(done);
+    if (matching.size > ahead) await Promise.race(matching);
   }
+  await Promise.all(matching);
 }
 
 /** Plans a reference's approximate pieces, cutting diff and extra bytes at segment literal limits. */
@@ -558,7 +579,13 @@ export async function* encodeRefZstd(
   const copies = await prepareCopies(target, source, options.copies ?? []);
   const references = prepareReferences(target, source, options.references ?? [], copies);
   if (options.approximate !== false && source !== undefined)
-    await approximateReferences(target, source, references);
+    await approximateReferences(
+      target,
+      source,
+      references,
+      options.matchBinary ?? matchBinary,
+      Math.max(0, Math.floor(options.framesAhead ?? 0)),
+    );
   const segments = plan(target.size, copies, references, segmentLiteral, referenceLimit);
   let planned = 0;
   for (const seg of segments) planned += seg.literal;
