@@ -1,11 +1,22 @@
 /** Small real images for the archive and layout tests: layers written by our tar writer, a real config. */
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { digestOf } from "../../delta/image/digest.js";
-import type { ImageToWrite, LayerToWrite } from "../../delta/image/types.js";
+import type { ImageReader, ImageToWrite, LayerToWrite } from "../../delta/image/types.js";
 import { concatBytes } from "../../delta/tar/format.js";
 import { buildTar, type TarWriterEntry, whiteout } from "../../delta/tar/writer.js";
 
 export interface FixtureImage extends ImageToWrite {
   readonly tars: readonly Uint8Array[];
+}
+
+/** Runs skopeo under its insecure policy (the images are the test's own) and returns its stdout. */
+export async function skopeo(...args: string[]): Promise<string> {
+  const { stdout } = await promisify(execFile)("skopeo", ["--insecure-policy", ...args], {
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  return stdout;
 }
 
 export async function* bytesStream(bytes: Uint8Array, chunk = 3000): AsyncGenerator<Uint8Array> {
@@ -16,6 +27,17 @@ export async function collect(stream: AsyncIterable<Uint8Array>): Promise<Uint8A
   const parts: Uint8Array[] = [];
   for await (const c of stream) parts.push(c.slice());
   return concatBytes(parts);
+}
+
+/** The reader lists the image's layers by diff_id, and each layer reads back as the very tar written. */
+export async function assertLayersExact(reader: ImageReader, image: FixtureImage): Promise<void> {
+  assert.deepEqual(
+    reader.info.layers.map((l) => l.diffId),
+    image.layers.map((l) => l.diffId),
+  );
+  for (const [i, tar] of image.tars.entries()) {
+    assert.deepEqual(await collect(await reader.openLayerTar(i)), tar, `layer ${i}`);
+  }
 }
 
 function layerOf(tar: Uint8Array): LayerToWrite {

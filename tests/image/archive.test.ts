@@ -27,24 +27,20 @@ import { locateImage, openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
 import { TarError } from "../../delta/tar/format.js";
 import { buildTar, encodeHeader, type TarWriterEntry } from "../../delta/tar/writer.js";
-import { bytesStream, collect, type FixtureImage, fixtureImage } from "./archive-fixture.js";
+import {
+  assertLayersExact,
+  bytesStream,
+  collect,
+  type FixtureImage,
+  fixtureImage,
+  skopeo,
+} from "./archive-fixture.js";
 
 const run = promisify(execFile);
 
-async function skopeo(...args: string[]): Promise<string> {
-  const { stdout } = await run("skopeo", ["--insecure-policy", ...args], { maxBuffer: 16 * 1024 * 1024 });
-  return stdout;
-}
-
 async function assertSameImage(reader: ImageReader, image: FixtureImage): Promise<void> {
   assert.equal(reader.info.configDigest, digestOf(image.config));
-  assert.deepEqual(
-    reader.info.layers.map((l) => l.diffId),
-    image.layers.map((l) => l.diffId),
-  );
-  for (const [i, tar] of image.tars.entries()) {
-    assert.deepEqual(await collect(await reader.openLayerTar(i)), tar, `layer ${i}`);
-  }
+  await assertLayersExact(reader, image);
 }
 
 const text = (s: string) => new TextEncoder().encode(s);

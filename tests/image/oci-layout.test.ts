@@ -9,24 +9,9 @@ import { DigestError, digestOf } from "../../delta/image/digest.js";
 import { ImageFormatError, MediaType } from "../../delta/image/oci.js";
 import { openOciLayout, writeOciLayout } from "../../delta/image/oci-layout.js";
 import { openImage, writeImage } from "../../delta/image/open.js";
-import { collect, type FixtureImage, fixtureImage } from "./archive-fixture.js";
+import { assertLayersExact, collect, type FixtureImage, fixtureImage, skopeo } from "./archive-fixture.js";
 
 const run = promisify(execFile);
-
-async function skopeo(...args: string[]): Promise<string> {
-  const { stdout } = await run("skopeo", ["--insecure-policy", ...args], { maxBuffer: 16 * 1024 * 1024 });
-  return stdout;
-}
-
-async function assertLayersExact(reader: Awaited<ReturnType<typeof openOciLayout>>, image: FixtureImage) {
-  assert.deepEqual(
-    reader.info.layers.map((l) => l.diffId),
-    image.layers.map((l) => l.diffId),
-  );
-  for (const [i, tar] of image.tars.entries()) {
-    assert.deepEqual(await collect(await reader.openLayerTar(i)), tar, `layer ${i}`);
-  }
-}
 
 describe("OCI image layouts", () => {
   let dir: string;

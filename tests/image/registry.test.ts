@@ -12,7 +12,13 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, request as httpRequest, type Server } from "node:http";
+import {
+  createServer,
+  request as httpRequest,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -99,6 +105,25 @@ interface Recorded {
   readonly status: number;
 }
 
+/** Forwards one request to upstream and its answer back, unchanged; `answered` hears each status first. */
+function forward(
+  upstream: URL,
+  req: IncomingMessage,
+  res: ServerResponse,
+  answered?: (status: number) => void,
+) {
+  const onward = httpRequest(
+    { host: upstream.hostname, port: upstream.port, method: req.method, path: req.url, headers: req.headers },
+    (answer) => {
+      answered?.(answer.statusCode ?? 0);
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.pipe(res);
+    },
+  );
+  onward.on("error", () => res.destroy());
+  req.pipe(onward);
+}
+
 /** Forwards to the registry unchanged and records each request (method, path, ranges, status). */
 async function startRecordingProxy(
   target: TestRegistry,
@@ -106,28 +131,15 @@ async function startRecordingProxy(
   const upstream = new URL(target.url);
   const log: Recorded[] = [];
   const server: Server = createServer((req, res) => {
-    const forward = httpRequest(
-      {
-        host: upstream.hostname,
-        port: upstream.port,
-        method: req.method,
-        path: req.url,
-        headers: req.headers,
-      },
-      (answer) => {
-        log.push({
-          method: req.method ?? "",
-          path: req.url ?? "",
-          contentRange: req.headers["content-range"],
-          range: req.headers.range,
-          status: answer.statusCode ?? 0,
-        });
-        res.writeHead(answer.statusCode ?? 502, answer.headers);
-        answer.pipe(res);
-      },
+    forward(upstream, req, res, (status) =>
+      log.push({
+        method: req.method ?? "",
+        path: req.url ?? "",
+        contentRange: req.headers["content-range"],
+        range: req.headers.range,
+        status,
+      }),
     );
-    forward.on("error", () => res.destroy());
-    req.pipe(forward);
   });
   server.listen(0, "127.0.0.1");
   await new Promise((resolve) => server.once("listening", resolve));
@@ -835,20 +847,7 @@ describe("registry auth", () => {
         res.end();
         return;
       }
-      const forward = httpRequest(
-        {
-          host: upstream.hostname,
-          port: upstream.port,
-          method: req.method,
-          path: req.url,
-          headers: req.headers,
-        },
-        (answer) => {
-          res.writeHead(answer.statusCode ?? 502, answer.headers);
-          answer.pipe(res);
-        },
-      );
-      req.pipe(forward);
+      forward(upstream, req, res);
     });
     front.listen(0, "127.0.0.1");
     await new Promise((resolve) => front.once("listening", resolve));
