@@ -15,18 +15,12 @@ import { ImageFormatError } from "../../delta/image/oci.js";
 import { TarError } from "../../delta/tar/format.js";
 import { TarReader } from "../../delta/tar/reader.js";
 import { collect, fixtureImage } from "../image/archive-fixture.js";
+import { prng } from "../support/random.js";
 
-/** xorshift32: the same mutations on every run, so a failure can be replayed. */
+/** Seeded fractions in [0, 1): the same mutations on every run, so a failure can be replayed. */
 function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x / 2 ** 32;
-  };
+  const next = prng(seed);
+  return () => next() / 2 ** 32;
 }
 
 function mutate(base: Uint8Array, random: () => number): Uint8Array {
