@@ -19,22 +19,10 @@ import {
   type ReplayAction,
   type ReplayState,
 } from "durable-functions/lib/src/util/testingUtils.js";
+// The history events are the ones local mode's engine writes: the Durable Task Framework's wire shape.
+import { EVENT_TYPE, type HistoryEvent } from "../../local/durable/history.js";
 
-/** History event types (durable-functions HistoryEventType). */
-export const EventType = {
-  ExecutionStarted: 0,
-  TaskScheduled: 4,
-  TaskCompleted: 5,
-  TaskFailed: 6,
-  SubOrchestrationInstanceCreated: 7,
-  SubOrchestrationInstanceCompleted: 8,
-  SubOrchestrationInstanceFailed: 9,
-  TimerCreated: 10,
-  TimerFired: 11,
-  OrchestratorStarted: 12,
-  OrchestratorCompleted: 13,
-  EventRaised: 15,
-} as const;
+export type { HistoryEvent };
 
 const ActionType = {
   CallActivity: 0,
@@ -46,14 +34,6 @@ const ActionType = {
 
 /** Stops a runaway scenario (an orchestrator that never finishes) instead of looping forever. */
 const MAX_EPISODES = 200_000;
-
-export interface HistoryEvent {
-  EventType: number;
-  EventId: number;
-  IsPlayed: boolean;
-  Timestamp: Date;
-  [field: string]: unknown;
-}
 
 export interface RaisedEvent {
   instanceId: string;
@@ -245,7 +225,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
   async function runEpisode(instance: Instance, at: number, completions: Completion[]) {
     const timestamp = new Date(at);
     for (const event of instance.history) event.IsPlayed = true;
-    const events: HistoryEvent[] = [historyEvent(EventType.OrchestratorStarted, -1, timestamp)];
+    const events: HistoryEvent[] = [historyEvent(EVENT_TYPE.orchestratorStarted, -1, timestamp)];
     // Retry failures first: the engine gives their timers and re-attempts ids as it meets them,
     // before any completion in this episode can resume the orchestrator and schedule more.
     const finals: HistoryEvent[] = [];
@@ -253,7 +233,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       switch (completion.kind) {
         case "start":
           events.push(
-            historyEvent(EventType.ExecutionStarted, -1, timestamp, {
+            historyEvent(EVENT_TYPE.executionStarted, -1, timestamp, {
               Name: completion.name,
               Input: JSON.stringify(completion.input),
             }),
@@ -263,28 +243,16 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
           let id = completion.id;
           completion.attempts.forEach((attempt, index) => {
             const last = index === completion.attempts.length - 1;
-            if (attempt.ok) {
-              finals.push(
-                historyEvent(EventType.TaskCompleted, -1, timestamp, {
-                  TaskScheduledId: id,
-                  Result: JSON.stringify(attempt.value ?? null),
-                }),
-              );
+            const outcome = outcomeEvent("task", id, attempt.ok, attempt.value, timestamp);
+            // A success, or a failure with no retry to follow, ends the call.
+            if (attempt.ok || !completion.retry) {
+              finals.push(outcome);
               return;
             }
-            const failed = historyEvent(EventType.TaskFailed, -1, timestamp, {
-              TaskScheduledId: id,
-              Reason: String(attempt.value),
-              Details: "",
-            });
-            if (!completion.retry) {
-              finals.push(failed);
-              return;
-            }
-            events.push(failed);
+            events.push(outcome);
             const timerId = instance.nextId++;
-            events.push(historyEvent(EventType.TimerCreated, timerId, timestamp, { FireAt: timestamp }));
-            const fired = historyEvent(EventType.TimerFired, -1, timestamp, {
+            events.push(historyEvent(EVENT_TYPE.timerCreated, timerId, timestamp, { FireAt: timestamp }));
+            const fired = historyEvent(EVENT_TYPE.timerFired, -1, timestamp, {
               TimerId: timerId,
               FireAt: timestamp,
             });
@@ -293,36 +261,25 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
             } else {
               events.push(fired);
               id = instance.nextId++;
-              events.push(historyEvent(EventType.TaskScheduled, id, timestamp, { Name: "retry" }));
+              events.push(historyEvent(EVENT_TYPE.taskScheduled, id, timestamp, { Name: "retry" }));
             }
           });
           break;
         }
         case "timer":
           finals.push(
-            historyEvent(EventType.TimerFired, -1, timestamp, {
+            historyEvent(EVENT_TYPE.timerFired, -1, timestamp, {
               TimerId: completion.id,
               FireAt: completion.fireAt,
             }),
           );
           break;
         case "sub":
-          finals.push(
-            completion.ok
-              ? historyEvent(EventType.SubOrchestrationInstanceCompleted, -1, timestamp, {
-                  TaskScheduledId: completion.id,
-                  Result: JSON.stringify(completion.value ?? null),
-                })
-              : historyEvent(EventType.SubOrchestrationInstanceFailed, -1, timestamp, {
-                  TaskScheduledId: completion.id,
-                  Reason: String(completion.value),
-                  Details: "",
-                }),
-          );
+          finals.push(outcomeEvent("sub", completion.id, completion.ok, completion.value, timestamp));
           break;
         case "event":
           finals.push(
-            historyEvent(EventType.EventRaised, -1, timestamp, {
+            historyEvent(EVENT_TYPE.eventRaised, -1, timestamp, {
               Name: completion.name,
               Input: JSON.stringify(completion.payload),
             }),
@@ -343,7 +300,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       finish(instance, at, false, failureMessage(error));
       return;
     }
-    instance.history.push(historyEvent(EventType.OrchestratorCompleted, -1, timestamp));
+    instance.history.push(historyEvent(EVENT_TYPE.orchestratorCompleted, -1, timestamp));
     instance.customStatus = state.customStatus;
     if (state.customStatus !== undefined) {
       instance.maxCustomStatusBytes = Math.max(
@@ -372,7 +329,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
         const id = instance.nextId++;
         const input = typeof action.input === "string" ? JSON.parse(action.input) : roundTrip(action.input);
         instance.history.push(
-          historyEvent(EventType.TaskScheduled, id, timestamp, { Name: action.functionName }),
+          historyEvent(EVENT_TYPE.taskScheduled, id, timestamp, { Name: action.functionName }),
         );
         const retry = action.actionType === ActionType.CallActivityWithRetry;
         const maxAttempts = retry ? action.retryOptions!.maxNumberOfAttempts : 1;
@@ -400,7 +357,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       case ActionType.CreateTimer: {
         const id = instance.nextId++;
         const fireAt = new Date(action.fireAt!);
-        instance.history.push(historyEvent(EventType.TimerCreated, id, timestamp, { FireAt: fireAt }));
+        instance.history.push(historyEvent(EVENT_TYPE.timerCreated, id, timestamp, { FireAt: fireAt }));
         result.timers.get(instance.instanceId)!.created++;
         deliver(Math.max(at, fireAt.getTime()), instance.instanceId, { kind: "timer", id, fireAt });
         return;
@@ -408,7 +365,7 @@ export async function replay(options: ReplayOptions): Promise<ReplayResult> {
       case ActionType.CallSubOrchestrator: {
         const id = instance.nextId++;
         instance.history.push(
-          historyEvent(EventType.SubOrchestrationInstanceCreated, id, timestamp, {
+          historyEvent(EVENT_TYPE.subOrchestrationInstanceCreated, id, timestamp, {
             Name: action.functionName,
             InstanceId: action.instanceId,
           }),
@@ -471,6 +428,22 @@ function historyEvent(
   fields: Record<string, unknown> = {},
 ): HistoryEvent {
   return { EventType: type, EventId: eventId, IsPlayed: false, Timestamp: timestamp, ...fields };
+}
+
+/** The event that ends a task or a sub-orchestration: its result as JSON, or its failure's reason. */
+function outcomeEvent(
+  of: "task" | "sub",
+  id: number,
+  ok: boolean,
+  value: unknown,
+  timestamp: Date,
+): HistoryEvent {
+  if (ok) {
+    const type = of === "task" ? EVENT_TYPE.taskCompleted : EVENT_TYPE.subOrchestrationInstanceCompleted;
+    return historyEvent(type, -1, timestamp, { TaskScheduledId: id, Result: JSON.stringify(value ?? null) });
+  }
+  const type = of === "task" ? EVENT_TYPE.taskFailed : EVENT_TYPE.subOrchestrationInstanceFailed;
+  return historyEvent(type, -1, timestamp, { TaskScheduledId: id, Reason: String(value), Details: "" });
 }
 
 /** Inputs and outputs pass through JSON in the real host; so they do here. */
