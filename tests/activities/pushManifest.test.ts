@@ -2,15 +2,14 @@
 // for IoT Hub (port 443: the client ignores ports in HostName; the client runs in a child
 // process that trusts the stand-in's CA through NODE_EXTRA_CA_CERTS).
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import type { PushManifestInput } from "../../activities/names.js";
 import {
   type HttpsStandin,
   iotHubResponder,
   makeTestCertificates,
+  runTrustingClient,
   startHttpsStandin,
   type TestCertificates,
 } from "../support/https-standin.js";
@@ -37,11 +36,7 @@ after(async () => {
 });
 
 async function push(input: PushManifestInput): Promise<{ ok?: unknown; error?: string }> {
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ["--import", "tsx", CLIENT, JSON.stringify({ connectionString: CONNECTION_STRING, input })],
-    { env: { ...process.env, NODE_EXTRA_CA_CERTS: tls.caPath }, timeout: 60_000 },
-  );
+  const stdout = await runTrustingClient(CLIENT, tls, { connectionString: CONNECTION_STRING, input });
   return JSON.parse(stdout.trim().split("\n").at(-1)!);
 }
 

@@ -4,15 +4,14 @@
 // 127.0.0.1:443 (tests run as root), and the client runs in a child process that trusts the
 // stand-in's CA through NODE_EXTRA_CA_CERTS.
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 import {
   type HttpsStandin,
   iotHubResponder,
   makeTestCertificates,
   type RecordedRequest,
+  runTrustingClient,
   startHttpsStandin,
   type TestCertificates,
 } from "../support/https-standin.js";
@@ -70,11 +69,7 @@ after(async () => {
 });
 
 async function runClient(calls: unknown[], connectionString = CONNECTION_STRING): Promise<unknown[]> {
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    ["--import", "tsx", CLIENT, JSON.stringify({ connectionString, calls })],
-    { env: { ...process.env, NODE_EXTRA_CA_CERTS: tls.caPath }, timeout: 60_000 },
-  );
+  const stdout = await runTrustingClient(CLIENT, tls, { connectionString, calls });
   return stdout
     .trim()
     .split("\n")

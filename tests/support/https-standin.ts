@@ -12,7 +12,7 @@
  * Services email (send + operation status) are below; they check the SDKs' signatures with the
  * key the test configured, so a request that would be refused by Azure is refused here too.
  */
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { createHash, createHmac, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { IncomingMessage } from "node:http";
@@ -20,6 +20,7 @@ import { createServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 
 /** Attempts and pause when a fixed port is busy: 50 × 200 ms bounds the wait to 10 s. */
 const LISTEN_ATTEMPTS = 50;
@@ -102,6 +103,27 @@ export function makeTestCertificates(): TestCertificates {
     certPem: readFileSync(file("server.pem"), "utf8"),
     dispose: () => rmSync(dir, { recursive: true, force: true }),
   };
+}
+
+/** Bound on a client child process: its SDK calls against the stand-in take a few seconds. */
+const CLIENT_TIMEOUT_MS = 60_000;
+
+/**
+ * Runs a TypeScript client script in a child Node process that trusts the stand-in's CA (for
+ * SDKs that take no CA option: NODE_EXTRA_CA_CERTS is read only at process start), with
+ * `argument` as JSON in argv[2]; returns what the script printed.
+ */
+export async function runTrustingClient(
+  script: string,
+  tls: TestCertificates,
+  argument: unknown,
+): Promise<string> {
+  const { stdout } = await promisify(execFile)(
+    process.execPath,
+    ["--import", "tsx", script, JSON.stringify(argument)],
+    { env: { ...process.env, NODE_EXTRA_CA_CERTS: tls.caPath }, timeout: CLIENT_TIMEOUT_MS },
+  );
+  return stdout;
 }
 
 export interface RecordedRequest {
