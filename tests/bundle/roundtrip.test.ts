@@ -15,9 +15,8 @@ import {
   readBundleHead,
 } from "../../delta/bundle/format.js";
 import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
-import { openImage } from "../../delta/image/open.js";
 import { whiteout } from "../../delta/tar/writer.js";
-import { applyFromImages, buildBundleBetween } from "../support/bundles.js";
+import { applyFromImages, assertLayerTars, buildBundleBetween, withImages } from "../support/bundles.js";
 import { buildTar, imageOf, patched, realFiles, sha256, withContent, writeArchive } from "./fixtures.js";
 
 /**
@@ -137,18 +136,11 @@ describe("bundle round trips", () => {
       dest: `oci:${layout}`,
       scratchDir: dir,
     });
-    const rebuilt = await openImage(layout);
-    try {
-      assert.equal(rebuilt.info.manifestDigest, result.digest);
-      assert.equal(rebuilt.info.configDigest, result.configDigest);
-      for (let i = 0; i < layersV2.length; i++) {
-        const parts: Uint8Array[] = [];
-        for await (const chunk of await rebuilt.openLayerTar(i)) parts.push(chunk);
-        assert.equal(sha256(Buffer.concat(parts)), sha256(layersV2[i]!));
-      }
-    } finally {
-      await rebuilt.close();
-    }
+    await withImages([layout], async ([rebuilt]) => {
+      assert.equal(rebuilt!.info.manifestDigest, result.digest);
+      assert.equal(rebuilt!.info.configDigest, result.configDigest);
+      await assertLayerTars(rebuilt!, layersV2);
+    });
   });
 
   it("lists the held layers as sources and sends only what is new", async () => {

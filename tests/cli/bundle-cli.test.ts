@@ -15,6 +15,7 @@ import {
   withContent,
   writeArchive,
 } from "../bundle/fixtures.js";
+import { assertLayerTars, withImages } from "../support/bundles.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
 
 const CLI = join(import.meta.dirname, "..", "..", "bin", "deltaship.mjs");
@@ -148,18 +149,11 @@ describe("deltaship bundle commands", () => {
     assert.equal(apply.code, 0, apply.stderr);
     const result = JSON.parse(apply.stdout);
     assert.equal(result.image, `${registry.host}/apps/cli:2@${result.digest}`);
-    const pushed = await openImage(`${registry.host}/apps/cli:2`);
-    try {
-      assert.equal(pushed.info.manifestDigest, result.digest);
-      assert.equal(pushed.info.configDigest, sha256((await openImage(v2)).info.config));
-      for (let i = 0; i < layersV2.length; i++) {
-        const parts: Uint8Array[] = [];
-        for await (const chunk of await pushed.openLayerTar(i)) parts.push(chunk);
-        assert.equal(sha256(Buffer.concat(parts)), sha256(layersV2[i]!));
-      }
-    } finally {
-      await pushed.close();
-    }
+    await withImages([`${registry.host}/apps/cli:2`], async ([pushed]) => {
+      assert.equal(pushed!.info.manifestDigest, result.digest);
+      assert.equal(pushed!.info.configDigest, sha256((await openImage(v2)).info.config));
+      await assertLayerTars(pushed!, layersV2);
+    });
   });
 
   it("exits with distinct codes for usage, bad bundles, untrusted keys and missing layers", async () => {

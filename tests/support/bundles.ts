@@ -2,6 +2,7 @@
  * Building and applying bundles between images on disk, the way the bundle tests do it: open
  * the images, hand their layers over, close them whatever happens.
  */
+import assert from "node:assert/strict";
 import {
   type ApplyBundleOptions,
   type ApplyResult,
@@ -11,6 +12,7 @@ import {
 import { buildBundle } from "../../delta/bundle/diff.js";
 import { openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
+import { sha256 } from "../bundle/fixtures.js";
 
 /** Opens each image in turn, runs fn on them, and closes every one that opened. */
 export async function withImages<T>(refs: string[], fn: (images: ImageReader[]) => Promise<T>): Promise<T> {
@@ -63,4 +65,13 @@ export function applyFromImages(options: ApplyFromImagesOptions): Promise<ApplyR
       await provider.close();
     }
   });
+}
+
+/** Each of the image's layers reads back as a tar with the same sha256 as the one expected. */
+export async function assertLayerTars(image: ImageReader, expected: readonly Uint8Array[]): Promise<void> {
+  for (let i = 0; i < expected.length; i++) {
+    const parts: Uint8Array[] = [];
+    for await (const chunk of await image.openLayerTar(i)) parts.push(chunk);
+    assert.equal(sha256(Buffer.concat(parts)), sha256(expected[i]!));
+  }
 }
