@@ -41,7 +41,7 @@ port.on("message", (job: WorkerJob) => {
       port.postMessage({
         id: job.id,
         ok: false,
-        error: err instanceof Error ? (err.stack ?? err.message) : String(err),
+        error: err instanceof Error ? err.message : String(err),
       } satisfies WorkerReply),
   );
 });

@@ -594,8 +594,20 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
     try {
       // Layers are independent: while workers compress one layer's frames, this thread plans the
       // next (approximate matching of a changed executable, gathering literal bytes).
-      const outcomes = await Promise.allSettled(pending.map(encodeLayer));
-      for (const outcome of outcomes) if (outcome.status === "rejected") throw outcome.reason;
+      // The first failure stops the pool, so the other layers fail soon instead of finishing for
+      // nothing; that failure is the one reported.
+      let failed: { error: unknown } | undefined;
+      await Promise.all(
+        pending.map((p) =>
+          encodeLayer(p).catch(async (error: unknown) => {
+            if (failed === undefined) {
+              failed = { error };
+              await pool?.close();
+            }
+          }),
+        ),
+      );
+      if (failed !== undefined) throw failed.error;
     } finally {
       await Promise.all(parts.map((part) => part.close()));
       await pool?.close();

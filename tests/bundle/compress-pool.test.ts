@@ -5,7 +5,7 @@
  * is still queued and lets the process exit.
  */
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -214,5 +214,23 @@ describe("compress pool", () => {
         `the bundle for ${to} differs with workers`,
       );
     }
+    // A job that fails in a worker fails the build with the worker's reason, and no bundle is left.
+    const target = await openImage(first);
+    try {
+      await assert.rejects(
+        buildBundle({
+          target,
+          sources: [],
+          key,
+          out: join(dir, "bad.dsb"),
+          scratchDir: dir,
+          zstdWindowLog: 40,
+        }),
+        /^Error: compress worker failed on a payload job: Parameter is out of bound$/,
+      );
+    } finally {
+      await target.close();
+    }
+    assert.equal(existsSync(join(dir, "bad.dsb")), false);
   });
 });
