@@ -3,12 +3,12 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
-import { buildBundle } from "../../delta/bundle/diff.js";
 import { generateSigningKey } from "../../delta/bundle/sign.js";
 import { openImage } from "../../delta/image/open.js";
 import { type ImageIndex, indexImage } from "../../delta/index/index.js";
-import { planSources } from "../../delta/index/plan.js";
+import { planSources, type SourcePlan } from "../../delta/index/plan.js";
 import { appLayerEntries, buildTar, imageOf, realFiles, sha256, writeArchive } from "../bundle/fixtures.js";
+import { buildBundleBetween } from "../support/bundles.js";
 
 /**
  * Realistic pairs: a base of real binaries, an application layer of real npm packages, and its
@@ -49,22 +49,19 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function realBundleBytes(from: string[], to: string, sourceLayers: readonly string[]): Promise<number> {
-  const target = await openImage(paths[to]!);
-  const sources = await Promise.all(from.map((f) => openImage(paths[f]!)));
-  try {
-    const built = await buildBundle({
-      target,
-      sources,
+/** Builds the bundle from the held images to the target with the source layers the plan chose. */
+async function realBundleBytes(from: string[], to: string, plan: SourcePlan): Promise<number> {
+  const built = await buildBundleBetween(
+    from.map((f) => paths[f]!),
+    paths[to]!,
+    {
       key: generateSigningKey(),
       out: join(dir, `${to}.bundle`),
-      sourceLayers,
+      sourceLayers: plan.sources.map((s) => s.diffId),
       scratchDir: dir,
-    });
-    return built.bytes;
-  } finally {
-    await Promise.all([target, ...sources].map((i) => i.close()));
-  }
+    },
+  );
+  return built.bytes;
 }
 
 function assertWithin25Percent(t: TestContext, estimate: number, real: number, what: string): void {
@@ -95,26 +92,18 @@ describe("planning", () => {
   it("estimates a first image within 25% of the real bundle", async (t) => {
     const plan = planSources(indexes.v1!, []);
     assert.deepEqual(plan.sources, []);
-    assertWithin25Percent(t, plan.estimatedBundleBytes, await realBundleBytes([], "v1", []), "first image");
+    assertWithin25Percent(t, plan.estimatedBundleBytes, await realBundleBytes([], "v1", plan), "first image");
   });
 
   it("estimates a new application on a held base within 25% of the real bundle", async (t) => {
     const plan = planSources(indexes.v1!, [indexes.base!]);
-    const real = await realBundleBytes(
-      ["base"],
-      "v1",
-      plan.sources.map((s) => s.diffId),
-    );
+    const real = await realBundleBytes(["base"], "v1", plan);
     assertWithin25Percent(t, plan.estimatedBundleBytes, real, "new application");
   });
 
   it("estimates an application update within 25% of the real bundle, far below a pull", async (t) => {
     const plan = planSources(indexes.v2!, [indexes.v1!]);
-    const real = await realBundleBytes(
-      ["v1"],
-      "v2",
-      plan.sources.map((s) => s.diffId),
-    );
+    const real = await realBundleBytes(["v1"], "v2", plan);
     assertWithin25Percent(t, plan.estimatedBundleBytes, real, "application update");
     assert.ok(real < plan.fullImageBytes / 10, `bundle ${real} bytes vs pull ${plan.fullImageBytes}`);
   });
