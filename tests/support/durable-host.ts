@@ -12,10 +12,11 @@
  * It keeps instances in memory: start (refused with 409 while one with the same id is pending or
  * running), status (404 for an unknown id), raise event (404 unknown, 410 completed, 202 recorded).
  */
-import { createServer, type IncomingMessage } from "node:http";
+import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import azureFunctions from "@azure/functions";
 import * as df from "durable-functions";
+import { readRequestBody } from "./request-body.js";
 
 /** Largest request body read: orchestration inputs in tests are small. */
 const MAX_BODY_BYTES = 8 * 1024 * 1024;
@@ -58,13 +59,18 @@ export async function startDurableHost(): Promise<DurableHost> {
   const events: RaisedEvent[] = [];
   const requests: string[] = [];
   const server = createServer((req, res) => {
-    readBody(req).then((body) => {
-      const url = new URL(req.url ?? "/", "http://127.0.0.1");
-      requests.push(`${req.method} ${url.pathname}`);
-      const answer = respond(req.method ?? "", url, body);
-      const payload = answer.body === undefined ? "" : JSON.stringify(answer.body);
-      res.writeHead(answer.status, { "content-type": "application/json" }).end(payload);
-    });
+    readRequestBody(req, MAX_BODY_BYTES).then(
+      (body) => {
+        const url = new URL(req.url ?? "/", "http://127.0.0.1");
+        requests.push(`${req.method} ${url.pathname}`);
+        const answer = respond(req.method ?? "", url, body);
+        const payload = answer.body === undefined ? "" : JSON.stringify(answer.body);
+        res.writeHead(answer.status, { "content-type": "application/json" }).end(payload);
+      },
+      (error: Error) => {
+        res.writeHead(413).end(error.message);
+      },
+    );
   });
 
   function respond(method: string, url: URL, body: string): { status: number; body?: unknown } {
@@ -169,15 +175,4 @@ function clientData(origin: string): Record<string, unknown> {
     requiredQueryStringParameters: `code=${SYSTEM_KEY}`,
     rpcBaseUrl: `${origin}/durabletask/`,
   };
-}
-
-async function readBody(req: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > MAX_BODY_BYTES) break;
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString("utf8");
 }

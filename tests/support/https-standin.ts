@@ -15,12 +15,12 @@
 import { execFile, execFileSync } from "node:child_process";
 import { createHash, createHmac, randomUUID } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import type { IncomingMessage } from "node:http";
 import { createServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { readRequestBody } from "./request-body.js";
 
 /** Attempts and pause when a fixed port is busy: 50 × 200 ms bounds the wait to 10 s. */
 const LISTEN_ATTEMPTS = 50;
@@ -164,7 +164,7 @@ export async function startHttpsStandin(
   const requests: RecordedRequest[] = [];
   let origin = "";
   const server = createServer({ key: tls.keyPem, cert: tls.certPem }, (req, res) => {
-    readBody(req).then(
+    readRequestBody(req, MAX_REQUEST_BODY_BYTES).then(
       (body) => {
         const url = new URL(req.url ?? "/", "https://127.0.0.1");
         const headers: Record<string, string> = {};
@@ -237,17 +237,6 @@ export async function startHttpsStandin(
         server.close(() => resolve());
       }),
   };
-}
-
-async function readBody(req: IncomingMessage): Promise<string> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    total += chunk.length;
-    if (total > MAX_REQUEST_BODY_BYTES) throw new Error(`request body over ${MAX_REQUEST_BODY_BYTES} bytes`);
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks).toString("utf8");
 }
 
 function parseJson(text: string): unknown {
