@@ -6,6 +6,9 @@
  *   let world: ActivityWorld;
  *   before(async () => { world = await startActivityWorld({ accessKey, images, iotHub }); });
  *   after(() => world?.stop());
+ *
+ * Tests that bring their own images and adapters use the parts: realActivityDeps, pushLabelled,
+ * standinEmailSender.
  */
 import { generateKeyPairSync } from "node:crypto";
 import type { ActivityDeps } from "../../activities/deps.js";
