@@ -6,11 +6,12 @@
  */
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodeBuffer } from "../delta/vcdiff/decoder.js";
 import { encodeBuffer } from "../delta/vcdiff/encoder.js";
+import { sampleFiles, tarLayer } from "./sample-layers.js";
 
 /** Bytes of /usr/share files per layer: big enough to mean something, small enough to finish in seconds. */
 const LAYER_BUDGET = 6 * 1024 * 1024;
@@ -35,7 +36,7 @@ async function demo(dir: string): Promise<number> {
   console.log("Deltaship demo: the VCDIFF codec on two versions of a tar layer built from this machine.");
   console.log("(The full local deployment demo comes with the image engine and the cloud side.)\n");
 
-  const files = listFiles(FILES_ROOT, LAYER_BUDGET);
+  const files = sampleFiles(FILES_ROOT, LAYER_BUDGET, 8);
   if (files.length < 20) {
     console.error(
       `deltaship codec-demo: found only ${files.length} readable files under ${FILES_ROOT}; need 20 or more`,
@@ -48,8 +49,8 @@ async function demo(dir: string): Promise<number> {
   const v2 = files.filter((_, i) => i % 13 !== 5);
   const sourcePath = join(dir, "layer-v1.tar");
   const targetPath = join(dir, "layer-v2.tar");
-  tar(sourcePath, v1, 1_700_000_000);
-  tar(targetPath, v2, 1_710_000_000);
+  tarLayer(sourcePath, v1, 1_700_000_000);
+  tarLayer(targetPath, v2, 1_710_000_000);
   const source = readFileSync(sourcePath);
   const target = readFileSync(targetPath);
   const removed = v1.filter((f) => !v2.includes(f)).length;
@@ -117,50 +118,6 @@ function xdelta3Decode(dir: string, sourcePath: string, delta: string): Uint8Arr
   const out = join(dir, `${delta}.out`);
   execFileSync("xdelta3", ["-d", "-f", "-s", sourcePath, join(dir, delta), out]);
   return readFileSync(out);
-}
-
-/** Regular files under root (paths relative to /), sorted, until their sizes reach budget. */
-function listFiles(root: string, budget: number): string[] {
-  const out: string[] = [];
-  let total = 0;
-  const walk = (d: string): void => {
-    let names: string[];
-    try {
-      names = readdirSync(d).sort();
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (total >= budget) return;
-      const p = join(d, name);
-      const st = lstatSync(p, { throwIfNoEntry: false });
-      if (st?.isDirectory()) walk(p);
-      else if (st?.isFile() && st.size < budget / 8) {
-        out.push(p.slice(1));
-        total += st.size;
-      }
-    }
-  };
-  walk(root);
-  return out;
-}
-
-/** A reproducible tar, like an image layer: sorted names, fixed owner and mtime. */
-function tar(out: string, paths: string[], mtime: number): void {
-  writeFileSync(`${out}.list`, `${paths.join("\n")}\n`);
-  execFileSync("tar", [
-    "--create",
-    `--file=${out}`,
-    "--directory=/",
-    "--no-recursion",
-    "--sort=name",
-    `--mtime=@${mtime}`,
-    "--owner=0",
-    "--group=0",
-    "--numeric-owner",
-    "--ignore-failed-read",
-    `--files-from=${out}.list`,
-  ]);
 }
 
 function printTable(rows: string[][]): void {

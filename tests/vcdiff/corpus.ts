@@ -1,15 +1,7 @@
-/**
- * Source/target pairs for the codec's interop tests, built from files on this machine and a
- * seeded PRNG, so every run on one machine sees the same bytes and a failure reproduces.
- */
-import { execFileSync } from "node:child_process";
 import {
-  accessSync,
   appendFileSync,
   closeSync,
-  constants,
   existsSync,
-  lstatSync,
   openSync,
   readdirSync,
   readFileSync,
@@ -21,6 +13,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 
+import { sampleFiles, tarLayer } from "../../cli/sample-layers.js";
 import { prng } from "../support/random.js";
 
 export { prng };
@@ -80,60 +73,6 @@ export interface Pair {
   /** Absent: the delta is made without a source. */
   source?: string;
   target: string;
-}
-
-/** Regular files under root, sorted by path, until their sizes add up to about budget bytes. */
-function filesUnder(root: string, budget: number): string[] {
-  const out: string[] = [];
-  let total = 0;
-  const walk = (dir: string): void => {
-    let names: string[];
-    try {
-      names = readdirSync(dir).sort();
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      if (total >= budget) return;
-      const path = join(dir, name);
-      const st = lstatSync(path, { throwIfNoEntry: false });
-      if (st === undefined) continue;
-      if (st.isDirectory()) walk(path);
-      else if (st.isFile() && st.size < budget / 4) {
-        try {
-          accessSync(path, constants.R_OK);
-        } catch {
-          continue; // unreadable files would make tar fail
-        }
-        out.push(path.slice(1));
-        total += st.size;
-      }
-    }
-  };
-  walk(root);
-  return out;
-}
-
-/** A reproducible tar of the given paths (relative to /): sorted, fixed owner and times, like an image layer. */
-export function tarLayer(out: string, paths: string[], mtime: number): void {
-  const list = `${out}.list`;
-  writeFileSync(list, `${paths.join("\n")}\n`);
-  execFileSync("tar", [
-    "--create",
-    "--file",
-    out,
-    "--directory",
-    "/",
-    "--no-recursion",
-    "--sort=name",
-    `--mtime=@${mtime}`,
-    "--owner=0",
-    "--group=0",
-    "--numeric-owner",
-    "--ignore-failed-read",
-    "--files-from",
-    list,
-  ]);
 }
 
 function firstExisting(paths: string[]): string | undefined {
@@ -214,7 +153,7 @@ export function buildCorpus(dir: string): Pair[] {
   }
 
   // Two tar layers of /usr/share: the second drops some files, adds others and has new times.
-  const files = filesUnder("/usr/share", 8 << 20);
+  const files = sampleFiles("/usr/share", 8 << 20, 4);
   const cut = Math.floor(files.length * 0.7);
   const older = files.slice(0, cut);
   const newer = files.slice(Math.floor(cut / 10)).filter((_, i) => i % 17 !== 0);
@@ -236,7 +175,7 @@ export const LARGE_SIZE = 210 * 1000 * 1000;
 export function buildLargePair(dir: string): Pair {
   const source = join(dir, "large-source.tar");
   const target = join(dir, "large-target.tar");
-  tarLayer(source, filesUnder("/usr/lib", LARGE_SIZE * 1.2), 1_700_000_000);
+  tarLayer(source, sampleFiles("/usr/lib", LARGE_SIZE * 1.2, 4), 1_700_000_000);
   const tarSize = statSync(source).size;
   if (tarSize > LARGE_SIZE) truncateSync(source, LARGE_SIZE);
   for (let at = tarSize, seed = 100; at < LARGE_SIZE; at += PIECE, seed++) {
