@@ -55,6 +55,21 @@ const GOOD_ENOUGH = 64;
 const LAZY_BELOW = 64;
 /** Matches shorter than this have each covered position added to the window's hash chains. */
 const INSERT_BELOW = 256;
+/**
+ * Where the last source copy's diagonal breaks, it is looked for again this many bytes ahead:
+ * a tar header whose mtime and checksum changed resumes its old alignment a few bytes later, and
+ * a few literals plus a copy at a near address beat a long match found elsewhere that then has
+ * to find its way back.
+ */
+const DIAGONAL_RESUME_SPAN = 8;
+/** A resumed diagonal counts only if it matches at least this long. */
+const DIAGONAL_RESUME_MIN = 16;
+/**
+ * A source match may grow backwards over instructions already chosen, this far at most, when it
+ * then replaces at least one of them whole: after a file left out of a tar, the new alignment is
+ * often found only in the next file's content, behind a trail of short copies that it explains.
+ */
+const MAX_ROLLBACK = 1 << 16;
 
 const HASH_PRIME = 0x01000193;
 const MIX = 0x9e3779b1 | 0;
@@ -284,6 +299,8 @@ export class WindowMatcher {
   /** Source offset minus target offset of the last source copy: where its continuation would be. */
   private diagonal = Number.NaN;
   private lastSourceEnd = 0;
+  /** Instructions before this window position are final: copy hints, and the window start. */
+  private rollbackFloor = 0;
   private hashPos = -1;
   private hashValue = 0;
 
@@ -324,6 +341,7 @@ export class WindowMatcher {
     this.end = n;
     this.pos = 0;
     this.addStart = 0;
+    this.rollbackFloor = 0;
     this.hashPos = -1;
     this.head.fill(0);
     this.list.reset();
@@ -359,7 +377,7 @@ export class WindowMatcher {
           list.push(KIND_COPY_SOURCE, length, from);
           this.diagonal = from - (this.base + p);
           this.lastSourceEnd = from + length;
-          this.pos = this.addStart = p + length;
+          this.pos = this.addStart = this.rollbackFloor = p + length;
           if (c.target + c.length <= this.base + this.pos) this.copyIndex++;
           continue;
         }
@@ -392,9 +410,27 @@ export class WindowMatcher {
         this.bestFrom = from;
         this.bestBack = 0;
       }
-      const start = p - this.bestBack;
-      const length = this.bestLength + this.bestBack;
-      const from = this.bestFrom - this.bestBack;
+      let start = p - this.bestBack;
+      let length = this.bestLength + this.bestBack;
+      let from = this.bestFrom - this.bestBack;
+      if (this.bestKind === KIND_COPY_SOURCE && start === this.addStart && start > this.rollbackFloor) {
+        const extra = this.matchBackward(
+          start,
+          from,
+          Math.min(start - this.rollbackFloor, from, MAX_ROLLBACK),
+        );
+        if (extra < 0) return this.need;
+        if (
+          extra > 0 &&
+          extra >= list.length[list.count - 1] &&
+          this.fitsSegment(from - extra, length + extra)
+        ) {
+          this.rollBack(start, start - extra);
+          start -= extra;
+          length += extra;
+          from -= extra;
+        }
+      }
       if (this.bestKind === KIND_COPY_SOURCE) {
         if (!this.fitsSegment(from, length)) {
           if (length >= CUT_MIN_MATCH && list.segmentStart !== Number.POSITIVE_INFINITY)
@@ -413,6 +449,22 @@ export class WindowMatcher {
       }
       this.pos = this.addStart = after;
     }
+  }
+
+  /** Drops the instructions after window position `to` (the last one ends at `end`), shortening one that straddles it. */
+  private rollBack(end: number, to: number): void {
+    const list = this.list;
+    while (list.count > 0 && end > to) {
+      const i = list.count - 1;
+      const begin = end - list.length[i];
+      if (begin >= to) {
+        list.count--;
+      } else {
+        list.length[i] = to - begin;
+      }
+      end = begin;
+    }
+    this.addStart = to;
   }
 
   private cut(at: number): number {
@@ -585,6 +637,21 @@ export class WindowMatcher {
       }
     }
     if (p + MIN_MATCH <= n) this.insert(t, p);
+    if (
+      (bestKind === KIND_COPY_SOURCE || (bestKind !== KIND_ADD && bestLength >= 32)) &&
+      pages !== undefined &&
+      !(bestKind === KIND_COPY_SOURCE && bestFrom === this.base + p + this.diagonal)
+    ) {
+      // Literals until the old diagonal resumes, if it then reaches further than this candidate.
+      const resume = this.diagonalResume(p, limit, bestLength + 2 * bestBack);
+      if (resume < 0) return false;
+      if (resume > 0) {
+        bestKind = KIND_ADD;
+        bestLength = 0;
+        bestBack = 0;
+        bestGain = 0;
+      }
+    }
 
     this.bestKind = bestKind;
     this.bestLength = bestLength;
@@ -592,6 +659,25 @@ export class WindowMatcher {
     this.bestBack = bestBack;
     this.bestGain = bestGain;
     return true;
+  }
+
+  /**
+   * 1 if the last source copy's diagonal, broken at p, matches again within DIAGONAL_RESUME_SPAN
+   * bytes for at least DIAGONAL_RESUME_MIN and ends beyond p + reach; 0 if not; -1 if a page is missing.
+   */
+  private diagonalResume(p: number, limit: number, reach: number): number {
+    const pages = this.pages!;
+    if (Number.isNaN(this.diagonal)) return 0;
+    const maxExtension = pages.paged ? MAX_PAGED_EXTENSION : Number.MAX_SAFE_INTEGER;
+    for (let k = 1; k <= DIAGONAL_RESUME_SPAN && p + k + DIAGONAL_RESUME_MIN <= limit; k++) {
+      const from = this.base + p + k + this.diagonal;
+      if (from < 0 || from + DIAGONAL_RESUME_MIN > pages.size) return 0;
+      const len = this.matchForward(p + k, from, Math.min(limit - p - k, maxExtension));
+      if (len < 0) return -1;
+      if (len >= MIN_MATCH)
+        return len >= DIAGONAL_RESUME_MIN && k + len >= 2 * reach && this.fitsSegment(from, len) ? 1 : 0;
+    }
+    return 0;
   }
 
   /** Length of the common prefix of target[p, p + max) and source[from, ...); -1 if a page is missing. */
