@@ -33,8 +33,12 @@ export async function run(args: string[]): Promise<number> {
 }
 
 async function demo(dir: string): Promise<number> {
-  console.log("Deltaship demo: the VCDIFF codec on two versions of a tar layer built from this machine.");
-  console.log("(The full local deployment demo comes with the image engine and the cloud side.)\n");
+  console.log(
+    "Deltaship codec demo: the VCDIFF codec on two versions of a tar layer built from this machine.",
+  );
+  console.log(
+    "(The whole deployment runs locally with `npm start`; this compares the codec with xdelta3.)\n",
+  );
 
   const files = sampleFiles(FILES_ROOT, LAYER_BUDGET, 8);
   if (files.length < 20) {

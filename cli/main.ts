@@ -14,6 +14,10 @@ const COMMANDS: Record<string, { module: string; summary: string }> = {
     module: "./vcdiff.js",
     summary: "encode or decode a VCDIFF (RFC 3284) delta, like xdelta3 -e/-d",
   },
+  "codec-demo": {
+    module: "./codec-demo.js",
+    summary: "diff two tar layers of this machine's files with our codec and xdelta3, decode both ways",
+  },
   index: { module: "./index-image.js", summary: "write the image index of an image" },
   diff: {
     module: "./diff.js",
