@@ -125,6 +125,27 @@ describe("our encoder's deltas decode byte-exact with xdelta3 -d and with ours",
   }
 });
 
+describe("on real data our delta is no larger than xdelta3 -9's", () => {
+  // Real files of this machine (text, executables, tar layers), not random bytes: the issue's
+  // bar is that our delta, before any zstd, is no larger than `xdelta3 -e -9 -S none`'s.
+  const real = pairs.filter((p) => p.source !== undefined && /text|ELF|tar layers/.test(p.name));
+  test("the corpus has real pairs of each kind", () => {
+    for (const kind of [/^text/, /ELF/, /tar layers/])
+      assert.ok(
+        real.some((p) => kind.test(p.name)),
+        `no ${kind} pair in ${pairs.map((p) => p.name).join(", ")}`,
+      );
+  });
+  for (const pair of real) {
+    test(pair.name, async (t) => {
+      const ours = statSync(await ourEncode(pair)).size;
+      const theirs = statSync(xdelta3Encode(pair, ["-A", "-9", "-S", "none"])).size;
+      t.diagnostic(`ours ${ours} bytes, xdelta3 -9 ${theirs} (${(ours / theirs).toFixed(3)})`);
+      assert.ok(ours <= theirs, `ours ${ours} bytes, xdelta3 -9 ${theirs}`);
+    });
+  }
+});
+
 describe("a large pair (over 200 MB) in both directions", () => {
   test("a 210 MB tar of /usr/lib and an edited copy", async () => {
     const pair = buildLargePair(dir);
