@@ -129,3 +129,13 @@ describe("deltaship vcdiff", () => {
     assert.match(help.stdout, /deltaship vcdiff decode \[--source S\] --delta D --out T/);
   });
 });
+
+describe("deltaship codec-demo", () => {
+  test("builds two tar layers of this machine's files, and every delta round trip is byte-exact", () => {
+    const r = spawnSync(process.execPath, [BIN, "codec-demo"], { encoding: "utf8", timeout: 120_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^deltaship\s+\S+ MB .*byte-exact \([\d.]+ s\)\s+byte-exact$/m);
+    assert.match(r.stdout, /^xdelta3 -9 -S none\s+.*byte-exact\s+byte-exact$/m);
+    assert.match(r.stdout, /Every delta rebuilt layer-v2\.tar byte for byte/);
+  });
+});
