@@ -406,117 +406,22 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       /** The layer's x86 executables (content ranges), for the x86 filter of a plain-zstd payload. */
       x86: FilterRange[];
     }
-    const pending: Pending[] = [];
-    for (let i = 0; i < target.info.layers.length; i++) {
-      if (!missing[i]) continue;
-      const info = target.info.layers[i]!;
-      const entries: ScannedEntry[] = [];
-      const digests: (string | undefined)[] = [];
-      const x86: FilterRange[] = [];
-      let hash: ReturnType<typeof createHash> | undefined;
-      // The first bytes of a file large enough to be worth the x86 filter, to recognise executables.
-      let head: Uint8Array | undefined;
-      let headLength = 0;
-      const scanner = new TarScanner({
-        entry(entry) {
-          entries.push(entry);
-          digests.push(undefined);
-          hash = entry.type === "file" && entry.size > 0 ? sha256Hex() : undefined;
-          head = entry.type === "file" && entry.size >= MIN_FILTERED_FILE ? new Uint8Array(20) : undefined;
-          headLength = 0;
-        },
-        data(chunk) {
-          hash!.update(chunk);
-          if (head !== undefined && headLength < head.length) {
-            const n = Math.min(head.length - headLength, chunk.length);
-            head.set(chunk.subarray(0, n), headLength);
-            headLength += n;
-          }
-        },
-        entryEnd() {
-          if (hash !== undefined) digests[digests.length - 1] = hash.digest("hex");
-          hash = undefined;
-          const entry = entries[entries.length - 1]!;
-          if (head !== undefined && isX86Elf(head))
-            x86.push({ offset: entry.dataOffset, length: entry.size });
-          head = undefined;
-        },
-      });
-      let done = 0;
-      const spooled = await spool(await target.openLayerTar(i), scratch.file("target.tar"), (chunk) => {
-        scanner.push(chunk);
-        done += chunk.length;
-        progress?.({
-          phase: "target",
-          diffId: info.diffId,
-          done,
-          total: info.compression === "none" ? info.size : done,
-        });
-      });
-      scanner.finish();
-      if (spooled.digest !== info.diffId) {
-        throw new Error(
-          `target layer ${i} of ${describe(target)} hashes to ${spooled.digest}, but its config says ${info.diffId}; the target image is damaged`,
-        );
-      }
-      pending.push({
-        index: i,
-        path: spooled.path,
-        size: spooled.size,
-        hints: hintsFor(entries, digests, catalog),
-        x86,
-      });
-    }
-
-    // Only source layers some hint reads from are listed, unless the encoder may search them all.
     const searchWholeSource = options.searchWholeSource ?? true;
-    const used = new Set<number>();
-    for (const p of pending) for (const n of p.hints.uses) used.add(n);
-    if (searchWholeSource) for (let n = 0; n < catalog.layers.length; n++) used.add(n);
-    const listed = catalog.layers.filter((_, n) => used.has(n));
-    const newStart = new Map<number, number>();
-    let virtualSize = 0;
-    catalog.layers.forEach((layer, n) => {
-      if (!used.has(n)) return;
-      newStart.set(n, virtualSize);
-      virtualSize += layer.size;
-    });
-    const layerAt = (offset: number): number => {
-      let n = catalog.layers.length - 1;
-      while (n > 0 && catalog.layers[n]!.start > offset) n--;
-      return n;
+    const pending: Pending[] = [];
+    let listed: SourceLayer[] = [];
+    let parts: FileRangeSource[] = [];
+    let source: ConcatSource | undefined;
+    const openSource = async (layers: SourceLayer[]) => {
+      listed = layers;
+      parts = await Promise.all(layers.map((layer) => FileRangeSource.open(layer.location)));
+      source = parts.length > 0 ? new ConcatSource(parts) : undefined;
     };
-    // The source layers each target layer copies most files from, most first: ref-zstd fills
-    // spare reference room with them, because new files often sit beside old ones there (a new
-    // app's packages beside another app's). On the new-app benchmark: 1,215,837 → 1,201,792 bytes
-    // (by bytes of old versions instead, the Node.js layer came first and it grew to 1,221,454).
-    const fills = new Map<Pending, { sourceOffset: number; length: number }[]>();
-    for (const p of pending) {
-      const weight = new Map<number, number>();
-      for (const c of p.hints.copies) {
-        const n = layerAt(c.sourceOffset);
-        weight.set(n, (weight.get(n) ?? 0) + 1);
-      }
-      const order = [...weight.entries()].sort((a, b) => b[1] - a[1]).map(([n]) => n);
-      fills.set(
-        p,
-        order.map((n) => ({ sourceOffset: newStart.get(n)!, length: catalog.layers[n]!.size })),
-      );
-    }
-    for (const p of pending)
-      relocate(p.hints, (offset) => {
-        const n = layerAt(offset);
-        return offset - catalog.layers[n]!.start + newStart.get(n)!;
-      });
-
-    const parts = await Promise.all(listed.map((layer) => FileRangeSource.open(layer.location)));
-    const source = parts.length > 0 ? new ConcatSource(parts) : undefined;
     const payloads = new Map<
       number,
       { path: string; length: number; sha256: string; codec: PayloadCodec; outputSize: number }
     >();
     const workers = options.compressWorkers ?? compressWorkerCount();
-    const pool = workers >= 2 && pending.length > 0 ? new CompressPool(workers) : undefined;
+    const pool = workers >= 2 && missing.some(Boolean) ? new CompressPool(workers) : undefined;
     const plainPayload = (
       path: string,
       settings: PayloadSettings,
@@ -535,7 +440,28 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             report,
           )
         : encodePayload(path, undefined, undefined, settings, out, report);
-    const encodeLayer = async (p: Pending): Promise<void> => {
+    const layerAt = (offset: number): number => {
+      let n = catalog.layers.length - 1;
+      while (n > 0 && catalog.layers[n]!.start > offset) n--;
+      return n;
+    };
+    // The source layers each target layer copies most files from, most first: ref-zstd fills
+    // spare reference room with them, because new files often sit beside old ones there (a new
+    // app's packages beside another app's). On the new-app benchmark: 1,215,837 → 1,201,792 bytes
+    // (by bytes of old versions instead, the Node.js layer came first and it grew to 1,221,454).
+    const fillFor = (p: Pending, startOf: (n: number) => number) => {
+      const weight = new Map<number, number>();
+      for (const c of p.hints.copies) {
+        const n = layerAt(c.sourceOffset);
+        weight.set(n, (weight.get(n) ?? 0) + 1);
+      }
+      const order = [...weight.entries()].sort((a, b) => b[1] - a[1]).map(([n]) => n);
+      return order.map((n) => ({ sourceOffset: startOf(n), length: catalog.layers[n]!.size }));
+    };
+    const encodeLayer = async (
+      p: Pending,
+      fill: { sourceOffset: number; length: number }[],
+    ): Promise<void> => {
       const info = target.info.layers[p.index]!;
       const hinted = p.hints.copies.length > 0 || p.hints.searches.length > 0;
       const settings = {
@@ -566,7 +492,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
               source!,
               p.hints,
               options.refZstdLevel,
-              options.refZstdFill === false ? undefined : fills.get(p),
+              options.refZstdFill === false ? undefined : fill,
               pool,
               out,
               report,
@@ -591,26 +517,118 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       payloads.set(p.index, { path: out, length, sha256, codec, outputSize: p.size });
       await rm(p.path);
     };
-    try {
-      // Layers are independent: while workers compress one layer's frames, this thread plans the
-      // next (approximate matching of a changed executable, gathering literal bytes).
-      // The first failure stops the pool, so the other layers fail soon instead of finishing for
-      // nothing; that failure is the one reported.
-      let failed: { error: unknown } | undefined;
-      await Promise.all(
-        pending.map((p) =>
-          encodeLayer(p).catch(async (error: unknown) => {
-            if (failed === undefined) {
-              failed = { error };
-              await pool?.close();
-            }
-          }),
-        ),
+    // Layers are independent: while workers compress one layer's frames, this thread scans the
+    // next layer and plans (gathering literal bytes). The first failure stops the pool, so the
+    // other layers fail soon instead of finishing for nothing; that failure is the one reported.
+    let failed: { error: unknown } | undefined;
+    const encodes: Promise<void>[] = [];
+    const start = (p: Pending, fill: { sourceOffset: number; length: number }[]) => {
+      encodes.push(
+        encodeLayer(p, fill).catch(async (error: unknown) => {
+          if (failed === undefined) {
+            failed = { error };
+            await pool?.close();
+          }
+        }),
       );
+    };
+    try {
+      if (searchWholeSource) await openSource(catalog.layers);
+      for (let i = 0; i < target.info.layers.length; i++) {
+        if (!missing[i]) continue;
+        const info = target.info.layers[i]!;
+        const entries: ScannedEntry[] = [];
+        const digests: (string | undefined)[] = [];
+        const x86: FilterRange[] = [];
+        let hash: ReturnType<typeof createHash> | undefined;
+        // The first bytes of a file large enough to be worth the x86 filter, to recognise executables.
+        let head: Uint8Array | undefined;
+        let headLength = 0;
+        const scanner = new TarScanner({
+          entry(entry) {
+            entries.push(entry);
+            digests.push(undefined);
+            hash = entry.type === "file" && entry.size > 0 ? sha256Hex() : undefined;
+            head = entry.type === "file" && entry.size >= MIN_FILTERED_FILE ? new Uint8Array(20) : undefined;
+            headLength = 0;
+          },
+          data(chunk) {
+            hash!.update(chunk);
+            if (head !== undefined && headLength < head.length) {
+              const n = Math.min(head.length - headLength, chunk.length);
+              head.set(chunk.subarray(0, n), headLength);
+              headLength += n;
+            }
+          },
+          entryEnd() {
+            if (hash !== undefined) digests[digests.length - 1] = hash.digest("hex");
+            hash = undefined;
+            const entry = entries[entries.length - 1]!;
+            if (head !== undefined && isX86Elf(head))
+              x86.push({ offset: entry.dataOffset, length: entry.size });
+            head = undefined;
+          },
+        });
+        let done = 0;
+        const spooled = await spool(await target.openLayerTar(i), scratch.file("target.tar"), (chunk) => {
+          scanner.push(chunk);
+          done += chunk.length;
+          progress?.({
+            phase: "target",
+            diffId: info.diffId,
+            done,
+            total: info.compression === "none" ? info.size : done,
+          });
+        });
+        scanner.finish();
+        if (spooled.digest !== info.diffId) {
+          throw new Error(
+            `target layer ${i} of ${describe(target)} hashes to ${spooled.digest}, but its config says ${info.diffId}; the target image is damaged`,
+          );
+        }
+        const p: Pending = {
+          index: i,
+          path: spooled.path,
+          size: spooled.size,
+          hints: hintsFor(entries, digests, catalog),
+          x86,
+        };
+        pending.push(p);
+        // Every source layer is listed and offsets stay as they are: this layer can start now.
+        if (searchWholeSource)
+          start(
+            p,
+            fillFor(p, (n) => catalog.layers[n]!.start),
+          );
+      }
+
+      if (!searchWholeSource) {
+        // Without whole-source search only the source layers some hint reads from are listed.
+        const used = new Set<number>();
+        for (const p of pending) for (const n of p.hints.uses) used.add(n);
+        const newStart = new Map<number, number>();
+        let virtualSize = 0;
+        catalog.layers.forEach((layer, n) => {
+          if (!used.has(n)) return;
+          newStart.set(n, virtualSize);
+          virtualSize += layer.size;
+        });
+        const fills = new Map(pending.map((p) => [p, fillFor(p, (n) => newStart.get(n)!)]));
+        for (const p of pending)
+          relocate(p.hints, (offset) => {
+            const n = layerAt(offset);
+            return offset - catalog.layers[n]!.start + newStart.get(n)!;
+          });
+        await openSource(catalog.layers.filter((_, n) => used.has(n)));
+        for (const p of pending) start(p, fills.get(p)!);
+      }
+      await Promise.all(encodes);
       if (failed !== undefined) throw failed.error;
     } finally {
-      await Promise.all(parts.map((part) => part.close()));
+      // After a failed scan, layers already started must stop before their sources close.
       await pool?.close();
+      await Promise.all(encodes);
+      await Promise.all(parts.map((part) => part.close()));
     }
 
     let offset = 0;

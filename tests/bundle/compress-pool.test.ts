@@ -177,7 +177,13 @@ describe("compress pool", () => {
     const v1 = await writeArchive(join(dir, "v1.tar"), imageOf("apps/tool", "1", [base, oldTar]));
     const v2 = await writeArchive(join(dir, "v2.tar"), imageOf("apps/tool", "2", [base, newTar]));
     const first = await writeArchive(join(dir, "first.tar"), imageOf("apps/first", "1", [newTar, oldTar]));
-    const build = async (to: string, from: string[], out: string, compressWorkers: number) => {
+    const build = async (
+      to: string,
+      from: string[],
+      out: string,
+      compressWorkers: number,
+      searchWholeSource?: boolean,
+    ) => {
       const target = await openImage(to);
       const sources = await Promise.all(from.map((p) => openImage(p)));
       try {
@@ -192,19 +198,22 @@ describe("compress pool", () => {
           zstdLevel: 9,
           zstdWindowLog: 20,
           refZstdLevel: 9,
+          ...(searchWholeSource !== undefined ? { searchWholeSource } : {}),
         });
       } finally {
         await target.close();
         await Promise.all(sources.map((s) => s.close()));
       }
     };
-    // An update (ref-zstd with diff pieces) and a first image (two plain payloads at once).
-    for (const [to, from] of [
-      [v2, [v1]],
-      [first, []],
+    // An update (ref-zstd with diff pieces; layers start as they are scanned, or after all of them
+    // without whole-source search) and a first image (two plain payloads at once).
+    for (const [to, from, whole] of [
+      [v2, [v1], undefined],
+      [v2, [v1], false],
+      [first, [], undefined],
     ] as const) {
-      const serial = await build(to, [...from], join(dir, "serial.dsb"), 0);
-      const pooled = await build(to, [...from], join(dir, "pooled.dsb"), 2);
+      const serial = await build(to, [...from], join(dir, "serial.dsb"), 0, whole);
+      const pooled = await build(to, [...from], join(dir, "pooled.dsb"), 2, whole);
       assert.deepEqual(
         pooled.layers.map((l) => [l.codec, l.payloadBytes]),
         serial.layers.map((l) => [l.codec, l.payloadBytes]),
