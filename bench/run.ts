@@ -6,6 +6,9 @@
  * - ours: `deltaship diff` and `deltaship apply` (the CLI compiled to JavaScript once per run, as
  *   a device runs it, each in its own process under /usr/bin/time -v, so peak RSS is the apply's
  *   own); the rebuilt docker-archive is reopened and every layer hashed against the target's diff_ids;
+ * - ours through a real docker-registry (unless `--no-registry`): skopeo pushes the held images,
+ *   `deltaship apply --from REGISTRY --to REGISTRY` rebuilds and pushes the target, and skopeo
+ *   pulls it back into a docker-archive that is checked the same way;
  * - the planner's estimate (`planSources` over the image indexes) next to the real bundle;
  * - layer transfer: gzip -6 of each layer the device lacks (what `docker pull` sends);
  * - `xdelta3 -e -9 -S djw -B <source size>` of the missing layers (concatenated) against the held
@@ -15,7 +18,7 @@
  * - scenario 1 only: `zstd -19 --long=31` of the whole image.
  * Every peer's decode output is compared with the target by sha256.
  *
- *   npm run bench [-- --large] [-- --only N[,M]] [-- --no-bsdiff] [-- --ours-only]
+ *   npm run bench [-- --large] [-- --only N[,M]] [-- --no-bsdiff] [-- --ours-only] [-- --no-registry]
  *
  * `--ours-only` measures only our diff and apply (and the estimate) and keeps each scenario's
  * peer rows from its last run: they do not change with our code.
@@ -46,6 +49,7 @@ import { parseArgs } from "node:util";
 import { openImage } from "../delta/image/open.js";
 import { type ImageIndex, indexImage, parseImageIndex } from "../delta/index/index.js";
 import { planSources } from "../delta/index/plan.js";
+import { startRegistry, type TestRegistry } from "../local/services/registry.js";
 import { buildCorpus, type CorpusImage, diffIdOf, NODE_NEW, NODE_OLD, sha256File } from "./corpus/images.js";
 
 const root = resolve(import.meta.dirname, "..");
@@ -68,6 +72,8 @@ const { values } = parseArgs({
     only: { type: "string" },
     "no-bsdiff": { type: "boolean", default: false },
     "ours-only": { type: "boolean", default: false },
+    // Skip the round trip through a local docker-registry (it writes each image to the registry twice).
+    "no-registry": { type: "boolean", default: false },
   },
 });
 
@@ -104,6 +110,11 @@ interface ScenarioResult {
   sourceBytes: number;
   missingBytes: number;
   tools: ToolResult[];
+  /**
+   * Ours through a real docker-registry: the held images pushed by skopeo, `deltaship apply
+   * --from REGISTRY --to REGISTRY`, the result pulled back by skopeo and checked.
+   */
+  registry?: { apply: Measured; verified: boolean };
 }
 
 function log(line: string): void {
@@ -256,7 +267,62 @@ interface Scenario {
   to: CorpusImage;
 }
 
-async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResult> {
+/**
+ * The bundle applied from and to a local docker-registry: skopeo pushes the images the device
+ * holds, our CLI rebuilds the target from their registry blobs and pushes it, and skopeo pulls
+ * it back into a docker-archive whose layers and config are checked against the target.
+ */
+async function registryRoundTrip(
+  s: Scenario,
+  registry: TestRegistry,
+  bundle: string,
+  keyPrefix: string,
+  scratch: string,
+): Promise<{ apply: Measured; verified: boolean }> {
+  const repository = (name: string) => `${registry.host}/bench/s${s.id}-${name}`;
+  const from: string[] = [];
+  for (const [k, image] of s.from.entries()) {
+    const ref = `${repository(`held${k}`)}:latest`;
+    const pushed = spawnSync(
+      "skopeo",
+      ["copy", "--quiet", "--dest-tls-verify=false", `docker-archive:${image.path}`, `docker://${ref}`],
+      { encoding: "utf8" },
+    );
+    mustSucceed(`skopeo copy ${image.path} to ${ref}`, pushed);
+    from.push("--from", ref);
+  }
+  const target = `${repository("target")}:latest`;
+  const apply = ourCli([
+    "apply",
+    bundle,
+    ...from,
+    "--to",
+    target,
+    "--trust",
+    `${keyPrefix}.pub`,
+    "--scratch",
+    scratch,
+    "--insecure",
+  ]);
+  mustSucceed("deltaship apply to the registry", apply);
+  const pulled = join(scratch, "pulled.tar");
+  rmSync(pulled, { force: true });
+  const pull = spawnSync(
+    "skopeo",
+    ["copy", "--quiet", "--src-tls-verify=false", `docker://${target}`, `docker-archive:${pulled}`],
+    { encoding: "utf8" },
+  );
+  mustSucceed(`skopeo copy ${target} to a docker-archive`, pull);
+  const verified = await verifyArchive(pulled, s.to);
+  rmSync(pulled, { force: true });
+  return { apply: measured(apply), verified };
+}
+
+async function runScenario(
+  s: Scenario,
+  keyPrefix: string,
+  registry: TestRegistry | undefined,
+): Promise<ScenarioResult> {
   const dir = join(work, `s${s.id}`);
   mkdirSync(dir, { recursive: true });
   const heldIds = new Map<string, string>();
@@ -335,6 +401,12 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
     `   ours: ${size(bundle)} B, diff ${sec(diff.ms)}, apply ${sec(apply.ms)} ${mb(apply.maxRssKiB * 1024)} RSS, verified ${verified}`,
   );
   rmSync(out, { force: true });
+  const viaRegistry = registry && (await registryRoundTrip(s, registry, bundle, keyPrefix, scratch));
+  if (viaRegistry)
+    log(
+      `   ours via docker-registry: apply ${sec(viaRegistry.apply.ms)} ${mb(viaRegistry.apply.maxRssKiB * 1024)} RSS, verified ${viaRegistry.verified}`,
+    );
+  const registryResult = viaRegistry ? { registry: viaRegistry } : {};
 
   // The peers do not change with our code: --ours-only keeps their rows from the last full run.
   const saved = join(dir, "result.json");
@@ -351,6 +423,7 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
         sourceBytes,
         missingBytes,
         tools: [...tools, ...previous.tools.slice(1)],
+        ...registryResult,
       };
     }
     log(`   --ours-only: the saved peers measured other images; running them`);
@@ -496,6 +569,7 @@ async function runScenario(s: Scenario, keyPrefix: string): Promise<ScenarioResu
     sourceBytes,
     missingBytes,
     tools,
+    ...registryResult,
   };
 }
 
@@ -582,7 +656,11 @@ function criteria(results: readonly ScenarioResult[]): string {
         `; apply peak RSS ${mb(ours.apply!.maxRssKiB * 1024)} (${ours.apply!.maxRssKiB * 1024 < 200e6 ? "< 200 MB" : "≥ 200 MB: FAILS"})` +
         `; apply ${outMBs.toFixed(0)} MB/s of output${perCpu(ours.apply!)} (${outMBs >= 100 ? "holds" : "< 100 MB/s: FAILS"})` +
         `; diff ${diffMBs.toFixed(1)} MB/s of target${perCpu(ours.diff!)} (${diffMBs >= 20 ? "holds" : "< 20 MB/s: FAILS"})` +
-        `; round trip ${r.tools.every((t) => t.bytes === undefined || t.verified) ? "byte-exact for every tool" : "NOT byte-exact somewhere"}.`,
+        `; round trip ${r.tools.every((t) => t.bytes === undefined || t.verified) ? "byte-exact for every tool" : "NOT byte-exact somewhere"}` +
+        (r.registry
+          ? `; from and to a local docker-registry ${r.registry.verified ? "byte-exact" : "NOT byte-exact"} (apply ${sec(r.registry.apply.ms)}, peak RSS ${mb(r.registry.apply.maxRssKiB * 1024)})`
+          : "; not run through a registry") +
+        ".",
     );
   }
   return lines.join("\n");
@@ -675,13 +753,18 @@ async function main(): Promise<void> {
       from: [i.largeV1],
       to: i.largeV2,
     });
-  for (const s of scenarios) {
-    if (values.only && !values.only.split(",").includes(String(s.id))) continue;
-    const result = await runScenario(s, keyPrefix);
-    writeFileSync(
-      join(work, `s${s.id}`, "result.json"),
-      JSON.stringify({ ...result, date: new Date().toISOString() }),
-    );
+  const registry = values["no-registry"] ? undefined : await startRegistry();
+  try {
+    for (const s of scenarios) {
+      if (values.only && !values.only.split(",").includes(String(s.id))) continue;
+      const result = await runScenario(s, keyPrefix, registry);
+      writeFileSync(
+        join(work, `s${s.id}`, "result.json"),
+        JSON.stringify({ ...result, date: new Date().toISOString() }),
+      );
+    }
+  } finally {
+    await registry?.stop();
   }
   // The table holds every scenario's latest result, so `--only 5 --large` completes an earlier run.
   const results: ScenarioResult[] = [];
