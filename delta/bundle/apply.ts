@@ -428,6 +428,8 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 export class ImageLayerProvider implements LayerProvider {
   private readonly spooled = new Map<string, BlobLocation>();
   private readonly inPlace = new Map<string, BlobLocation>();
+  /** Uncompressed registry blobs read where they are, by Range requests. */
+  private readonly remote = new Map<string, () => SourceReader>();
   private scratch: ScratchDir | undefined;
 
   constructor(
@@ -450,6 +452,8 @@ export class ImageLayerProvider implements LayerProvider {
   async open(diffId: string): Promise<SourceReader> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return FileRangeSource.open(inPlace);
+    const remote = this.remote.get(diffId);
+    if (remote !== undefined) return remote();
     const spooled = this.spooled.get(diffId);
     if (spooled !== undefined) return FileSource.open(spooled.path);
     const found = this.find(diffId);
@@ -465,6 +469,15 @@ export class ImageLayerProvider implements LayerProvider {
       const location = found.image.locateLayerBlob(found.index);
       this.inPlace.set(diffId, location);
       return FileRangeSource.open(location);
+    }
+    const image = found.image;
+    if (info.compression === "none" && hasLayerSource(image)) {
+      // No copy of the held layer to scratch: its blob is read by Range requests as the decoder
+      // needs it. A corrupted blob shows in the rebuilt layer's diff_id, and digest() names it.
+      const index = found.index;
+      const opener = () => image.openLayerSource(index);
+      this.remote.set(diffId, opener);
+      return opener();
     }
     this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
     let result: Awaited<ReturnType<typeof spool>>;
@@ -498,6 +511,8 @@ export class ImageLayerProvider implements LayerProvider {
   }
 
   async digest(diffId: string): Promise<string> {
+    const remote = this.remote.get(diffId);
+    if (remote !== undefined) return hashSource(remote());
     const location = this.inPlace.get(diffId) ?? this.spooled.get(diffId);
     if (location === undefined) {
       const reader = await this.open(diffId);
@@ -515,5 +530,31 @@ export class ImageLayerProvider implements LayerProvider {
     this.scratch = undefined;
     this.spooled.clear();
     this.inPlace.clear();
+    this.remote.clear();
   }
+}
+
+/** Images that read an uncompressed layer by random access without a local file (registry images). */
+function hasLayerSource(
+  image: ImageReader,
+): image is ImageReader & { openLayerSource(index: number): SourceReader } {
+  return typeof (image as { openLayerSource?: unknown }).openLayerSource === "function";
+}
+
+/** Bytes hashed per read of a remote source: sequential reads, so its read-ahead makes them few requests. */
+const HASH_READ_SIZE = 4 * 1024 * 1024;
+
+async function hashSource(source: SourceReader): Promise<string> {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(Math.min(HASH_READ_SIZE, source.size));
+  try {
+    for (let at = 0; at < source.size; at += buffer.length) {
+      const n = Math.min(buffer.length, source.size - at);
+      await source.read(at, buffer, 0, n);
+      hash.update(buffer.subarray(0, n));
+    }
+  } finally {
+    await source.close?.();
+  }
+  return `sha256:${hash.digest("hex")}`;
 }

@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile, execFileSync, spawnSync } from "node:child_process";
 import { existsSync, statSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { ImageLayerProvider } from "../../delta/bundle/apply.js";
 import { openImage } from "../../delta/image/open.js";
+import { pushImage, RegistryBlobSource } from "../../delta/image/registry.js";
+import type { ImageToWrite } from "../../delta/image/types.js";
 import {
   buildTar,
   imageOf,
@@ -69,6 +72,7 @@ let registry: TestRegistry;
 let v1: string;
 let v2: string;
 let layersV2: Uint8Array[];
+let imageV1: ImageToWrite;
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "bundle-cli-"));
@@ -78,7 +82,7 @@ before(async () => {
   const base = await buildTar(bins);
   const app1 = await buildTar(libs);
   const app2 = await buildTar(libs.map((e, i) => (i === 4 ? withContent(e, patched(e.content!, 4)) : e)));
-  const imageV1 = imageOf("apps/cli", "1", [base, app1]);
+  imageV1 = imageOf("apps/cli", "1", [base, app1]);
   layersV2 = [base, app2];
   v1 = await writeArchive(join(dir, "v1.tar"), imageV1);
   v2 = await writeArchive(join(dir, "v2.tar"), imageOf("apps/cli", "2", layersV2));
@@ -154,6 +158,53 @@ describe("deltaship bundle commands", () => {
       assert.equal(pushed!.info.configDigest, sha256((await openImage(v2)).info.config));
       await assertLayerTars(pushed!, layersV2);
     });
+  });
+
+  it("reads held registry layers by Range where they are; a corrupted one is named and nothing is pushed", async () => {
+    // Pushed by our client, which stores layers uncompressed as the edge module's store does
+    // (skopeo gzips them, and those are inflated to scratch instead). The held app layer's blob is
+    // then changed in place in the registry's own storage (same size), as a failing disk would:
+    // Range reads serve the bad bytes, the rebuilt layer's diff_id check fails, and the source
+    // layers are hashed to name the culprit.
+    const held = `${registry.host}/apps/cli-plain:1`;
+    await pushImage(held, imageV1);
+    const layer = await withImages([held], async ([image]) => image!.info.layers[1]!);
+    assert.equal(layer.compression, "none");
+    await withImages([held], async ([image]) => {
+      const provider = new ImageLayerProvider([image!]);
+      const source = await provider.open(layer.diffId);
+      assert.ok(source instanceof RegistryBlobSource, "read by Range requests, not copied to scratch");
+      assert.equal(await provider.digest(layer.diffId), layer.diffId);
+      await provider.close();
+    });
+    const bundle = join(dir, "v2.bundle");
+    const good = await applyBundle(bundle, held, join(dir, "from-plain.tar"), "k.pub");
+    assert.equal(good.code, 0, good.stderr);
+    assert.deepEqual(await readFile(join(dir, "from-plain.tar")), await readFile(v2));
+
+    const blob = registry.blobPath(layer.digest);
+    const original = await readFile(blob);
+    const damaged = Buffer.from(original);
+    for (let at = 4096; at < damaged.length; at += 65_536) damaged[at]! ^= 0x5a;
+    await writeFile(blob, damaged);
+    try {
+      const apply = await applyBundle(bundle, held, `${registry.host}/apps/cli-damaged`, "k.pub", "--json");
+      assert.equal(apply.code, 6, apply.stderr);
+      const error = JSON.parse(apply.stdout);
+      assert.equal(error.code, "DIGEST");
+      assert.equal(error.where, layer.diffId);
+      assert.match(error.error, new RegExp(`${layer.diffId}.*corrupted, re-deploy the image that holds it`));
+      const tags = spawnSync(
+        "skopeo",
+        ["list-tags", "--tls-verify=false", `docker://${registry.host}/apps/cli-damaged`],
+        { encoding: "utf8" },
+      );
+      // Either the repository does not exist (skopeo fails) or it has no tag.
+      if (tags.status === 0) assert.deepEqual(JSON.parse(tags.stdout).Tags ?? [], [], "no tag was pushed");
+      else assert.match(tags.stderr, /NAME_UNKNOWN|not found|unknown/i);
+    } finally {
+      await writeFile(blob, original);
+    }
   });
 
   it("exits with distinct codes for usage, bad bundles, untrusted keys and missing layers", async () => {
