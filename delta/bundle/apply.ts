@@ -10,6 +10,8 @@ import { open, statfs } from "node:fs/promises";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
+import { DIGEST_INVALID } from "../image/registry/client.js";
+import { RegistryError } from "../image/registry/errors.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
 import { decodeRefZstd, RefZstdError } from "../refzstd/index.js";
 import { decode } from "../vcdiff/decoder.js";
@@ -428,8 +430,6 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 export class ImageLayerProvider implements LayerProvider {
   private readonly spooled = new Map<string, BlobLocation>();
   private readonly inPlace = new Map<string, BlobLocation>();
-  /** Uncompressed registry blobs read where they are, by Range requests. */
-  private readonly remote = new Map<string, () => SourceReader>();
   private scratch: ScratchDir | undefined;
 
   constructor(
@@ -452,8 +452,6 @@ export class ImageLayerProvider implements LayerProvider {
   async open(diffId: string): Promise<SourceReader> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return FileRangeSource.open(inPlace);
-    const remote = this.remote.get(diffId);
-    if (remote !== undefined) return remote();
     const spooled = this.spooled.get(diffId);
     if (spooled !== undefined) return FileSource.open(spooled.path);
     const found = this.find(diffId);
@@ -470,21 +468,14 @@ export class ImageLayerProvider implements LayerProvider {
       this.inPlace.set(diffId, location);
       return FileRangeSource.open(location);
     }
-    const image = found.image;
-    if (info.compression === "none" && hasLayerSource(image)) {
-      // No copy of the held layer to scratch: its blob is read by Range requests as the decoder
-      // needs it. A corrupted blob shows in the rebuilt layer's diff_id, and digest() names it.
-      const index = found.index;
-      const opener = () => image.openLayerSource(index);
-      this.remote.set(diffId, opener);
-      return opener();
-    }
     this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
     let result: Awaited<ReturnType<typeof spool>>;
     try {
       result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
     } catch (err) {
-      const corrupt = (err as Error).name === "DigestError";
+      const corrupt =
+        (err as Error).name === "DigestError" ||
+        (err instanceof RegistryError && err.codes.includes(DIGEST_INVALID));
       throw new BundleError(
         corrupt ? "DIGEST" : "IO",
         diffId,
@@ -511,8 +502,6 @@ export class ImageLayerProvider implements LayerProvider {
   }
 
   async digest(diffId: string): Promise<string> {
-    const remote = this.remote.get(diffId);
-    if (remote !== undefined) return hashSource(remote());
     const location = this.inPlace.get(diffId) ?? this.spooled.get(diffId);
     if (location === undefined) {
       const reader = await this.open(diffId);
@@ -530,31 +519,5 @@ export class ImageLayerProvider implements LayerProvider {
     this.scratch = undefined;
     this.spooled.clear();
     this.inPlace.clear();
-    this.remote.clear();
   }
-}
-
-/** Images that read an uncompressed layer by random access without a local file (registry images). */
-function hasLayerSource(
-  image: ImageReader,
-): image is ImageReader & { openLayerSource(index: number): SourceReader } {
-  return typeof (image as { openLayerSource?: unknown }).openLayerSource === "function";
-}
-
-/** Bytes hashed per read of a remote source: sequential reads, so its read-ahead makes them few requests. */
-const HASH_READ_SIZE = 4 * 1024 * 1024;
-
-async function hashSource(source: SourceReader): Promise<string> {
-  const hash = createHash("sha256");
-  const buffer = new Uint8Array(Math.min(HASH_READ_SIZE, source.size));
-  try {
-    for (let at = 0; at < source.size; at += buffer.length) {
-      const n = Math.min(buffer.length, source.size - at);
-      await source.read(at, buffer, 0, n);
-      hash.update(buffer.subarray(0, n));
-    }
-  } finally {
-    await source.close?.();
-  }
-  return `sha256:${hash.digest("hex")}`;
 }

@@ -670,6 +670,12 @@ function parseJsonObject(bytes: Uint8Array, what: string): Record<string, unknow
   throw new RegistryError(`${what}: the registry answered a body that is not a JSON object`);
 }
 
+/**
+ * The code of a RegistryError for blob bytes that do not hash to their digest: the Distribution
+ * spec's name for it, so callers tell a corrupt copy from a failed request.
+ */
+export const DIGEST_INVALID = "DIGEST_INVALID";
+
 /** Passes a stream through, hashing it; throws at the end if digest or size disagree. */
 export async function* verifyStream(
   source: AsyncIterable<Uint8Array>,
@@ -694,6 +700,8 @@ export async function* verifyStream(
   if (actual !== digest) {
     throw new RegistryError(
       `${what}: the ${total} bytes received hash to ${actual}, not ${digest}; ${advice}`,
+      0,
+      [DIGEST_INVALID],
     );
   }
   if (expectedSize !== undefined && total !== expectedSize) {
