@@ -156,7 +156,11 @@ export async function openRegistryImage(ref: string, options: RegistryOptions = 
     async openLayerTar(index) {
       const layer = layerAt(index);
       const blob = await client.openBlob(repository, layer.digest, layer.size);
-      const tar = decompress(blob, layer.compression);
+      // The compression is read from the blob's first bytes, as Docker does, not from the media
+      // type: a pusher that reuses a blob the registry already holds in another compression
+      // (skopeo does, from its blob-info cache) can name an uncompressed blob `tar.gzip`.
+      // The diff_id check below decides either way.
+      const tar = decompress(blob, "auto");
       return verifyStream(tar, layer.diffId, undefined, `uncompressed layer ${index} of ${ref} (diff_id)`);
     },
     openLayerSource(index, sourceOptions) {

@@ -251,6 +251,36 @@ describe("registry client against docker-registry", () => {
       assert.deepEqual(await collect(await read.openLayerBlob(i)), tar);
     }
 
+    // A manifest that calls the same uncompressed blobs `tar.gzip`, as a pusher reusing blobs
+    // the registry already holds may write: the layers still read as their tars.
+    const client = new RegistryClient(registry.host);
+    const mislabelled = new TextEncoder().encode(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: "application/vnd.docker.distribution.manifest.v2+json",
+        config: {
+          mediaType: "application/vnd.docker.container.image.v1+json",
+          size: image.config.length,
+          digest: sha256(image.config),
+        },
+        layers: tars.map((t) => ({
+          mediaType: "application/vnd.docker.image.rootfs.diff.tar.gzip",
+          size: t.length,
+          digest: sha256(t),
+        })),
+      }),
+    );
+    await client.putManifest(
+      "apps/plain",
+      "mislabelled",
+      mislabelled,
+      "application/vnd.docker.distribution.manifest.v2+json",
+    );
+    const relabelled = await openRegistryImage(`${registry.host}/apps/plain:mislabelled`);
+    assert.equal(relabelled.info.layers[0]!.compression, "gzip");
+    for (const [i, tar] of tars.entries())
+      assert.deepEqual(await collect(await relabelled.openLayerTar(i)), tar);
+
     const raw = await skopeoRawManifest(`${registry.host}/apps/plain:1.0`);
     assert.equal(sha256(Buffer.from(raw)), pushed.manifestDigest);
     const inspected = JSON.parse(
