@@ -19,25 +19,12 @@ import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, frameParameters, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { hintsFor } from "../refzstd/hints.js";
-import { prng } from "../support/random.js";
+import { relocate, seededBytes } from "../support/random.js";
 import { buildTar, imageOf, patched, realFiles, sha256, writeArchive } from "./fixtures.js";
 
 let dir: string;
 let oldTar: Uint8Array;
 let newTar: Uint8Array;
-
-function randomBytes(length: number, seed: number): Uint8Array {
-  const next = prng(seed);
-  const out = new Uint8Array(length);
-  for (let i = 0; i < length; i++) out[i] = next() & 0xff;
-  return out;
-}
-
-/** Adds `delta` to every little-endian 32-bit word of `bytes[from, to)`: what relinking does to addresses. */
-function relocate(bytes: Uint8Array, from: number, to: number, delta: number): void {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let p = from; p + 4 <= to; p += 4) view.setUint32(p, (view.getUint32(p, true) + delta) >>> 0, true);
-}
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "compress-pool-"));
@@ -45,7 +32,7 @@ before(async () => {
   const exe = new Uint8Array(readFileSync(process.execPath).subarray(0, 1024 * 1024));
   const third = Math.floor(exe.length / 3);
   const relinked = new Uint8Array(
-    Buffer.concat([exe.subarray(0, third), randomBytes(3000, 5), exe.subarray(third)]),
+    Buffer.concat([exe.subarray(0, third), seededBytes(3000, 5), exe.subarray(third)]),
   );
   relocate(relinked, third + 3000, 2 * third, 0x28);
   const files = realFiles("/usr/bin", "usr/bin", { limit: 12, maxBytes: 1_500_000 });
@@ -155,7 +142,7 @@ describe("compress pool", () => {
   it("fails queued jobs when closed", async () => {
     const pool = new CompressPool(1);
     const jobs = [1, 2, 3].map(() =>
-      pool.compressFrame(randomBytes(1 << 20, 9), new Uint8Array(10), frameParameters(19)),
+      pool.compressFrame(seededBytes(1 << 20, 9), new Uint8Array(10), frameParameters(19)),
     );
     const outcomes = Promise.allSettled(jobs);
     await pool.close();

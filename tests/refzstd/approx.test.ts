@@ -16,21 +16,8 @@ import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
 import { RefZstdError, VarintWriter, zigzag } from "../../delta/refzstd/format.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar } from "../bundle/fixtures.js";
-import { prng } from "../support/random.js";
+import { prng, relocate, seededBytes } from "../support/random.js";
 import { hintsFor } from "./hints.js";
-
-function randomBytes(length: number, seed: number): Uint8Array {
-  const next = prng(seed);
-  const out = new Uint8Array(length);
-  for (let i = 0; i < length; i++) out[i] = next() & 0xff;
-  return out;
-}
-
-/** Adds `delta` to every little-endian 32-bit word of `bytes[from, to)`: what relinking does to addresses. */
-function relocate(bytes: Uint8Array, from: number, to: number, delta: number): void {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let p = from; p + 4 <= to; p += 4) view.setUint32(p, (view.getUint32(p, true) + delta) >>> 0, true);
-}
 
 function concat(...parts: Uint8Array[]): Uint8Array {
   return new Uint8Array(Buffer.concat(parts));
@@ -72,8 +59,8 @@ function realExecutable(): Uint8Array {
 
 describe("approximate matching", () => {
   it("describes inserted code and relocated addresses as one insertion and two aligned regions", () => {
-    const oldFile = randomBytes(256 * 1024, 7);
-    const inserted = randomBytes(1000, 8);
+    const oldFile = seededBytes(256 * 1024, 7);
+    const inserted = seededBytes(1000, 8);
     const newFile = concat(oldFile.subarray(0, 100_000), inserted, oldFile.subarray(100_000));
     relocate(newFile, 150_000, 200_000, 0x1000);
     const pieces = approximatePieces(oldFile, newFile);
@@ -102,7 +89,7 @@ describe("approximate matching", () => {
     const third = Math.floor(oldFile.length / 3);
     const newFile = concat(
       oldFile.subarray(0, third),
-      randomBytes(4096, 11),
+      seededBytes(4096, 11),
       oldFile.subarray(third, 2 * third),
       oldFile.subarray(2 * third + 8192),
     );
@@ -117,7 +104,7 @@ describe("approximate matching", () => {
   });
 
   it("sends one all-zero difference region for identical files, and one copy once exact runs are split", () => {
-    const file = randomBytes(70_000, 3);
+    const file = seededBytes(70_000, 3);
     const pieces = approximatePieces(file, file);
     assert.deepEqual(pieces, [{ kind: "diff", length: 70_000, oldOffset: 0 }]);
     assert.equal(nonZero(pieceStreams(file, file, pieces).diff), 0);
@@ -127,7 +114,7 @@ describe("approximate matching", () => {
   });
 
   it("handles empty files on either side", () => {
-    const some = randomBytes(5000, 4);
+    const some = seededBytes(5000, 4);
     const empty = new Uint8Array(0);
     assert.deepEqual(approximatePieces(empty, empty), []);
     assert.deepEqual(approximatePieces(some, empty), []);
@@ -137,15 +124,15 @@ describe("approximate matching", () => {
   });
 
   it("sends unrelated files as extra bytes", () => {
-    const oldFile = randomBytes(200_000, 5);
-    const newFile = randomBytes(150_000, 6);
+    const oldFile = seededBytes(200_000, 5);
+    const newFile = seededBytes(150_000, 6);
     const pieces = approximatePieces(oldFile, newFile);
     roundTrip(oldFile, newFile, pieces);
     assert.ok(count(pieces, "extra") >= 149_900, `${count(pieces, "extra")} of 150000 bytes extra`);
   });
 
   it("works with an old file shorter than a seed", () => {
-    const newFile = concat(Uint8Array.of(1, 2, 3), randomBytes(1000, 9));
+    const newFile = concat(Uint8Array.of(1, 2, 3), seededBytes(1000, 9));
     const oldFile = Uint8Array.of(1, 2, 3);
     const pieces = approximatePieces(oldFile, newFile);
     roundTrip(oldFile, newFile, pieces);
@@ -157,14 +144,14 @@ describe("approximate matching", () => {
     const next = prng(2024);
     for (let round = 0; round < 150; round++) {
       const size = 1 + (next() % 40_000);
-      let file = randomBytes(size, next());
+      let file = seededBytes(size, next());
       const oldFile = file;
       const edits = next() % 8;
       for (let e = 0; e < edits; e++) {
         const at = next() % (file.length + 1);
         const length = 1 + (next() % 3000);
         const kind = next() % 5;
-        if (kind === 0) file = concat(file.subarray(0, at), randomBytes(length, next()), file.subarray(at));
+        if (kind === 0) file = concat(file.subarray(0, at), seededBytes(length, next()), file.subarray(at));
         else if (kind === 1)
           file = concat(file.subarray(0, at), file.subarray(Math.min(file.length, at + length)));
         else if (kind === 2) relocate(file, at, Math.min(file.length, at + length), next());
@@ -186,8 +173,8 @@ describe("approximate matching", () => {
   });
 
   it("puts difference and extra bytes in piece order into one literal stream", () => {
-    const oldFile = randomBytes(60_000, 12);
-    const newFile = concat(oldFile.subarray(0, 20_000), randomBytes(500, 13), oldFile.subarray(20_000));
+    const oldFile = seededBytes(60_000, 12);
+    const newFile = concat(oldFile.subarray(0, 20_000), seededBytes(500, 13), oldFile.subarray(20_000));
     relocate(newFile, 30_000, 40_000, 3);
     const pieces = splitExactRuns(oldFile, newFile, approximatePieces(oldFile, newFile), 64);
     assert.ok(pieces.some((p) => p.kind === "copy") && pieces.some((p) => p.kind === "diff"));
@@ -204,7 +191,7 @@ describe("approximate matching", () => {
   });
 
   it("refuses streams that do not fit the pieces and options out of range", () => {
-    const oldFile = randomBytes(1000, 1);
+    const oldFile = seededBytes(1000, 1);
     const pieces: RefinedPiece[] = [
       { kind: "diff", length: 600, oldOffset: 400 },
       { kind: "extra", length: 10 },
@@ -236,7 +223,7 @@ describe("approximate matching", () => {
   it("makes ref-zstd payloads send a relinked executable in a layer as diff pieces, and decodes them", async () => {
     const oldExe = realExecutable().subarray(0, 1024 * 1024);
     const third = Math.floor(oldExe.length / 3);
-    const newExe = concat(oldExe.subarray(0, third), randomBytes(3000, 21), oldExe.subarray(third));
+    const newExe = concat(oldExe.subarray(0, third), seededBytes(3000, 21), oldExe.subarray(third));
     relocate(newExe, third + 3000, 2 * third, 0x28);
     const notes = new TextEncoder().encode("release notes\n".repeat(9000));
     const oldTar = await buildTar([

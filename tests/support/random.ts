@@ -10,3 +10,17 @@ export function prng(seed: number): () => number {
     return s;
   };
 }
+
+/** `length` seeded random bytes (the low byte of each prng draw). */
+export function seededBytes(length: number, seed: number): Uint8Array {
+  const next = prng(seed);
+  const out = new Uint8Array(length);
+  for (let i = 0; i < length; i++) out[i] = next() & 0xff;
+  return out;
+}
+
+/** Adds `delta` to every little-endian 32-bit word of `bytes[from, to)`: what relinking does to addresses. */
+export function relocate(bytes: Uint8Array, from: number, to: number, delta: number): void {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let p = from; p + 4 <= to; p += 4) view.setUint32(p, (view.getUint32(p, true) + delta) >>> 0, true);
+}
