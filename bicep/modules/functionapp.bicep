@@ -128,7 +128,9 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           }
           scaleAndConcurrency: {
             maximumInstanceCount: 100
-            instanceMemoryMB: 2048
+            // Building a first image's bundle (level 22, 64 MiB window, two compression workers)
+            // peaks at about 2.2 GB (bench/RESULTS.md); 2048 MB instances would run out of memory.
+            instanceMemoryMB: 4096
           }
           runtime: {
             name: 'node'
