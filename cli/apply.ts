@@ -10,13 +10,13 @@ import { locateImage, openImage, writeDestinationKind, writeImage } from "../del
 import type { ImageReader } from "../delta/image/types.js";
 import {
   EXIT_OK,
-  EXIT_USAGE,
   formatBytes,
   ProgressBar,
   parseArgs,
   registryOptions,
   reportError,
   UsageError,
+  usageError,
 } from "./bundle-args.js";
 
 const USAGE = `usage: deltaship apply BUNDLE --to DEST --trust PUBKEY [--from IMAGE]... [options]
@@ -79,11 +79,7 @@ export async function run(args: string[]): Promise<number> {
     if ((opts.values.get("trust") ?? []).length === 0)
       throw new UsageError("--trust is required (the public key the bundle must be signed with)");
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`deltaship apply: ${err.message}\n\n${USAGE}`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    return usageError("apply", USAGE, err);
   }
   const json = opts.flags.has("json");
   const bar = new ProgressBar();

@@ -144,6 +144,13 @@ export function registryOptions(insecure: boolean): {
 }
 
 /** Reports an error the way every bundle command does: one line on stderr, or a JSON object on stdout. */
+/** For a command's argument parsing: prints a UsageError with the usage text and returns EXIT_USAGE; rethrows anything else. */
+export function usageError(command: string, usage: string, err: unknown): number {
+  if (!(err instanceof UsageError)) throw err;
+  console.error(`deltaship ${command}: ${err.message}\n\n${usage}`);
+  return EXIT_USAGE;
+}
+
 export function reportError(command: string, err: unknown, json: boolean): number {
   const code = exitCodeFor(err);
   const message = err instanceof Error ? err.message : String(err);

@@ -10,13 +10,13 @@ import { openImage } from "../delta/image/open.js";
 import type { ImageReader } from "../delta/image/types.js";
 import {
   EXIT_OK,
-  EXIT_USAGE,
   formatBytes,
   ProgressBar,
   parseArgs,
   registryOptions,
   reportError,
   UsageError,
+  usageError,
 } from "./bundle-args.js";
 
 const USAGE = `usage: deltaship diff --to IMAGE --key KEY --out BUNDLE [--from IMAGE]... [options]
@@ -68,11 +68,7 @@ export async function run(args: string[]): Promise<number> {
       throw new UsageError(`--codec must be one of ${PAYLOAD_CODECS.join(", ")}, found '${codecName}'`);
     codec = codecName as PayloadCodec | undefined;
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`deltaship diff: ${err.message}\n\n${USAGE}`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    return usageError("diff", USAGE, err);
   }
   const json = opts.flags.has("json");
   const bar = new ProgressBar();

@@ -7,13 +7,13 @@ import { openImage } from "../delta/image/open.js";
 import { indexImage } from "../delta/index/index.js";
 import {
   EXIT_OK,
-  EXIT_USAGE,
   formatBytes,
   ProgressBar,
   parseArgs,
   registryOptions,
   reportError,
   UsageError,
+  usageError,
 } from "./bundle-args.js";
 
 const USAGE = `usage: deltaship index IMAGE [--out FILE] [--insecure] [--json]
@@ -33,11 +33,7 @@ export async function run(args: string[]): Promise<number> {
     if (opts.positional.length !== 1) throw new UsageError("expected exactly one IMAGE");
     out = opts.one("out");
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`deltaship index: ${err.message}\n\n${USAGE}`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    return usageError("index", USAGE, err);
   }
   const json = opts.flags.has("json");
   const bar = new ProgressBar();

@@ -5,7 +5,7 @@
 import { readFile } from "node:fs/promises";
 import { isPresent, readBundleHead, requiredLayers } from "../delta/bundle/format.js";
 import { loadTrustedKey, verifyManifest } from "../delta/bundle/sign.js";
-import { EXIT_OK, EXIT_USAGE, formatBytes, parseArgs, reportError, UsageError } from "./bundle-args.js";
+import { EXIT_OK, formatBytes, parseArgs, reportError, UsageError, usageError } from "./bundle-args.js";
 
 const USAGE = `usage: deltaship inspect BUNDLE [--trust PUBKEY]... [--json]
 
@@ -21,11 +21,7 @@ export async function run(args: string[]): Promise<number> {
     }
     if (opts.positional.length !== 1) throw new UsageError("expected exactly one BUNDLE");
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`deltaship inspect: ${err.message}\n\n${USAGE}`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    return usageError("inspect", USAGE, err);
   }
   const json = opts.flags.has("json");
   try {

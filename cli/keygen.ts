@@ -4,7 +4,7 @@
  */
 import { writeFile } from "node:fs/promises";
 import { generateSigningKey, privateKeyPem, publicKeyPem } from "../delta/bundle/sign.js";
-import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseArgs, UsageError } from "./bundle-args.js";
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE, parseArgs, UsageError, usageError } from "./bundle-args.js";
 
 const USAGE = `usage: deltaship keygen --out PREFIX [--force] [--json]
 
@@ -20,11 +20,7 @@ export async function run(args: string[]): Promise<number> {
     }
     if (opts.positional.length > 0) throw new UsageError(`unexpected argument '${opts.positional[0]}'`);
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`deltaship keygen: ${err.message}\n\n${USAGE}`);
-      return EXIT_USAGE;
-    }
-    throw err;
+    return usageError("keygen", USAGE, err);
   }
   const prefix = opts.one("out");
   if (prefix === undefined) {
