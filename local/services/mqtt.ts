@@ -8,12 +8,13 @@
  * What is a stand-in: the broker does not authenticate the SAS token, and the twin and direct
  * method answers come from this file instead of IoT Hub.
  */
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as mqtt from "mqtt";
+import { makeServerCertificates } from "./certificates.js";
 import { stopProcess } from "./process.js";
 
 /** The SDK's MQTT port is fixed (mqtts://host:8883), so the broker must take this one. */
@@ -52,47 +53,6 @@ export interface HubStandIn {
   close(): Promise<void>;
 }
 
-function makeCertificates(dir: string): void {
-  const run = (args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "pipe" });
-  run(
-    ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Deltaship test CA"].concat([
-      "-keyout",
-      "ca.key",
-      "-out",
-      "ca.crt",
-    ]),
-  );
-  writeFileSync(
-    join(dir, "server.ext"),
-    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-  );
-  run([
-    "req",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-subj",
-    "/CN=127.0.0.1",
-    "-keyout",
-    "server.key",
-    "-out",
-    "server.csr",
-  ]);
-  run(
-    ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"].concat([
-      "-days",
-      "2",
-      "-extfile",
-      "server.ext",
-      "-out",
-      "server.crt",
-    ]),
-  );
-  // mosquitto drops root privileges to its own user, which must still read these.
-  chmodSync(dir, 0o755);
-  for (const name of ["ca.crt", "server.crt", "server.key"]) chmodSync(join(dir, name), 0o644);
-}
-
 async function portAnswers(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = netConnect({ host: "127.0.0.1", port });
@@ -124,14 +84,17 @@ const EVENT_TOPIC = /^devices\/([^/]+)\/modules\/([^/]+)\/messages\/events\/(.*?
 
 export async function startHubStandIn(): Promise<HubStandIn> {
   const dir = mkdtempSync(join(tmpdir(), "deltaship-mqtt-"));
-  makeCertificates(dir);
+  const tls = makeServerCertificates(dir);
+  // mosquitto drops root privileges to its own user, which must still read these.
+  chmodSync(dir, 0o755);
+  for (const path of [tls.caPath, tls.certPath, tls.keyPath]) chmodSync(path, 0o644);
   writeFileSync(
     join(dir, "mosquitto.conf"),
     [
       `listener ${HUB_MQTT_PORT} 127.0.0.1`,
-      `cafile ${join(dir, "ca.crt")}`,
-      `certfile ${join(dir, "server.crt")}`,
-      `keyfile ${join(dir, "server.key")}`,
+      `cafile ${tls.caPath}`,
+      `certfile ${tls.certPath}`,
+      `keyfile ${tls.keyPath}`,
       "allow_anonymous true",
       // Sessions survive a broker restart, so the hub side misses nothing sent while it reconnects.
       "persistence true",
@@ -143,7 +106,7 @@ export async function startHubStandIn(): Promise<HubStandIn> {
   chmodSync(join(dir, "mosquitto.conf"), 0o644);
   mkdirSync(join(dir, "data"));
   chmodSync(join(dir, "data"), 0o777);
-  const ca = readFileSync(join(dir, "ca.crt"));
+  const ca = readFileSync(tls.caPath);
 
   let broker: ChildProcess | undefined;
   let brokerLog = "";
@@ -273,7 +236,7 @@ export async function startHubStandIn(): Promise<HubStandIn> {
   };
 
   return {
-    caFile: join(dir, "ca.crt"),
+    caFile: tls.caPath,
     connectionString(deviceId, moduleId) {
       // Any base64 key does: mosquitto accepts the SAS token without checking it.
       const key = Buffer.from(`stand-in key for ${deviceId}/${moduleId}`).toString("base64");

@@ -12,14 +12,15 @@
  * Services email (send + operation status) are below; they check the SDKs' signatures with the
  * key the test configured, so a request that would be refused by Azure is refused here too.
  */
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { createHash, createHmac, randomUUID } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:https";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { makeServerCertificates } from "../../local/services/certificates.js";
 import { readRequestBody } from "./request-body.js";
 
 /** Attempts and pause when a fixed port is busy: 50 × 200 ms bounds the wait to 10 s. */
@@ -42,65 +43,12 @@ export interface TestCertificates {
 /** Makes a CA and a server certificate for 127.0.0.1 and localhost with the openssl binary. */
 export function makeTestCertificates(): TestCertificates {
   const dir = mkdtempSync(join(tmpdir(), "deltaship-tls-"));
-  const file = (name: string) => join(dir, name);
-  const openssl = (...args: string[]) => execFileSync("openssl", args, { stdio: ["ignore", "pipe", "pipe"] });
-  openssl(
-    "req",
-    "-x509",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=Deltaship test CA",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
-    "-keyout",
-    file("ca.key"),
-    "-out",
-    file("ca.pem"),
-  );
-  openssl(
-    "req",
-    "-newkey",
-    "rsa:2048",
-    "-nodes",
-    "-subj",
-    "/CN=127.0.0.1",
-    "-keyout",
-    file("server.key"),
-    "-out",
-    file("server.csr"),
-  );
-  writeFileSync(
-    file("server.ext"),
-    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-  );
-  openssl(
-    "x509",
-    "-req",
-    "-in",
-    file("server.csr"),
-    "-CA",
-    file("ca.pem"),
-    "-CAkey",
-    file("ca.key"),
-    "-CAcreateserial",
-    "-days",
-    "2",
-    "-extfile",
-    file("server.ext"),
-    "-out",
-    file("server.pem"),
-  );
+  const files = makeServerCertificates(dir);
   return {
-    caPem: readFileSync(file("ca.pem"), "utf8"),
-    caPath: file("ca.pem"),
-    keyPem: readFileSync(file("server.key"), "utf8"),
-    certPem: readFileSync(file("server.pem"), "utf8"),
+    caPem: readFileSync(files.caPath, "utf8"),
+    caPath: files.caPath,
+    keyPem: readFileSync(files.keyPath, "utf8"),
+    certPem: readFileSync(files.certPath, "utf8"),
     dispose: () => rmSync(dir, { recursive: true, force: true }),
   };
 }
