@@ -99,32 +99,36 @@ export class FileRangeSource implements SourceReader {
   }
 
   async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
-    if (position < 0 || length < 0 || position + length > this.location.size) {
-      throw new RangeError(
-        `read of ${length} bytes at ${position} is outside the ${this.location.size}-byte blob in ${this.location.path}`,
-      );
-    }
+    this.checkRange(position, length);
     let done = 0;
     while (done < length) {
       const at = this.location.offset + position + done;
       const { bytesRead } = await this.handle.read(into, offset + done, length - done, at);
-      if (bytesRead === 0) throw new Error(`${this.location.path} ended at byte ${at}; did it shrink?`);
+      if (bytesRead === 0) throw this.shrunk(at);
       done += bytesRead;
     }
   }
 
-  /** The same read without the thread pool: the decoder uses it for windows copying from many places. */
-  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
+  private checkRange(position: number, length: number): void {
     if (position < 0 || length < 0 || position + length > this.location.size) {
       throw new RangeError(
         `read of ${length} bytes at ${position} is outside the ${this.location.size}-byte blob in ${this.location.path}`,
       );
     }
+  }
+
+  private shrunk(at: number): Error {
+    return new Error(`${this.location.path} ended at byte ${at}; did it shrink?`);
+  }
+
+  /** The same read without the thread pool: the decoder uses it for windows copying from many places. */
+  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
+    this.checkRange(position, length);
     let done = 0;
     while (done < length) {
       const at = this.location.offset + position + done;
       const n = readSync(this.handle.fd, into, offset + done, length - done, at);
-      if (n === 0) throw new Error(`${this.location.path} ended at byte ${at}; did it shrink?`);
+      if (n === 0) throw this.shrunk(at);
       done += n;
     }
   }
