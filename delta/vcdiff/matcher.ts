@@ -549,11 +549,10 @@ export class WindowMatcher {
     }
 
     const pages = this.pages;
+    // The continuation of the last source copy (same shift), which survives small edits.
+    const diagonalFrom = this.base + p + this.diagonal;
     if (pages !== undefined && bestLength < GOOD_ENOUGH) {
       const maxExtension = pages.paged ? MAX_PAGED_EXTENSION : Number.MAX_SAFE_INTEGER;
-      const abs = this.base + p;
-      // The continuation of the last source copy (same shift), which survives small edits.
-      const diagonalFrom = abs + this.diagonal;
       if (diagonalFrom >= 0 && diagonalFrom < pages.size) {
         const len = this.matchForward(p, diagonalFrom, Math.min(max, maxExtension));
         if (len < 0) return false;
@@ -648,7 +647,6 @@ export class WindowMatcher {
     if (p + MIN_MATCH <= n) this.insert(t, p);
     // A source copy elsewhere ends the diagonal; a long RUN or copy within the window was taken
     // without trying it. Either gives way if the diagonal, here or a few bytes on, reaches much further.
-    const diagonalFrom = this.base + p + this.diagonal;
     if (
       pages !== undefined &&
       (bestKind === KIND_COPY_SOURCE || (bestKind !== KIND_ADD && bestLength >= GOOD_ENOUGH)) &&
