@@ -267,6 +267,16 @@ interface Scenario {
   to: CorpusImage;
 }
 
+/** skopeo copy between the local http registry and docker-archives (TLS checks off: 127.0.0.1 speaks http). */
+function skopeoCopy(from: string, to: string): void {
+  const r = spawnSync(
+    "skopeo",
+    ["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", from, to],
+    { encoding: "utf8" },
+  );
+  mustSucceed(`skopeo copy ${from} ${to}`, r);
+}
+
 /**
  * The bundle applied from and to a local docker-registry: skopeo pushes the images the device
  * holds, our CLI rebuilds the target from their registry blobs and pushes it, and skopeo pulls
@@ -283,12 +293,7 @@ async function registryRoundTrip(
   const from: string[] = [];
   for (const [k, image] of s.from.entries()) {
     const ref = `${repository(`held${k}`)}:latest`;
-    const pushed = spawnSync(
-      "skopeo",
-      ["copy", "--quiet", "--dest-tls-verify=false", `docker-archive:${image.path}`, `docker://${ref}`],
-      { encoding: "utf8" },
-    );
-    mustSucceed(`skopeo copy ${image.path} to ${ref}`, pushed);
+    skopeoCopy(`docker-archive:${image.path}`, `docker://${ref}`);
     from.push("--from", ref);
   }
   const target = `${repository("target")}:latest`;
@@ -307,12 +312,7 @@ async function registryRoundTrip(
   mustSucceed("deltaship apply to the registry", apply);
   const pulled = join(scratch, "pulled.tar");
   rmSync(pulled, { force: true });
-  const pull = spawnSync(
-    "skopeo",
-    ["copy", "--quiet", "--src-tls-verify=false", `docker://${target}`, `docker-archive:${pulled}`],
-    { encoding: "utf8" },
-  );
-  mustSucceed(`skopeo copy ${target} to a docker-archive`, pull);
+  skopeoCopy(`docker://${target}`, `docker-archive:${pulled}`);
   const verified = await verifyArchive(pulled, s.to);
   rmSync(pulled, { force: true });
   return { apply: measured(apply), verified };
