@@ -309,6 +309,8 @@ function hintsFor(
         targetLength: headerLength + entry.size,
         sourceOffset: old.headerOffset,
         sourceLength: old.dataOffset - old.headerOffset + old.size,
+        targetHeaderLength: headerLength,
+        sourceHeaderLength: old.dataOffset - old.headerOffset,
       });
       hints.uses.add(old.layer);
     }

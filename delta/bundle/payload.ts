@@ -10,6 +10,7 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { CompressStream } from "zstd-napi";
 import { encodeFilterTable, type FilterRange, filterRanges } from "../filters/payload.js";
+import type { ReferenceHint } from "../refzstd/encoder.js";
 import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
 import type { ConcatSource } from "../vcdiff/source.js";
 import { readFileStream } from "./scratch.js";
@@ -33,7 +34,8 @@ export const ZSTD_WORKERS = Math.min(2, Math.max(1, availableParallelism()));
 
 export interface LayerHints {
   copies: CopyHint[];
-  searches: SearchHint[];
+  /** Changed entries against their old versions: VCDIFF searches them, `ref-zstd` compresses them against them. */
+  searches: (SearchHint & Pick<ReferenceHint, "targetHeaderLength" | "sourceHeaderLength">)[];
   /** Source layers (catalog numbers) the hints read from. */
   uses: Set<number>;
 }

@@ -10,6 +10,7 @@ import { addDifferences } from "./approx.js";
 import {
   compressBound,
   DIFF_PIECE,
+  GZIP_PIECE,
   MAX_EXTENTS,
   MAX_OUTPUT_SIZE,
   MAX_PIECES,
@@ -20,11 +21,20 @@ import {
   PREAMBLE_SIZE,
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
+  REFZSTD_VERSION_GZIP,
   RefZstdError,
   type SegmentHeader,
   unzigzag,
   VarintReader,
 } from "./format.js";
+import {
+  GZIP_FIXED_HEADER,
+  GZIP_TRAILER,
+  gunzipText,
+  MAX_GZIP_HEADER,
+  MAX_GZIP_TEXT,
+  regzip,
+} from "./regzip.js";
 
 /** Output is handed on in pieces of this size: large enough for few writes, small enough to bound memory. */
 const OUTPUT_CHUNK = 1024 * 1024;
@@ -92,6 +102,7 @@ function parseSegmentHeader(
   bytes: Uint8Array,
   offset: number,
   remainingOutput: number,
+  version: number,
 ): {
   header: SegmentHeader;
   length: number;
@@ -123,7 +134,7 @@ function parseSegmentHeader(
   );
   limit(
     header.tablesLength >= 1 &&
-      header.tablesLength <= compressBound(maxTablesSize(header.extentCount, header.pieceCount)),
+      header.tablesLength <= compressBound(maxTablesSize(header.extentCount, header.pieceCount, version)),
     `a ${header.tablesLength}-byte tables frame cannot hold ${header.extentCount} extents and ${header.pieceCount} pieces`,
   );
   limit(
@@ -135,33 +146,67 @@ function parseSegmentHeader(
   return { header, length: r.position };
 }
 
+/** A gzip piece's recipe (version 2): the file's header and text come from the literal bytes. */
+interface GzipPiece {
+  readonly headerLength: number;
+  readonly textLength: number;
+  readonly level: number;
+}
+
 interface Tables {
   readonly extentOffsets: Float64Array;
   readonly extentLengths: Float64Array;
+  /** Text bytes an inflated extent puts in the dictionary; -1 for a plain extent. */
+  readonly extentInflated: Float64Array;
   readonly referenceSize: number;
   /** Source offset per piece, -1 for literal pieces. */
   readonly pieceOffsets: Float64Array;
   readonly pieceLengths: Float64Array;
   /** 1 for a diff piece (source bytes plus as many literal bytes, mod 256), else 0. */
   readonly pieceDiffs: Uint8Array;
+  /** The gzip pieces, by piece index. */
+  readonly gzips: Map<number, GzipPiece>;
 }
 
-function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, sourceSize: number): Tables {
+function parseTables(
+  bytes: Uint8Array,
+  offset: number,
+  header: SegmentHeader,
+  sourceSize: number,
+  version: number,
+): Tables {
   const r = new VarintReader(bytes, offset, "tables");
   const corrupt = (message: string) => new RefZstdError("CORRUPT", `tables: ${message}`, offset);
   const extentOffsets = new Float64Array(header.extentCount);
   const extentLengths = new Float64Array(header.extentCount);
+  const extentInflated = new Float64Array(header.extentCount).fill(-1);
+  const gzips = new Map<number, GzipPiece>();
   let end = 0;
   let referenceSize = 0;
   for (let i = 0; i < header.extentCount; i++) {
     const start = end + unzigzag(r.read(`extent ${i}'s offset`));
-    const length = r.read(`extent ${i}'s length`);
+    const word = r.read(`extent ${i}'s length`);
+    const inflate = version === REFZSTD_VERSION_GZIP && word % 2 === 1;
+    const length = version === REFZSTD_VERSION_GZIP ? Math.floor(word / 2) : word;
     if (length < 1 || start < 0 || start + length > sourceSize) {
       throw corrupt(
         `extent ${i} (${length} bytes at ${start}) is empty or outside the ${sourceSize}-byte source`,
       );
     }
-    referenceSize += length;
+    if (inflate) {
+      const text = r.read(`extent ${i}'s inflated length`);
+      if (text > MAX_GZIP_TEXT || length > MAX_REFERENCE) {
+        throw new RefZstdError(
+          "LIMIT",
+          `inflated extent ${i} (${length} bytes of gzip, ${text} of text) exceeds ${MAX_REFERENCE} bytes of gzip or ${MAX_GZIP_TEXT} of text`,
+          offset,
+        );
+      }
+      extentInflated[i] = text;
+      referenceSize += text;
+    } else {
+      referenceSize += length;
+    }
     if (referenceSize > MAX_REFERENCE) {
       throw new RefZstdError("LIMIT", `the reference exceeds ${MAX_REFERENCE} bytes at extent ${i}`, offset);
     }
@@ -178,6 +223,38 @@ function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, s
   let output = 0;
   for (let i = 0; i < header.pieceCount; i++) {
     const word = r.read(`piece ${i}`);
+    if (word === GZIP_PIECE) {
+      if (version !== REFZSTD_VERSION_GZIP) throw corrupt(`piece ${i} is an empty copy`);
+      const length = r.read(`gzip piece ${i}'s output length`);
+      const gzip: GzipPiece = {
+        headerLength: r.read(`gzip piece ${i}'s header length`),
+        textLength: r.read(`gzip piece ${i}'s text length`),
+        level: r.read(`gzip piece ${i}'s level`),
+      };
+      if (
+        gzip.headerLength < GZIP_FIXED_HEADER ||
+        gzip.headerLength > MAX_GZIP_HEADER ||
+        gzip.textLength > MAX_GZIP_TEXT ||
+        gzip.level < 1 ||
+        gzip.level > 9 ||
+        length < gzip.headerLength + GZIP_TRAILER ||
+        length > gzip.headerLength + GZIP_TRAILER + compressBound(gzip.textLength) + 1024
+      ) {
+        throw corrupt(
+          `gzip piece ${i} (${length} bytes from a ${gzip.headerLength}-byte header and ${gzip.textLength} bytes of text at level ${gzip.level}) is out of bounds`,
+        );
+      }
+      output += length;
+      if (output > header.outputLength) {
+        throw corrupt(`piece ${i} goes past the segment's ${header.outputLength} output bytes`);
+      }
+      pieceLengths[i] = length;
+      pieceOffsets[i] = -1;
+      gzips.set(i, gzip);
+      literal += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+      expected += length;
+      continue;
+    }
     const isDiff = word === DIFF_PIECE;
     const length = isDiff ? r.read(`diff piece ${i}'s length`) : Math.floor(word / 2);
     if (length < 1) throw corrupt(`piece ${i} is empty`);
@@ -216,7 +293,16 @@ function parseTables(bytes: Uint8Array, offset: number, header: SegmentHeader, s
       `pieces produce ${output} bytes with ${literal} literal, the header says ${header.outputLength} with ${header.literalLength}`,
     );
   }
-  return { extentOffsets, extentLengths, referenceSize, pieceOffsets, pieceLengths, pieceDiffs };
+  return {
+    extentOffsets,
+    extentLengths,
+    extentInflated,
+    referenceSize,
+    pieceOffsets,
+    pieceLengths,
+    pieceDiffs,
+    gzips,
+  };
 }
 
 /**
@@ -257,6 +343,41 @@ function decompressInto(
 }
 
 /**
+ * A gzip piece's output: the file's header from the literal bytes at `at`, the deflate data of
+ * GNU gzip run on the text that follows, and the trailer after the text, which must equal
+ * gzip's own (else the text or this gzip is not what the encoder had).
+ */
+async function rebuildGzip(
+  literal: Uint8Array,
+  at: number,
+  gzip: GzipPiece,
+  length: number,
+  segment: number,
+  piece: number,
+  offset: number,
+): Promise<Uint8Array> {
+  const textAt = at + gzip.headerLength;
+  const trailerAt = textAt + gzip.textLength;
+  const made = await regzip(literal.subarray(textAt, trailerAt), gzip.level);
+  const trailer = literal.subarray(trailerAt, trailerAt + GZIP_TRAILER);
+  if (
+    gzip.headerLength + made.body.length + GZIP_TRAILER !== length ||
+    Buffer.compare(made.trailer, trailer) !== 0
+  ) {
+    throw new RefZstdError(
+      "CORRUPT",
+      `segment ${segment}'s gzip piece ${piece}: gzip -${gzip.level} of its text makes ${gzip.headerLength + made.body.length + GZIP_TRAILER} bytes with trailer ${Buffer.from(made.trailer).toString("hex")}, the payload says ${length} bytes with ${Buffer.from(trailer).toString("hex")} (damaged payload, or a gzip that is not GNU gzip)`,
+      offset,
+    );
+  }
+  const bytes = new Uint8Array(length);
+  bytes.set(literal.subarray(at, textAt));
+  bytes.set(made.body, gzip.headerLength);
+  bytes.set(trailer, length - GZIP_TRAILER);
+  return bytes;
+}
+
+/**
  * Decodes a `ref-zstd` payload read by random access from `payload`; yields the layer tar in
  * order. A yielded chunk is valid only until the next is requested (one output buffer is
  * reused): hash and write it, or copy it. Every malformed or truncated payload ends in a
@@ -281,10 +402,11 @@ export async function* decodeRefZstd(
       throw new RefZstdError("BAD_MAGIC", "this is not a ref-zstd payload (magic bytes differ)", i);
     }
   }
-  if (head[REFZSTD_MAGIC.length] !== REFZSTD_VERSION) {
+  const version = head[REFZSTD_MAGIC.length]!;
+  if (version !== REFZSTD_VERSION && version !== REFZSTD_VERSION_GZIP) {
     throw new RefZstdError(
       "VERSION",
-      `payload version ${head[REFZSTD_MAGIC.length]}, this decoder reads version ${REFZSTD_VERSION}; update the device software`,
+      `payload version ${version}, this decoder reads versions ${REFZSTD_VERSION} and ${REFZSTD_VERSION_GZIP}; update the device software`,
       REFZSTD_MAGIC.length,
     );
   }
@@ -326,12 +448,12 @@ export async function* decodeRefZstd(
       position,
       Math.min(MAX_SEGMENT_HEADER, payload.size - position),
     );
-    const { header, length } = parseSegmentHeader(headerBytes, position, outputSize - planned);
+    const { header, length } = parseSegmentHeader(headerBytes, position, outputSize - planned, version);
     position += length;
     planned += header.outputLength;
 
     const tablesFrame = await readPayload(payload, position, header.tablesLength, `segment ${s}'s tables`);
-    const tablesSize = maxTablesSize(header.extentCount, header.pieceCount);
+    const tablesSize = maxTablesSize(header.extentCount, header.pieceCount, version);
     const declared = (() => {
       try {
         return zstd.getFrameContentSize(tablesFrame);
@@ -363,6 +485,7 @@ export async function* decodeRefZstd(
       position,
       header,
       sourceSize,
+      version,
     );
     position += header.tablesLength;
 
@@ -376,6 +499,20 @@ export async function* decodeRefZstd(
       let at = 1;
       for (let i = 0; i < tables.extentOffsets.length; i++) {
         const n = tables.extentLengths[i]!;
+        const inflated = tables.extentInflated[i]!;
+        if (inflated >= 0) {
+          const text = gunzipText(await readExact(source!, tables.extentOffsets[i]!, n), inflated + 1);
+          if (text === undefined || text.length !== inflated) {
+            throw new RefZstdError(
+              "CORRUPT",
+              `segment ${s}'s extent ${i}: the source's ${n} bytes at ${tables.extentOffsets[i]} are not a gzip file of ${inflated} bytes of text`,
+              position,
+            );
+          }
+          dictionary.set(text, at);
+          at += inflated;
+          continue;
+        }
         if (source!.readSync !== undefined) source!.readSync(tables.extentOffsets[i]!, dictionary, at, n);
         else await source!.read(tables.extentOffsets[i]!, dictionary, at, n);
         at += n;
@@ -397,12 +534,22 @@ export async function* decodeRefZstd(
       let remaining = tables.pieceLengths[i]!;
       const from = tables.pieceOffsets[i]!;
       const isDiff = tables.pieceDiffs[i] === 1;
+      const gzip = tables.gzips.get(i);
+      // A gzip piece's output is rebuilt whole, then played like literal bytes.
+      let bytes = literal;
+      let bytesAt = literalAt;
+      if (gzip !== undefined) {
+        bytes = await rebuildGzip(literal, literalAt, gzip, remaining, s, i, position);
+        bytesAt = 0;
+        literalAt += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+      }
       let copied = 0;
       while (remaining > 0) {
         const n = Math.min(remaining, out.length - fill);
         if (from < 0) {
-          out.set(literal.subarray(literalAt, literalAt + n), fill);
-          literalAt += n;
+          out.set(bytes.subarray(bytesAt, bytesAt + n), fill);
+          bytesAt += n;
+          if (gzip === undefined) literalAt += n;
         } else if (source!.readSync !== undefined) {
           source!.readSync(from + copied, out, fill, n);
         } else {

@@ -12,6 +12,7 @@ import {
   DIFF_PIECE,
   type Extent,
   FRAME_WINDOW_LOG,
+  GZIP_PIECE,
   MAX_EXTENTS,
   MAX_PIECES,
   MAX_REFERENCE,
@@ -19,9 +20,18 @@ import {
   MAX_SOURCE_SIZE,
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
+  REFZSTD_VERSION_GZIP,
   VarintWriter,
   zigzag,
 } from "./format.js";
+import {
+  findGzipRecipe,
+  GZIP_FIXED_HEADER,
+  GZIP_MAGIC,
+  GZIP_TRAILER,
+  gunzipText,
+  MAX_GZIP_TEXT,
+} from "./regzip.js";
 
 /** zstd level for layers with much literal data (base layers, big binaries): 22 would take twice the CPU time. */
 export const DEFAULT_REFZSTD_LEVEL = 19;
@@ -45,6 +55,12 @@ export interface ReferenceHint {
   readonly targetLength: number;
   readonly sourceOffset: number;
   readonly sourceLength: number;
+  /**
+   * When both ranges are tar entries (header blocks, then the file's content to the range's end):
+   * the header lengths. A changed gzip file is then sent as its text (see regzip.ts).
+   */
+  readonly targetHeaderLength?: number;
+  readonly sourceHeaderLength?: number;
 }
 
 export interface RefZstdEncodeOptions {
@@ -52,6 +68,8 @@ export interface RefZstdEncodeOptions {
   readonly references?: readonly ReferenceHint[];
   /** Diff pieces for changed executables (approximate matching); default true. */
   readonly approximate?: boolean;
+  /** Changed gzip files that GNU gzip rebuilds exactly are sent as text (payload version 2); default true. */
+  readonly regzip?: boolean;
   /** zstd level of the literal frames; default SMALL_LAYER_REFZSTD_LEVEL up to SMALL_LAYER_LITERAL literal bytes, else DEFAULT_REFZSTD_LEVEL. */
   readonly level?: number;
   /** Literal bytes per segment, at most MAX_SEGMENT_LITERAL (smaller in tests). */
@@ -141,6 +159,8 @@ interface SegmentPlan {
   readonly targets: number[];
   /** Indexes of diff pieces: their source offset is in `sources`, their difference bytes are literal. */
   readonly diffs: Set<number>;
+  /** Gzip pieces by index: the file at `targets` (`lengths` bytes) is sent as its header, text and trailer. */
+  readonly gzips: Map<number, GzipPlan>;
   readonly extents: Extent[];
   literal: number;
   output: number;
@@ -153,6 +173,7 @@ function emptySegment(): SegmentPlan {
     sources: [],
     targets: [],
     diffs: new Set(),
+    gzips: new Map(),
     extents: [],
     literal: 0,
     output: 0,
@@ -171,6 +192,24 @@ interface Reference {
   done: number;
   /** Pieces from approximate matching (old offsets in the source) that replace the reference. */
   approx?: RefinedPiece[];
+  /** Tar header lengths of both entries, when the hint gave them. */
+  readonly targetHeaderLength?: number;
+  readonly sourceHeaderLength?: number;
+  /** The old entry's length without tar padding. */
+  readonly sourceEntryLength: number;
+  /** Set when the entry's file is a gzip file GNU gzip rebuilds: it is sent as its text. */
+  gzip?: GzipPlan;
+}
+
+/** How a changed gzip file is sent: its header, text and trailer as literal bytes, against its old text. */
+interface GzipPlan {
+  readonly level: number;
+  readonly headerLength: number;
+  readonly textLength: number;
+  /** The old gzip file in the source, and the length of its text. */
+  readonly oldOffset: number;
+  readonly oldLength: number;
+  readonly oldTextLength: number;
 }
 
 /** Builds segments piece by piece; a new segment inherits the extent of the reference being emitted. */
@@ -201,7 +240,12 @@ class Planner {
     const seg = this.current;
     if (seg.extents.length >= MAX_EXTENTS) throw new Error("a segment was planned past MAX_EXTENTS");
     const last = seg.extents[seg.extents.length - 1];
-    if (last !== undefined && last.sourceOffset + last.length === extent.sourceOffset) {
+    if (
+      last !== undefined &&
+      last.inflatedLength === undefined &&
+      extent.inflatedLength === undefined &&
+      last.sourceOffset + last.length === extent.sourceOffset
+    ) {
       seg.extents[seg.extents.length - 1] = {
         sourceOffset: last.sourceOffset,
         length: last.length + extent.length,
@@ -209,14 +253,31 @@ class Planner {
     } else {
       seg.extents.push(extent);
     }
-    seg.referenceSize += extent.length;
+    seg.referenceSize += extent.inflatedLength ?? extent.length;
+  }
+
+  /** The gzip file target[targetOffset, +length) as its header, text and trailer (literal bytes). */
+  gzip(targetOffset: number, length: number, gzip: GzipPlan): void {
+    this.roomForPiece();
+    const seg = this.current;
+    seg.gzips.set(seg.lengths.length, gzip);
+    seg.lengths.push(length);
+    seg.sources.push(-1);
+    seg.targets.push(targetOffset);
+    seg.literal += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+    seg.output += length;
   }
 
   literal(targetOffset: number, length: number): void {
     this.roomForPiece();
     const seg = this.current;
     const i = seg.lengths.length - 1;
-    if (i >= 0 && seg.sources[i] === -1 && seg.targets[i]! + seg.lengths[i]! === targetOffset) {
+    if (
+      i >= 0 &&
+      seg.sources[i] === -1 &&
+      !seg.gzips.has(i) &&
+      seg.targets[i]! + seg.lengths[i]! === targetOffset
+    ) {
       seg.lengths[i]! += length;
     } else {
       seg.lengths.push(length);
@@ -353,8 +414,12 @@ function prepareReferences(
       targetEnd: h.targetOffset + h.targetLength,
       sourceOffset: h.sourceOffset,
       sourceLength: padded,
+      sourceEntryLength: h.sourceLength,
       literal: 0,
       done: 0,
+      ...(h.targetHeaderLength !== undefined && h.sourceHeaderLength !== undefined
+        ? { targetHeaderLength: h.targetHeaderLength, sourceHeaderLength: h.sourceHeaderLength }
+        : {}),
     });
     end = h.targetOffset + h.targetLength;
   }
@@ -421,7 +486,7 @@ async function approximateReferences(
   for (const r of references) {
     const length = r.targetEnd - r.targetOffset;
     if (length < APPROX_MIN_SIZE || length > APPROX_MAX_SIZE || r.sourceLength > APPROX_MAX_SIZE) continue;
-    if (r.literal !== length) continue;
+    if (r.literal !== length || r.gzip !== undefined) continue;
     const newBytes = new Uint8Array(length);
     await readInto(target, r.targetOffset, newBytes, 0, length);
     if (!looksBinary(newBytes)) continue;
@@ -439,6 +504,103 @@ async function approximateReferences(
     if (matching.size > ahead) await Promise.race(matching);
   }
   await Promise.all(matching);
+}
+
+/** gzip files whose recipe is being looked for at once: each is a gzip process or two. */
+const REGZIP_CONCURRENCY = 4;
+
+/**
+ * Gives each reference whose old and new files are gzip files (and no copies) a gzip plan when
+ * GNU gzip rebuilds the new file exactly from its text and the old one inflates: a changed
+ * changelog is then sent as a few changed lines instead of a whole new deflate stream.
+ */
+async function regzipReferences(
+  target: SourceReader,
+  source: SourceReader,
+  references: readonly Reference[],
+): Promise<void> {
+  const candidates = references.filter((r) => {
+    if (r.targetHeaderLength === undefined || r.sourceHeaderLength === undefined) return false;
+    const length = r.targetEnd - r.targetOffset;
+    const newLength = length - r.targetHeaderLength;
+    const oldLength = r.sourceEntryLength - r.sourceHeaderLength;
+    return (
+      r.literal === length &&
+      newLength >= GZIP_FIXED_HEADER + GZIP_TRAILER &&
+      oldLength >= GZIP_FIXED_HEADER + GZIP_TRAILER &&
+      newLength <= MAX_GZIP_TEXT &&
+      oldLength <= MAX_GZIP_TEXT
+    );
+  });
+  const look = async (r: Reference): Promise<void> => {
+    const newAt = r.targetOffset + r.targetHeaderLength!;
+    const oldAt = r.sourceOffset + r.sourceHeaderLength!;
+    const magic = new Uint8Array(GZIP_MAGIC.length);
+    await readInto(target, newAt, magic, 0, magic.length);
+    if (!startsWith(magic, GZIP_MAGIC)) return;
+    await readInto(source, oldAt, magic, 0, magic.length);
+    if (!startsWith(magic, GZIP_MAGIC)) return;
+    const oldFile = new Uint8Array(r.sourceOffset + r.sourceEntryLength - oldAt);
+    await readInto(source, oldAt, oldFile, 0, oldFile.length);
+    const oldText = gunzipText(oldFile);
+    if (oldText === undefined) return;
+    const newFile = new Uint8Array(r.targetEnd - newAt);
+    await readInto(target, newAt, newFile, 0, newFile.length);
+    const recipe = await findGzipRecipe(newFile);
+    if (recipe === undefined) return;
+    r.gzip = {
+      level: recipe.level,
+      headerLength: recipe.headerLength,
+      textLength: recipe.text.length,
+      oldOffset: oldAt,
+      oldLength: oldFile.length,
+      oldTextLength: oldText.length,
+    };
+  };
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < candidates.length) await look(candidates[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(REGZIP_CONCURRENCY, candidates.length) }, worker));
+}
+
+function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
+  for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false;
+  return true;
+}
+
+/**
+ * Plans a changed gzip file: the old tar header and the old file's text as the reference, the
+ * new tar header as literal bytes, then the gzip piece.
+ */
+function planGzip(
+  planner: Planner,
+  r: Reference,
+  gzip: GzipPlan,
+  segmentLiteral: number,
+  referenceLimit: number,
+): void {
+  planner.active = undefined;
+  const header = r.targetHeaderLength!;
+  const fileLength = r.targetEnd - r.targetOffset - header;
+  const literal = header + gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+  const reference = r.sourceHeaderLength! + gzip.oldTextLength;
+  const seg = planner.current;
+  if (
+    seg.literal + literal > segmentLiteral ||
+    seg.referenceSize + reference > referenceLimit ||
+    seg.extents.length + 2 > MAX_EXTENTS
+  ) {
+    planner.flush();
+  }
+  planner.addExtent({ sourceOffset: r.sourceOffset, length: r.sourceHeaderLength! });
+  planner.addExtent({
+    sourceOffset: gzip.oldOffset,
+    length: gzip.oldLength,
+    inflatedLength: gzip.oldTextLength,
+  });
+  planner.literal(r.targetOffset, header);
+  planner.gzip(r.targetOffset + header, fileLength, gzip);
 }
 
 /** Plans a reference's approximate pieces, cutting diff and extra bytes at segment literal limits. */
@@ -504,6 +666,13 @@ function plan(
       position = r.targetEnd;
       continue;
     }
+    if (r?.gzip !== undefined && r.targetOffset === position) {
+      planGzip(planner, r, r.gzip, segmentLiteral, referenceLimit);
+      entered = undefined;
+      chunk = -1;
+      position = r.targetEnd;
+      continue;
+    }
     const runEnd = Math.min(nextCopy, r !== undefined ? r.targetEnd : (references[ri]?.targetOffset ?? size));
     if (r !== entered) {
       entered = r;
@@ -561,6 +730,26 @@ function plan(
   return planner.segments;
 }
 
+/** Puts a gzip piece's literal bytes (the file's header, text and trailer) into `literal` at `at`; returns the end. */
+async function gatherGzip(
+  target: SourceReader,
+  offset: number,
+  length: number,
+  gzip: GzipPlan,
+  literal: Uint8Array,
+  at: number,
+): Promise<number> {
+  const file = new Uint8Array(length);
+  await readInto(target, offset, file, 0, length);
+  const text = gunzipText(file);
+  if (text?.length !== gzip.textLength)
+    throw new Error(`the gzip file at ${offset} of the target changed while encoding`);
+  literal.set(file.subarray(0, gzip.headerLength), at);
+  literal.set(text, at + gzip.headerLength);
+  literal.set(file.subarray(length - GZIP_TRAILER), at + gzip.headerLength + gzip.textLength);
+  return at + gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+}
+
 /**
  * Encodes `target` (a layer tar) against `source` (the virtual source) as a `ref-zstd` payload,
  * yielded in parts. Hints come from the caller's knowledge of both tars; without them the payload
@@ -578,6 +767,7 @@ export async function* encodeRefZstd(
   }
   const copies = await prepareCopies(target, source, options.copies ?? []);
   const references = prepareReferences(target, source, options.references ?? [], copies);
+  if (options.regzip !== false && source !== undefined) await regzipReferences(target, source, references);
   if (options.approximate !== false && source !== undefined)
     await approximateReferences(
       target,
@@ -614,7 +804,12 @@ export async function* encodeRefZstd(
   head.write(segments.length);
   const preamble = new Uint8Array(REFZSTD_MAGIC.length + 1 + head.length);
   preamble.set(REFZSTD_MAGIC);
-  preamble[REFZSTD_MAGIC.length] = REFZSTD_VERSION;
+  const version = segments.some(
+    (seg) => seg.gzips.size > 0 || seg.extents.some((e) => e.inflatedLength !== undefined),
+  )
+    ? REFZSTD_VERSION_GZIP
+    : REFZSTD_VERSION;
+  preamble[REFZSTD_MAGIC.length] = version;
   preamble.set(head.result, REFZSTD_MAGIC.length + 1);
   yield preamble;
 
@@ -653,7 +848,12 @@ export async function* encodeRefZstd(
     let end = 0;
     for (const e of seg.extents) {
       tables.write(zigzag(e.sourceOffset - end));
-      tables.write(e.length);
+      if (version === REFZSTD_VERSION) {
+        tables.write(e.length);
+      } else {
+        tables.write(e.length * 2 + (e.inflatedLength !== undefined ? 1 : 0));
+        if (e.inflatedLength !== undefined) tables.write(e.inflatedLength);
+      }
       end = e.sourceOffset + e.length;
     }
     // Source and target tars usually share their layout: a literal header between two copied
@@ -661,7 +861,11 @@ export async function* encodeRefZstd(
     let expected = 0;
     for (let i = 0; i < seg.lengths.length; i++) {
       const from = seg.sources[i]!;
-      if (seg.diffs.has(i)) {
+      const gzip = seg.gzips.get(i);
+      if (gzip !== undefined) {
+        for (const v of [GZIP_PIECE, seg.lengths[i]!, gzip.headerLength, gzip.textLength, gzip.level])
+          tables.write(v);
+      } else if (seg.diffs.has(i)) {
         tables.write(DIFF_PIECE);
         tables.write(seg.lengths[i]!);
       } else {
@@ -683,6 +887,11 @@ export async function* encodeRefZstd(
         const isDiff = seg.diffs.has(i);
         if (seg.sources[i]! >= 0 && !isDiff) continue;
         const length = seg.lengths[i]!;
+        const gzip = seg.gzips.get(i);
+        if (gzip !== undefined) {
+          at = await gatherGzip(target, seg.targets[i]!, length, gzip, literal, at);
+          continue;
+        }
         await readInto(target, seg.targets[i]!, literal, at, length);
         if (isDiff) {
           const old = new Uint8Array(length);
@@ -694,6 +903,16 @@ export async function* encodeRefZstd(
       const dictionary = new Uint8Array(1 + seg.referenceSize);
       at = 1;
       for (const e of seg.extents) {
+        if (e.inflatedLength !== undefined) {
+          const old = new Uint8Array(e.length);
+          await readInto(source!, e.sourceOffset, old, 0, e.length);
+          const text = gunzipText(old);
+          if (text?.length !== e.inflatedLength)
+            throw new Error(`the old gzip file at ${e.sourceOffset} of the source changed while encoding`);
+          dictionary.set(text, at);
+          at += e.inflatedLength;
+          continue;
+        }
         await readInto(source!, e.sourceOffset, dictionary, at, e.length);
         at += e.length;
       }

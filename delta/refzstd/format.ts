@@ -27,6 +27,23 @@
  * bytes it moves on by their length (a literal header between two copied files stands for the
  * old header between them, so in-order files cost one byte). The previous extent's end starts
  * at 0 in every segment too.
+ *
+ * Version 2 adds recompressed gzip files (see regzip.ts); a payload without them stays version 1.
+ * Its extents and pieces are:
+ *
+ *   extent   := varint zigzag(sourceOffset − end of the previous extent), varint (length × 2 + inflate)
+ *               [, varint inflatedLength if inflate]
+ *   piece    := … as in version 1
+ *             | varint 1, varint outputLength, varint headerLength, varint textLength, varint level
+ *                                                                                     (a gzip piece)
+ *
+ * An inflated extent puts the decompressed text of the gzip file source[sourceOffset, +length)
+ * in the dictionary (exactly inflatedLength bytes), so a changed `.gz` file's new text is
+ * compressed against its old text. A gzip piece takes headerLength + textLength + 8 literal
+ * bytes: the file's own gzip header, its text, and its 8-byte trailer; the output is that header,
+ * the deflate data of `gzip -c -n -LEVEL` of the text, and the trailer, outputLength bytes in
+ * all (the trailer must equal gzip's own). It moves `expected` on by outputLength. The word 1 is
+ * free in version 1 too: it would be an empty copy.
  */
 
 import { VarintReader as BaseVarintReader, MAX_VARINT_BYTES, VarintWriter } from "../varint.js";
@@ -35,8 +52,12 @@ export { MAX_VARINT_BYTES, VarintWriter };
 
 export const REFZSTD_MAGIC = Uint8Array.of(0x44, 0x53, 0x52, 0x5a);
 export const REFZSTD_VERSION = 1;
+/** The version of payloads with inflated extents or gzip pieces. */
+export const REFZSTD_VERSION_GZIP = 2;
 /** The piece word that starts a diff piece. */
 export const DIFF_PIECE = 0;
+/** The piece word that starts a gzip piece (version 2). */
+export const GZIP_PIECE = 1;
 /** Magic plus the version byte. */
 export const PREAMBLE_SIZE = REFZSTD_MAGIC.length + 1;
 
@@ -59,8 +80,11 @@ export const MAX_SEGMENT_HEADER = 6 * MAX_VARINT_BYTES;
 export const FRAME_WINDOW_LOG = 26;
 
 /** Upper bound of the decompressed tables of a segment with these counts. */
-export function maxTablesSize(extentCount: number, pieceCount: number): number {
-  return (2 * extentCount + 2 * pieceCount) * MAX_VARINT_BYTES;
+export function maxTablesSize(extentCount: number, pieceCount: number, version = REFZSTD_VERSION): number {
+  // Version 2: an inflated extent has three varints, a gzip piece five.
+  return version === REFZSTD_VERSION
+    ? (2 * extentCount + 2 * pieceCount) * MAX_VARINT_BYTES
+    : (3 * extentCount + 5 * pieceCount) * MAX_VARINT_BYTES;
 }
 
 /** zstd's ZSTD_COMPRESSBOUND: the largest frame a compressor writes for `n` input bytes. */
@@ -93,6 +117,8 @@ export interface Piece {
 export interface Extent {
   readonly sourceOffset: number;
   readonly length: number;
+  /** Set for an inflated extent (version 2): the source range is a gzip file, the dictionary holds its text of this length. */
+  readonly inflatedLength?: number;
 }
 
 export interface SegmentHeader {
