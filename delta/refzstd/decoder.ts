@@ -31,9 +31,10 @@ import {
   GZIP_FIXED_HEADER,
   GZIP_TRAILER,
   gunzipText,
+  gzipMembers,
   MAX_GZIP_HEADER,
   MAX_GZIP_TEXT,
-  regzip,
+  sameDeflate,
 } from "./regzip.js";
 
 /** Output is handed on in pieces of this size: large enough for few writes, small enough to bound memory. */
@@ -46,6 +47,8 @@ export interface DecodeOptions {
   readonly source?: SourceReader;
   /** The size the caller expects (the manifest's); a payload declaring another is refused. */
   readonly expectedSize?: number;
+  /** Where gzip's input files go when gzip pieces are rebuilt; default the system's temporary folder. */
+  readonly scratchDir?: string;
 }
 
 async function readExact(reader: SourceReader, position: number, length: number): Promise<Uint8Array> {
@@ -343,38 +346,73 @@ function decompressInto(
 }
 
 /**
- * A gzip piece's output: the file's header from the literal bytes at `at`, the deflate data of
- * GNU gzip run on the text that follows, and the trailer after the text, which must equal
- * gzip's own (else the text or this gzip is not what the encoder had).
+ * The outputs of a segment's gzip pieces, by piece index: each file's header from the literal
+ * bytes, then the deflate data GNU gzip makes of the text that follows it, then the trailer after
+ * the text, which must equal gzip's own (else the text or this gzip is not what the encoder had).
+ * One gzip run per level for the whole segment.
  */
-async function rebuildGzip(
+async function rebuildGzips(
+  tables: Tables,
   literal: Uint8Array,
-  at: number,
-  gzip: GzipPiece,
-  length: number,
   segment: number,
-  piece: number,
   offset: number,
-): Promise<Uint8Array> {
-  const textAt = at + gzip.headerLength;
-  const trailerAt = textAt + gzip.textLength;
-  const made = await regzip(literal.subarray(textAt, trailerAt), gzip.level);
-  const trailer = literal.subarray(trailerAt, trailerAt + GZIP_TRAILER);
-  if (
-    gzip.headerLength + made.body.length + GZIP_TRAILER !== length ||
-    Buffer.compare(made.trailer, trailer) !== 0
-  ) {
-    throw new RefZstdError(
-      "CORRUPT",
-      `segment ${segment}'s gzip piece ${piece}: gzip -${gzip.level} of its text makes ${gzip.headerLength + made.body.length + GZIP_TRAILER} bytes with trailer ${Buffer.from(made.trailer).toString("hex")}, the payload says ${length} bytes with ${Buffer.from(trailer).toString("hex")} (damaged payload, or a gzip that is not GNU gzip)`,
-      offset,
-    );
+  scratchDir: string | undefined,
+): Promise<Map<number, Uint8Array>> {
+  // Where each gzip piece's literal bytes start.
+  const starts = new Map<number, number>();
+  let at = 0;
+  for (let i = 0; i < tables.pieceLengths.length; i++) {
+    const gzip = tables.gzips.get(i);
+    if (gzip !== undefined) {
+      starts.set(i, at);
+      at += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+    } else if (tables.pieceOffsets[i]! < 0 || tables.pieceDiffs[i] === 1) {
+      at += tables.pieceLengths[i]!;
+    }
   }
-  const bytes = new Uint8Array(length);
-  bytes.set(literal.subarray(at, textAt));
-  bytes.set(made.body, gzip.headerLength);
-  bytes.set(trailer, length - GZIP_TRAILER);
-  return bytes;
+  const outputs = new Map<number, Uint8Array>();
+  for (const level of new Set([...tables.gzips.values()].map((g) => g.level))) {
+    const pieces = [...tables.gzips].filter(([, g]) => g.level === level).map(([i]) => i);
+    const texts = pieces.map((i) => {
+      const textAt = starts.get(i)! + tables.gzips.get(i)!.headerLength;
+      return literal.subarray(textAt, textAt + tables.gzips.get(i)!.textLength);
+    });
+    const members = await gzipMembers(texts, level, scratchDir);
+    let memberAt = 0;
+    for (const i of pieces) {
+      const gzip = tables.gzips.get(i)!;
+      const length = tables.pieceLengths[i]!;
+      const start = starts.get(i)!;
+      const file = new Uint8Array(length);
+      file.set(literal.subarray(start, start + gzip.headerLength));
+      const trailerAt = start + gzip.headerLength + gzip.textLength;
+      file.set(literal.subarray(trailerAt, trailerAt + GZIP_TRAILER), length - GZIP_TRAILER);
+      const memberLength = length - gzip.headerLength + GZIP_FIXED_HEADER;
+      const member = members.subarray(memberAt, memberAt + memberLength);
+      // The member's deflate data goes in; then the whole must match it from the header on.
+      file.set(
+        member.subarray(GZIP_FIXED_HEADER, Math.max(GZIP_FIXED_HEADER, member.length - GZIP_TRAILER)),
+        gzip.headerLength,
+      );
+      if (!sameDeflate(member, file, gzip.headerLength)) {
+        throw new RefZstdError(
+          "CORRUPT",
+          `segment ${segment}'s gzip piece ${i}: gzip -${level} of its ${gzip.textLength} bytes of text does not rebuild the ${length}-byte file the payload describes (a damaged payload, or a gzip that is not GNU gzip)`,
+          offset,
+        );
+      }
+      outputs.set(i, file);
+      memberAt += memberLength;
+    }
+    if (memberAt !== members.length) {
+      throw new RefZstdError(
+        "CORRUPT",
+        `segment ${segment}'s gzip pieces: gzip -${level} wrote ${members.length} bytes, the pieces account for ${memberAt}`,
+        offset,
+      );
+    }
+  }
+  return outputs;
 }
 
 /**
@@ -528,6 +566,10 @@ export async function* decodeRefZstd(
       );
     }
     position += header.frameLength;
+    const gzips =
+      tables.gzips.size > 0
+        ? await rebuildGzips(tables, literal, s, position - header.frameLength, options.scratchDir)
+        : new Map<number, Uint8Array>();
 
     let literalAt = 0;
     for (let i = 0; i < tables.pieceLengths.length; i++) {
@@ -535,11 +577,12 @@ export async function* decodeRefZstd(
       const from = tables.pieceOffsets[i]!;
       const isDiff = tables.pieceDiffs[i] === 1;
       const gzip = tables.gzips.get(i);
-      // A gzip piece's output is rebuilt whole, then played like literal bytes.
+      // A gzip piece's output was rebuilt whole; it is played like literal bytes.
       let bytes = literal;
       let bytesAt = literalAt;
       if (gzip !== undefined) {
-        bytes = await rebuildGzip(literal, literalAt, gzip, remaining, s, i, position);
+        bytes = gzips.get(i)!;
+        gzips.delete(i);
         bytesAt = 0;
         literalAt += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
       }

@@ -25,7 +25,7 @@ import {
   zigzag,
 } from "./format.js";
 import {
-  findGzipRecipe,
+  findGzipRecipes,
   GZIP_FIXED_HEADER,
   GZIP_MAGIC,
   GZIP_TRAILER,
@@ -70,6 +70,8 @@ export interface RefZstdEncodeOptions {
   readonly approximate?: boolean;
   /** Changed gzip files that GNU gzip rebuilds exactly are sent as text (payload version 2); default true. */
   readonly regzip?: boolean;
+  /** Where gzip's input files go while recipes are checked; default the system's temporary folder. */
+  readonly scratchDir?: string;
   /** zstd level of the literal frames; default SMALL_LAYER_REFZSTD_LEVEL up to SMALL_LAYER_LITERAL literal bytes, else DEFAULT_REFZSTD_LEVEL. */
   readonly level?: number;
   /** Literal bytes per segment, at most MAX_SEGMENT_LITERAL (smaller in tests). */
@@ -506,8 +508,8 @@ async function approximateReferences(
   await Promise.all(matching);
 }
 
-/** gzip files whose recipe is being looked for at once: each is a gzip process or two. */
-const REGZIP_CONCURRENCY = 4;
+/** Bytes of changed gzip files held at once while their recipes are looked for. */
+const REGZIP_GROUP = 64 * 1024 * 1024;
 
 /**
  * Gives each reference whose old and new files are gzip files (and no copies) a gzip plan when
@@ -518,50 +520,56 @@ async function regzipReferences(
   target: SourceReader,
   source: SourceReader,
   references: readonly Reference[],
+  scratchDir: string | undefined,
 ): Promise<void> {
-  const candidates = references.filter((r) => {
-    if (r.targetHeaderLength === undefined || r.sourceHeaderLength === undefined) return false;
-    const length = r.targetEnd - r.targetOffset;
-    const newLength = length - r.targetHeaderLength;
-    const oldLength = r.sourceEntryLength - r.sourceHeaderLength;
-    return (
-      r.literal === length &&
-      newLength >= GZIP_FIXED_HEADER + GZIP_TRAILER &&
-      oldLength >= GZIP_FIXED_HEADER + GZIP_TRAILER &&
-      newLength <= MAX_GZIP_TEXT &&
-      oldLength <= MAX_GZIP_TEXT
+  const magic = new Uint8Array(GZIP_MAGIC.length);
+  let group: { r: Reference; file: Uint8Array; oldAt: number; oldLength: number; oldTextLength: number }[] =
+    [];
+  let held = 0;
+  const settle = async (): Promise<void> => {
+    const recipes = await findGzipRecipes(
+      group.map((g) => g.file),
+      scratchDir,
     );
-  });
-  const look = async (r: Reference): Promise<void> => {
-    const newAt = r.targetOffset + r.targetHeaderLength!;
-    const oldAt = r.sourceOffset + r.sourceHeaderLength!;
-    const magic = new Uint8Array(GZIP_MAGIC.length);
+    group.forEach((g, i) => {
+      const recipe = recipes[i];
+      if (recipe === undefined) return;
+      g.r.gzip = {
+        level: recipe.level,
+        headerLength: recipe.headerLength,
+        textLength: recipe.textLength,
+        oldOffset: g.oldAt,
+        oldLength: g.oldLength,
+        oldTextLength: g.oldTextLength,
+      };
+    });
+    group = [];
+    held = 0;
+  };
+  for (const r of references) {
+    if (r.targetHeaderLength === undefined || r.sourceHeaderLength === undefined) continue;
+    const length = r.targetEnd - r.targetOffset;
+    const newAt = r.targetOffset + r.targetHeaderLength;
+    const oldAt = r.sourceOffset + r.sourceHeaderLength;
+    const newLength = r.targetEnd - newAt;
+    const oldLength = r.sourceOffset + r.sourceEntryLength - oldAt;
+    const fits = (n: number) => n >= GZIP_FIXED_HEADER + GZIP_TRAILER && n <= MAX_GZIP_TEXT;
+    if (r.literal !== length || !fits(newLength) || !fits(oldLength)) continue;
     await readInto(target, newAt, magic, 0, magic.length);
-    if (!startsWith(magic, GZIP_MAGIC)) return;
+    if (!startsWith(magic, GZIP_MAGIC)) continue;
     await readInto(source, oldAt, magic, 0, magic.length);
-    if (!startsWith(magic, GZIP_MAGIC)) return;
-    const oldFile = new Uint8Array(r.sourceOffset + r.sourceEntryLength - oldAt);
-    await readInto(source, oldAt, oldFile, 0, oldFile.length);
+    if (!startsWith(magic, GZIP_MAGIC)) continue;
+    const oldFile = new Uint8Array(oldLength);
+    await readInto(source, oldAt, oldFile, 0, oldLength);
     const oldText = gunzipText(oldFile);
-    if (oldText === undefined) return;
-    const newFile = new Uint8Array(r.targetEnd - newAt);
-    await readInto(target, newAt, newFile, 0, newFile.length);
-    const recipe = await findGzipRecipe(newFile);
-    if (recipe === undefined) return;
-    r.gzip = {
-      level: recipe.level,
-      headerLength: recipe.headerLength,
-      textLength: recipe.text.length,
-      oldOffset: oldAt,
-      oldLength: oldFile.length,
-      oldTextLength: oldText.length,
-    };
-  };
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < candidates.length) await look(candidates[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(REGZIP_CONCURRENCY, candidates.length) }, worker));
+    if (oldText === undefined) continue;
+    const file = new Uint8Array(newLength);
+    await readInto(target, newAt, file, 0, newLength);
+    group.push({ r, file, oldAt, oldLength, oldTextLength: oldText.length });
+    held += newLength;
+    if (held >= REGZIP_GROUP) await settle();
+  }
+  if (group.length > 0) await settle();
 }
 
 function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
@@ -767,7 +775,8 @@ export async function* encodeRefZstd(
   }
   const copies = await prepareCopies(target, source, options.copies ?? []);
   const references = prepareReferences(target, source, options.references ?? [], copies);
-  if (options.regzip !== false && source !== undefined) await regzipReferences(target, source, references);
+  if (options.regzip !== false && source !== undefined)
+    await regzipReferences(target, source, references, options.scratchDir);
   if (options.approximate !== false && source !== undefined)
     await approximateReferences(
       target,
