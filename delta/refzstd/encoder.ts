@@ -488,10 +488,11 @@ async function approximateReferences(
   for (const r of references) {
     const length = r.targetEnd - r.targetOffset;
     if (length < APPROX_MIN_SIZE || length > APPROX_MAX_SIZE || r.sourceLength > APPROX_MAX_SIZE) continue;
-    if (r.literal !== length || r.gzip !== undefined) continue;
+    if (r.literal !== length) continue;
     const newBytes = new Uint8Array(length);
     await readInto(target, r.targetOffset, newBytes, 0, length);
-    if (!looksBinary(newBytes)) continue;
+    // A gzip file is regzipReferences' (a deflate stream has no aligned regions to match).
+    if (!looksBinary(newBytes) || isGzipEntry(r, newBytes)) continue;
     const oldBytes = new Uint8Array(r.sourceLength);
     await readInto(source, r.sourceOffset, oldBytes, 0, r.sourceLength);
     const done: Promise<void> = match(oldBytes, newBytes).then((pieces) => {
@@ -527,10 +528,15 @@ async function regzipReferences(
     [];
   let held = 0;
   const settle = async (): Promise<void> => {
-    const recipes = await findGzipRecipes(
-      group.map((g) => g.file),
-      scratchDir,
-    );
+    // Two gzip processes at once, each on half of the files: gzip -9 is the slow part.
+    const files = group.map((g) => g.file);
+    const half = Math.ceil(files.length / 2);
+    const recipes = (
+      await Promise.all([
+        findGzipRecipes(files.slice(0, half), scratchDir),
+        findGzipRecipes(files.slice(half), scratchDir),
+      ])
+    ).flat();
     group.forEach((g, i) => {
       const recipe = recipes[i];
       if (recipe === undefined) return;
@@ -570,6 +576,11 @@ async function regzipReferences(
     if (held >= REGZIP_GROUP) await settle();
   }
   if (group.length > 0) await settle();
+}
+
+/** Whether a reference's new entry (bytes from its tar header on) holds a gzip file. */
+function isGzipEntry(r: Reference, bytes: Uint8Array): boolean {
+  return r.targetHeaderLength !== undefined && startsWith(bytes.subarray(r.targetHeaderLength), GZIP_MAGIC);
 }
 
 function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
@@ -775,8 +786,13 @@ export async function* encodeRefZstd(
   }
   const copies = await prepareCopies(target, source, options.copies ?? []);
   const references = prepareReferences(target, source, options.references ?? [], copies);
-  if (options.regzip !== false && source !== undefined)
-    await regzipReferences(target, source, references, options.scratchDir);
+  // gzip files run in gzip processes while changed binaries are matched in the pool's workers.
+  const regzipping =
+    options.regzip !== false && source !== undefined
+      ? regzipReferences(target, source, references, options.scratchDir)
+      : Promise.resolve();
+  // Awaited below; until then a failure must not count as unhandled.
+  regzipping.catch(() => {});
   if (options.approximate !== false && source !== undefined)
     await approximateReferences(
       target,
@@ -785,6 +801,7 @@ export async function* encodeRefZstd(
       options.matchBinary ?? matchBinary,
       Math.max(0, Math.floor(options.framesAhead ?? 0)),
     );
+  await regzipping;
   const segments = plan(target.size, copies, references, segmentLiteral, referenceLimit);
   let planned = 0;
   for (const seg of segments) planned += seg.literal;

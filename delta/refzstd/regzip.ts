@@ -151,6 +151,34 @@ export function sameDeflate(member: Uint8Array, file: Uint8Array, headerLength: 
   return Buffer.compare(member.subarray(GZIP_FIXED_HEADER), file.subarray(headerLength)) === 0;
 }
 
+/** Bytes of a file's deflate data searched for to find its member after a member of unknown length. */
+const MEMBER_PROBE = 64;
+
+/**
+ * Where in `out`, from `from` up to `limit`, the member that rebuilds `file` (header `headerLength`)
+ * starts, or -1: its deflate data's first bytes are searched for, and each hit checked whole.
+ */
+function findMember(
+  out: Uint8Array,
+  from: number,
+  limit: number,
+  file: Uint8Array,
+  headerLength: number,
+): number {
+  const haystack = Buffer.from(out.buffer, out.byteOffset, out.byteLength);
+  const probe = file.subarray(headerLength, Math.min(file.length, headerLength + MEMBER_PROBE));
+  const length = file.length - headerLength + GZIP_FIXED_HEADER;
+  for (
+    let p = haystack.indexOf(probe, from + GZIP_FIXED_HEADER);
+    p >= 0 && p - GZIP_FIXED_HEADER <= limit;
+  ) {
+    const start = p - GZIP_FIXED_HEADER;
+    if (sameDeflate(out.subarray(start, start + length), file, headerLength)) return start;
+    p = haystack.indexOf(probe, p + 1);
+  }
+  return -1;
+}
+
 /** How a gzip file is rebuilt from its text: its own header, then `gzip -LEVEL` of the text. */
 export interface GzipRecipe {
   readonly level: number;
@@ -166,9 +194,10 @@ const MAX_RECIPE_RUNS = 16;
 /**
  * For each gzip file, how GNU gzip rebuilds it exactly (its header kept as is), or undefined when
  * no level of GZIP_LEVELS does (another compressor, several members, trailing bytes, a text over
- * MAX_GZIP_TEXT). One gzip run per batch and level: members are checked in order, and after a
- * mismatch (whose member length is then unknown) the rest of the batch runs again, up to
- * MAX_RECIPE_RUNS runs a level; files still unchecked then stay plain bytes.
+ * MAX_GZIP_TEXT). One gzip run per batch and level: members are checked in order; after a
+ * mismatch (whose member length is then unknown) the next file's member is searched for, and if
+ * it is not found the rest of the batch runs again, up to MAX_RECIPE_RUNS runs a level; files
+ * still unchecked then stay plain bytes.
  */
 export async function findGzipRecipes(
   files: readonly Uint8Array[],
@@ -203,15 +232,30 @@ export async function findGzipRecipes(
       let k = 0;
       for (; k < batch.length; k++) {
         const i = batch[k]!;
-        const file = files[i]!;
-        const length = file.length - headers[i]! + GZIP_FIXED_HEADER;
-        if (!sameDeflate(out.subarray(at, at + length), file, headers[i]!)) break;
-        recipes[i] = { level, headerLength: headers[i]!, textLength: texts[k]!.length };
-        at += length;
+        const length = files[i]!.length - headers[i]! + GZIP_FIXED_HEADER;
+        if (sameDeflate(out.subarray(at, at + length), files[i]!, headers[i]!)) {
+          recipes[i] = { level, headerLength: headers[i]!, textLength: texts[k]!.length };
+          at += length;
+          continue;
+        }
+        missed.push(i);
+        // This member has another length: the next starts where the next file's member is found.
+        const next = batch[k + 1];
+        const found =
+          next === undefined
+            ? -1
+            : findMember(
+                out,
+                at + GZIP_FIXED_HEADER,
+                at + gzipBound(texts[k]!.length),
+                files[next]!,
+                headers[next]!,
+              );
+        if (found < 0) break;
+        at = found;
       }
-      // batch[k] did not match at this level; what follows it runs again.
+      // batch[k] did not match and the next member was not found: what follows it runs again.
       const done = new Set([...batch.slice(0, k + 1), ...unreadable]);
-      if (k < batch.length) missed.push(batch[k]!);
       pending = pending.filter((i) => !done.has(i));
     }
     pending = missed;
