@@ -27,8 +27,14 @@ const COST = {
   changedBinary: 0.035,
   /** Any other changed file is compressed against its aligned old version: npm version bumps keep about 12% of their `z` (scenario 3 and tests/index/plan.test.ts). */
   changedText: 0.12,
-  /** A changed file that is itself compressed (gzip, zip…) differs from its old version throughout and zstd cannot shrink it: its full size. */
+  /** A changed file that is itself compressed (zip, xz…) differs from its old version throughout and zstd cannot shrink it: its full size. */
   changedCompressed: 1,
+  /**
+   * A changed `.gz` file whose old version is one too goes as its text against the old text when
+   * GNU gzip rebuilds it (Debian's changelogs and man pages): scenario 4's 349 changed `.gz` files,
+   * 2.31 MB, cost 59 KB in their frame plus their share of tables and headers.
+   */
+  changedGzip: 0.04,
   /** Manifest bytes per listed source layer and per target layer, plus the fixed part. */
   manifestPerLayer: 160,
   manifestFixed: 600,
@@ -40,6 +46,8 @@ const COST = {
 const APPROX_MIN_SIZE = 64 * 1024;
 /** The encoder takes a differently named file as the old version only within this size ratio (delta/bundle/diff.ts). */
 const SIMILAR_SIZE_RATIO = 2;
+/** Names of gzip files: a changed one whose old version is one too is recompressed on the device (delta/refzstd/regzip.ts). */
+const GZIP_NAME = /\.gz$/i;
 /** Names of already-compressed formats: a change rewrites them from the first changed byte on. */
 const COMPRESSED_NAME = /\.(gz|tgz|xz|txz|bz2|zst|lz4|br|zip|jar|war|whl|apk|png|jpe?g|gif|webp|woff2?)$/i;
 /** Names of executables and libraries (the index keeps no content, so the name stands in for the encoder's ELF check): no extension, or a shared or static library or native module. */
@@ -145,8 +153,9 @@ function oldVersion(views: readonly SourceView[], file: FileIndex): FileIndex | 
   return undefined;
 }
 
-/** Share of a changed file's cost: compressed formats in full, big binaries by diff pieces, the rest against the old version. */
-function changedCost(file: FileIndex): number {
+/** Share of a changed file's cost: gzip files by their text, other compressed formats in full, big binaries by diff pieces, the rest against the old version. */
+function changedCost(file: FileIndex, old: FileIndex): number {
+  if (GZIP_NAME.test(file.path) && GZIP_NAME.test(old.path)) return file.size * COST.changedGzip;
   if (COMPRESSED_NAME.test(file.path)) return file.size * COST.changedCompressed;
   if (file.size >= APPROX_MIN_SIZE && BINARY_NAME.test(file.path)) return file.z * COST.changedBinary;
   return file.z * COST.changedText;
@@ -169,7 +178,7 @@ export function estimateLayerBytes(layer: LayerIndex, views: readonly SourceView
     const old = oldVersion(views, file);
     if (old !== undefined) {
       changed.add(file.sha256);
-      bytes += changedCost(file);
+      bytes += changedCost(file, old);
     } else if (anyHas(views, (v) => v.directories, directoryOf(file.path))) {
       bytes += file.z * COST.newBesideOld;
     } else {
