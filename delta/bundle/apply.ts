@@ -13,7 +13,7 @@ import { FileRangeSource } from "../image/file-blob.js";
 import { DIGEST_INVALID } from "../image/registry/client.js";
 import { RegistryError } from "../image/registry/errors.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
-import { decodeRefZstd, RefZstdError } from "../refzstd/index.js";
+import { decodeRefZstd, GzipToolError, RefZstdError } from "../refzstd/index.js";
 import { decode } from "../vcdiff/decoder.js";
 import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js";
 import {
@@ -172,6 +172,8 @@ async function* payloadChunks(
       const options = { expectedSize: payload.outputSize, ...(source !== undefined ? { source } : {}) };
       yield* decodeRefZstd(reader, options);
     } catch (err) {
+      if (err instanceof GzipToolError)
+        throw new BundleError("IO", `layer ${payload.diffId}`, `${err.message}; nothing was written`);
       if (!(err instanceof RefZstdError)) throw err;
       throw new BundleError("PAYLOAD", `layer ${payload.diffId} payload byte ${err.offset}`, err.message);
     } finally {

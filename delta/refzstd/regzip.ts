@@ -16,6 +16,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 
+/** GNU gzip could not be run, or failed: a problem of this machine, not of the payload. */
+export class GzipToolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "GzipToolError";
+  }
+}
+
 /** The gzip magic and the deflate method byte: where a gzip member starts. */
 export const GZIP_MAGIC = Uint8Array.of(0x1f, 0x8b, 0x08);
 /** The fixed part of a gzip header; `gzip -n` writes exactly this much (no name, no time). */
@@ -114,13 +122,15 @@ function runGzip(args: readonly string[], cwd: string, limit: number): Promise<U
     child.on("error", (err: NodeJS.ErrnoException) =>
       fail(
         err.code === "ENOENT"
-          ? new Error("rebuilding .gz files needs GNU gzip, and `gzip` is not on the PATH; install it")
-          : err,
+          ? new GzipToolError(
+              "rebuilding .gz files needs GNU gzip, and `gzip` is not on the PATH; install it",
+            )
+          : new GzipToolError(`running gzip failed: ${err.message}`),
       ),
     );
     child.stdout.on("data", (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) fail(new Error(`gzip wrote more than the ${limit} bytes its input can make`));
+      if (size > limit) fail(new GzipToolError(`gzip wrote more than the ${limit} bytes its input can make`));
       else chunks.push(chunk);
     });
     child.stderr.on("data", (chunk: Buffer) => {
@@ -129,7 +139,7 @@ function runGzip(args: readonly string[], cwd: string, limit: number): Promise<U
     child.on("close", (code, signal) => {
       if (failed) return;
       if (code !== 0)
-        fail(new Error(`gzip ${args[2]} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`));
+        fail(new GzipToolError(`gzip ${args[2]} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`));
       else resolve(Buffer.concat(chunks, size));
     });
   });
