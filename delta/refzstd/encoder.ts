@@ -29,6 +29,8 @@ import {
   GZIP_FIXED_HEADER,
   GZIP_MAGIC,
   GZIP_TRAILER,
+  type GzipRecipe,
+  GzipToolError,
   gunzipText,
   MAX_GZIP_TEXT,
 } from "./regzip.js";
@@ -531,12 +533,19 @@ async function regzipReferences(
     // Two gzip processes at once, each on half of the files: gzip -9 is the slow part.
     const files = group.map((g) => g.file);
     const half = Math.ceil(files.length / 2);
-    const recipes = (
-      await Promise.all([
-        findGzipRecipes(files.slice(0, half), scratchDir),
-        findGzipRecipes(files.slice(half), scratchDir),
-      ])
-    ).flat();
+    let recipes: (GzipRecipe | undefined)[];
+    try {
+      recipes = (
+        await Promise.all([
+          findGzipRecipes(files.slice(0, half), scratchDir),
+          findGzipRecipes(files.slice(half), scratchDir),
+        ])
+      ).flat();
+    } catch (err) {
+      // Without a working gzip here the files go as they are: a larger bundle, not a failed one.
+      if (!(err instanceof GzipToolError)) throw err;
+      recipes = [];
+    }
     group.forEach((g, i) => {
       const recipe = recipes[i];
       if (recipe === undefined) return;
