@@ -139,6 +139,7 @@ async function* payloadChunks(
   head: BundleHead,
   payload: LayerPayload,
   source: SourceReader | undefined,
+  scratchDir: string,
 ): AsyncGenerator<Uint8Array> {
   const start = head.payloadsOffset + payload.offset;
   if (payload.length === 0) {
@@ -169,7 +170,11 @@ async function* payloadChunks(
   } else if (payload.codec === "ref-zstd") {
     const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });
     try {
-      const options = { expectedSize: payload.outputSize, ...(source !== undefined ? { source } : {}) };
+      const options = {
+        expectedSize: payload.outputSize,
+        scratchDir,
+        ...(source !== undefined ? { source } : {}),
+      };
       yield* decodeRefZstd(reader, options);
     } catch (err) {
       if (err instanceof GzipToolError)
@@ -200,6 +205,7 @@ async function* verifiedPayload(
   head: BundleHead,
   payload: LayerPayload,
   source: SourceReader | undefined,
+  scratchDir: string,
   where: string,
   onBytes: (n: number) => void,
   onMismatch: () => Promise<void>,
@@ -207,7 +213,7 @@ async function* verifiedPayload(
   const hash = createHash("sha256");
   let size = 0;
   try {
-    for await (const chunk of payloadChunks(bundlePath, head, payload, source)) {
+    for await (const chunk of payloadChunks(bundlePath, head, payload, source, scratchDir)) {
       if (size + chunk.length > payload.outputSize) {
         throw new BundleError(
           "PAYLOAD",
@@ -368,6 +374,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           head,
           entry,
           source,
+          scratch.path,
           `layers[${i}]`,
           (done) => options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
           () => nameCorruptedSource(options.layers, manifest.sources),

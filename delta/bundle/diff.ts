@@ -3,9 +3,11 @@
  * each missing target layer's tar to turn file-level knowledge into VCDIFF copy and search
  * hints, encode, compress with zstd, sign, and write the bundle atomically.
  */
+
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { open, rename, rm, stat } from "node:fs/promises";
+import { dirname } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { type FilterRange, isX86Elf, MIN_FILTERED_FILE } from "../filters/payload.js";
@@ -336,6 +338,8 @@ async function encodeRefZstdPayload(
     const parts = encodeRefZstd(target, source, {
       copies: hints.copies,
       references: hints.searches,
+      // gzip's input files (changed .gz files' texts) go beside the payload being written.
+      scratchDir: dirname(out),
       ...(level !== undefined ? { level } : {}),
       ...(fill !== undefined && fill.length > 0 ? { fill } : {}),
       // One frame per worker compressing and one waiting, so no worker idles while the next segment is gathered.
