@@ -33,10 +33,19 @@ export function scanTar(tar: Uint8Array): Scanned[] {
   return out;
 }
 
+export interface HintOptions {
+  /**
+   * Give a changed entry's reference the tar header lengths of both versions, as the bundle
+   * encoder does (delta/bundle/diff.ts), so a changed gzip file can be sent as its text.
+   */
+  readonly headerLengths?: boolean;
+}
+
 /** Hints for `target` against the concatenation of `sources`. */
 export function hintsFor(
   target: Uint8Array,
   sources: readonly Uint8Array[],
+  options: HintOptions = {},
 ): { copies: CopyHint[]; references: ReferenceHint[] } {
   const contents = new Map<string, number>();
   const paths = new Map<string, ScannedEntry & { base: number }>();
@@ -62,6 +71,9 @@ export function hintsFor(
       targetLength: found !== undefined ? headerLength : headerLength + entry.size,
       sourceOffset: old.base + old.headerOffset,
       sourceLength: old.dataOffset - old.headerOffset + (found !== undefined ? 0 : old.size),
+      ...(options.headerLengths === true && found === undefined
+        ? { targetHeaderLength: headerLength, sourceHeaderLength: old.dataOffset - old.headerOffset }
+        : {}),
     });
   }
   return { copies, references };
