@@ -126,8 +126,10 @@ function parseSegmentHeader(
     header.outputLength >= 1 && header.outputLength <= remainingOutput,
     `segment output of ${header.outputLength} bytes, expected 1 to the ${remainingOutput} bytes still to produce`,
   );
+  // A gzip piece's text (version 2) is longer than the file it rebuilds: only the limit holds then.
   limit(
-    header.literalLength <= MAX_SEGMENT_LITERAL && header.literalLength <= header.outputLength,
+    header.literalLength <= MAX_SEGMENT_LITERAL &&
+      (version === REFZSTD_VERSION_GZIP || header.literalLength <= header.outputLength),
     `${header.literalLength} literal bytes exceed the segment output or the ${MAX_SEGMENT_LITERAL}-byte limit`,
   );
   limit(header.extentCount <= MAX_EXTENTS, `${header.extentCount} extents exceed ${MAX_EXTENTS}`);
