@@ -2,20 +2,41 @@
  * Fuzzing the ref-zstd decoder: mutated valid payloads (bit flips, overwritten, inserted and
  * dropped bytes, truncations, segments spliced from another payload) and random bytes behind a
  * valid magic. Every case must end in output no longer than declared or a RefZstdError, never
- * another exception or a hang. Seeded, so a failing case reproduces from its number.
+ * another exception or a hang. Seeded, so a failing case reproduces from its number. Version-2
+ * payloads (recompressed gzip files) get the same, plus single changed varints in their tables.
  */
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
+import zstd from "zstd-napi";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
-import { REFZSTD_MAGIC, REFZSTD_VERSION, RefZstdError } from "../../delta/refzstd/format.js";
+import {
+  PREAMBLE_SIZE,
+  REFZSTD_MAGIC,
+  REFZSTD_VERSION,
+  REFZSTD_VERSION_GZIP,
+  RefZstdError,
+  VarintReader,
+  VarintWriter,
+} from "../../delta/refzstd/format.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, withContent } from "../bundle/fixtures.js";
+import { seededBytes } from "../support/random.js";
 import { hintsFor } from "./hints.js";
 
 const SEED = 20261128;
 const MUTATED_CASES = 2500;
 const RANDOM_CASES = 1000;
+/**
+ * Version-2 payloads (gzip pieces, inflated extents). A case that gets as far as gzip runs it
+ * (~100 ms a case against ~10 for version 1), so byte mutations are few; table mutations change
+ * one varint of a segment's tables and mostly end in the tables' checks.
+ */
+const GZIP_MUTATED_CASES = 20;
+const GZIP_TABLE_CASES = 80;
+const GZIP_RANDOM_CASES = 300;
 
 /** mulberry32: a small seeded generator, so every case is reproducible. */
 function prng(seed: number): () => number {
@@ -42,6 +63,40 @@ const next = await buildTar([
   { path: "etc/new", type: "file", content: Buffer.from("a new file\n") },
 ]);
 const source = new BufferSource(old);
+
+// Version 2: changelogs (gzip -9n by the real gzip) edited at the top, each package also holding
+// an unchanged library, so every segment makes more output than its literal bytes. Each text is
+// under the smaller segmentLiteral below: the encoder's planner requires that of a gzip piece.
+const licences = ["Apache-2.0", "Artistic", "BSD", "CC0-1.0"].map((name) =>
+  readFileSync(`/usr/share/common-licenses/${name}`),
+);
+function gzipPackages(edited: boolean) {
+  return licences.flatMap((text, i) => [
+    {
+      path: `usr/share/doc/p${i}/changelog.Debian.gz`,
+      type: "file" as const,
+      content: execFileSync("gzip", ["-c", "-9", "-n"], {
+        input: edited ? Buffer.concat([Buffer.from(`p${i} (2.0-1) unstable\n\n`), text]) : text,
+      }),
+    },
+    { path: `usr/share/doc/p${i}/lib.so`, type: "file" as const, content: seededBytes(20_000, i + 1) },
+  ]);
+}
+const gzipOld = await buildTar(gzipPackages(false));
+const gzipNext = await buildTar(gzipPackages(true));
+const gzipAgainst = { source: new BufferSource(gzipOld), size: gzipNext.length };
+const gzipPayloads = await Promise.all(
+  [24_576, 1 << 20].map((segmentLiteral) =>
+    collect(
+      encodeRefZstd(new BufferSource(gzipNext), gzipAgainst.source, {
+        ...hintsFor(gzipNext, [gzipOld], { headerLengths: true }),
+        level: 3,
+        segmentLiteral,
+        reference: 2 * segmentLiteral,
+      }),
+    ),
+  ),
+);
 const payloads = await Promise.all(
   [4096, 16_384].map((segmentLiteral) =>
     collect(
@@ -56,17 +111,21 @@ const payloads = await Promise.all(
 );
 
 /** Decodes one case; returns the output length, or the error code. */
-async function attempt(payload: Uint8Array, n: number): Promise<number | string> {
+async function attempt(
+  payload: Uint8Array,
+  n: number,
+  against: { source: BufferSource; size: number } = { source, size: next.length },
+): Promise<number | string> {
   let produced = 0;
   try {
     for await (const chunk of decodeRefZstd(new BufferSource(payload), {
-      source,
-      expectedSize: next.length,
+      source: against.source,
+      expectedSize: against.size,
     })) {
       produced += chunk.length;
       assert.ok(
-        produced <= next.length,
-        `case ${n}: ${produced} bytes, more than the ${next.length} declared`,
+        produced <= against.size,
+        `case ${n}: ${produced} bytes, more than the ${against.size} declared`,
       );
     }
     return produced;
@@ -76,7 +135,7 @@ async function attempt(payload: Uint8Array, n: number): Promise<number | string>
   }
 }
 
-function mutate(payload: Uint8Array, random: () => number): Uint8Array {
+function mutate(payload: Uint8Array, random: () => number, corpus = payloads): Uint8Array {
   const at = () => Math.floor(random() * payload.length);
   const byte = () => Math.floor(random() * 256);
   switch (Math.floor(random() * 6)) {
@@ -103,7 +162,7 @@ function mutate(payload: Uint8Array, random: () => number): Uint8Array {
       return Buffer.concat([payload.subarray(0, i), payload.subarray(i + 1 + Math.floor(random() * 16))]);
     }
     default: {
-      const other = payloads[Math.floor(random() * payloads.length)]!;
+      const other = corpus[Math.floor(random() * corpus.length)]!;
       const j = Math.floor(random() * other.length);
       return Buffer.concat([payload.subarray(0, at()), other.subarray(j)]);
     }
@@ -138,4 +197,96 @@ test("random bytes behind a valid magic end in a RefZstdError", async () => {
     const result = await attempt(payload, n);
     assert.equal(typeof result, "string", `case ${n}: random bytes decoded to ${String(result)} bytes`);
   }
+});
+
+test("the version-2 fuzz payloads decode as they are", async () => {
+  for (const payload of gzipPayloads) {
+    assert.equal(payload[REFZSTD_MAGIC.length], REFZSTD_VERSION_GZIP);
+    assert.deepEqual(
+      await collect(decodeRefZstd(new BufferSource(payload), { source: gzipAgainst.source })),
+      Buffer.from(gzipNext),
+    );
+  }
+});
+
+test("mutated version-2 payloads end in output or a RefZstdError", async () => {
+  const random = prng(SEED + 2);
+  const outcomes = new Map<string, number>();
+  for (let n = 0; n < GZIP_MUTATED_CASES; n++) {
+    const payload = mutate(gzipPayloads[n % gzipPayloads.length]!, random, gzipPayloads);
+    const result = await attempt(payload, n, gzipAgainst);
+    const key = typeof result === "number" ? "output" : result;
+    outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+  }
+  for (const code of ["TRUNCATED", "CORRUPT", "LIMIT"])
+    assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
+});
+
+test("random bytes behind a valid magic and version 2 end in a RefZstdError", async () => {
+  const random = prng(SEED + 3);
+  for (let n = 0; n < GZIP_RANDOM_CASES; n++) {
+    const body = Uint8Array.from({ length: Math.floor(random() * 200) }, () => Math.floor(random() * 256));
+    const payload = Buffer.concat([REFZSTD_MAGIC, Uint8Array.of(REFZSTD_VERSION_GZIP), body]);
+    const result = await attempt(payload, n, gzipAgainst);
+    assert.equal(typeof result, "string", `case ${n}: random bytes decoded to ${String(result)} bytes`);
+  }
+});
+
+function varints(values: readonly number[]): Uint8Array {
+  const w = new VarintWriter();
+  for (const v of values) w.write(v);
+  return w.result;
+}
+
+/**
+ * `payload` with one varint of one segment's tables replaced (by a neighbour, 0, 1, or a random
+ * value of random size), the tables recompressed and the segment header's tables length fixed.
+ */
+function mutateTables(payload: Uint8Array, random: () => number): Uint8Array {
+  const top = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
+  const head = [top.read("output size"), top.read("segment count")];
+  const parts: Uint8Array[] = [payload.subarray(0, PREAMBLE_SIZE), varints(head)];
+  const target = Math.floor(random() * head[1]!);
+  let at = top.offset;
+  for (let s = 0; s < head[1]!; s++) {
+    const r = new VarintReader(payload.subarray(at), at, "segment header");
+    const fields = [0, 1, 2, 3, 4, 5].map(() => r.read("field"));
+    at = r.offset;
+    let tables: Uint8Array = payload.subarray(at, at + fields[4]!);
+    const frame = payload.subarray(at + fields[4]!, at + fields[4]! + fields[5]!);
+    at += fields[4]! + fields[5]!;
+    if (s === target) {
+      const raw = zstd.decompress(Buffer.from(tables));
+      const t = new VarintReader(raw, 0, "tables");
+      const values: number[] = [];
+      while (t.remaining > 0) values.push(t.read("value"));
+      const i = Math.floor(random() * values.length);
+      const v = values[i]!;
+      const choices = [
+        v + 1,
+        Math.max(0, v - 1),
+        0,
+        1,
+        Math.floor(random() * 2 ** Math.floor(random() * 40)),
+      ];
+      values[i] = choices[Math.floor(random() * choices.length)]!;
+      tables = zstd.compress(Buffer.from(varints(values)));
+      fields[4] = tables.length;
+    }
+    parts.push(varints(fields), tables, frame);
+  }
+  return Buffer.concat(parts);
+}
+
+test("version-2 payloads with one table varint changed end in output or a RefZstdError", async () => {
+  const random = prng(SEED + 4);
+  const outcomes = new Map<string, number>();
+  for (let n = 0; n < GZIP_TABLE_CASES; n++) {
+    const payload = mutateTables(gzipPayloads[n % gzipPayloads.length]!, random);
+    const result = await attempt(payload, n, gzipAgainst);
+    const key = typeof result === "number" ? "output" : result;
+    outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+  }
+  for (const code of ["CORRUPT", "LIMIT"])
+    assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
 });
