@@ -65,8 +65,8 @@ const next = await buildTar([
 const source = new BufferSource(old);
 
 // Version 2: changelogs (gzip -9n by the real gzip) edited at the top, each package also holding
-// an unchanged library, so every segment makes more output than its literal bytes. Each text is
-// under the smaller segmentLiteral below: the encoder's planner requires that of a gzip piece.
+// an unchanged library (copies between the gzip pieces). Each text is under the smaller
+// segmentLiteral below: the encoder's planner requires that of a gzip piece.
 const licences = ["Apache-2.0", "Artistic", "BSD", "CC0-1.0"].map((name) =>
   readFileSync(`/usr/share/common-licenses/${name}`),
 );
