@@ -532,6 +532,28 @@ describe("ref-zstd round trips with recompressed gzip files", () => {
     sameBytes(await decode(v2, old), next, "the layer once gzip is back");
   });
 
+  it("refuses as CORRUPT when the device's gzip writes other deflate data, and names a gzip that fails", async () => {
+    const realGzip = execFileSync("sh", ["-c", "command -v gzip"]).toString().trim();
+    // Called as `gzip -c -n -LEVEL -- files…`: one stand-in always compresses at level 1, the other fails.
+    const otherGzip = mkdtempSync(join(scratch, "other-gzip-"));
+    writeFileSync(join(otherGzip, "gzip"), `#!/bin/sh\nshift 3\nexec ${realGzip} -c -n -1 "$@"\n`, {
+      mode: 0o755,
+    });
+    const failingGzip = mkdtempSync(join(scratch, "failing-gzip-"));
+    writeFileSync(join(failingGzip, "gzip"), "#!/bin/sh\necho 'gzip: out of space' >&2\nexit 3\n", {
+      mode: 0o755,
+    });
+    const saved = process.env.PATH;
+    try {
+      process.env.PATH = otherGzip;
+      await refuses(v2, old, "CORRUPT", /does not rebuild .*a gzip that is not GNU gzip/);
+      process.env.PATH = failingGzip;
+      await assert.rejects(decode(v2, old), /gzip -\d failed \(exit 3\): gzip: out of space/);
+    } finally {
+      process.env.PATH = saved;
+    }
+  });
+
   it("decodes a layer of nothing but a changed changelog (more literal bytes than output)", async () => {
     const only = {
       old: await buildTar([
