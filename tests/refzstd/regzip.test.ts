@@ -1,9 +1,10 @@
 /**
  * ref-zstd's recompressed gzip files (payload version 2): the header parser, the search for the
  * GNU gzip level that rebuilds a file, round trips of layers whose `.gz` files changed, and the
- * decoder's refusals of damaged gzip pieces and inflated extents. Every gzip file here is made by
- * the real `gzip` binary (or, where a file gzip must NOT reproduce, by zlib) from texts of this
- * machine's /usr/share/common-licenses.
+ * decoder's refusals of damaged gzip pieces and inflated extents. The gzip files are made by the
+ * real `gzip` binary from texts of /usr/share/common-licenses (by zlib where gzip must NOT rebuild
+ * one; one header is rebuilt by hand with every optional field), plus the changelog.Debian.gz
+ * files Debian shipped on this machine.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
