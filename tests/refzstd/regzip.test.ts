@@ -9,11 +9,18 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { gunzipSync, gzipSync } from "node:zlib";
 import zstd from "zstd-napi";
+import { applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
+import { buildBundle } from "../../delta/bundle/diff.js";
+import { BundleError, isPresent, readBundleHead } from "../../delta/bundle/format.js";
+import { generateSigningKey } from "../../delta/bundle/sign.js";
+import { openImage, writeImage } from "../../delta/image/open.js";
+import type { ImageReader } from "../../delta/image/types.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
 import {
@@ -37,7 +44,7 @@ import {
 } from "../../delta/refzstd/regzip.js";
 import type { TarWriterEntry } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
-import { buildTar } from "../bundle/fixtures.js";
+import { buildTar, imageOf, writeArchive } from "../bundle/fixtures.js";
 import { seededBytes } from "../support/random.js";
 import { hintsFor } from "./hints.js";
 
@@ -752,5 +759,87 @@ describe("ref-zstd refuses damaged gzip pieces and inflated extents", () => {
     const payload = Buffer.from(gzipPiecePayload(text, file));
     payload[REFZSTD_MAGIC.length] = REFZSTD_VERSION;
     await refuses(payload, PAD, "CORRUPT", /piece 0 is an empty copy/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// Through the bundle: delta/bundle/diff.ts gives the header lengths, apply.ts runs the device's gzip.
+
+describe("ref-zstd gzip pieces through a bundle", () => {
+  const key = generateSigningKey();
+  const base = seededBytes(64 * 1024, 5);
+
+  async function opened<T>(paths: string[], fn: (images: ImageReader[]) => Promise<T>): Promise<T> {
+    const images = await Promise.all(paths.map((p) => openImage(p)));
+    try {
+      return await fn(images);
+    } finally {
+      await Promise.all(images.map((i) => i.close()));
+    }
+  }
+
+  async function apply(bundle: string, held: string, dest: string) {
+    return opened([held], async (images) => {
+      const provider = new ImageLayerProvider(images, scratch);
+      try {
+        return await applyBundle({
+          bundle,
+          trust: [key],
+          layers: provider,
+          scratchDir: scratch,
+          skipDiskCheck: true,
+          write: async (image) => {
+            const written = await writeImage(`docker-archive:${dest}`, image);
+            return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
+          },
+        });
+      } finally {
+        await provider.close();
+      }
+    });
+  }
+
+  it("builds a version-2 payload for the changed changelogs and rebuilds the image byte for byte; without gzip the device refuses as IO", async () => {
+    const baseLayer = await buildTar([{ path: "usr/lib/base.so", type: "file", content: base }]);
+    const held = await writeArchive(join(scratch, "held.tar"), imageOf("os/docs", "1", [baseLayer, old]));
+    const wanted = await writeArchive(
+      join(scratch, "wanted.tar"),
+      imageOf("os/docs", "2", [baseLayer, next]),
+    );
+    const bundle = join(scratch, "docs.bundle");
+    await opened([wanted, held], ([target, source]) =>
+      buildBundle({ target: target!, sources: [source!], key, out: bundle, scratchDir: scratch }),
+    );
+    const head = await readBundleHead(bundle);
+    const entry = head.manifest.layers[1]!;
+    assert.ok(!isPresent(entry), "the changed layer has a payload");
+    assert.equal(entry.codec, "ref-zstd");
+    const bytes = await readFile(bundle);
+    const payload = bytes.subarray(
+      head.payloadsOffset + entry.offset,
+      head.payloadsOffset + entry.offset + entry.length,
+    );
+    assert.equal(payload[REFZSTD_MAGIC.length], REFZSTD_VERSION_GZIP);
+    assert.equal(gzipCounts(payload).gzipPieces, 8);
+
+    const dest = join(scratch, "rebuilt.tar");
+    await apply(bundle, held, dest);
+    sameBytes(await readFile(dest), await readFile(wanted), "the rebuilt image archive");
+
+    const never = join(scratch, "never.tar");
+    const saved = process.env.PATH;
+    process.env.PATH = mkdtempSync(join(scratch, "no-gzip-"));
+    try {
+      await assert.rejects(apply(bundle, held, never), (err: unknown) => {
+        assert.ok(err instanceof BundleError, String(err));
+        assert.equal(err.code, "IO");
+        assert.equal(err.where, `layer ${entry.diffId}`);
+        assert.match(err.message, /`gzip` is not on the PATH; install it; nothing was written/);
+        return true;
+      });
+    } finally {
+      process.env.PATH = saved;
+    }
+    assert.equal(existsSync(never), false);
   });
 });
