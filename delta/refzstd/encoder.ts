@@ -649,7 +649,7 @@ function planApproximate(
     let done = 0;
     while (done < piece.length) {
       const room = segmentLiteral - planner.current.literal;
-      if (room === 0) {
+      if (room <= 0) {
         planner.flush();
         continue;
       }
@@ -694,7 +694,13 @@ function plan(
       position = r.targetEnd;
       continue;
     }
-    if (r?.gzip !== undefined && r.targetOffset === position) {
+    // A gzip piece needs its literal bytes and its old text within one segment (always so at the default sizes).
+    if (
+      r?.gzip !== undefined &&
+      r.targetOffset === position &&
+      r.targetHeaderLength! + r.gzip.headerLength + r.gzip.textLength + GZIP_TRAILER <= segmentLiteral &&
+      r.sourceHeaderLength! + r.gzip.oldTextLength <= referenceLimit
+    ) {
       planGzip(planner, r, r.gzip, segmentLiteral, referenceLimit);
       entered = undefined;
       chunk = -1;
@@ -740,7 +746,7 @@ function plan(
         take = Math.min(n, (chunk + 1) * segmentLiteral - r.done);
       } else {
         const room = segmentLiteral - planner.current.literal;
-        if (room === 0) {
+        if (room <= 0) {
           planner.flush();
           continue;
         }

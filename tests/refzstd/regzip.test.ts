@@ -572,21 +572,40 @@ describe("ref-zstd round trips with recompressed gzip files", () => {
     }
   });
 
-  it("encodes a changed gzip file whose text is larger than the segment's literal budget", {
-    todo: "encoder.ts plan(): after such a gzip piece `room` is negative and `room === 0` misses it; the next literal run takes a negative length (RangeError in gatherGzip here, an endless loop with other layers)",
-  }, async () => {
-    // MPL-2.0 is 16,726 bytes of text; the segments hold 16,384 literal bytes.
+  it("sends a changed gzip file whose text exceeds the segment's literal budget as plain bytes, a smaller one as text", async () => {
+    // MPL-2.0 is 16,726 bytes of text; the segments hold 16,384 literal bytes. b.gz's text fits.
+    const small = mpl.subarray(0, 4000);
     const filler: TarWriterEntry = { path: "z", type: "file", content: Buffer.alloc(20_000, 7) };
     const layers = {
-      old: await buildTar([{ path: "a.gz", type: "file", content: gzip(mpl, "-9", "-n") }, filler]),
+      old: await buildTar([
+        { path: "a.gz", type: "file", content: gzip(mpl, "-9", "-n") },
+        { path: "b.gz", type: "file", content: gzip(small, "-9", "-n") },
+        filler,
+      ]),
       next: await buildTar([
         { path: "a.gz", type: "file", content: gzip(Buffer.concat([Buffer.from("new\n"), mpl]), "-9", "-n") },
+        {
+          path: "b.gz",
+          type: "file",
+          content: gzip(Buffer.concat([Buffer.from("new\n"), small]), "-9", "-n"),
+        },
         filler,
       ]),
     };
     const payload = await encode({ layers, segmentLiteral: 16 * 1024, reference: 32 * 1024 });
     assert.equal(payload[REFZSTD_MAGIC.length], REFZSTD_VERSION_GZIP);
     sameBytes(await decode(payload, layers.old), layers.next, "the layer");
+    // Alone, the big file cannot be a gzip piece: the payload stays version 1.
+    const bigOnly = {
+      old: await buildTar([{ path: "a.gz", type: "file", content: gzip(mpl, "-9", "-n") }, filler]),
+      next: await buildTar([
+        { path: "a.gz", type: "file", content: gzip(Buffer.concat([Buffer.from("new\n"), mpl]), "-9", "-n") },
+        filler,
+      ]),
+    };
+    const plain = await encode({ layers: bigOnly, segmentLiteral: 16 * 1024, reference: 32 * 1024 });
+    assert.equal(plain[REFZSTD_MAGIC.length], REFZSTD_VERSION);
+    sameBytes(await decode(plain, bigOnly.old), bigOnly.next, "the layer with the big file alone");
   });
 
   it("decodes a layer of nothing but a changed changelog (more literal bytes than output)", async () => {
