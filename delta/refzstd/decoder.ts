@@ -2,7 +2,9 @@
  * Decoding a `ref-zstd` payload: per segment, read the tables, read the reference extents from
  * the source by random access, decompress the literal frame single-shot into a buffer of the
  * declared size, then play the pieces (literal bytes from that buffer, copies streamed from the
- * source). Memory: one reference (≤ 32 MiB) + one segment's literal bytes (≤ 16 MiB) + its frame.
+ * source). Memory: one reference (≤ 32 MiB) + one segment's literal bytes (≤ 16 MiB) + its frame;
+ * with gzip pieces (version 2) also their rebuilt files and gzip's output, each smaller than the
+ * texts they come from, so at most the segment's literal bytes again, twice.
  */
 import zstd from "zstd-napi/binding.js";
 import type { SourceReader } from "../vcdiff/source.js";
