@@ -15,12 +15,8 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { gunzipSync, gzipSync } from "node:zlib";
 import zstd from "zstd-napi";
-import { applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
-import { buildBundle } from "../../delta/bundle/diff.js";
 import { BundleError, isPresent, readBundleHead } from "../../delta/bundle/format.js";
 import { generateSigningKey } from "../../delta/bundle/sign.js";
-import { openImage, writeImage } from "../../delta/image/open.js";
-import type { ImageReader } from "../../delta/image/types.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
 import {
@@ -46,6 +42,7 @@ import {
 import type { TarWriterEntry } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, imageOf, writeArchive } from "../bundle/fixtures.js";
+import { applyFromImages, buildBundleBetween } from "../support/bundles.js";
 import { seededBytes } from "../support/random.js";
 import { hintsFor } from "./hints.js";
 
@@ -815,33 +812,14 @@ describe("ref-zstd gzip pieces through a bundle", () => {
   const key = generateSigningKey();
   const base = seededBytes(64 * 1024, 5);
 
-  async function opened<T>(paths: string[], fn: (images: ImageReader[]) => Promise<T>): Promise<T> {
-    const images = await Promise.all(paths.map((p) => openImage(p)));
-    try {
-      return await fn(images);
-    } finally {
-      await Promise.all(images.map((i) => i.close()));
-    }
-  }
-
-  async function apply(bundle: string, held: string, dest: string) {
-    return opened([held], async (images) => {
-      const provider = new ImageLayerProvider(images, scratch);
-      try {
-        return await applyBundle({
-          bundle,
-          trust: [key],
-          layers: provider,
-          scratchDir: scratch,
-          skipDiskCheck: true,
-          write: async (image) => {
-            const written = await writeImage(`docker-archive:${dest}`, image);
-            return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
-          },
-        });
-      } finally {
-        await provider.close();
-      }
+  function apply(bundle: string, held: string, dest: string) {
+    return applyFromImages({
+      bundle,
+      trust: [key],
+      from: [held],
+      dest: `docker-archive:${dest}`,
+      scratchDir: scratch,
+      skipDiskCheck: true,
     });
   }
 
@@ -853,9 +831,7 @@ describe("ref-zstd gzip pieces through a bundle", () => {
       imageOf("os/docs", "2", [baseLayer, next]),
     );
     const bundle = join(scratch, "docs.bundle");
-    await opened([wanted, held], ([target, source]) =>
-      buildBundle({ target: target!, sources: [source!], key, out: bundle, scratchDir: scratch }),
-    );
+    await buildBundleBetween([held], wanted, { key, out: bundle, scratchDir: scratch });
     const head = await readBundleHead(bundle);
     const entry = head.manifest.layers[1]!;
     assert.ok(!isPresent(entry), "the changed layer has a payload");
