@@ -49,9 +49,13 @@ export interface ApproxOptions {
 
 // Measured on node 20.20.1 → 20.20.2 (after zstd -19): seed 16 at stride 2 sends 1.43 MB, at stride 1 1.41 MB
 // (twice the cloud time), at stride 4 or 8 1.61–1.64 MB; seeds of 8 or 12 bytes find more false alignments.
+// Switch margin (pieces and literal after zstd -19 --long=28, bench/refzstd-approx.ts): 7 sends 1,391,620 B on
+// node 20.20.1 → 20.20.2 and 1,104,602 on 20.19.5 → 20.19.6 where 8 sent 1,435,543 and 1,133,527; on libc,
+// libm, libssl, libperl, openssl, libcrypto and libapt-pkg (Debian 12 updates) it is within 0.4% of 8. The
+// response is not smooth (6: 1,383,568 and 1,120,472; 5 and 4 worse on libcrypto; 3 and below far worse).
 export const DEFAULT_SEED_LENGTH = 16;
 export const DEFAULT_OLD_STRIDE = 2;
-export const DEFAULT_SWITCH_MARGIN = 8;
+export const DEFAULT_SWITCH_MARGIN = 7;
 /** Old positions kept per hash bucket (the first ones seen): repeated code sequences leave the right one a chance. */
 const WAY_BITS = 2;
 const WAYS = 1 << WAY_BITS;
