@@ -153,11 +153,13 @@ function parseSegmentHeader(
   return { header, length: r.position };
 }
 
-/** A gzip piece's recipe (version 2): the file's header and text come from the literal bytes. */
+/** A gzip piece's recipe (version 2): the file's header, text and trailer come from the literal bytes. */
 interface GzipPiece {
   readonly headerLength: number;
   readonly textLength: number;
   readonly level: number;
+  /** Where the piece's literal bytes start in the segment's literal frame. */
+  readonly literalAt: number;
 }
 
 interface Tables {
@@ -230,13 +232,17 @@ function parseTables(
   let output = 0;
   for (let i = 0; i < header.pieceCount; i++) {
     const word = r.read(`piece ${i}`);
+    const isDiff = word === DIFF_PIECE;
+    let gzip: GzipPiece | undefined;
+    let length: number;
     if (word === GZIP_PIECE) {
       if (version !== REFZSTD_VERSION_GZIP) throw corrupt(`piece ${i} is an empty copy`);
-      const length = r.read(`gzip piece ${i}'s output length`);
-      const gzip: GzipPiece = {
+      length = r.read(`gzip piece ${i}'s output length`);
+      gzip = {
         headerLength: r.read(`gzip piece ${i}'s header length`),
         textLength: r.read(`gzip piece ${i}'s text length`),
         level: r.read(`gzip piece ${i}'s level`),
+        literalAt: literal,
       };
       if (
         gzip.headerLength < GZIP_FIXED_HEADER ||
@@ -251,26 +257,20 @@ function parseTables(
           `gzip piece ${i} (${length} bytes from a ${gzip.headerLength}-byte header and ${gzip.textLength} bytes of text at level ${gzip.level}) is out of bounds`,
         );
       }
-      output += length;
-      if (output > header.outputLength) {
-        throw corrupt(`piece ${i} goes past the segment's ${header.outputLength} output bytes`);
-      }
-      pieceLengths[i] = length;
-      pieceOffsets[i] = -1;
-      gzips.set(i, gzip);
-      literal += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
-      expected += length;
-      continue;
+    } else {
+      length = isDiff ? r.read(`diff piece ${i}'s length`) : Math.floor(word / 2);
     }
-    const isDiff = word === DIFF_PIECE;
-    const length = isDiff ? r.read(`diff piece ${i}'s length`) : Math.floor(word / 2);
     if (length < 1) throw corrupt(`piece ${i} is empty`);
     output += length;
     if (output > header.outputLength) {
       throw corrupt(`piece ${i} goes past the segment's ${header.outputLength} output bytes`);
     }
     pieceLengths[i] = length;
-    if (isDiff) {
+    if (gzip !== undefined) {
+      gzips.set(i, gzip);
+      literal += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
+      pieceOffsets[i] = -1;
+    } else if (isDiff) {
       const start = expected + unzigzag(r.read(`diff piece ${i}'s source offset`));
       if (start < 0 || start + length > sourceSize) {
         throw corrupt(
@@ -362,31 +362,18 @@ async function rebuildGzips(
   offset: number,
   scratchDir: string | undefined,
 ): Promise<Map<number, Uint8Array>> {
-  // Where each gzip piece's literal bytes start.
-  const starts = new Map<number, number>();
-  let at = 0;
-  for (let i = 0; i < tables.pieceLengths.length; i++) {
-    const gzip = tables.gzips.get(i);
-    if (gzip !== undefined) {
-      starts.set(i, at);
-      at += gzip.headerLength + gzip.textLength + GZIP_TRAILER;
-    } else if (tables.pieceOffsets[i]! < 0 || tables.pieceDiffs[i] === 1) {
-      at += tables.pieceLengths[i]!;
-    }
-  }
   const outputs = new Map<number, Uint8Array>();
   for (const level of new Set([...tables.gzips.values()].map((g) => g.level))) {
-    const pieces = [...tables.gzips].filter(([, g]) => g.level === level).map(([i]) => i);
-    const texts = pieces.map((i) => {
-      const textAt = starts.get(i)! + tables.gzips.get(i)!.headerLength;
-      return literal.subarray(textAt, textAt + tables.gzips.get(i)!.textLength);
+    const pieces = [...tables.gzips].filter(([, g]) => g.level === level);
+    const texts = pieces.map(([, g]) => {
+      const textAt = g.literalAt + g.headerLength;
+      return literal.subarray(textAt, textAt + g.textLength);
     });
     const members = await gzipMembers(texts, level, scratchDir);
     let memberAt = 0;
-    for (const i of pieces) {
-      const gzip = tables.gzips.get(i)!;
+    for (const [i, gzip] of pieces) {
       const length = tables.pieceLengths[i]!;
-      const start = starts.get(i)!;
+      const start = gzip.literalAt;
       const file = new Uint8Array(length);
       file.set(literal.subarray(start, start + gzip.headerLength));
       const trailerAt = start + gzip.headerLength + gzip.textLength;
