@@ -33,6 +33,7 @@ import {
   GzipToolError,
   gunzipText,
   MAX_GZIP_TEXT,
+  startsWithGzipMagic,
 } from "./regzip.js";
 
 /** zstd level for layers with much literal data (base layers, big binaries): 22 would take twice the CPU time. */
@@ -571,9 +572,9 @@ async function regzipReferences(
     const fits = (n: number) => n >= GZIP_FIXED_HEADER + GZIP_TRAILER && n <= MAX_GZIP_TEXT;
     if (r.literal !== length || !fits(newLength) || !fits(oldLength)) continue;
     await readInto(target, newAt, magic, 0, magic.length);
-    if (!startsWith(magic, GZIP_MAGIC)) continue;
+    if (!startsWithGzipMagic(magic)) continue;
     await readInto(source, oldAt, magic, 0, magic.length);
-    if (!startsWith(magic, GZIP_MAGIC)) continue;
+    if (!startsWithGzipMagic(magic)) continue;
     const oldFile = new Uint8Array(oldLength);
     await readInto(source, oldAt, oldFile, 0, oldLength);
     const oldText = gunzipText(oldFile);
@@ -589,12 +590,7 @@ async function regzipReferences(
 
 /** Whether a reference's new entry (bytes from its tar header on) holds a gzip file. */
 function isGzipEntry(r: Reference, bytes: Uint8Array): boolean {
-  return r.targetHeaderLength !== undefined && startsWith(bytes.subarray(r.targetHeaderLength), GZIP_MAGIC);
-}
-
-function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
-  for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false;
-  return true;
+  return r.targetHeaderLength !== undefined && startsWithGzipMagic(bytes.subarray(r.targetHeaderLength));
 }
 
 /**
@@ -607,12 +603,14 @@ function planGzip(
   gzip: GzipPlan,
   segmentLiteral: number,
   referenceLimit: number,
-): void {
-  planner.active = undefined;
+): boolean {
   const header = r.targetHeaderLength!;
   const fileLength = r.targetEnd - r.targetOffset - header;
   const literal = header + gzip.headerLength + gzip.textLength + GZIP_TRAILER;
   const reference = r.sourceHeaderLength! + gzip.oldTextLength;
+  // It needs its literal bytes and its old text within one segment (always so at the default sizes).
+  if (literal > segmentLiteral || reference > referenceLimit) return false;
+  planner.active = undefined;
   const seg = planner.current;
   if (
     seg.literal + literal > segmentLiteral ||
@@ -629,6 +627,7 @@ function planGzip(
   });
   planner.literal(r.targetOffset, header);
   planner.gzip(r.targetOffset + header, fileLength, gzip);
+  return true;
 }
 
 /** Plans a reference's approximate pieces, cutting diff and extra bytes at segment literal limits. */
@@ -694,14 +693,11 @@ function plan(
       position = r.targetEnd;
       continue;
     }
-    // A gzip piece needs its literal bytes and its old text within one segment (always so at the default sizes).
     if (
       r?.gzip !== undefined &&
       r.targetOffset === position &&
-      r.targetHeaderLength! + r.gzip.headerLength + r.gzip.textLength + GZIP_TRAILER <= segmentLiteral &&
-      r.sourceHeaderLength! + r.gzip.oldTextLength <= referenceLimit
+      planGzip(planner, r, r.gzip, segmentLiteral, referenceLimit)
     ) {
-      planGzip(planner, r, r.gzip, segmentLiteral, referenceLimit);
       entered = undefined;
       chunk = -1;
       position = r.targetEnd;

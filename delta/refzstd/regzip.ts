@@ -37,6 +37,12 @@ export const MAX_GZIP_TEXT = 8 * 1024 * 1024;
 /** A gzip header with an extra field, name and comment, at most (longer ones stay plain bytes). */
 export const MAX_GZIP_HEADER = 4096;
 
+/** Whether `bytes` starts with the gzip magic and the deflate method byte. */
+export function startsWithGzipMagic(bytes: Uint8Array): boolean {
+  for (let i = 0; i < GZIP_MAGIC.length; i++) if (bytes[i] !== GZIP_MAGIC[i]) return false;
+  return true;
+}
+
 const FHCRC = 0x02;
 const FEXTRA = 0x04;
 const FNAME = 0x08;
@@ -45,7 +51,7 @@ const FCOMMENT = 0x10;
 /** Length of the gzip header at the start of `bytes`, or -1 if it is not a complete gzip header within MAX_GZIP_HEADER. */
 export function gzipHeaderLength(bytes: Uint8Array): number {
   if (bytes.length < GZIP_FIXED_HEADER + GZIP_TRAILER) return -1;
-  for (let i = 0; i < GZIP_MAGIC.length; i++) if (bytes[i] !== GZIP_MAGIC[i]) return -1;
+  if (!startsWithGzipMagic(bytes)) return -1;
   const flags = bytes[3]!;
   if (flags & 0xe0) return -1;
   const limit = Math.min(bytes.length, MAX_GZIP_HEADER);
@@ -151,13 +157,8 @@ function runGzip(args: readonly string[], cwd: string, limit: number): Promise<U
  */
 export function sameDeflate(member: Uint8Array, file: Uint8Array, headerLength: number): boolean {
   if (member.length - GZIP_FIXED_HEADER !== file.length - headerLength) return false;
-  if (
-    member[0] !== GZIP_MAGIC[0] ||
-    member[1] !== GZIP_MAGIC[1] ||
-    member[2] !== GZIP_MAGIC[2] ||
-    member[3] !== 0
-  )
-    return false;
+  // `gzip -n` sets no flags.
+  if (!startsWithGzipMagic(member) || member[3] !== 0) return false;
   return Buffer.compare(member.subarray(GZIP_FIXED_HEADER), file.subarray(headerLength)) === 0;
 }
 
@@ -225,17 +226,20 @@ export async function findGzipRecipes(
       }
       const batch: number[] = [];
       const texts: Uint8Array[] = [];
+      /** Files met while filling the batch that do not inflate: nothing to check. */
+      const unreadable: number[] = [];
       let bytes = 0;
       for (const i of pending) {
         if (batch.length > 0 && bytes >= RECIPE_BATCH) break;
         const text = gunzipText(files[i]!);
-        if (text === undefined) continue;
+        if (text === undefined) {
+          unreadable.push(i);
+          continue;
+        }
         batch.push(i);
         texts.push(text);
         bytes += text.length;
       }
-      const unreadable = new Set(pending.slice(0, pending.indexOf(batch[batch.length - 1]!) + 1));
-      for (const i of batch) unreadable.delete(i);
       if (batch.length === 0) break;
       const out = await gzipMembers(texts, level, scratchDir);
       let at = 0;
