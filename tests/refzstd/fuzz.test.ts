@@ -135,7 +135,11 @@ async function attempt(
   }
 }
 
-function mutate(payload: Uint8Array, random: () => number, corpus = payloads): Uint8Array {
+function mutate(
+  payload: Uint8Array,
+  random: () => number,
+  corpus: readonly Uint8Array[] = payloads,
+): Uint8Array {
   const at = () => Math.floor(random() * payload.length);
   const byte = () => Math.floor(random() * 256);
   switch (Math.floor(random() * 6)) {
@@ -175,28 +179,50 @@ test("the fuzz payloads decode as they are", async () => {
   assert.ok(payloads[0]!.length > 0);
 });
 
-test("mutated payloads end in output or a RefZstdError", async () => {
-  const random = prng(SEED);
+/**
+ * Decodes `cases` mutations of `corpus` against `against`: each ends in output or a RefZstdError,
+ * and most are caught by a structural check or by zstd, so every code path gets exercised.
+ */
+async function mutatedEndWell(
+  corpus: readonly Uint8Array[],
+  cases: number,
+  seed: number,
+  against?: Parameters<typeof attempt>[2],
+): Promise<void> {
+  const random = prng(seed);
   const outcomes = new Map<string, number>();
-  for (let n = 0; n < MUTATED_CASES; n++) {
-    const payload = mutate(payloads[n % payloads.length]!, random);
-    const result = await attempt(payload, n);
+  for (let n = 0; n < cases; n++) {
+    const payload = mutate(corpus[n % corpus.length]!, random, corpus);
+    const result = await attempt(payload, n, against);
     const key = typeof result === "number" ? "output" : result;
     outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
   }
-  // Most mutations are caught by a structural check or by zstd; every code path gets exercised.
   for (const code of ["TRUNCATED", "CORRUPT", "LIMIT"])
     assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
+}
+
+/** Decodes `cases` random bodies behind the magic and `version`: each ends in a RefZstdError. */
+async function randomBodiesRefused(
+  version: number,
+  cases: number,
+  seed: number,
+  against?: Parameters<typeof attempt>[2],
+): Promise<void> {
+  const random = prng(seed);
+  for (let n = 0; n < cases; n++) {
+    const body = Uint8Array.from({ length: Math.floor(random() * 200) }, () => Math.floor(random() * 256));
+    const payload = Buffer.concat([REFZSTD_MAGIC, Uint8Array.of(version), body]);
+    const result = await attempt(payload, n, against);
+    assert.equal(typeof result, "string", `case ${n}: random bytes decoded to ${String(result)} bytes`);
+  }
+}
+
+test("mutated payloads end in output or a RefZstdError", async () => {
+  await mutatedEndWell(payloads, MUTATED_CASES, SEED);
 });
 
 test("random bytes behind a valid magic end in a RefZstdError", async () => {
-  const random = prng(SEED + 1);
-  for (let n = 0; n < RANDOM_CASES; n++) {
-    const body = Uint8Array.from({ length: Math.floor(random() * 200) }, () => Math.floor(random() * 256));
-    const payload = Buffer.concat([REFZSTD_MAGIC, Uint8Array.of(REFZSTD_VERSION), body]);
-    const result = await attempt(payload, n);
-    assert.equal(typeof result, "string", `case ${n}: random bytes decoded to ${String(result)} bytes`);
-  }
+  await randomBodiesRefused(REFZSTD_VERSION, RANDOM_CASES, SEED + 1);
 });
 
 test("the version-2 fuzz payloads decode as they are", async () => {
@@ -210,26 +236,11 @@ test("the version-2 fuzz payloads decode as they are", async () => {
 });
 
 test("mutated version-2 payloads end in output or a RefZstdError", async () => {
-  const random = prng(SEED + 2);
-  const outcomes = new Map<string, number>();
-  for (let n = 0; n < GZIP_MUTATED_CASES; n++) {
-    const payload = mutate(gzipPayloads[n % gzipPayloads.length]!, random, gzipPayloads);
-    const result = await attempt(payload, n, gzipAgainst);
-    const key = typeof result === "number" ? "output" : result;
-    outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
-  }
-  for (const code of ["TRUNCATED", "CORRUPT", "LIMIT"])
-    assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
+  await mutatedEndWell(gzipPayloads, GZIP_MUTATED_CASES, SEED + 2, gzipAgainst);
 });
 
 test("random bytes behind a valid magic and version 2 end in a RefZstdError", async () => {
-  const random = prng(SEED + 3);
-  for (let n = 0; n < GZIP_RANDOM_CASES; n++) {
-    const body = Uint8Array.from({ length: Math.floor(random() * 200) }, () => Math.floor(random() * 256));
-    const payload = Buffer.concat([REFZSTD_MAGIC, Uint8Array.of(REFZSTD_VERSION_GZIP), body]);
-    const result = await attempt(payload, n, gzipAgainst);
-    assert.equal(typeof result, "string", `case ${n}: random bytes decoded to ${String(result)} bytes`);
-  }
+  await randomBodiesRefused(REFZSTD_VERSION_GZIP, GZIP_RANDOM_CASES, SEED + 3, gzipAgainst);
 });
 
 function varints(values: readonly number[]): Uint8Array {
