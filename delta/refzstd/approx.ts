@@ -149,6 +149,59 @@ function tagBitsFor(samples: number): number {
 /** Tags of 5 bits reject 31 of 32 wrong candidates; more would rarely fit beside the sample number. */
 const MAX_TAG_BITS = 5;
 
+/** How long seed-table memory stays allocated after a match, for the next one (a diff matches binaries back to back). */
+const SPARE_IDLE_MS = 10_000;
+
+interface SeedScratch {
+  readonly table: Int32Array;
+  readonly counts: Uint8Array;
+  readonly hashes: Int32Array;
+  readonly sortedHashes: Int32Array;
+  readonly sortedSamples: Int32Array;
+}
+
+let spare: { table: Int32Array; counts: Uint8Array; chunk: Int32Array } | undefined;
+let spareTimer: ReturnType<typeof setTimeout> | undefined;
+
+/**
+ * The seed table's arrays, zeroed where they must be. Fresh memory costs a page fault per 4 KiB
+ * when first written (about 1 s for a 256 MiB table on the benchmark machine, as much as the
+ * hashing); so the arrays of one match are kept for the next one for SPARE_IDLE_MS, then
+ * dropped. Matching is synchronous, so one thread never uses them twice at once.
+ */
+function seedScratch(slots: number, chunk: number): SeedScratch {
+  let kept = spare;
+  if (kept === undefined || kept.table.length < slots || kept.chunk.length < chunk * 3) {
+    kept = {
+      table: new Int32Array(Math.max(slots, kept?.table.length ?? 0)),
+      counts: new Uint8Array(Math.max(slots, kept?.table.length ?? 0) >>> WAY_BITS),
+      chunk: new Int32Array(Math.max(chunk * 3, kept?.chunk.length ?? 0)),
+    };
+  } else {
+    kept.table.fill(0, 0, slots);
+    kept.counts.fill(0, 0, slots >>> WAY_BITS);
+  }
+  spare = kept;
+  if (spareTimer !== undefined) clearTimeout(spareTimer);
+  spareTimer = setTimeout(releaseMatchMemory, SPARE_IDLE_MS);
+  // The timer only frees memory: it must not keep a process alive that is otherwise done.
+  spareTimer.unref();
+  return {
+    table: kept.table.subarray(0, slots),
+    counts: kept.counts.subarray(0, slots >>> WAY_BITS),
+    hashes: kept.chunk.subarray(0, chunk),
+    sortedHashes: kept.chunk.subarray(chunk, 2 * chunk),
+    sortedSamples: kept.chunk.subarray(2 * chunk, 3 * chunk),
+  };
+}
+
+/** Drops the seed-table memory kept for the next match at once (it goes by itself SPARE_IDLE_MS after the last match). */
+export function releaseMatchMemory(): void {
+  spare = undefined;
+  if (spareTimer !== undefined) clearTimeout(spareTimer);
+  spareTimer = undefined;
+}
+
 /**
  * The seed table: per bucket of WAYS slots, the first sampled old positions (0 = empty) whose
  * seed hashes there, each stored as (sample number + 1) << tagBits | tag. Filling it in position
@@ -165,16 +218,12 @@ function fillSeedTable(
   tagBits: number,
 ): Int32Array {
   const oldView = viewOf(old);
-  const table = new Int32Array(1 << bits);
-  const counts = new Uint8Array(1 << (bits - WAY_BITS));
+  const size = Math.min(FILL_CHUNK, samples);
+  const { table, counts, hashes, sortedHashes, sortedSamples } = seedScratch(1 << bits, size);
   const shift = 32 - (bits - WAY_BITS);
   const tagMask = (1 << tagBits) - 1;
   const regionShift = Math.max(0, bits - WAY_BITS - FILL_REGION_BITS);
   const regions = 1 << (bits - WAY_BITS - regionShift);
-  const size = Math.min(FILL_CHUNK, samples);
-  const hashes = new Int32Array(size);
-  const sortedHashes = new Int32Array(size);
-  const sortedSamples = new Int32Array(size);
   const starts = new Int32Array(regions + 1);
   for (let first = 0; first < samples; first += FILL_CHUNK) {
     const n = Math.min(FILL_CHUNK, samples - first);

@@ -9,6 +9,7 @@ import {
   literalStream,
   pieceStreams,
   type RefinedPiece,
+  releaseMatchMemory,
   splitExactRuns,
 } from "../../delta/refzstd/approx.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
@@ -101,6 +102,42 @@ describe("approximate matching", () => {
     const sent = zstd.compress(Buffer.from(diff), { compressionLevel: 9 }).length + extra.length;
     const plain = zstd.compress(Buffer.from(newFile), { compressionLevel: 9 }).length;
     assert.ok(sent * 10 < plain, `streams of ${sent} bytes should be under a tenth of zstd's ${plain}`);
+  });
+
+  it("finds the same pieces whether its seed table is fresh or kept from a larger or smaller match", () => {
+    // The seed table's memory is kept from one match to the next; a slot left over from the
+    // previous file would offer alignments that do not exist, so results would change.
+    const big = realExecutable();
+    const bigNew = concat(big.subarray(0, 100_000), seededBytes(3000, 21), big.subarray(100_000));
+    relocate(bigNew, 200_000, big.length - 300_000, 0x80);
+    // A hundred alignments (7 bytes inserted every 2,000): each needs its own seed from the table.
+    const small = seededBytes(200_000, 23);
+    const smallParts: Uint8Array[] = [];
+    for (let at = 0; at < small.length; at += 2000)
+      smallParts.push(small.subarray(at, at + 2000), seededBytes(7, at));
+    const smallNew = concat(...smallParts);
+    releaseMatchMemory();
+    const smallFresh = approximatePieces(small, smallNew);
+    releaseMatchMemory();
+    const bigFresh = approximatePieces(big, bigNew);
+    assert.deepEqual(approximatePieces(small, smallNew), smallFresh, "after a larger match");
+    assert.deepEqual(approximatePieces(big, bigNew), bigFresh, "after a smaller match");
+    assert.deepEqual(approximatePieces(big, bigNew), bigFresh, "after the same match");
+    // A table of 2^16 slots: the big file fills every bucket, so nothing of the small file would
+    // enter a table whose counts were not cleared.
+    const tiny = { maxTableBits: 16 };
+    releaseMatchMemory();
+    const smallTiny = approximatePieces(small, smallNew, tiny);
+    approximatePieces(big, bigNew, tiny);
+    assert.deepEqual(
+      approximatePieces(small, smallNew, tiny),
+      smallTiny,
+      "after a match that filled every bucket",
+    );
+    roundTrip(small, smallNew, smallFresh);
+    roundTrip(big, bigNew, bigFresh);
+    assert.ok(smallFresh.length > 1 && bigFresh.length > 1, "both pairs need several pieces");
+    releaseMatchMemory();
   });
 
   it("sends one all-zero difference region for identical files, and one copy once exact runs are split", () => {
