@@ -46,6 +46,8 @@ const COST = {
 const APPROX_MIN_SIZE = 64 * 1024;
 /** The encoder takes a differently named file as the old version only within this size ratio (delta/bundle/diff.ts). */
 const SIMILAR_SIZE_RATIO = 2;
+/** Over this share of its layer, a payload against the sources is weighed against whole-layer zstd (delta/bundle/diff.ts PLAIN_CHECK_SHARE). */
+const PLAIN_CHECK_SHARE = 1 / 8;
 /** Names of gzip files: a changed one whose old version is one too is recompressed on the device (delta/refzstd/regzip.ts). */
 const GZIP_NAME = /\.gz$/i;
 /** Names of already-compressed formats: a change rewrites them from the first changed byte on. */
@@ -161,8 +163,17 @@ function changedCost(file: FileIndex, old: FileIndex): number {
   return file.z * COST.changedText;
 }
 
-/** Estimated payload bytes for one target layer given the chosen source layers. */
+/**
+ * Estimated payload bytes for one target layer given the chosen source layers: the smaller of
+ * the delta and whole-layer zstd when the diff would weigh them (it sends the smaller).
+ */
 export function estimateLayerBytes(layer: LayerIndex, views: readonly SourceView[]): number {
+  const delta = estimateAgainst(layer, views);
+  if (views.length === 0 || delta <= layer.size * PLAIN_CHECK_SHARE) return delta;
+  return Math.min(delta, estimateAgainst(layer, []));
+}
+
+function estimateAgainst(layer: LayerIndex, views: readonly SourceView[]): number {
   let bytes = COST.perPayload;
   for (const header of layer.headers) {
     bytes += anyHas(views, (v) => v.headers, header) ? COST.headerCopy : COST.headerLiteral;

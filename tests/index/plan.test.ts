@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
 import { generateSigningKey } from "../../delta/bundle/sign.js";
 import { openImage } from "../../delta/image/open.js";
-import { type ImageIndex, indexImage } from "../../delta/index/index.js";
+import { type FileIndex, type ImageIndex, indexImage, type LayerIndex } from "../../delta/index/index.js";
 import { planSources, type SourcePlan } from "../../delta/index/plan.js";
 import { appLayerEntries, buildTar, imageOf, realFiles, sha256, writeArchive } from "../bundle/fixtures.js";
 import { buildBundleBetween } from "../support/bundles.js";
@@ -73,7 +73,41 @@ function assertWithin25Percent(t: TestContext, estimate: number, real: number, w
   );
 }
 
+/** A layer index by hand: one header group per file, sizes as given. */
+function layerOf(diffId: string, files: FileIndex[]): LayerIndex {
+  const size = files.reduce((n, f) => n + 512 + f.size, 1024);
+  return {
+    diffId,
+    size,
+    blobDigest: diffId,
+    blobSize: size,
+    entries: files.length,
+    headers: files.map((f) => `${f.sha256.slice(0, 6)}${f.path.length}`),
+    files,
+  };
+}
+
+function imageWith(tag: string, layerIndexes: LayerIndex[]): ImageIndex {
+  return { version: 1, repository: "apps/plan", tag, configDigest: `sha256:${tag}`, layers: layerIndexes };
+}
+
 describe("planning", () => {
+  it("prices a layer that the sources make more expensive as whole-layer zstd, as the diff sends it", () => {
+    // The held layer is worth listing for the first target layer (a 2 MB library it holds), but
+    // its old archive makes the changed archive of the second one cost its full size as a delta.
+    const library = { path: "usr/lib/libbig.so", size: 2_000_000, sha256: "a".repeat(64), z: 1_000_000 };
+    const oldArchive = { path: "srv/data.zip", size: 1_000_000, sha256: "b".repeat(64), z: 1_000_000 };
+    const newArchive = { ...oldArchive, sha256: "c".repeat(64) };
+    const held = imageWith("held", [layerOf("sha256:held", [library, oldArchive])]);
+    const second = layerOf("sha256:second", [newArchive]);
+    const target = imageWith("target", [layerOf("sha256:first", [library]), second]);
+    const plan = planSources(target, [held]);
+    assert.deepEqual(plan.sources, [{ diffId: "sha256:held", size: held.layers[0]!.size }]);
+    const alone = planSources(imageWith("alone", [second]), []);
+    assert.equal(plan.layers[1]!.estimatedBytes, alone.layers[0]!.estimatedBytes);
+    assert.ok(plan.layers[1]!.estimatedBytes < newArchive.size, "below the archive's full size");
+  });
+
   it("marks held layers present, lists only useful source layers, and counts what a pull would send", () => {
     const plan = planSources(indexes.v2!, [indexes.other!, indexes.v1!]);
     assert.deepEqual(
