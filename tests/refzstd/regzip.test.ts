@@ -320,6 +320,46 @@ describe("findGzipRecipes", () => {
     ]);
   });
 
+  it("runs again only the files passed over after neighbouring mismatches, not the rest of the batch", async () => {
+    // Twenty gzip -9 files with two gzip -6 neighbours in the middle (licences, whose -6 and -9
+    // deflate data differ): after the first -6 file the next member (the second -6 file) is not
+    // where level 9 puts it; the one after it is found.
+    const texts = Array.from({ length: 20 }, (_, n) =>
+      Buffer.from(`${stanza(`pkg${n}`, n)}\n`.repeat(40 + n)),
+    );
+    texts[9] = Buffer.from(gpl3);
+    texts[10] = Buffer.from(lgpl);
+    const level = (n: number) => (n === 9 || n === 10 ? 6 : 9);
+    const files = texts.map((t, n) => gzip(t, `-${level(n)}`, "-n"));
+    for (const n of [9, 10])
+      assert.ok(!files[n]!.equals(gzip(texts[n]!, "-9", "-n")), `file ${n}: -6 is not -9`);
+    // A stand-in gzip that logs each run's level and file count, then runs the real one.
+    const realGzip = execFileSync("sh", ["-c", "command -v gzip"]).toString().trim();
+    const logging = mkdtempSync(join(scratch, "logging-gzip-"));
+    const log = join(logging, "runs.log");
+    writeFileSync(
+      join(logging, "gzip"),
+      `#!/bin/sh\necho "$3 $(($# - 4))" >> ${log}\nexec ${realGzip} "$@"\n`,
+      {
+        mode: 0o755,
+      },
+    );
+    const saved = process.env.PATH;
+    let recipes: Awaited<ReturnType<typeof findGzipRecipes>>;
+    try {
+      process.env.PATH = `${logging}:${saved}`;
+      recipes = await findGzipRecipes(files, scratch);
+    } finally {
+      process.env.PATH = saved;
+    }
+    assert.deepEqual(
+      recipes,
+      texts.map((t, n) => ({ level: level(n), headerLength: 10, textLength: t.length })),
+    );
+    // Level 9: the batch, then the file passed over (which misses again, alone). Level 6: the two.
+    assert.deepEqual(readFileSync(log, "utf8").trim().split("\n"), ["-9 20", "-9 1", "-6 2"]);
+  });
+
   it("answers each file of a mixed batch as alone, with the mismatching files first", async () => {
     const twoMembers = Buffer.concat([gzip(gpl2, "-9", "-n"), gzip(artistic, "-9", "-n")]);
     const trailing = Buffer.concat([gzip(lgpl, "-9", "-n"), Buffer.from("x")]);
