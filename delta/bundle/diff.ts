@@ -683,7 +683,10 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         configDigest: target.info.configDigest,
         layers: targetLayers,
       },
-      sources: listed.map((layer) => ({ diffId: layer.diffId, size: layer.size })),
+      // Plain payloads read no source: a bundle of only those needs no source layer on the device.
+      sources: [...payloads.values()].some((p) => p.codec === "ref-zstd" || p.codec === "vcdiff-zstd")
+        ? listed.map((layer) => ({ diffId: layer.diffId, size: layer.size }))
+        : [],
       layers,
     };
     const bytes = await writeBundleFile(

@@ -58,7 +58,7 @@ async function diff(name: string, codec?: PayloadCodec) {
     ...(codec !== undefined ? { codec } : {}),
   });
   assert.equal(built.layers.length, 1);
-  return { out, layer: built.layers[0]! };
+  return { out, layer: built.layers[0]!, sources: built.manifest.sources.length };
 }
 
 describe("codec fallback", () => {
@@ -79,12 +79,15 @@ describe("codec fallback", () => {
     );
     assert.equal(chosen.layer.codec, "zstd-x86");
     assert.equal(chosen.layer.payloadBytes, plain.layer.payloadBytes);
+    // No payload reads the source any more, so the bundle lists none and needs nothing on the device.
+    assert.equal(chosen.sources, 0);
+    assert.equal(asked.sources, 1);
 
     const dest = join(dir, "rebuilt.tar");
     await applyFromImages({
       bundle: chosen.out,
       trust: [key],
-      from: [oldPath],
+      from: [],
       dest: `docker-archive:${dest}`,
       scratchDir: dir,
     });
