@@ -82,9 +82,10 @@ export interface RefZstdEncodeOptions {
   /** Reference bytes per segment, at most MAX_REFERENCE (smaller in tests). */
   readonly reference?: number;
   /**
-   * Source ranges, most related first (the source layers the old versions came from), appended
-   * to the reference of each segment of a small layer while it has room: new files with no old
-   * version of their own still find their neighbours' code there (same packages, same licences).
+   * Source ranges, most related first (the source layers the old versions came from), added to
+   * the reference of each segment of a small layer while it has room (before the segment's own
+   * references in the dictionary): new files with no old version of their own still find their
+   * neighbours' code there (same packages, same licences).
    */
   readonly fill?: readonly Extent[];
   /**
@@ -821,6 +822,7 @@ export async function* encodeRefZstd(
   if (options.fill !== undefined && source !== undefined && planned <= segmentLiteral) {
     for (const seg of segments) {
       if (seg.literal === 0) continue;
+      const own = seg.extents.length;
       for (const e of options.fill) {
         const room = referenceLimit - seg.referenceSize;
         if (room <= 0 || seg.extents.length >= MAX_EXTENTS) break;
@@ -833,6 +835,11 @@ export async function* encodeRefZstd(
         seg.extents.push({ sourceOffset: e.sourceOffset, length });
         seg.referenceSize += length;
       }
+      // The fill goes first in the dictionary and the segment's own references last, nearest the
+      // literal bytes: their matches are the most frequent, and zstd's offsets cost more the
+      // farther back they reach. The application update of the benchmark (scenario 3): 148,340 →
+      // 143,818 bytes; the new app (scenario 2): 1,201,792 → 1,200,150.
+      seg.extents.unshift(...seg.extents.splice(own));
     }
   }
 

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import zstd from "zstd-napi";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
-import { PREAMBLE_SIZE, RefZstdError, VarintReader } from "../../delta/refzstd/format.js";
+import { PREAMBLE_SIZE, RefZstdError, unzigzag, VarintReader } from "../../delta/refzstd/format.js";
 import { opaqueWhiteout, whiteout } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, sha256, withContent } from "../bundle/fixtures.js";
@@ -40,6 +41,34 @@ async function decode(payload: Uint8Array, sources: readonly Uint8Array[], size:
       ...(source !== undefined ? { source } : {}),
     }),
   );
+}
+
+/** The extents (dictionary ranges, in dictionary order) of a version-1 payload's first segment. */
+function firstSegmentExtents(payload: Uint8Array): { sourceOffset: number; length: number }[] {
+  const top = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
+  top.read("output size");
+  top.read("segment count");
+  const head = new VarintReader(payload.subarray(top.offset), top.offset, "segment header");
+  for (const field of ["output length", "literal length"]) head.read(field);
+  const count = head.read("extent count");
+  head.read("piece count");
+  const tablesLength = head.read("tables length");
+  head.read("frame length");
+  const at = head.offset;
+  const tables = new VarintReader(
+    zstd.decompress(Buffer.from(payload.subarray(at, at + tablesLength))),
+    0,
+    "tables",
+  );
+  const extents: { sourceOffset: number; length: number }[] = [];
+  let end = 0;
+  for (let i = 0; i < count; i++) {
+    const sourceOffset = end + unzigzag(tables.read("offset"));
+    const length = tables.read("length");
+    extents.push({ sourceOffset, length });
+    end = sourceOffset + length;
+  }
+  return extents;
 }
 
 function segmentCount(payload: Uint8Array): number {
@@ -144,6 +173,34 @@ describe("ref-zstd round trips", () => {
       }),
       /fill range .* is outside the .*-byte source/,
     );
+  });
+
+  it("puts the fill before the segment's own references, which sit nearest the literal bytes", async () => {
+    // Edited licences under their old paths (references) and under new names (only the fill helps).
+    const related = await buildTar(docs);
+    const unrelated = await buildTar(bins.slice(0, 5));
+    const edited = (d: (typeof docs)[number], i: number) =>
+      withContent(d, Buffer.concat([Buffer.from(`edited ${i}\n`), d.content!]));
+    const next = await buildTar([
+      ...docs.map(edited),
+      ...docs.map((d, i) => ({ ...edited(d, i + 100), path: `opt/newapp/licence-${i}.txt` })),
+    ]);
+    const fill = [{ sourceOffset: unrelated.length, length: related.length }];
+    const payload = await encode(next, [unrelated, related], { fill });
+    assert.equal(sha256(await decode(payload, [unrelated, related], next.length)), sha256(next));
+    const extents = firstSegmentExtents(payload);
+    assert.ok(extents.length > 1, `${extents.length} extents`);
+    assert.deepEqual(
+      extents[0],
+      { sourceOffset: unrelated.length, length: related.length },
+      "the fill first",
+    );
+    for (const e of extents.slice(1)) {
+      assert.ok(
+        e.sourceOffset >= unrelated.length && e.length < related.length,
+        `reference ${e.sourceOffset}+${e.length} is an old licence's entry`,
+      );
+    }
   });
 
   it("encodes an empty layer, a zero-byte layer and a layer with no source", async () => {
