@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import zstd from "zstd-napi";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
-import { PREAMBLE_SIZE, RefZstdError, unzigzag, VarintReader } from "../../delta/refzstd/format.js";
+import { PREAMBLE_SIZE, RefZstdError, VarintReader } from "../../delta/refzstd/format.js";
 import { opaqueWhiteout, whiteout } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, sha256, withContent } from "../bundle/fixtures.js";
+import { firstSegmentExtents } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
 
 async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -41,34 +41,6 @@ async function decode(payload: Uint8Array, sources: readonly Uint8Array[], size:
       ...(source !== undefined ? { source } : {}),
     }),
   );
-}
-
-/** The extents (dictionary ranges, in dictionary order) of a version-1 payload's first segment. */
-function firstSegmentExtents(payload: Uint8Array): { sourceOffset: number; length: number }[] {
-  const top = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
-  top.read("output size");
-  top.read("segment count");
-  const head = new VarintReader(payload.subarray(top.offset), top.offset, "segment header");
-  for (const field of ["output length", "literal length"]) head.read(field);
-  const count = head.read("extent count");
-  head.read("piece count");
-  const tablesLength = head.read("tables length");
-  head.read("frame length");
-  const at = head.offset;
-  const tables = new VarintReader(
-    zstd.decompress(Buffer.from(payload.subarray(at, at + tablesLength))),
-    0,
-    "tables",
-  );
-  const extents: { sourceOffset: number; length: number }[] = [];
-  let end = 0;
-  for (let i = 0; i < count; i++) {
-    const sourceOffset = end + unzigzag(tables.read("offset"));
-    const length = tables.read("length");
-    extents.push({ sourceOffset, length });
-    end = sourceOffset + length;
-  }
-  return extents;
 }
 
 function segmentCount(payload: Uint8Array): number {
