@@ -93,7 +93,7 @@ export interface BuildBundleOptions {
    * Layers with nothing in common with the source go as `zstd` either way.
    */
   readonly codec?: PayloadCodec;
-  /** zstd level of `ref-zstd` literal frames; default by layer (delta/refzstd/encoder.ts: 22 for application layers, 19 above 32 MiB of literal data). */
+  /** zstd level of `ref-zstd` literal frames; default 22 (DEFAULT_REFZSTD_LEVEL in delta/refzstd/encoder.ts). */
   readonly refZstdLevel?: number;
   /** Fill spare `ref-zstd` reference room with the source layers the old versions came from; default true. */
   readonly refZstdFill?: boolean;
