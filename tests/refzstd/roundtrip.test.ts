@@ -175,6 +175,22 @@ describe("ref-zstd round trips", () => {
     }
   });
 
+  it("takes a fill of more extents than a function call takes arguments", async () => {
+    // 150,000 ranges of two bytes each, as a fill that leaves out every other small file makes.
+    const related = await buildTar(docs);
+    const unrelated = await buildTar(bins.slice(0, 5));
+    const next = await buildTar(
+      docs.map((d, i) => withContent(d, Buffer.concat([Buffer.from(`edited ${i}\n`), d.content!]))),
+    );
+    const fill = Array.from({ length: 150_000 }, (_, i) => ({ sourceOffset: 4 * i, length: 2 }));
+    assert.ok(4 * 150_000 <= unrelated.length + related.length, "the ranges lie in the source");
+    const payload = await encode(next, [unrelated, related], { fill });
+    assert.equal(sha256(await decode(payload, [unrelated, related], next.length)), sha256(next));
+    const extents = firstSegmentExtents(payload);
+    assert.deepEqual(extents.slice(0, 150_000), fill, "the fill first, all of it");
+    assert.ok(extents.length > 150_000, "then the segment's own references");
+  });
+
   it("encodes an empty layer, a zero-byte layer and a layer with no source", async () => {
     const empty = await buildTar([]);
     assert.equal(empty.length, 1024);
