@@ -172,9 +172,10 @@ let spareTimer: ReturnType<typeof setTimeout> | undefined;
 function seedScratch(slots: number, chunk: number): SeedScratch {
   let kept = spare;
   if (kept === undefined || kept.table.length < slots || kept.chunk.length < chunk * 3) {
+    const keptSlots = Math.max(slots, kept?.table.length ?? 0);
     kept = {
-      table: new Int32Array(Math.max(slots, kept?.table.length ?? 0)),
-      counts: new Uint8Array(Math.max(slots, kept?.table.length ?? 0) >>> WAY_BITS),
+      table: new Int32Array(keptSlots),
+      counts: new Uint8Array(keptSlots >>> WAY_BITS),
       chunk: new Int32Array(Math.max(chunk * 3, kept?.chunk.length ?? 0)),
     };
   } else {

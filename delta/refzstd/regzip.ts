@@ -286,7 +286,6 @@ export async function findGzipRecipes(
       // batch[k] did not match and no following member was found: what follows it runs again.
       const done = new Set([...batch.slice(0, k + 1), ...unreadable]);
       pending = pending.filter((i) => !done.has(i) || again.has(i));
-      again.clear();
     }
     pending = missed;
   }
