@@ -20,13 +20,11 @@ import { generateSigningKey } from "../../delta/bundle/sign.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
 import {
-  PREAMBLE_SIZE,
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
   RefZstdError,
   type RefZstdErrorCode,
-  VarintReader,
   VarintWriter,
   zigzag,
 } from "../../delta/refzstd/format.js";
@@ -44,6 +42,7 @@ import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, imageOf, writeArchive } from "../bundle/fixtures.js";
 import { applyFromImages, buildBundleBetween } from "../support/bundles.js";
 import { seededBytes } from "../support/random.js";
+import { segmentCount, segmentTables } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "deltaship-regzip-test-"));
@@ -133,40 +132,18 @@ function asyncOnly(bytes: Uint8Array): SourceReader {
   return { size: inner.size, read: (p, into, o, n) => inner.read(p, into, o, n) };
 }
 
-function segmentCount(payload: Uint8Array): number {
-  const r = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
-  r.read("output size");
-  return r.read("segment count");
-}
-
 /** The gzip pieces' levels and the inflated extents' count in a version-2 payload, read from its tables. */
 function gzipCounts(payload: Uint8Array): { gzipPieces: number; inflatedExtents: number; levels: number[] } {
   const counts = { gzipPieces: 0, inflatedExtents: 0, levels: [] as number[] };
-  const top = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
-  top.read("output size");
-  const segments = top.read("segment count");
-  let at = top.offset;
-  for (let s = 0; s < segments; s++) {
-    const head = new VarintReader(payload.subarray(at), at, "segment header");
-    for (const field of ["output length", "literal length"]) head.read(field);
-    const extents = head.read("extent count");
-    const pieces = head.read("piece count");
-    const tablesLength = head.read("tables length");
-    const frameLength = head.read("frame length");
-    at = head.offset;
-    const tables = new VarintReader(
-      zstd.decompress(Buffer.from(payload.subarray(at, at + tablesLength))),
-      0,
-      "tables",
-    );
-    for (let i = 0; i < extents; i++) {
+  segmentTables(payload).forEach(({ extentCount, pieceCount, tables }, s) => {
+    for (let i = 0; i < extentCount; i++) {
       tables.read("offset");
       if (tables.read("length") % 2 === 1) {
         counts.inflatedExtents++;
         tables.read("inflated length");
       }
     }
-    for (let i = 0; i < pieces; i++) {
+    for (let i = 0; i < pieceCount; i++) {
       const word = tables.read("piece");
       if (word === 1) {
         counts.gzipPieces++;
@@ -179,9 +156,7 @@ function gzipCounts(payload: Uint8Array): { gzipPieces: number; inflatedExtents:
       }
     }
     assert.equal(tables.remaining, 0, `segment ${s}'s tables have bytes after the last piece`);
-    at += tablesLength + frameLength;
-  }
-  assert.equal(at, payload.length);
+  });
   return counts;
 }
 

@@ -2,11 +2,11 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd, type RefZstdEncodeOptions } from "../../delta/refzstd/encoder.js";
-import { PREAMBLE_SIZE, RefZstdError, VarintReader } from "../../delta/refzstd/format.js";
+import { PREAMBLE_SIZE, RefZstdError } from "../../delta/refzstd/format.js";
 import { opaqueWhiteout, whiteout } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, sha256, withContent } from "../bundle/fixtures.js";
-import { firstSegmentExtents } from "../support/refzstd-tables.js";
+import { firstSegmentExtents, segmentCount } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
 
 async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -41,12 +41,6 @@ async function decode(payload: Uint8Array, sources: readonly Uint8Array[], size:
       ...(source !== undefined ? { source } : {}),
     }),
   );
-}
-
-function segmentCount(payload: Uint8Array): number {
-  const r = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
-  r.read("output size");
-  return r.read("segment count");
 }
 
 const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000 });
