@@ -138,6 +138,8 @@ interface SourceLayer {
   readonly size: number;
   /** Virtual offset of the layer's first byte. */
   start: number;
+  /** The layer's entries in tar order, with their paths (a later layer may hold the same path). */
+  readonly entries: readonly (readonly [string, SourceEntry])[];
 }
 
 /** What the source layers hold, by content and by name. */
@@ -211,12 +213,10 @@ function fillRanges(
   startOf: (n: number) => number,
 ): { sourceOffset: number; length: number }[] {
   const whole = () => order.map((n) => ({ sourceOffset: startOf(n), length: catalog.layers[n]!.size }));
-  const inLayer = new Map<number, [string, SourceEntry][]>(order.map((n) => [n, []]));
-  for (const [path, e] of catalog.paths) inLayer.get(e.layer)?.push([path, e]);
   const fill = new Map<string, number>();
   let fillTotal = 0;
-  for (const entries of inLayer.values()) {
-    for (const [path, e] of entries) {
+  for (const n of order) {
+    for (const [path, e] of catalog.layers[n]!.entries) {
       if (e.type !== "file") continue;
       const ext = extensionOf(path);
       fill.set(ext, (fill.get(ext) ?? 0) + e.size);
@@ -236,8 +236,7 @@ function fillRanges(
   const ranges: { sourceOffset: number; length: number }[] = [];
   for (const n of order) {
     const shift = startOf(n) - catalog.layers[n]!.start;
-    const entries = inLayer.get(n)!.sort((a, b) => a[1].headerOffset - b[1].headerOffset);
-    for (const [path, e] of entries) {
+    for (const [path, e] of catalog.layers[n]!.entries) {
       if (e.type === "file" && skip.has(extensionOf(path))) continue;
       const from = e.headerOffset + shift;
       const end = e.dataOffset + Math.ceil(e.size / BLOCK_SIZE) * BLOCK_SIZE + shift;
@@ -287,6 +286,7 @@ async function addSourceLayer(
   const info = image.info.layers[index]!;
   const layerNumber = catalog.layers.length;
   const start = catalog.size;
+  const entries: [string, SourceEntry][] = [];
   let hash: ReturnType<typeof createHash> | undefined;
   const scanner = new TarScanner({
     entry(entry) {
@@ -298,6 +298,7 @@ async function addSourceLayer(
         dataOffset: start + entry.dataOffset,
         size: entry.size,
       };
+      entries.push([entry.path, source]);
       catalog.paths.set(entry.path, source);
       catalog.addSuffixes(entry.path, source);
       if (entry.type === "file" && entry.size > 0) {
@@ -354,7 +355,7 @@ async function addSourceLayer(
       `source layer ${index} of ${describe(image)} hashes to ${digest}, but its config says ${info.diffId}; the source image is damaged, fetch it again`,
     );
   }
-  catalog.layers.push({ diffId: info.diffId, location, size: location.size, start });
+  catalog.layers.push({ diffId: info.diffId, location, size: location.size, start, entries });
   catalog.size += location.size;
 }
 

@@ -98,4 +98,61 @@ describe("reference fill", () => {
     });
     assert.deepEqual(await readFile(dest), await readFile(newPath));
   });
+  it("keeps in an earlier layer's fill a file whose path a later held layer also holds", async () => {
+    // The held image's second layer rewrites one of the first layer's scripts (same path). The
+    // new layer copies from the first layer only, so the fill is that layer, and its copy of the
+    // script belongs in it like every other script.
+    const rewritten = "opt/other/lib/part3.js";
+    const later = await buildTar([file(rewritten, code(900, 8000))]);
+    const first = await buildTar([
+      file("opt/other/README.txt", code(1, 3000)),
+      ...Array.from({ length: 12 }, (_, i) => [
+        file(`opt/other/lib/part${i}.js`, code(100 + i, 8000)),
+        file(`opt/other/lib/part${i}.js.map`, seededBytes(40_000, 200 + i)),
+      ]).flat(),
+    ]);
+    const twoLayers = await writeArchive(
+      join(dir, "held-two-layers.tar"),
+      imageOf("apps/other", "2", [first, later]),
+    );
+    const out = join(dir, "gateway-two.bundle");
+    await buildBundleBetween([twoLayers], newPath, { key, out, scratchDir: dir });
+    const head = await readBundleHead(out);
+    const entry = head.manifest.layers[0]!;
+    assert.ok("offset" in entry);
+    const bundle = await readFile(out);
+    const extents = firstSegmentExtents(
+      bundle.subarray(head.payloadsOffset + entry.offset, head.payloadsOffset + entry.offset + entry.length),
+    );
+    const inFirst: ScannedEntry[] = [];
+    const scanner = new TarScanner({ entry: (e) => inFirst.push(e), data() {}, entryEnd() {} });
+    scanner.push(first);
+    scanner.finish();
+    const script = inFirst.find((e) => e.path === rewritten)!;
+    // The first layer starts the virtual source, so its tar offsets are source offsets.
+    assert.ok(
+      extents.some(
+        (e) =>
+          e.sourceOffset <= script.dataOffset && script.dataOffset + script.size <= e.sourceOffset + e.length,
+      ),
+      `${rewritten} of the first layer is not in the reference`,
+    );
+    for (const e of inFirst.filter((x) => x.path.endsWith(".map")))
+      assert.ok(
+        !extents.some(
+          (x) => x.sourceOffset < e.dataOffset + e.size && e.dataOffset < x.sourceOffset + x.length,
+        ),
+        `${e.path} is in the reference`,
+      );
+
+    const dest = join(dir, "rebuilt-two.tar");
+    await applyFromImages({
+      bundle: out,
+      trust: [key],
+      from: [twoLayers],
+      dest: `docker-archive:${dest}`,
+      scratchDir: dir,
+    });
+    assert.deepEqual(await readFile(dest), await readFile(newPath));
+  });
 });
