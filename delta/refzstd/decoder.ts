@@ -19,11 +19,14 @@ import {
   MAX_REFERENCE,
   MAX_SEGMENT_HEADER,
   MAX_SEGMENT_LITERAL,
+  MAX_SEGMENT_LITERAL_X86,
+  MAX_X86_WORDS,
   maxTablesSize,
   PREAMBLE_SIZE,
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
+  REFZSTD_VERSION_X86,
   RefZstdError,
   type SegmentHeader,
   unzigzag,
@@ -38,6 +41,11 @@ import {
   MAX_GZIP_TEXT,
   sameDeflate,
 } from "./regzip.js";
+import { applyX86Diff, X86DiffState } from "./x86diff.js";
+
+/** pieceDiffs values: a diff piece, and an x86 diff piece (version 3). */
+const DIFF = 1;
+const X86_DIFF = 2;
 
 /** Output is handed on in pieces of this size: large enough for few writes, small enough to bound memory. */
 const OUTPUT_CHUNK = 1024 * 1024;
@@ -129,10 +137,12 @@ function parseSegmentHeader(
     `segment output of ${header.outputLength} bytes, expected 1 to the ${remainingOutput} bytes still to produce`,
   );
   // A gzip piece's text (version 2) is longer than the file it rebuilds: only the limit holds then.
+  // Version 3: x86 diff words follow the literal bytes in the frame.
+  const maxLiteral = literalLimit(version);
   limit(
-    header.literalLength <= MAX_SEGMENT_LITERAL &&
-      (version === REFZSTD_VERSION_GZIP || header.literalLength <= header.outputLength),
-    `${header.literalLength} literal bytes exceed the segment output or the ${MAX_SEGMENT_LITERAL}-byte limit`,
+    header.literalLength <= maxLiteral &&
+      (version !== REFZSTD_VERSION || header.literalLength <= header.outputLength),
+    `${header.literalLength} literal bytes exceed the segment output or the ${maxLiteral}-byte limit`,
   );
   limit(header.extentCount <= MAX_EXTENTS, `${header.extentCount} extents exceed ${MAX_EXTENTS}`);
   limit(
@@ -153,6 +163,11 @@ function parseSegmentHeader(
   return { header, length: r.position };
 }
 
+/** The most literal frame bytes a segment may declare in a payload of this version. */
+function literalLimit(version: number): number {
+  return version === REFZSTD_VERSION_X86 ? MAX_SEGMENT_LITERAL_X86 : MAX_SEGMENT_LITERAL;
+}
+
 /** A gzip piece's recipe (version 2): the file's header, text and trailer come from the literal bytes. */
 interface GzipPiece {
   readonly headerLength: number;
@@ -171,8 +186,10 @@ interface Tables {
   /** Source offset per piece, -1 for literal pieces. */
   readonly pieceOffsets: Float64Array;
   readonly pieceLengths: Float64Array;
-  /** 1 for a diff piece (source bytes plus as many literal bytes, mod 256), else 0. */
+  /** DIFF for a diff piece (source bytes plus as many literal bytes, mod 256), X86_DIFF for an x86 one, else 0. */
   readonly pieceDiffs: Uint8Array;
+  /** x86 diff words (version 3): they are the last 4 × wordCount bytes of the literal frame. */
+  readonly wordCount: number;
   /** The gzip pieces, by piece index. */
   readonly gzips: Map<number, GzipPiece>;
 }
@@ -195,8 +212,8 @@ function parseTables(
   for (let i = 0; i < header.extentCount; i++) {
     const start = end + unzigzag(r.read(`extent ${i}'s offset`));
     const word = r.read(`extent ${i}'s length`);
-    const inflate = version === REFZSTD_VERSION_GZIP && word % 2 === 1;
-    const length = version === REFZSTD_VERSION_GZIP ? Math.floor(word / 2) : word;
+    const inflate = version !== REFZSTD_VERSION && word % 2 === 1;
+    const length = version !== REFZSTD_VERSION ? Math.floor(word / 2) : word;
     if (length < 1 || start < 0 || start + length > sourceSize) {
       throw corrupt(
         `extent ${i} (${length} bytes at ${start}) is empty or outside the ${sourceSize}-byte source`,
@@ -236,7 +253,7 @@ function parseTables(
     let gzip: GzipPiece | undefined;
     let length: number;
     if (word === GZIP_PIECE) {
-      if (version !== REFZSTD_VERSION_GZIP) throw corrupt(`piece ${i} is an empty copy`);
+      if (version === REFZSTD_VERSION) throw corrupt(`piece ${i} is an empty copy`);
       length = r.read(`gzip piece ${i}'s output length`);
       gzip = {
         headerLength: r.read(`gzip piece ${i}'s header length`),
@@ -257,8 +274,12 @@ function parseTables(
           `gzip piece ${i} (${length} bytes from a ${gzip.headerLength}-byte header and ${gzip.textLength} bytes of text at level ${gzip.level}) is out of bounds`,
         );
       }
+    } else if (isDiff) {
+      const lengthWord = r.read(`diff piece ${i}'s length`);
+      length = version === REFZSTD_VERSION_X86 ? Math.floor(lengthWord / 2) : lengthWord;
+      pieceDiffs[i] = version === REFZSTD_VERSION_X86 && lengthWord % 2 === 1 ? X86_DIFF : DIFF;
     } else {
-      length = isDiff ? r.read(`diff piece ${i}'s length`) : Math.floor(word / 2);
+      length = Math.floor(word / 2);
     }
     if (length < 1) throw corrupt(`piece ${i} is empty`);
     output += length;
@@ -278,7 +299,6 @@ function parseTables(
         );
       }
       pieceOffsets[i] = start;
-      pieceDiffs[i] = 1;
       literal += length;
       expected = start;
     } else if (word % 2 === 1) {
@@ -294,6 +314,11 @@ function parseTables(
     }
     expected += length;
   }
+  const wordCount = version === REFZSTD_VERSION_X86 ? r.read("the x86 word count") : 0;
+  if (wordCount > MAX_X86_WORDS) {
+    throw new RefZstdError("LIMIT", `${wordCount} x86 diff words exceed ${MAX_X86_WORDS}`, offset);
+  }
+  literal += 4 * wordCount;
   if (r.remaining !== 0) throw corrupt(`${r.remaining} bytes follow the last piece`);
   if (output !== header.outputLength || literal !== header.literalLength) {
     throw corrupt(
@@ -308,6 +333,7 @@ function parseTables(
     pieceOffsets,
     pieceLengths,
     pieceDiffs,
+    wordCount,
     gzips,
   };
 }
@@ -432,10 +458,10 @@ export async function* decodeRefZstd(
     }
   }
   const version = head[REFZSTD_MAGIC.length]!;
-  if (version !== REFZSTD_VERSION && version !== REFZSTD_VERSION_GZIP) {
+  if (version !== REFZSTD_VERSION && version !== REFZSTD_VERSION_GZIP && version !== REFZSTD_VERSION_X86) {
     throw new RefZstdError(
       "VERSION",
-      `payload version ${version}, this decoder reads versions ${REFZSTD_VERSION} and ${REFZSTD_VERSION_GZIP}; update the device software`,
+      `payload version ${version}, this decoder reads versions ${REFZSTD_VERSION} to ${REFZSTD_VERSION_X86}; update the device software`,
       REFZSTD_MAGIC.length,
     );
   }
@@ -469,6 +495,7 @@ export async function* decodeRefZstd(
   // ones to the collector and double the peak (measured: 206 MiB against 100 MiB on a node binary).
   const out = new Uint8Array(Math.min(OUTPUT_CHUNK, Math.max(outputSize, 1)));
   let literalBuffer: Uint8Array = new Uint8Array(0);
+  const x86 = new X86DiffState();
   let dictionaryBuffer: Uint8Array = new Uint8Array(0);
   let fill = 0;
   for (let s = 0; s < segmentCount; s++) {
@@ -546,7 +573,7 @@ export async function* decodeRefZstd(
         else await source!.read(tables.extentOffsets[i]!, dictionary, at, n);
         at += n;
       }
-      literalBuffer = room(literalBuffer, header.literalLength, MAX_SEGMENT_LITERAL);
+      literalBuffer = room(literalBuffer, header.literalLength, literalLimit(version));
       literal = decompressInto(
         dctx,
         frame,
@@ -563,10 +590,13 @@ export async function* decodeRefZstd(
         : new Map<number, Uint8Array>();
 
     let literalAt = 0;
+    const wordsAt = header.literalLength - 4 * tables.wordCount;
+    x86.startWords(wordsAt, header.literalLength);
     for (let i = 0; i < tables.pieceLengths.length; i++) {
       let remaining = tables.pieceLengths[i]!;
       const from = tables.pieceOffsets[i]!;
-      const isDiff = tables.pieceDiffs[i] === 1;
+      const isDiff = tables.pieceDiffs[i] === DIFF;
+      const isX86 = tables.pieceDiffs[i] === X86_DIFF;
       const gzip = tables.gzips.get(i);
       // A gzip piece's output was rebuilt whole; it is played like literal bytes.
       let bytes = literal;
@@ -592,6 +622,18 @@ export async function* decodeRefZstd(
         if (isDiff) {
           addDifferences(out, fill, out, fill, literal, literalAt, n);
           literalAt += n;
+        } else if (isX86) {
+          const fault = applyX86Diff(out, fill, n, literal, literalAt, remaining, literal, x86);
+          if (fault !== undefined) {
+            throw new RefZstdError(
+              "CORRUPT",
+              fault === "words"
+                ? `segment ${s}'s x86 diff piece ${i} needs more than the ${tables.wordCount} words its tables declare`
+                : `segment ${s}'s x86 diff piece ${i} has a difference byte inside an operand`,
+              position - header.frameLength,
+            );
+          }
+          literalAt += n;
         }
         copied += n;
         fill += n;
@@ -602,6 +644,13 @@ export async function* decodeRefZstd(
           fill = 0;
         }
       }
+    }
+    if (x86.wordAt !== x86.wordEnd) {
+      throw new RefZstdError(
+        "CORRUPT",
+        `segment ${s}'s tables declare ${tables.wordCount} x86 diff words, its pieces use ${(x86.wordAt - wordsAt) / 4}`,
+        position - header.frameLength,
+      );
     }
   }
   if (fill > 0) {

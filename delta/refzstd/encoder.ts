@@ -21,6 +21,7 @@ import {
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
+  REFZSTD_VERSION_X86,
   VarintWriter,
   zigzag,
 } from "./format.js";
@@ -35,6 +36,7 @@ import {
   MAX_GZIP_TEXT,
   startsWithGzipMagic,
 } from "./regzip.js";
+import { encodeX86Diff } from "./x86diff.js";
 
 /**
  * zstd level of the literal frames. Until the fifth session layers with over 32 MiB of literal
@@ -167,6 +169,8 @@ interface SegmentPlan {
   readonly targets: number[];
   /** Indexes of diff pieces: their source offset is in `sources`, their difference bytes are literal. */
   readonly diffs: Set<number>;
+  /** Indexes of diff pieces of x86 executables (a subset of `diffs`): their operands go as words (x86diff.ts). */
+  readonly x86: Set<number>;
   /** Gzip pieces by index: the file at `targets` (`lengths` bytes) is sent as its header, text and trailer. */
   readonly gzips: Map<number, GzipPlan>;
   readonly extents: Extent[];
@@ -181,6 +185,7 @@ function emptySegment(): SegmentPlan {
     sources: [],
     targets: [],
     diffs: new Set(),
+    x86: new Set(),
     gzips: new Map(),
     extents: [],
     literal: 0,
@@ -200,6 +205,8 @@ interface Reference {
   done: number;
   /** Pieces from approximate matching (old offsets in the source) that replace the reference. */
   approx?: RefinedPiece[];
+  /** Set when the file is an x86 executable: its diff pieces are x86 diff pieces. */
+  x86?: boolean;
   /** Tar header lengths of both entries, when the hint gave them. */
   readonly targetHeaderLength?: number;
   readonly sourceHeaderLength?: number;
@@ -317,19 +324,21 @@ class Planner {
   }
 
   /** Target bytes = source bytes at `sourceOffset` + as many difference bytes from the literal frame. */
-  diff(targetOffset: number, length: number, sourceOffset: number): void {
+  diff(targetOffset: number, length: number, sourceOffset: number, x86: boolean): void {
     this.roomForPiece();
     const seg = this.current;
     const i = seg.lengths.length - 1;
     if (
       i >= 0 &&
       seg.diffs.has(i) &&
+      seg.x86.has(i) === x86 &&
       seg.targets[i]! + seg.lengths[i]! === targetOffset &&
       seg.sources[i]! + seg.lengths[i]! === sourceOffset
     ) {
       seg.lengths[i]! += length;
     } else {
       seg.diffs.add(seg.lengths.length);
+      if (x86) seg.x86.add(seg.lengths.length);
       seg.lengths.push(length);
       seg.sources.push(sourceOffset);
       seg.targets.push(targetOffset);
@@ -467,6 +476,19 @@ const ELF_MAGIC = 0x7f454c46;
 /** Where the ELF magic may sit: after a header and up to a PAX or GNU long-name header pair and its data. */
 const ELF_SEARCH = 8 * 1024;
 
+/** ELF machines whose CALL and JMP take 32-bit relative operands: i386 and x86-64. */
+const X86_MACHINES = new Set([3, 62]);
+
+/** A range holds an x86 ELF file: ELF magic at a tar block boundary, and an i386 or x86-64 machine field. */
+function isX86Executable(bytes: Uint8Array): boolean {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let p = 0; p + 20 <= Math.min(bytes.length, ELF_SEARCH); p += TAR_BLOCK) {
+    // e_machine sits at byte 18, in the byte order e_ident[5] names (1: little-endian).
+    if (view.getUint32(p) === ELF_MAGIC) return X86_MACHINES.has(view.getUint16(p + 18, bytes[p + 5] === 1));
+  }
+  return false;
+}
+
 /** A range holds an executable or other binary: ELF magic at a tar block boundary, or NUL bytes in its middle. */
 function looksBinary(bytes: Uint8Array): boolean {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -501,6 +523,7 @@ async function approximateReferences(
     if (!looksBinary(newBytes) || isGzipEntry(r, newBytes)) continue;
     const oldBytes = new Uint8Array(r.sourceLength);
     await readInto(source, r.sourceOffset, oldBytes, 0, r.sourceLength);
+    r.x86 = isX86Executable(newBytes) && isX86Executable(oldBytes);
     const done: Promise<void> = match(oldBytes, newBytes).then((pieces) => {
       r.approx = pieces.map((p) =>
         p.kind === "extra" ? p : { ...p, oldOffset: p.oldOffset + r.sourceOffset },
@@ -656,7 +679,7 @@ function planApproximate(
         continue;
       }
       const take = Math.min(piece.length - done, room);
-      if (piece.kind === "diff") planner.diff(t, take, piece.oldOffset + done);
+      if (piece.kind === "diff") planner.diff(t, take, piece.oldOffset + done, r.x86 === true);
       else planner.literal(t, take);
       t += take;
       done += take;
@@ -851,11 +874,11 @@ export async function* encodeRefZstd(
   head.write(segments.length);
   const preamble = new Uint8Array(REFZSTD_MAGIC.length + 1 + head.length);
   preamble.set(REFZSTD_MAGIC);
-  const version = segments.some(
-    (seg) => seg.gzips.size > 0 || seg.extents.some((e) => e.inflatedLength !== undefined),
-  )
-    ? REFZSTD_VERSION_GZIP
-    : REFZSTD_VERSION;
+  const version = segments.some((seg) => seg.x86.size > 0)
+    ? REFZSTD_VERSION_X86
+    : segments.some((seg) => seg.gzips.size > 0 || seg.extents.some((e) => e.inflatedLength !== undefined))
+      ? REFZSTD_VERSION_GZIP
+      : REFZSTD_VERSION;
   preamble[REFZSTD_MAGIC.length] = version;
   preamble.set(head.result, REFZSTD_MAGIC.length + 1);
   yield preamble;
@@ -868,14 +891,19 @@ export async function* encodeRefZstd(
   tablesCompressor.setParameters({ compressionLevel: 19, checksumFlag: false, contentSizeFlag: true });
 
   /** Segments whose frames are being compressed, oldest first: yielded in plan order. */
-  const inFlight: { seg: SegmentPlan; tablesFrame: Uint8Array; frame: Promise<Uint8Array> }[] = [];
+  const inFlight: {
+    seg: SegmentPlan;
+    literalLength: number;
+    tablesFrame: Uint8Array;
+    frame: Promise<Uint8Array>;
+  }[] = [];
   async function* emit(done: (typeof inFlight)[number]): AsyncGenerator<Uint8Array> {
     const { seg, tablesFrame } = done;
     const frame = await done.frame;
     const header = new VarintWriter();
     for (const v of [
       seg.output,
-      seg.literal,
+      done.literalLength,
       seg.extents.length,
       seg.lengths.length,
       tablesFrame.length,
@@ -887,6 +915,59 @@ export async function* encodeRefZstd(
     if (frame.length > 0) yield frame;
   }
   for (const seg of segments) {
+    let frame: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
+    /** The segment's x86 diff words, in piece order: they follow its literal bytes in the frame. */
+    const words: number[] = [];
+    let literalLength = seg.literal;
+    if (seg.literal > 0) {
+      let literal = new Uint8Array(seg.literal);
+      let at = 0;
+      for (let i = 0; i < seg.lengths.length; i++) {
+        const isDiff = seg.diffs.has(i);
+        if (seg.sources[i]! >= 0 && !isDiff) continue;
+        const length = seg.lengths[i]!;
+        const gzip = seg.gzips.get(i);
+        if (gzip !== undefined) {
+          at = await gatherGzip(target, seg.targets[i]!, length, gzip, literal, at);
+          continue;
+        }
+        await readInto(target, seg.targets[i]!, literal, at, length);
+        if (isDiff) {
+          const old = new Uint8Array(length);
+          await readInto(source!, seg.sources[i]!, old, 0, length);
+          if (seg.x86.has(i)) encodeX86Diff(old, 0, literal, at, length, literal, at, words);
+          else for (let k = 0; k < length; k++) literal[at + k] = literal[at + k]! - old[k]!;
+        }
+        at += length;
+      }
+      if (words.length > 0) {
+        const withWords = new Uint8Array(seg.literal + 4 * words.length);
+        withWords.set(literal);
+        const view = new DataView(withWords.buffer);
+        for (let w = 0; w < words.length; w++) view.setUint32(seg.literal + 4 * w, words[w]!, true);
+        literal = withWords;
+        literalLength = withWords.length;
+      }
+      const dictionary = new Uint8Array(1 + seg.referenceSize);
+      at = 1;
+      for (const e of seg.extents) {
+        if (e.inflatedLength !== undefined) {
+          const old = new Uint8Array(e.length);
+          await readInto(source!, e.sourceOffset, old, 0, e.length);
+          const text = gunzipText(old);
+          if (text?.length !== e.inflatedLength)
+            throw new Error(`the old gzip file at ${e.sourceOffset} of the source changed while encoding`);
+          dictionary.set(text, at);
+          at += e.inflatedLength;
+          continue;
+        }
+        await readInto(source!, e.sourceOffset, dictionary, at, e.length);
+        at += e.length;
+      }
+      frame = compressFrame(literal, dictionary, parameters);
+      // Awaited in order below; until then a failure must not count as unhandled.
+      frame.catch(() => {});
+    }
     const tables = new VarintWriter();
     let end = 0;
     for (const e of seg.extents) {
@@ -910,7 +991,9 @@ export async function* encodeRefZstd(
           tables.write(v);
       } else if (seg.diffs.has(i)) {
         tables.write(DIFF_PIECE);
-        tables.write(seg.lengths[i]!);
+        tables.write(
+          version === REFZSTD_VERSION_X86 ? seg.lengths[i]! * 2 + (seg.x86.has(i) ? 1 : 0) : seg.lengths[i]!,
+        );
       } else {
         tables.write(seg.lengths[i]! * 2 + (from >= 0 ? 1 : 0));
       }
@@ -920,50 +1003,9 @@ export async function* encodeRefZstd(
       }
       expected += seg.lengths[i]!;
     }
+    if (version === REFZSTD_VERSION_X86) tables.write(words.length);
     const tablesFrame = tablesCompressor.compress(tables.result);
-
-    let frame: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
-    if (seg.literal > 0) {
-      const literal = new Uint8Array(seg.literal);
-      let at = 0;
-      for (let i = 0; i < seg.lengths.length; i++) {
-        const isDiff = seg.diffs.has(i);
-        if (seg.sources[i]! >= 0 && !isDiff) continue;
-        const length = seg.lengths[i]!;
-        const gzip = seg.gzips.get(i);
-        if (gzip !== undefined) {
-          at = await gatherGzip(target, seg.targets[i]!, length, gzip, literal, at);
-          continue;
-        }
-        await readInto(target, seg.targets[i]!, literal, at, length);
-        if (isDiff) {
-          const old = new Uint8Array(length);
-          await readInto(source!, seg.sources[i]!, old, 0, length);
-          for (let k = 0; k < length; k++) literal[at + k] = literal[at + k]! - old[k]!;
-        }
-        at += length;
-      }
-      const dictionary = new Uint8Array(1 + seg.referenceSize);
-      at = 1;
-      for (const e of seg.extents) {
-        if (e.inflatedLength !== undefined) {
-          const old = new Uint8Array(e.length);
-          await readInto(source!, e.sourceOffset, old, 0, e.length);
-          const text = gunzipText(old);
-          if (text?.length !== e.inflatedLength)
-            throw new Error(`the old gzip file at ${e.sourceOffset} of the source changed while encoding`);
-          dictionary.set(text, at);
-          at += e.inflatedLength;
-          continue;
-        }
-        await readInto(source!, e.sourceOffset, dictionary, at, e.length);
-        at += e.length;
-      }
-      frame = compressFrame(literal, dictionary, parameters);
-      // Awaited in order below; until then a failure must not count as unhandled.
-      frame.catch(() => {});
-    }
-    inFlight.push({ seg, tablesFrame, frame });
+    inFlight.push({ seg, literalLength, tablesFrame, frame });
     if (inFlight.length > ahead) yield* emit(inFlight.shift()!);
   }
   while (inFlight.length > 0) yield* emit(inFlight.shift()!);

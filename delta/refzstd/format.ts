@@ -44,6 +44,21 @@
  * the deflate data of `gzip -c -n -LEVEL` of the text, and the trailer, outputLength bytes in
  * all (the trailer must equal gzip's own). It moves `expected` on by outputLength. The word 1 is
  * free in version 1 too: it would be an empty copy.
+ *
+ * Version 3 adds x86 diff pieces (see x86diff.ts) to everything of version 2; a payload without
+ * them stays version 1 or 2. Its diff pieces and tables are:
+ *
+ *   piece    := … as in version 2, except
+ *             | varint 0, varint (length × 2 + x86), varint zigzag(sourceOffset − expected)
+ *   tables   := extent × extentCount, piece × pieceCount, varint wordCount
+ *
+ * and its literal frame holds the segment's literal bytes, then wordCount 32-bit little-endian
+ * words (literalLength counts both). In an x86 diff piece, a source byte E8 or E9 (CALL, JMP)
+ * with at least four more bytes of the piece after it starts a field: the next four output
+ * bytes are the source's four bytes plus the next word, as one 32-bit little-endian sum, and
+ * their difference bytes must be 0. Every other byte is source plus difference byte, as in a
+ * diff piece. A relocated call's operand changes by the same amount in all calls to one
+ * function: as whole words those changes repeat, where byte differences scatter with carries.
  */
 
 import { VarintReader as BaseVarintReader, MAX_VARINT_BYTES, VarintWriter } from "../varint.js";
@@ -54,6 +69,8 @@ export const REFZSTD_MAGIC = Uint8Array.of(0x44, 0x53, 0x52, 0x5a);
 export const REFZSTD_VERSION = 1;
 /** The version of payloads with inflated extents or gzip pieces. */
 export const REFZSTD_VERSION_GZIP = 2;
+/** The version of payloads with x86 diff pieces (and everything of version 2). */
+export const REFZSTD_VERSION_X86 = 3;
 /** The piece word that starts a diff piece. */
 export const DIFF_PIECE = 0;
 /** The piece word that starts a gzip piece (version 2). */
@@ -66,6 +83,10 @@ export const PREAMBLE_SIZE = REFZSTD_MAGIC.length + 1;
 export const MAX_SEGMENT_LITERAL = 16 * 1024 * 1024;
 /** Reference bytes per segment: the decoder holds the reference in memory while it decodes the frame. */
 export const MAX_REFERENCE = 32 * 1024 * 1024;
+/** x86 diff words per segment: a field takes five bytes of a diff piece, whose bytes are literal bytes. */
+export const MAX_X86_WORDS = Math.floor(MAX_SEGMENT_LITERAL / 5);
+/** Literal frame bytes per segment of a version-3 payload: literal bytes and x86 diff words. */
+export const MAX_SEGMENT_LITERAL_X86 = MAX_SEGMENT_LITERAL + 4 * MAX_X86_WORDS;
 /** Extents per segment: their table is held in memory (16 bytes each). */
 export const MAX_EXTENTS = 1 << 18;
 /** Pieces per segment: their table is held in memory (16 bytes each). */
@@ -81,10 +102,9 @@ export const FRAME_WINDOW_LOG = 26;
 
 /** Upper bound of the decompressed tables of a segment with these counts. */
 export function maxTablesSize(extentCount: number, pieceCount: number, version = REFZSTD_VERSION): number {
-  // Version 2: an inflated extent has three varints, a gzip piece five.
-  return version === REFZSTD_VERSION
-    ? (2 * extentCount + 2 * pieceCount) * MAX_VARINT_BYTES
-    : (3 * extentCount + 5 * pieceCount) * MAX_VARINT_BYTES;
+  // Version 2: an inflated extent has three varints, a gzip piece five; version 3 ends with the word count.
+  if (version === REFZSTD_VERSION) return (2 * extentCount + 2 * pieceCount) * MAX_VARINT_BYTES;
+  return (3 * extentCount + 5 * pieceCount + (version === REFZSTD_VERSION_X86 ? 1 : 0)) * MAX_VARINT_BYTES;
 }
 
 /** zstd's ZSTD_COMPRESSBOUND: the largest frame a compressor writes for `n` input bytes. */
