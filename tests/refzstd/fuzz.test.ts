@@ -3,7 +3,8 @@
  * dropped bytes, truncations, segments spliced from another payload) and random bytes behind a
  * valid magic. Every case must end in output no longer than declared or a RefZstdError, never
  * another exception or a hang. Seeded, so a failing case reproduces from its number. Version-2
- * payloads (recompressed gzip files) get the same, plus single changed varints in their tables.
+ * payloads (recompressed gzip files) and version-3 payloads (x86 diff pieces of a relinked
+ * executable) get the same, plus single changed varints in their tables.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -17,6 +18,7 @@ import {
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
+  REFZSTD_VERSION_X86,
   RefZstdError,
   VarintReader,
   VarintWriter,
@@ -24,6 +26,7 @@ import {
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, withContent } from "../bundle/fixtures.js";
 import { seededBytes } from "../support/random.js";
+import { x86Pair } from "../support/x86-pair.js";
 import { hintsFor } from "./hints.js";
 
 const SEED = 20261128;
@@ -37,6 +40,10 @@ const RANDOM_CASES = 1000;
 const GZIP_MUTATED_CASES = 20;
 const GZIP_TABLE_CASES = 80;
 const GZIP_RANDOM_CASES = 300;
+/** Version-3 payloads (x86 diff pieces): a relinked executable of 256 KiB. */
+const X86_MUTATED_CASES = 400;
+const X86_TABLE_CASES = 200;
+const X86_RANDOM_CASES = 300;
 
 /** mulberry32: a small seeded generator, so every case is reproducible. */
 function prng(seed: number): () => number {
@@ -90,6 +97,23 @@ const gzipPayloads = await Promise.all(
     collect(
       encodeRefZstd(new BufferSource(gzipNext), gzipAgainst.source, {
         ...hintsFor(gzipNext, [gzipOld], { headerLengths: true }),
+        level: 3,
+        segmentLiteral,
+        reference: 2 * segmentLiteral,
+      }),
+    ),
+  ),
+);
+// Version 3: a relinked x86-64 executable (x86 diff pieces), in small segments and in one.
+const x86 = x86Pair(256 * 1024, 128);
+const x86Old = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.oldFile }]);
+const x86Next = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.newFile }]);
+const x86Against = { source: new BufferSource(x86Old), size: x86Next.length };
+const x86Payloads = await Promise.all(
+  [32_768, 1 << 20].map((segmentLiteral) =>
+    collect(
+      encodeRefZstd(new BufferSource(x86Next), x86Against.source, {
+        ...hintsFor(x86Next, [x86Old]),
         level: 3,
         segmentLiteral,
         reference: 2 * segmentLiteral,
@@ -295,6 +319,37 @@ test("version-2 payloads with one table varint changed end in output or a RefZst
   for (let n = 0; n < GZIP_TABLE_CASES; n++) {
     const payload = mutateTables(gzipPayloads[n % gzipPayloads.length]!, random);
     const result = await attempt(payload, n, gzipAgainst);
+    const key = typeof result === "number" ? "output" : result;
+    outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+  }
+  for (const code of ["CORRUPT", "LIMIT"])
+    assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
+});
+
+test("the version-3 fuzz payloads decode as they are", async () => {
+  for (const payload of x86Payloads) {
+    assert.equal(payload[REFZSTD_MAGIC.length], REFZSTD_VERSION_X86);
+    assert.deepEqual(
+      await collect(decodeRefZstd(new BufferSource(payload), { source: x86Against.source })),
+      Buffer.from(x86Next),
+    );
+  }
+});
+
+test("mutated version-3 payloads end in output or a RefZstdError", async () => {
+  await mutatedEndWell(x86Payloads, X86_MUTATED_CASES, SEED + 5, x86Against);
+});
+
+test("random bytes behind a valid magic and version 3 end in a RefZstdError", async () => {
+  await randomBodiesRefused(REFZSTD_VERSION_X86, X86_RANDOM_CASES, SEED + 6, x86Against);
+});
+
+test("version-3 payloads with one table varint changed end in output or a RefZstdError", async () => {
+  const random = prng(SEED + 7);
+  const outcomes = new Map<string, number>();
+  for (let n = 0; n < X86_TABLE_CASES; n++) {
+    const payload = mutateTables(x86Payloads[n % x86Payloads.length]!, random);
+    const result = await attempt(payload, n, x86Against);
     const key = typeof result === "number" ? "output" : result;
     outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
   }
