@@ -3,7 +3,8 @@
  *   node --import tsx bench/refzstd-approx.ts OLD NEW [OLD NEW ...]
  * Prints, per pair, the cloud-side time and peak RSS of `approximatePieces`, the piece counts, and
  * the sizes after `zstd -19 --long=28` of the piece table, the diff stream and the extra stream,
- * separately and as one interleaved literal stream; checks the round trip byte for byte.
+ * separately and as one interleaved literal stream, and with the diff pieces as x86 diff pieces
+ * (difference bytes and operand words, ref-zstd version 3); checks the round trip byte for byte.
  */
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
@@ -15,6 +16,7 @@ import {
   pieceStreams,
   splitExactRuns,
 } from "../delta/refzstd/approx.js";
+import { encodeX86Diff } from "../delta/refzstd/x86diff.js";
 
 function zstdSize(bytes: Uint8Array): number {
   if (bytes.length === 0) return 0;
@@ -43,6 +45,22 @@ for (let i = 0; i + 1 < args.length; i += 2) {
   const refined = splitExactRuns(oldFile, newFile, pieces, minCopy);
   const rTable = zstdSize(encodePieceTable(refined));
   const rLiteral = zstdSize(literalStream(oldFile, newFile, refined));
+  // The diff pieces as x86 diff pieces (ref-zstd version 3): difference bytes, then the operand words.
+  const x86Diff = new Uint8Array(diff.length);
+  const words: number[] = [];
+  let at = 0;
+  let d86 = 0;
+  for (const p of pieces) {
+    if (p.kind === "diff") {
+      encodeX86Diff(oldFile, p.oldOffset, newFile, at, p.length, x86Diff, d86, words);
+      d86 += p.length;
+    }
+    at += p.length;
+  }
+  const wordBytes = new Uint8Array(4 * words.length);
+  words.forEach((w, k) => new DataView(wordBytes.buffer).setUint32(4 * k, w, true));
+  const x = zstdSize(x86Diff);
+  const w = zstdSize(wordBytes);
   const counts = (list: readonly { kind: string }[]) =>
     ["extra", "diff", "copy"].map((k) => `${k} ${list.filter((p) => p.kind === k).length}`).join(", ");
   console.log(
@@ -51,6 +69,7 @@ for (let i = 0; i + 1 < args.length; i += 2) {
       `  approximatePieces ${ms.toFixed(0)} ms (CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms), peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
       `  pieces: ${counts(pieces)}; diff ${diff.length} B, extra ${extra.length} B`,
       `  zstd -19: table ${t} + diff ${d} + extra ${e} = ${t + d + e}`,
+      `  as x86 diff pieces: table ${t} + diff ${x} + ${words.length} words ${w} + extra ${e} = ${t + x + w + e}`,
       `  with copies (runs >= ${minCopy}): ${counts(refined)}; table ${rTable} + literal ${rLiteral} = ${rTable + rLiteral}`,
     ].join("\n"),
   );
