@@ -16,7 +16,7 @@ import {
   pieceStreams,
   splitExactRuns,
 } from "../delta/refzstd/approx.js";
-import { encodeX86Diff } from "../delta/refzstd/x86diff.js";
+import { encodeX86Diff, X86_KINDS } from "../delta/refzstd/x86diff.js";
 
 function zstdSize(bytes: Uint8Array): number {
   if (bytes.length === 0) return 0;
@@ -47,7 +47,7 @@ for (let i = 0; i + 1 < args.length; i += 2) {
   const rLiteral = zstdSize(literalStream(oldFile, newFile, refined));
   // The diff pieces as x86 diff pieces (ref-zstd version 3): difference bytes, then the operand words.
   const x86Diff = new Uint8Array(diff.length);
-  const words: number[] = [];
+  const words: number[][] = Array.from({ length: X86_KINDS }, () => []);
   let at = 0;
   let d86 = 0;
   for (const p of pieces) {
@@ -57,10 +57,13 @@ for (let i = 0; i + 1 < args.length; i += 2) {
     }
     at += p.length;
   }
-  const wordBytes = new Uint8Array(4 * words.length);
-  words.forEach((w, k) => new DataView(wordBytes.buffer).setUint32(4 * k, w, true));
+  // One stream per kind of operand, as a segment's frame holds them.
   const x = zstdSize(x86Diff);
-  const w = zstdSize(wordBytes);
+  const w = words.reduce((sum, list) => {
+    const bytes = new Uint8Array(4 * list.length);
+    list.forEach((word, k) => new DataView(bytes.buffer).setUint32(4 * k, word, true));
+    return sum + zstdSize(bytes);
+  }, 0);
   const counts = (list: readonly { kind: string }[]) =>
     ["extra", "diff", "copy"].map((k) => `${k} ${list.filter((p) => p.kind === k).length}`).join(", ");
   console.log(
@@ -69,7 +72,7 @@ for (let i = 0; i + 1 < args.length; i += 2) {
       `  approximatePieces ${ms.toFixed(0)} ms (CPU ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms), peak RSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MB`,
       `  pieces: ${counts(pieces)}; diff ${diff.length} B, extra ${extra.length} B`,
       `  zstd -19: table ${t} + diff ${d} + extra ${e} = ${t + d + e}`,
-      `  as x86 diff pieces: table ${t} + diff ${x} + ${words.length} words ${w} + extra ${e} = ${t + x + w + e}`,
+      `  as x86 diff pieces: table ${t} + diff ${x} + words (${words.map((list) => list.length).join("/")}) ${w} + extra ${e} = ${t + x + w + e}`,
       `  with copies (runs >= ${minCopy}): ${counts(refined)}; table ${rTable} + literal ${rLiteral} = ${rTable + rLiteral}`,
     ].join("\n"),
   );

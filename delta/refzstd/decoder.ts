@@ -41,7 +41,7 @@ import {
   MAX_GZIP_TEXT,
   sameDeflate,
 } from "./regzip.js";
-import { applyX86Diff, X86DiffState } from "./x86diff.js";
+import { applyX86Diff, X86_KINDS, X86DiffState } from "./x86diff.js";
 
 /** pieceDiffs values: a diff piece, and an x86 diff piece (version 3). */
 const DIFF = 1;
@@ -188,8 +188,8 @@ interface Tables {
   readonly pieceLengths: Float64Array;
   /** DIFF for a diff piece (source bytes plus as many literal bytes, mod 256), X86_DIFF for an x86 one, else 0. */
   readonly pieceDiffs: Uint8Array;
-  /** x86 diff words (version 3): they are the last 4 × wordCount bytes of the literal frame. */
-  readonly wordCount: number;
+  /** x86 diff words by kind (version 3): they are the last 4 × (their sum) bytes of the literal frame, kind by kind. */
+  readonly wordCounts: readonly number[];
   /** The gzip pieces, by piece index. */
   readonly gzips: Map<number, GzipPiece>;
 }
@@ -314,7 +314,12 @@ function parseTables(
     }
     expected += length;
   }
-  const wordCount = version === REFZSTD_VERSION_X86 ? r.read("the x86 word count") : 0;
+  const wordCounts: number[] = [];
+  let wordCount = 0;
+  for (let k = 0; k < (version === REFZSTD_VERSION_X86 ? X86_KINDS : 0); k++) {
+    wordCounts.push(r.read(`the count of x86 words of kind ${k}`));
+    wordCount += wordCounts[k]!;
+  }
   if (wordCount > MAX_X86_WORDS) {
     throw new RefZstdError("LIMIT", `${wordCount} x86 diff words exceed ${MAX_X86_WORDS}`, offset);
   }
@@ -333,7 +338,7 @@ function parseTables(
     pieceOffsets,
     pieceLengths,
     pieceDiffs,
-    wordCount,
+    wordCounts,
     gzips,
   };
 }
@@ -590,8 +595,10 @@ export async function* decodeRefZstd(
         : new Map<number, Uint8Array>();
 
     let literalAt = 0;
-    const wordsAt = header.literalLength - 4 * tables.wordCount;
-    x86.startWords(wordsAt, header.literalLength);
+    // Each kind's words start where the previous kind's end; the last kind's end the frame.
+    const wordStarts = [header.literalLength - 4 * tables.wordCounts.reduce((sum, n) => sum + n, 0)];
+    for (const n of tables.wordCounts) wordStarts.push(wordStarts[wordStarts.length - 1]! + 4 * n);
+    x86.startWords(wordStarts);
     for (let i = 0; i < tables.pieceLengths.length; i++) {
       let remaining = tables.pieceLengths[i]!;
       const from = tables.pieceOffsets[i]!;
@@ -623,12 +630,13 @@ export async function* decodeRefZstd(
           addDifferences(out, fill, out, fill, literal, literalAt, n);
           literalAt += n;
         } else if (isX86) {
+          if (copied === 0) x86.startPiece();
           const fault = applyX86Diff(out, fill, n, literal, literalAt, remaining, literal, x86);
           if (fault !== undefined) {
             throw new RefZstdError(
               "CORRUPT",
               fault === "words"
-                ? `segment ${s}'s x86 diff piece ${i} needs more than the ${tables.wordCount} words its tables declare`
+                ? `segment ${s}'s x86 diff piece ${i} needs more words than its tables declare (${tables.wordCounts.join(", ")} by kind)`
                 : `segment ${s}'s x86 diff piece ${i} has a difference byte inside an operand`,
               position - header.frameLength,
             );
@@ -645,12 +653,14 @@ export async function* decodeRefZstd(
         }
       }
     }
-    if (x86.wordAt !== x86.wordEnd) {
-      throw new RefZstdError(
-        "CORRUPT",
-        `segment ${s}'s tables declare ${tables.wordCount} x86 diff words, its pieces use ${(x86.wordAt - wordsAt) / 4}`,
-        position - header.frameLength,
-      );
+    for (let k = 0; k < tables.wordCounts.length; k++) {
+      if (x86.wordAt[k] !== x86.wordEnd[k]) {
+        throw new RefZstdError(
+          "CORRUPT",
+          `segment ${s}'s tables declare ${tables.wordCounts[k]} x86 diff words of kind ${k}, its pieces use ${(x86.wordAt[k]! - wordStarts[k]!) / 4}`,
+          position - header.frameLength,
+        );
+      }
     }
   }
   if (fill > 0) {

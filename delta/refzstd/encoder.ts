@@ -36,7 +36,7 @@ import {
   MAX_GZIP_TEXT,
   startsWithGzipMagic,
 } from "./regzip.js";
-import { encodeX86Diff } from "./x86diff.js";
+import { encodeX86Diff, X86_KINDS } from "./x86diff.js";
 
 /**
  * zstd level of the literal frames. Until the fifth session layers with over 32 MiB of literal
@@ -916,8 +916,8 @@ export async function* encodeRefZstd(
   }
   for (const seg of segments) {
     let frame: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
-    /** The segment's x86 diff words, in piece order: they follow its literal bytes in the frame. */
-    const words: number[] = [];
+    /** The segment's x86 diff words by kind, in piece order: they follow its literal bytes in the frame. */
+    const words: number[][] = Array.from({ length: X86_KINDS }, () => []);
     let literalLength = seg.literal;
     if (seg.literal > 0) {
       let literal = new Uint8Array(seg.literal);
@@ -940,11 +940,18 @@ export async function* encodeRefZstd(
         }
         at += length;
       }
-      if (words.length > 0) {
-        const withWords = new Uint8Array(seg.literal + 4 * words.length);
+      const wordCount = words.reduce((sum, list) => sum + list.length, 0);
+      if (wordCount > 0) {
+        const withWords = new Uint8Array(seg.literal + 4 * wordCount);
         withWords.set(literal);
         const view = new DataView(withWords.buffer);
-        for (let w = 0; w < words.length; w++) view.setUint32(seg.literal + 4 * w, words[w]!, true);
+        let w = seg.literal;
+        for (const list of words) {
+          for (const word of list) {
+            view.setUint32(w, word, true);
+            w += 4;
+          }
+        }
         literal = withWords;
         literalLength = withWords.length;
       }
@@ -1003,7 +1010,7 @@ export async function* encodeRefZstd(
       }
       expected += seg.lengths[i]!;
     }
-    if (version === REFZSTD_VERSION_X86) tables.write(words.length);
+    if (version === REFZSTD_VERSION_X86) for (const list of words) tables.write(list.length);
     const tablesFrame = tablesCompressor.compress(tables.result);
     inFlight.push({ seg, literalLength, tablesFrame, frame });
     if (inFlight.length > ahead) yield* emit(inFlight.shift()!);

@@ -1,28 +1,109 @@
 /**
- * x86 diff pieces (ref-zstd version 3): a diff piece of an x86 executable whose CALL and JMP
- * operands change as whole 32-bit words. When code moves, every call into a function that moved
- * by a different distance changes its operand by the same amount; as byte differences those
- * changes scatter with carries (a 0x40 shift is 40 00 00 00 or 40 01 00 00), as words they
- * repeat, and kept apart from the difference bytes they compress well. On the Node.js executable
- * 20.19.5 → 20.19.6 (97.6 MB of difference bytes, 16 MiB zstd -22 frames) the difference
- * bytes and 797,755 words took 919 KB where the difference bytes alone took 1,012 KB.
+ * x86 diff pieces (ref-zstd version 3): a diff piece of an x86 executable whose branch and
+ * RIP-relative operands change as whole 32-bit words. When code moves, every call into a
+ * function that moved by another distance changes its operand by the same amount; as byte
+ * differences those changes scatter with carries (a 0x40 shift is 40 00 00 00 or 40 01 00 00),
+ * as words they repeat, and kept apart from the difference bytes, in one stream per kind of
+ * operand, they compress well.
  *
- * The rule, applied by both sides to the piece's source (old) bytes, so it needs no table: a
- * source byte E8 or E9 with at least four more bytes of the piece after it starts a field; the
- * next four output bytes are the four source bytes plus the next word (32-bit little-endian, mod
- * 2^32), and their difference bytes are 0. Every other output byte is the source byte plus its
- * difference byte (mod 256). Source bytes decide, never output bytes, so the decoder can apply
- * the rule as it goes, one chunk of output at a time: a field may span two chunks.
+ * The rule, applied by both sides to the piece's source (old) bytes, so it needs no table. A
+ * byte not inside an operand, with at least four more bytes of the piece after it, starts an
+ * operand after it when
+ * - it is E8 (CALL rel32) or E9 (JMP rel32), or
+ * - the byte before it, itself not inside an operand nor such a starting byte, is 0F and this
+ *   one 80–8F (Jcc rel32), or that byte is an opcode of RIP_OPCODES and this one a ModRM byte
+ *   with mod 00 and r/m 101 (a RIP-relative disp32).
+ * The operand's four output bytes are its four source bytes plus the next word of its kind's
+ * stream (32-bit little-endian, mod 2^32), and their difference bytes are 0. Every other output
+ * byte is the source byte plus its difference byte (mod 256). The rule looks only at source
+ * bytes already passed, so the decoder applies it as it goes, one chunk of output at a time.
  */
 
-const CALL = 0xe8;
-const JMP = 0xe9;
-/** An opcode byte and its four operand bytes. */
-const SPAN = 5;
+/** The kinds of operand, each with its own word stream: CALL, JMP, Jcc, RIP-relative. */
+export const X86_KINDS = 4;
+const CALL = 0;
+const JMP = 1;
+const JCC = 2;
+const RIP = 3;
+/** An operand's bytes, and the bytes that must follow the byte that starts one. */
+const FIELD = 4;
+
+/**
+ * One-byte opcodes that take a ModRM operand and are common with a RIP-relative address in x86-64
+ * code: MOV, LEA, CMP, ADD, SUB, XOR, OR, AND, TEST, MOVSXD, the immediate groups, INC/DEC/CALL/JMP
+ * (FF), TEST/NOT (F6). A false match only sends an operand's change as a word.
+ */
+const RIP_OPCODES = [
+  0x03, 0x0b, 0x23, 0x2b, 0x33, 0x38, 0x39, 0x3a, 0x3b, 0x63, 0x80, 0x81, 0x83, 0x85, 0x88, 0x89, 0x8b, 0x8d,
+  0xc6, 0xc7, 0xf6, 0xff,
+];
+
+/** Per byte value: what a byte starts when it is not inside an operand (0: nothing). */
+const STARTS = new Uint8Array(256);
+const START_CALL = 1;
+const START_JMP = 2;
+const START_0F = 3;
+const START_RIP = 4;
+STARTS[0xe8] = START_CALL;
+STARTS[0xe9] = START_JMP;
+STARTS[0x0f] = START_0F;
+for (const op of RIP_OPCODES) STARTS[op] = START_RIP;
+
+/**
+ * Where the rule stands between bytes of a piece (and, in the decoder, between chunks): inside an
+ * operand, or after a byte that may start a two-byte form.
+ */
+export class X86DiffState {
+  /** Bytes of the current operand still to produce (0 outside one). */
+  field = 0;
+  word = 0;
+  carry = 0;
+  /** STARTS of the previous byte when it may begin a two-byte form (0F, a RIP opcode), else 0. */
+  previous = 0;
+  /** Per kind: the next word's byte offset in the words buffer, and where that kind's words end. */
+  readonly wordAt = new Float64Array(X86_KINDS);
+  readonly wordEnd = new Float64Array(X86_KINDS);
+
+  /** Starts a piece: outside any operand. */
+  startPiece(): void {
+    this.field = 0;
+    this.previous = 0;
+  }
+
+  /** Starts a segment whose words of kind k are words[starts[k], starts[k + 1]). */
+  startWords(starts: readonly number[]): void {
+    for (let k = 0; k < X86_KINDS; k++) {
+      this.wordAt[k] = starts[k]!;
+      this.wordEnd[k] = starts[k + 1]!;
+    }
+    this.startPiece();
+  }
+}
+
+/**
+ * The kind of operand that starts after byte `value` (source), given the state before it and
+ * how many bytes of the piece remain from it on; -1 for none. Updates `state.previous`.
+ */
+function operandAfter(state: X86DiffState, value: number, left: number): number {
+  const previous = state.previous;
+  const starts = STARTS[value]!;
+  state.previous = 0;
+  if (left <= FIELD) return -1;
+  if (previous === START_0F && value >= 0x80 && value <= 0x8f) return JCC;
+  if (previous === START_RIP && (value & 0xc7) === 0x05) return RIP;
+  if (starts === START_CALL) return CALL;
+  if (starts === START_JMP) return JMP;
+  if (starts === START_0F || starts === START_RIP) state.previous = starts;
+  return -1;
+}
+
+function readWord(bytes: Uint8Array, at: number): number {
+  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+}
 
 /**
  * Splits a diff piece of an x86 executable: writes its difference bytes to `diff[diffAt, +length)`
- * and appends its field words to `words`.
+ * and appends its operand words to `words[kind]`.
  */
 export function encodeX86Diff(
   oldBytes: Uint8Array,
@@ -32,43 +113,21 @@ export function encodeX86Diff(
   length: number,
   diff: Uint8Array,
   diffAt: number,
-  words: number[],
+  words: readonly number[][],
 ): void {
+  const state = new X86DiffState();
   let i = 0;
   while (i < length) {
     const o = oldBytes[oldAt + i]!;
     diff[diffAt + i] = newBytes[newAt + i]! - o;
-    if ((o === CALL || o === JMP) && length - i >= SPAN) {
-      const was = readWord(oldBytes, oldAt + i + 1);
-      const now = readWord(newBytes, newAt + i + 1);
-      words.push((now - was) >>> 0);
-      diff.fill(0, diffAt + i + 1, diffAt + i + SPAN);
-      i += SPAN;
-    } else {
-      i++;
-    }
-  }
-}
-
-function readWord(bytes: Uint8Array, at: number): number {
-  return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
-}
-
-/** Where an x86 diff piece stands between two chunks of its output. */
-export class X86DiffState {
-  /** Bytes of the current field still to produce (0 outside a field). */
-  field = 0;
-  word = 0;
-  carry = 0;
-  /** The next word's byte offset in the words buffer, and where the words end. */
-  wordAt = 0;
-  wordEnd = 0;
-
-  /** Starts a segment whose words are `words[from, to)`. */
-  startWords(from: number, to: number): void {
-    this.field = 0;
-    this.wordAt = from;
-    this.wordEnd = to;
+    const kind = operandAfter(state, o, length - i);
+    i++;
+    if (kind < 0) continue;
+    const was = readWord(oldBytes, oldAt + i);
+    const now = readWord(newBytes, newAt + i);
+    words[kind]!.push((now - was) >>> 0);
+    diff.fill(0, diffAt + i, diffAt + i + FIELD);
+    i += FIELD;
   }
 }
 
@@ -78,8 +137,8 @@ export type X86DiffFault = "words" | "field";
 /**
  * Applies `n` bytes of an x86 diff piece in place: `out[at, +n)` holds source bytes and gets the
  * output bytes. `pieceLeft` is how many bytes of the piece remain from `at` on (these `n`
- * included); `state` carries a field across chunks. Returns "words" when the piece needs a word
- * past the segment's words, "field" when a field's difference byte is not 0.
+ * included); `state` carries the rule across chunks. Returns "words" when the piece needs a word
+ * past its kind's words, "field" when an operand's difference byte is not 0.
  */
 export function applyX86Diff(
   out: Uint8Array,
@@ -102,23 +161,26 @@ export function applyX86Diff(
         state.field = field;
         return "field";
       }
-      const sum = o + ((word >>> (8 * (4 - field))) & 0xff) + carry;
+      const sum = o + ((word >>> (8 * (FIELD - field))) & 0xff) + carry;
       out[at + j] = sum;
       carry = sum >>> 8;
       field--;
       continue;
     }
     out[at + j] = o + d;
-    if ((o === CALL || o === JMP) && pieceLeft - j >= SPAN) {
-      if (state.wordAt + 4 > state.wordEnd) {
-        state.field = 0;
-        return "words";
-      }
-      word = readWord(words, state.wordAt);
-      state.wordAt += 4;
-      field = 4;
-      carry = 0;
+    // Most bytes start nothing and follow no possible first byte: skip the rule for them.
+    if (STARTS[o] === 0 && state.previous === 0) continue;
+    const kind = operandAfter(state, o, pieceLeft - j);
+    if (kind < 0) continue;
+    const wordAt = state.wordAt[kind]!;
+    if (wordAt + FIELD > state.wordEnd[kind]!) {
+      state.field = 0;
+      return "words";
     }
+    word = readWord(words, wordAt);
+    state.wordAt[kind] = wordAt + FIELD;
+    field = FIELD;
+    carry = 0;
   }
   state.field = field;
   state.word = word;

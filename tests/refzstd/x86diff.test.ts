@@ -5,34 +5,52 @@ import { approximatePieces, pieceStreams } from "../../delta/refzstd/approx.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
 import { REFZSTD_MAGIC, REFZSTD_VERSION, REFZSTD_VERSION_X86 } from "../../delta/refzstd/format.js";
-import { applyX86Diff, encodeX86Diff, X86DiffState } from "../../delta/refzstd/x86diff.js";
+import { applyX86Diff, encodeX86Diff, X86_KINDS, X86DiffState } from "../../delta/refzstd/x86diff.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar } from "../bundle/fixtures.js";
 import { seededBytes } from "../support/random.js";
 import { x86Pair } from "../support/x86-pair.js";
 import { hintsFor } from "./hints.js";
 
-/** The difference bytes and words of one x86 diff piece, the words as the frame holds them. */
-function split(oldBytes: Uint8Array, newBytes: Uint8Array): { diff: Uint8Array; words: Uint8Array } {
+/** Words by kind as a segment's frame holds them: kind after kind; `starts` has each kind's start and the end. */
+function pack(words: readonly number[][]): { bytes: Uint8Array; starts: number[] } {
+  const all = words.flat();
+  const bytes = new Uint8Array(4 * all.length);
+  all.forEach((w, i) => new DataView(bytes.buffer).setUint32(4 * i, w, true));
+  const starts = [0];
+  for (const list of words) starts.push(starts[starts.length - 1]! + 4 * list.length);
+  return { bytes, starts };
+}
+
+function emptyWords(): number[][] {
+  return Array.from({ length: X86_KINDS }, () => []);
+}
+
+/** The difference bytes and words of one x86 diff piece. */
+function split(oldBytes: Uint8Array, newBytes: Uint8Array): { diff: Uint8Array; words: number[][] } {
   const diff = new Uint8Array(newBytes.length);
-  const list: number[] = [];
-  encodeX86Diff(oldBytes, 0, newBytes, 0, newBytes.length, diff, 0, list);
-  const words = new Uint8Array(4 * list.length);
-  const view = new DataView(words.buffer);
-  list.forEach((w, i) => view.setUint32(4 * i, w, true));
+  const words = emptyWords();
+  encodeX86Diff(oldBytes, 0, newBytes, 0, newBytes.length, diff, 0, words);
   return { diff, words };
 }
 
 /** Applies a piece in chunks of `chunk` bytes, as the decoder does across its output buffers. */
-function apply(oldBytes: Uint8Array, diff: Uint8Array, words: Uint8Array, chunk: number): Uint8Array {
+function apply(
+  oldBytes: Uint8Array,
+  diff: Uint8Array,
+  words: readonly number[][],
+  chunk: number,
+): Uint8Array {
   const out = Uint8Array.from(oldBytes);
+  const { bytes, starts } = pack(words);
   const state = new X86DiffState();
-  state.startWords(0, words.length);
+  state.startWords(starts);
   for (let at = 0; at < out.length; at += chunk) {
     const n = Math.min(chunk, out.length - at);
-    assert.equal(applyX86Diff(out, at, n, diff, at, out.length - at, words, state), undefined);
+    assert.equal(applyX86Diff(out, at, n, diff, at, out.length - at, bytes, state), undefined);
   }
-  assert.equal(state.wordAt, words.length, "every word is used");
+  for (let k = 0; k < X86_KINDS; k++)
+    assert.equal(state.wordAt[k], starts[k + 1], `every word of kind ${k} is used`);
   return out;
 }
 
@@ -42,33 +60,64 @@ describe("x86 diff pieces", () => {
     const oldBytes = oldFile.subarray(0, 200_000);
     const newBytes = newFile.subarray(0, 200_000);
     const { diff, words } = split(oldBytes, newBytes);
-    assert.ok(words.length / 4 > 200, `${words.length / 4} fields`);
+    assert.ok(words.flat().length > 200, `${words.flat().length} operands`);
     for (const chunk of [1, 3, 7, 4096, 65_537, oldBytes.length])
       assert.deepEqual(apply(oldBytes, diff, words, chunk), newBytes, `chunks of ${chunk}`);
   });
 
-  it("carry from byte to byte of an operand, and start no field in a piece's last four bytes", () => {
+  it("carry from byte to byte of an operand, and start none in a piece's last four bytes", () => {
     const oldBytes = Uint8Array.of(0xe8, 0xff, 0xff, 0x00, 0x00, 0x90, 0xe9, 1, 2, 3);
     const newBytes = Uint8Array.of(0xe8, 0x01, 0x00, 0x01, 0x00, 0x90, 0xe9, 1, 2, 4);
     const { diff, words } = split(oldBytes, newBytes);
-    // One field (0x0000ffff → 0x00010001: +2); the E9 has three bytes after it, so none there.
-    assert.deepEqual([...words], [2, 0, 0, 0]);
+    // One CALL operand (0x0000ffff → 0x00010001: +2); the E9 has three bytes after it, so none there.
+    assert.deepEqual(words, [[2], [], [], []]);
     assert.deepEqual([...diff], [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     assert.deepEqual(apply(oldBytes, diff, words, 2), newBytes);
+  });
+
+  it("find JMP, Jcc and RIP-relative operands, each kind in its own stream, and two-byte forms only after a free byte", () => {
+    const oldBytes = Uint8Array.of(
+      ...[0xe9, 1, 0, 0, 0], // JMP rel32
+      ...[0x0f, 0x84, 2, 0, 0, 0], // JE rel32
+      ...[0x48, 0x8b, 0x05, 3, 0, 0, 0], // MOV rax, [rip+3]
+      ...[0x8d, 0x04, 9, 9, 9, 9], // LEA with another ModRM: no operand
+      ...[0xe8, 0x0f, 0x85, 0, 0], // a CALL whose operand holds 0F 85: no Jcc inside it
+      ...[0x0f, 0xe8, 4, 0, 0, 0], // 0F then E8: no Jcc, but the E8 is a CALL
+      ...[0x90, 0x90, 0x90, 0x90, 0x90],
+    );
+    const newBytes = Uint8Array.from(oldBytes);
+    const bump = (at: number, by: number) =>
+      new DataView(newBytes.buffer).setUint32(
+        at,
+        new DataView(oldBytes.buffer).getUint32(at, true) + by,
+        true,
+      );
+    bump(1, 0x10); // JMP
+    bump(7, 0x20); // JE
+    bump(14, 0x30); // RIP-relative
+    bump(20, 0x40); // inside the LEA's bytes: plain differences
+    bump(25, 0x50); // the CALL's operand
+    bump(31, 0x60); // the CALL after 0F
+    const { diff, words } = split(oldBytes, newBytes);
+    assert.deepEqual(words, [[0x50, 0x60], [0x10], [0x20], [0x30]]);
+    assert.equal(diff[20], 0x40, "the LEA's bytes stay differences");
+    for (const chunk of [1, 2, 5, oldBytes.length])
+      assert.deepEqual(apply(oldBytes, diff, words, chunk), newBytes, `chunks of ${chunk}`);
   });
 
   it("refuse a piece that needs more words than there are, or a difference byte inside an operand", () => {
     const oldBytes = Uint8Array.of(0xe8, 1, 2, 3, 4, 0xe8, 5, 6, 7, 8);
     const newBytes = Uint8Array.of(0xe8, 2, 2, 3, 4, 0xe8, 6, 6, 7, 8);
     const { diff, words } = split(oldBytes, newBytes);
+    const { bytes, starts } = pack(words);
     const short = new X86DiffState();
-    short.startWords(0, 4);
-    assert.equal(applyX86Diff(Uint8Array.from(oldBytes), 0, 10, diff, 0, 10, words, short), "words");
+    short.startWords([0, 4, 8, 8, 8]);
+    assert.equal(applyX86Diff(Uint8Array.from(oldBytes), 0, 10, diff, 0, 10, bytes, short), "words");
     const bad = Uint8Array.from(diff);
     bad[2] = 1;
     const state = new X86DiffState();
-    state.startWords(0, words.length);
-    assert.equal(applyX86Diff(Uint8Array.from(oldBytes), 0, 10, bad, 0, 10, words, state), "field");
+    state.startWords(starts);
+    assert.equal(applyX86Diff(Uint8Array.from(oldBytes), 0, 10, bad, 0, 10, bytes, state), "field");
   });
 
   it("compress better than byte differences on a relinked executable", () => {
@@ -78,7 +127,7 @@ describe("x86 diff pieces", () => {
     const bytewise = pieceStreams(oldFile, newFile, pieces).diff;
     // The same diff pieces as x86 diff pieces: difference bytes, then the words.
     const diff = new Uint8Array(bytewise.length);
-    const list: number[] = [];
+    const list = emptyWords();
     let at = 0;
     let d = 0;
     for (const p of pieces) {
@@ -88,19 +137,19 @@ describe("x86 diff pieces", () => {
       }
       at += p.length;
     }
-    const words = new Uint8Array(4 * list.length);
-    list.forEach((w, i) => new DataView(words.buffer).setUint32(4 * i, w, true));
     const size = (b: Uint8Array) => zstd.compress(Buffer.from(b), { compressionLevel: 19 }).length;
-    const x86 = size(Buffer.concat([diff, words]));
+    const x86 = size(Buffer.concat([diff, pack(list).bytes]));
     const plain = size(bytewise);
     assert.ok(x86 < plain * 0.9, `x86 diff pieces take ${x86} bytes, byte differences ${plain}`);
   });
 
-  it("leave data without CALL or JMP bytes as plain differences", () => {
-    const oldBytes = seededBytes(10_000, 3).map((b) => (b === 0xe8 || b === 0xe9 ? 0 : b));
+  it("leave data without CALL, JMP, 0F or RIP opcode bytes as plain differences", () => {
+    const starts = new Set([0xe8, 0xe9, 0x0f, 0x03, 0x0b, 0x23, 0x2b, 0x33, 0x38, 0x39, 0x3a, 0x3b, 0x63]);
+    for (const op of [0x80, 0x81, 0x83, 0x85, 0x88, 0x89, 0x8b, 0x8d, 0xc6, 0xc7, 0xf6, 0xff]) starts.add(op);
+    const oldBytes = seededBytes(10_000, 3).map((b) => (starts.has(b) ? 0 : b));
     const newBytes = seededBytes(10_000, 4);
     const { diff, words } = split(oldBytes, newBytes);
-    assert.equal(words.length, 0);
+    assert.deepEqual(words, [[], [], [], []]);
     for (let i = 0; i < diff.length; i++) assert.equal(diff[i], (newBytes[i]! - oldBytes[i]!) & 0xff);
   });
 });
