@@ -50,15 +50,14 @@
  *
  *   piece    := … as in version 2, except
  *             | varint 0, varint (length × 2 + x86), varint zigzag(sourceOffset − expected)
- *   tables   := extent × extentCount, piece × pieceCount, varint wordCount
+ *   tables   := extent × extentCount, piece × pieceCount, varint wordCount × 4
  *
- * and its literal frame holds the segment's literal bytes, then wordCount 32-bit little-endian
- * words (literalLength counts both). In an x86 diff piece, a source byte E8 or E9 (CALL, JMP)
- * with at least four more bytes of the piece after it starts a field: the next four output
- * bytes are the source's four bytes plus the next word, as one 32-bit little-endian sum, and
- * their difference bytes must be 0. Every other byte is source plus difference byte, as in a
- * diff piece. A relocated call's operand changes by the same amount in all calls to one
- * function: as whole words those changes repeat, where byte differences scatter with carries.
+ * and its literal frame holds the segment's literal bytes, then the words of the four kinds of
+ * operand (CALL, JMP, Jcc, RIP-relative), kind after kind, wordCount[k] 32-bit little-endian
+ * words each (literalLength counts them all). In an x86 diff piece, the source bytes decide
+ * where an operand starts (x86diff.ts has the rule); its four output bytes are the source's four
+ * bytes plus the next word of its kind, as one 32-bit little-endian sum, and their difference
+ * bytes must be 0. Every other byte is source plus difference byte, as in a diff piece.
  */
 
 import { VarintReader as BaseVarintReader, MAX_VARINT_BYTES, VarintWriter } from "../varint.js";
