@@ -16,7 +16,7 @@ import {
   pieceStreams,
   splitExactRuns,
 } from "../delta/refzstd/approx.js";
-import { encodeX86Diff, X86_KINDS } from "../delta/refzstd/x86diff.js";
+import { encodeX86Diff, writeX86Words, X86_KINDS } from "../delta/refzstd/x86diff.js";
 
 function zstdSize(bytes: Uint8Array): number {
   if (bytes.length === 0) return 0;
@@ -59,11 +59,12 @@ for (let i = 0; i + 1 < args.length; i += 2) {
   }
   // One stream per kind of operand, as a segment's frame holds them.
   const x = zstdSize(x86Diff);
-  const w = words.reduce((sum, list) => {
+  let w = 0;
+  for (const list of words) {
     const bytes = new Uint8Array(4 * list.length);
-    list.forEach((word, k) => new DataView(bytes.buffer).setUint32(4 * k, word, true));
-    return sum + zstdSize(bytes);
-  }, 0);
+    writeX86Words([list], bytes, 0);
+    w += zstdSize(bytes);
+  }
   const counts = (list: readonly { kind: string }[]) =>
     ["extra", "diff", "copy"].map((k) => `${k} ${list.filter((p) => p.kind === k).length}`).join(", ");
   console.log(

@@ -36,7 +36,7 @@ import {
   MAX_GZIP_TEXT,
   startsWithGzipMagic,
 } from "./regzip.js";
-import { encodeX86Diff, X86_KINDS } from "./x86diff.js";
+import { encodeX86Diff, writeX86Words, X86_KINDS, x86WordCount } from "./x86diff.js";
 
 /**
  * zstd level of the literal frames. Until the fifth session layers with over 32 MiB of literal
@@ -940,18 +940,11 @@ export async function* encodeRefZstd(
         }
         at += length;
       }
-      const wordCount = words.reduce((sum, list) => sum + list.length, 0);
+      const wordCount = x86WordCount(words);
       if (wordCount > 0) {
         const withWords = new Uint8Array(seg.literal + 4 * wordCount);
         withWords.set(literal);
-        const view = new DataView(withWords.buffer);
-        let w = seg.literal;
-        for (const list of words) {
-          for (const word of list) {
-            view.setUint32(w, word, true);
-            w += 4;
-          }
-        }
+        writeX86Words(words, withWords, seg.literal);
         literal = withWords;
         literalLength = withWords.length;
       }

@@ -97,6 +97,23 @@ function operandAfter(state: X86DiffState, value: number, left: number): number 
   return -1;
 }
 
+/** How many words `words` holds, all kinds together. */
+export function x86WordCount(words: readonly (readonly number[])[]): number {
+  return words.reduce((sum, list) => sum + list.length, 0);
+}
+
+/** Writes the words as a segment's literal frame holds them (kind after kind, 32-bit little-endian) at out[at]. */
+export function writeX86Words(words: readonly (readonly number[])[], out: Uint8Array, at: number): void {
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  let w = at;
+  for (const list of words) {
+    for (const word of list) {
+      view.setUint32(w, word, true);
+      w += 4;
+    }
+  }
+}
+
 function readWord(bytes: Uint8Array, at: number): number {
   return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
 }

@@ -5,7 +5,14 @@ import { approximatePieces, pieceStreams } from "../../delta/refzstd/approx.js";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
 import { REFZSTD_MAGIC, REFZSTD_VERSION, REFZSTD_VERSION_X86 } from "../../delta/refzstd/format.js";
-import { applyX86Diff, encodeX86Diff, X86_KINDS, X86DiffState } from "../../delta/refzstd/x86diff.js";
+import {
+  applyX86Diff,
+  encodeX86Diff,
+  writeX86Words,
+  X86_KINDS,
+  X86DiffState,
+  x86WordCount,
+} from "../../delta/refzstd/x86diff.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar } from "../bundle/fixtures.js";
 import { seededBytes } from "../support/random.js";
@@ -14,9 +21,8 @@ import { hintsFor } from "./hints.js";
 
 /** Words by kind as a segment's frame holds them: kind after kind; `starts` has each kind's start and the end. */
 function pack(words: readonly number[][]): { bytes: Uint8Array; starts: number[] } {
-  const all = words.flat();
-  const bytes = new Uint8Array(4 * all.length);
-  all.forEach((w, i) => new DataView(bytes.buffer).setUint32(4 * i, w, true));
+  const bytes = new Uint8Array(4 * x86WordCount(words));
+  writeX86Words(words, bytes, 0);
   const starts = [0];
   for (const list of words) starts.push(starts[starts.length - 1]! + 4 * list.length);
   return { bytes, starts };
