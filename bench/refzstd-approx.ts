@@ -16,7 +16,7 @@ import {
   pieceStreams,
   splitExactRuns,
 } from "../delta/refzstd/approx.js";
-import { encodeX86Diff, writeX86Words, X86_KINDS } from "../delta/refzstd/x86diff.js";
+import { writeX86Words, x86PieceStreams } from "../delta/refzstd/x86diff.js";
 
 function zstdSize(bytes: Uint8Array): number {
   if (bytes.length === 0) return 0;
@@ -46,17 +46,7 @@ for (let i = 0; i + 1 < args.length; i += 2) {
   const rTable = zstdSize(encodePieceTable(refined));
   const rLiteral = zstdSize(literalStream(oldFile, newFile, refined));
   // The diff pieces as x86 diff pieces (ref-zstd version 3): difference bytes, then the operand words.
-  const x86Diff = new Uint8Array(diff.length);
-  const words: number[][] = Array.from({ length: X86_KINDS }, () => []);
-  let at = 0;
-  let d86 = 0;
-  for (const p of pieces) {
-    if (p.kind === "diff") {
-      encodeX86Diff(oldFile, p.oldOffset, newFile, at, p.length, x86Diff, d86, words);
-      d86 += p.length;
-    }
-    at += p.length;
-  }
+  const { diff: x86Diff, words } = x86PieceStreams(oldFile, newFile, pieces);
   // One stream per kind of operand, as a segment's frame holds them.
   const x = zstdSize(x86Diff);
   let w = 0;

@@ -19,6 +19,8 @@
  * bytes already passed, so the decoder applies it as it goes, one chunk of output at a time.
  */
 
+import type { RefinedPiece } from "./approx.js";
+
 /** The kinds of operand, each with its own word stream: CALL, JMP, Jcc, RIP-relative. */
 export const X86_KINDS = 4;
 const CALL = 0;
@@ -146,6 +148,31 @@ export function encodeX86Diff(
     diff.fill(0, diffAt + i, diffAt + i + FIELD);
     i += FIELD;
   }
+}
+
+/**
+ * The difference bytes and operand words of every diff piece of `pieces` (approximate matching of
+ * oldFile to newFile), as x86 diff pieces: what `pieceStreams` gives as byte differences.
+ */
+export function x86PieceStreams(
+  oldFile: Uint8Array,
+  newFile: Uint8Array,
+  pieces: readonly RefinedPiece[],
+): { diff: Uint8Array; words: number[][] } {
+  let length = 0;
+  for (const p of pieces) if (p.kind === "diff") length += p.length;
+  const diff = new Uint8Array(length);
+  const words: number[][] = Array.from({ length: X86_KINDS }, () => []);
+  let at = 0;
+  let d = 0;
+  for (const p of pieces) {
+    if (p.kind === "diff") {
+      encodeX86Diff(oldFile, p.oldOffset, newFile, at, p.length, diff, d, words);
+      d += p.length;
+    }
+    at += p.length;
+  }
+  return { diff, words };
 }
 
 /** Why a chunk could not be applied; undefined when it was. */

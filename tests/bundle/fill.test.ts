@@ -22,6 +22,8 @@ let key: SigningKey;
 let heldPath: string;
 let newPath: string;
 let heldEntries: ScannedEntry[];
+/** The other app's layer: a README, and twelve scripts each with its source map. */
+let heldTar: Uint8Array;
 
 /** Text that looks like code: words from a small vocabulary, seeded. */
 function code(seed: number, length: number): Uint8Array {
@@ -39,7 +41,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), "bundle-fill-"));
   key = generateSigningKey();
   const shared = file("opt/other/README.txt", code(1, 3000));
-  const held = await buildTar([
+  heldTar = await buildTar([
     shared,
     ...Array.from({ length: 12 }, (_, i) => [
       file(`opt/other/lib/part${i}.js`, code(100 + i, 8000)),
@@ -54,9 +56,9 @@ before(async () => {
   ]);
   heldEntries = [];
   const scanner = new TarScanner({ entry: (e) => heldEntries.push(e), data() {}, entryEnd() {} });
-  scanner.push(held);
+  scanner.push(heldTar);
   scanner.finish();
-  heldPath = await writeArchive(join(dir, "held.tar"), imageOf("apps/other", "1", [held]));
+  heldPath = await writeArchive(join(dir, "held.tar"), imageOf("apps/other", "1", [heldTar]));
   newPath = await writeArchive(join(dir, "new.tar"), imageOf("apps/gateway", "1", [next]));
 });
 
@@ -64,20 +66,34 @@ after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
+/** The reference extents of the first segment of the bundle's one payload. */
+async function referenceExtents(bundlePath: string) {
+  const head = await readBundleHead(bundlePath);
+  const entry = head.manifest.layers[0]!;
+  assert.ok("offset" in entry);
+  assert.equal(entry.codec, "ref-zstd");
+  const bundle = await readFile(bundlePath);
+  const start = head.payloadsOffset + entry.offset;
+  return firstSegmentExtents(bundle.subarray(start, start + entry.length));
+}
+
+/** Applies the bundle on a device holding `from` and checks the image it writes is the new app's. */
+async function assertRebuildsNewApp(bundlePath: string, from: string, dest: string): Promise<void> {
+  await applyFromImages({
+    bundle: bundlePath,
+    trust: [key],
+    from: [from],
+    dest: `docker-archive:${dest}`,
+    scratchDir: dir,
+  });
+  assert.deepEqual(await readFile(dest), await readFile(newPath));
+}
+
 describe("reference fill", () => {
   it("leaves out of the fill a kind of file the new layer does not have, keeps the rest, and round-trips", async () => {
     const out = join(dir, "gateway.bundle");
-    const built = await buildBundleBetween([heldPath], newPath, { key, out, scratchDir: dir });
-    assert.equal(built.layers[0]!.codec, "ref-zstd");
-    const head = await readBundleHead(out);
-    const entry = head.manifest.layers[0]!;
-    assert.ok("offset" in entry);
-    const bundle = await readFile(out);
-    const payload = bundle.subarray(
-      head.payloadsOffset + entry.offset,
-      head.payloadsOffset + entry.offset + entry.length,
-    );
-    const extents = firstSegmentExtents(payload);
+    await buildBundleBetween([heldPath], newPath, { key, out, scratchDir: dir });
+    const extents = await referenceExtents(out);
     const covered = (from: number, to: number) =>
       extents.filter((e) => e.sourceOffset < to && from < e.sourceOffset + e.length).length > 0;
     const maps = heldEntries.filter((e) => e.path.endsWith(".map"));
@@ -88,47 +104,23 @@ describe("reference fill", () => {
     for (const e of scripts)
       assert.ok(covered(e.dataOffset, e.dataOffset + e.size), `${e.path} is not in the reference`);
 
-    const dest = join(dir, "rebuilt.tar");
-    await applyFromImages({
-      bundle: out,
-      trust: [key],
-      from: [heldPath],
-      dest: `docker-archive:${dest}`,
-      scratchDir: dir,
-    });
-    assert.deepEqual(await readFile(dest), await readFile(newPath));
+    await assertRebuildsNewApp(out, heldPath, join(dir, "rebuilt.tar"));
   });
+
   it("keeps in an earlier layer's fill a file whose path a later held layer also holds", async () => {
     // The held image's second layer rewrites one of the first layer's scripts (same path). The
     // new layer copies from the first layer only, so the fill is that layer, and its copy of the
     // script belongs in it like every other script.
     const rewritten = "opt/other/lib/part3.js";
     const later = await buildTar([file(rewritten, code(900, 8000))]);
-    const first = await buildTar([
-      file("opt/other/README.txt", code(1, 3000)),
-      ...Array.from({ length: 12 }, (_, i) => [
-        file(`opt/other/lib/part${i}.js`, code(100 + i, 8000)),
-        file(`opt/other/lib/part${i}.js.map`, seededBytes(40_000, 200 + i)),
-      ]).flat(),
-    ]);
     const twoLayers = await writeArchive(
       join(dir, "held-two-layers.tar"),
-      imageOf("apps/other", "2", [first, later]),
+      imageOf("apps/other", "2", [heldTar, later]),
     );
     const out = join(dir, "gateway-two.bundle");
     await buildBundleBetween([twoLayers], newPath, { key, out, scratchDir: dir });
-    const head = await readBundleHead(out);
-    const entry = head.manifest.layers[0]!;
-    assert.ok("offset" in entry);
-    const bundle = await readFile(out);
-    const extents = firstSegmentExtents(
-      bundle.subarray(head.payloadsOffset + entry.offset, head.payloadsOffset + entry.offset + entry.length),
-    );
-    const inFirst: ScannedEntry[] = [];
-    const scanner = new TarScanner({ entry: (e) => inFirst.push(e), data() {}, entryEnd() {} });
-    scanner.push(first);
-    scanner.finish();
-    const script = inFirst.find((e) => e.path === rewritten)!;
+    const extents = await referenceExtents(out);
+    const script = heldEntries.find((e) => e.path === rewritten)!;
     // The first layer starts the virtual source, so its tar offsets are source offsets.
     assert.ok(
       extents.some(
@@ -137,7 +129,7 @@ describe("reference fill", () => {
       ),
       `${rewritten} of the first layer is not in the reference`,
     );
-    for (const e of inFirst.filter((x) => x.path.endsWith(".map")))
+    for (const e of heldEntries.filter((x) => x.path.endsWith(".map")))
       assert.ok(
         !extents.some(
           (x) => x.sourceOffset < e.dataOffset + e.size && e.dataOffset < x.sourceOffset + x.length,
@@ -145,14 +137,6 @@ describe("reference fill", () => {
         `${e.path} is in the reference`,
       );
 
-    const dest = join(dir, "rebuilt-two.tar");
-    await applyFromImages({
-      bundle: out,
-      trust: [key],
-      from: [twoLayers],
-      dest: `docker-archive:${dest}`,
-      scratchDir: dir,
-    });
-    assert.deepEqual(await readFile(dest), await readFile(newPath));
+    await assertRebuildsNewApp(out, twoLayers, join(dir, "rebuilt-two.tar"));
   });
 });

@@ -249,24 +249,6 @@ test("random bytes behind a valid magic end in a RefZstdError", async () => {
   await randomBodiesRefused(REFZSTD_VERSION, RANDOM_CASES, SEED + 1);
 });
 
-test("the version-2 fuzz payloads decode as they are", async () => {
-  for (const payload of gzipPayloads) {
-    assert.equal(payload[REFZSTD_MAGIC.length], REFZSTD_VERSION_GZIP);
-    assert.deepEqual(
-      await collect(decodeRefZstd(new BufferSource(payload), { source: gzipAgainst.source })),
-      Buffer.from(gzipNext),
-    );
-  }
-});
-
-test("mutated version-2 payloads end in output or a RefZstdError", async () => {
-  await mutatedEndWell(gzipPayloads, GZIP_MUTATED_CASES, SEED + 2, gzipAgainst);
-});
-
-test("random bytes behind a valid magic and version 2 end in a RefZstdError", async () => {
-  await randomBodiesRefused(REFZSTD_VERSION_GZIP, GZIP_RANDOM_CASES, SEED + 3, gzipAgainst);
-});
-
 function varints(values: readonly number[]): Uint8Array {
   const w = new VarintWriter();
   for (const v of values) w.write(v);
@@ -313,46 +295,70 @@ function mutateTables(payload: Uint8Array, random: () => number): Uint8Array {
   return Buffer.concat(parts);
 }
 
-test("version-2 payloads with one table varint changed end in output or a RefZstdError", async () => {
-  const random = prng(SEED + 4);
+/** Decodes `cases` payloads of `corpus` with one table varint changed: each ends in output or a RefZstdError. */
+async function tableMutationsEndWell(
+  corpus: readonly Uint8Array[],
+  cases: number,
+  seed: number,
+  against: Parameters<typeof attempt>[2],
+): Promise<void> {
+  const random = prng(seed);
   const outcomes = new Map<string, number>();
-  for (let n = 0; n < GZIP_TABLE_CASES; n++) {
-    const payload = mutateTables(gzipPayloads[n % gzipPayloads.length]!, random);
-    const result = await attempt(payload, n, gzipAgainst);
+  for (let n = 0; n < cases; n++) {
+    const payload = mutateTables(corpus[n % corpus.length]!, random);
+    const result = await attempt(payload, n, against);
     const key = typeof result === "number" ? "output" : result;
     outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
   }
   for (const code of ["CORRUPT", "LIMIT"])
     assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
-});
+}
 
-test("the version-3 fuzz payloads decode as they are", async () => {
-  for (const payload of x86Payloads) {
-    assert.equal(payload[REFZSTD_MAGIC.length], REFZSTD_VERSION_X86);
-    assert.deepEqual(
-      await collect(decodeRefZstd(new BufferSource(payload), { source: x86Against.source })),
-      Buffer.from(x86Next),
-    );
-  }
-});
+/**
+ * The tests of one later payload version: its payloads decode as they are, and byte mutations,
+ * random bodies and changed table varints each end in output or a RefZstdError.
+ */
+function fuzzVersion(
+  version: number,
+  corpus: readonly Uint8Array[],
+  against: { source: BufferSource; size: number },
+  expected: Uint8Array,
+  cases: { mutated: number; random: number; tables: number },
+  seed: number,
+): void {
+  test(`the version-${version} fuzz payloads decode as they are`, async () => {
+    for (const payload of corpus) {
+      assert.equal(payload[REFZSTD_MAGIC.length], version);
+      assert.deepEqual(
+        await collect(decodeRefZstd(new BufferSource(payload), { source: against.source })),
+        Buffer.from(expected),
+      );
+    }
+  });
+  test(`mutated version-${version} payloads end in output or a RefZstdError`, async () => {
+    await mutatedEndWell(corpus, cases.mutated, seed, against);
+  });
+  test(`random bytes behind a valid magic and version ${version} end in a RefZstdError`, async () => {
+    await randomBodiesRefused(version, cases.random, seed + 1, against);
+  });
+  test(`version-${version} payloads with one table varint changed end in output or a RefZstdError`, async () => {
+    await tableMutationsEndWell(corpus, cases.tables, seed + 2, against);
+  });
+}
 
-test("mutated version-3 payloads end in output or a RefZstdError", async () => {
-  await mutatedEndWell(x86Payloads, X86_MUTATED_CASES, SEED + 5, x86Against);
-});
-
-test("random bytes behind a valid magic and version 3 end in a RefZstdError", async () => {
-  await randomBodiesRefused(REFZSTD_VERSION_X86, X86_RANDOM_CASES, SEED + 6, x86Against);
-});
-
-test("version-3 payloads with one table varint changed end in output or a RefZstdError", async () => {
-  const random = prng(SEED + 7);
-  const outcomes = new Map<string, number>();
-  for (let n = 0; n < X86_TABLE_CASES; n++) {
-    const payload = mutateTables(x86Payloads[n % x86Payloads.length]!, random);
-    const result = await attempt(payload, n, x86Against);
-    const key = typeof result === "number" ? "output" : result;
-    outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
-  }
-  for (const code of ["CORRUPT", "LIMIT"])
-    assert.ok((outcomes.get(code) ?? 0) > 0, `no ${code} among ${JSON.stringify([...outcomes])}`);
-});
+fuzzVersion(
+  REFZSTD_VERSION_GZIP,
+  gzipPayloads,
+  gzipAgainst,
+  gzipNext,
+  { mutated: GZIP_MUTATED_CASES, random: GZIP_RANDOM_CASES, tables: GZIP_TABLE_CASES },
+  SEED + 2,
+);
+fuzzVersion(
+  REFZSTD_VERSION_X86,
+  x86Payloads,
+  x86Against,
+  x86Next,
+  { mutated: X86_MUTATED_CASES, random: X86_RANDOM_CASES, tables: X86_TABLE_CASES },
+  SEED + 5,
+);

@@ -11,6 +11,7 @@ import {
   writeX86Words,
   X86_KINDS,
   X86DiffState,
+  x86PieceStreams,
   x86WordCount,
 } from "../../delta/refzstd/x86diff.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
@@ -132,19 +133,9 @@ describe("x86 diff pieces", () => {
     const pieces = approximatePieces(oldFile, newFile);
     const bytewise = pieceStreams(oldFile, newFile, pieces).diff;
     // The same diff pieces as x86 diff pieces: difference bytes, then the words.
-    const diff = new Uint8Array(bytewise.length);
-    const list = emptyWords();
-    let at = 0;
-    let d = 0;
-    for (const p of pieces) {
-      if (p.kind === "diff") {
-        encodeX86Diff(oldFile, p.oldOffset, newFile, at, p.length, diff, d, list);
-        d += p.length;
-      }
-      at += p.length;
-    }
+    const { diff, words } = x86PieceStreams(oldFile, newFile, pieces);
     const size = (b: Uint8Array) => zstd.compress(Buffer.from(b), { compressionLevel: 19 }).length;
-    const x86 = size(Buffer.concat([diff, pack(list).bytes]));
+    const x86 = size(Buffer.concat([diff, pack(words).bytes]));
     const plain = size(bytewise);
     assert.ok(x86 < plain * 0.9, `x86 diff pieces take ${x86} bytes, byte differences ${plain}`);
   });
