@@ -12,7 +12,9 @@
  * - it is E8 (CALL rel32) or E9 (JMP rel32), or
  * - the byte before it, itself not inside an operand nor such a starting byte, is 0F and this
  *   one 80–8F (Jcc rel32), or that byte is an opcode of RIP_OPCODES and this one a ModRM byte
- *   with mod 00 and r/m 101 (a RIP-relative disp32).
+ *   with mod 00 and r/m 101 (a RIP-relative disp32), or
+ * - it is such a ModRM byte two bytes after such a 0F whose next byte started nothing (a
+ *   two-byte opcode: MOVUPS, MOVZX, IMUL… with a RIP-relative operand, also kind RIP).
  * The operand's four output bytes are its four source bytes plus the next word of its kind's
  * stream (32-bit little-endian, mod 2^32), and their difference bytes are 0. Every other output
  * byte is the source byte plus its difference byte (mod 256). The rule looks only at source
@@ -46,6 +48,8 @@ const START_CALL = 1;
 const START_JMP = 2;
 const START_0F = 3;
 const START_RIP = 4;
+/** Not a STARTS value: the byte after a free 0F that started nothing (the second byte of a two-byte opcode). */
+const AFTER_0F = 5;
 STARTS[0xe8] = START_CALL;
 STARTS[0xe9] = START_JMP;
 STARTS[0x0f] = START_0F;
@@ -60,7 +64,7 @@ export class X86DiffState {
   field = 0;
   word = 0;
   carry = 0;
-  /** STARTS of the previous byte when it may begin a two-byte form (0F, a RIP opcode), else 0. */
+  /** STARTS of the previous byte when it may begin a two-byte form (0F, a RIP opcode), AFTER_0F after a 0F's next byte, else 0. */
   previous = 0;
   /** Per kind: the next word's byte offset in the words buffer, and where that kind's words end. */
   readonly wordAt = new Float64Array(X86_KINDS);
@@ -92,10 +96,11 @@ function operandAfter(state: X86DiffState, value: number, left: number): number 
   state.previous = 0;
   if (left <= FIELD) return -1;
   if (previous === START_0F && value >= 0x80 && value <= 0x8f) return JCC;
-  if (previous === START_RIP && (value & 0xc7) === 0x05) return RIP;
+  if ((previous === START_RIP || previous === AFTER_0F) && (value & 0xc7) === 0x05) return RIP;
   if (starts === START_CALL) return CALL;
   if (starts === START_JMP) return JMP;
   if (starts === START_0F || starts === START_RIP) state.previous = starts;
+  else if (previous === START_0F) state.previous = AFTER_0F;
   return -1;
 }
 

@@ -82,7 +82,7 @@ describe("x86 diff pieces", () => {
     assert.deepEqual(apply(oldBytes, diff, words, 2), newBytes);
   });
 
-  it("find JMP, Jcc and RIP-relative operands, each kind in its own stream, and two-byte forms only after a free byte", () => {
+  it("find JMP, Jcc and RIP-relative operands (after one- and two-byte opcodes), each kind in its own stream", () => {
     const oldBytes = Uint8Array.of(
       ...[0xe9, 1, 0, 0, 0], // JMP rel32
       ...[0x0f, 0x84, 2, 0, 0, 0], // JE rel32
@@ -90,6 +90,8 @@ describe("x86 diff pieces", () => {
       ...[0x8d, 0x04, 9, 9, 9, 9], // LEA with another ModRM: no operand
       ...[0xe8, 0x0f, 0x85, 0, 0], // a CALL whose operand holds 0F 85: no Jcc inside it
       ...[0x0f, 0xe8, 4, 0, 0, 0], // 0F then E8: no Jcc, but the E8 is a CALL
+      ...[0x0f, 0x10, 0x05, 5, 0, 0, 0], // MOVUPS xmm0, [rip+5]: a two-byte opcode
+      ...[0x0f, 0x10, 0x04, 6, 0, 0, 0], // MOVUPS with another ModRM: no operand
       ...[0x90, 0x90, 0x90, 0x90, 0x90],
     );
     const newBytes = Uint8Array.from(oldBytes);
@@ -105,9 +107,12 @@ describe("x86 diff pieces", () => {
     bump(20, 0x40); // inside the LEA's bytes: plain differences
     bump(25, 0x50); // the CALL's operand
     bump(31, 0x60); // the CALL after 0F
+    bump(38, 0x70); // MOVUPS's RIP-relative operand
+    bump(45, 0x80); // inside the other MOVUPS's bytes: plain differences
     const { diff, words } = split(oldBytes, newBytes);
-    assert.deepEqual(words, [[0x50, 0x60], [0x10], [0x20], [0x30]]);
+    assert.deepEqual(words, [[0x50, 0x60], [0x10], [0x20], [0x30, 0x70]]);
     assert.equal(diff[20], 0x40, "the LEA's bytes stay differences");
+    assert.equal(diff[45], 0x80, "the second MOVUPS's bytes stay differences");
     for (const chunk of [1, 2, 5, oldBytes.length])
       assert.deepEqual(apply(oldBytes, diff, words, chunk), newBytes, `chunks of ${chunk}`);
   });
