@@ -41,11 +41,10 @@ import {
   MAX_GZIP_TEXT,
   sameDeflate,
 } from "./regzip.js";
-import { applyX86Diff, X86_KINDS, X86DiffState } from "./x86diff.js";
+import { applyX86Diff, X86_ABSOLUTE, X86_KINDS, X86DiffState } from "./x86diff.js";
 
-/** pieceDiffs values: a diff piece, and an x86 diff piece (version 3). */
+/** pieceDiffs value of a diff piece; an x86 diff piece (version 3) has DIFF + its x86 mode. */
 const DIFF = 1;
-const X86_DIFF = 2;
 
 /** Output is handed on in pieces of this size: large enough for few writes, small enough to bound memory. */
 const OUTPUT_CHUNK = 1024 * 1024;
@@ -186,7 +185,7 @@ interface Tables {
   /** Source offset per piece, -1 for literal pieces. */
   readonly pieceOffsets: Float64Array;
   readonly pieceLengths: Float64Array;
-  /** DIFF for a diff piece (source bytes plus as many literal bytes, mod 256), X86_DIFF for an x86 one, else 0. */
+  /** DIFF for a diff piece (source bytes plus as many literal bytes, mod 256), DIFF + its x86 mode for an x86 one, else 0. */
   readonly pieceDiffs: Uint8Array;
   /** x86 diff words by kind (version 3): they are the last 4 × (their sum) bytes of the literal frame, kind by kind. */
   readonly wordCounts: readonly number[];
@@ -276,8 +275,11 @@ function parseTables(
       }
     } else if (isDiff) {
       const lengthWord = r.read(`diff piece ${i}'s length`);
-      length = version === REFZSTD_VERSION_X86 ? Math.floor(lengthWord / 2) : lengthWord;
-      pieceDiffs[i] = version === REFZSTD_VERSION_X86 && lengthWord % 2 === 1 ? X86_DIFF : DIFF;
+      // Version 3: length × 4 + x86 mode (0 plain, X86_RELATIVE, X86_ABSOLUTE).
+      const mode = version === REFZSTD_VERSION_X86 ? lengthWord % 4 : 0;
+      if (mode > X86_ABSOLUTE) throw corrupt(`diff piece ${i} has x86 mode ${mode}`);
+      length = version === REFZSTD_VERSION_X86 ? Math.floor(lengthWord / 4) : lengthWord;
+      pieceDiffs[i] = DIFF + mode;
     } else {
       length = Math.floor(word / 2);
     }
@@ -603,7 +605,8 @@ export async function* decodeRefZstd(
       let remaining = tables.pieceLengths[i]!;
       const from = tables.pieceOffsets[i]!;
       const isDiff = tables.pieceDiffs[i] === DIFF;
-      const isX86 = tables.pieceDiffs[i] === X86_DIFF;
+      const x86Mode = tables.pieceDiffs[i]! - DIFF;
+      const isX86 = x86Mode > 0;
       const gzip = tables.gzips.get(i);
       // A gzip piece's output was rebuilt whole; it is played like literal bytes.
       let bytes = literal;
@@ -630,7 +633,7 @@ export async function* decodeRefZstd(
           addDifferences(out, fill, out, fill, literal, literalAt, n);
           literalAt += n;
         } else if (isX86) {
-          if (copied === 0) x86.startPiece();
+          if (copied === 0) x86.startPiece(x86Mode);
           const fault = applyX86Diff(out, fill, n, literal, literalAt, remaining, literal, x86);
           if (fault !== undefined) {
             throw new RefZstdError(

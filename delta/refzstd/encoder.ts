@@ -36,7 +36,14 @@ import {
   MAX_GZIP_TEXT,
   startsWithGzipMagic,
 } from "./regzip.js";
-import { encodeX86Diff, writeX86Words, X86_KINDS, x86WordCount } from "./x86diff.js";
+import {
+  encodeX86Diff,
+  writeX86Words,
+  X86_ABSOLUTE,
+  X86_KINDS,
+  X86_RELATIVE,
+  x86WordCount,
+} from "./x86diff.js";
 
 /**
  * zstd level of the literal frames. Until the fifth session layers with over 32 MiB of literal
@@ -169,8 +176,8 @@ interface SegmentPlan {
   readonly targets: number[];
   /** Indexes of diff pieces: their source offset is in `sources`, their difference bytes are literal. */
   readonly diffs: Set<number>;
-  /** Indexes of diff pieces of x86 executables (a subset of `diffs`): their operands go as words (x86diff.ts). */
-  readonly x86: Set<number>;
+  /** Diff pieces of x86 executables (indexes, a subset of `diffs`) and their x86 mode: their operands go as words (x86diff.ts). */
+  readonly x86: Map<number, number>;
   /** Gzip pieces by index: the file at `targets` (`lengths` bytes) is sent as its header, text and trailer. */
   readonly gzips: Map<number, GzipPlan>;
   readonly extents: Extent[];
@@ -185,7 +192,7 @@ function emptySegment(): SegmentPlan {
     sources: [],
     targets: [],
     diffs: new Set(),
-    x86: new Set(),
+    x86: new Map(),
     gzips: new Map(),
     extents: [],
     literal: 0,
@@ -205,8 +212,8 @@ interface Reference {
   done: number;
   /** Pieces from approximate matching (old offsets in the source) that replace the reference. */
   approx?: RefinedPiece[];
-  /** Set when the file is an x86 executable: its diff pieces are x86 diff pieces. */
-  x86?: boolean;
+  /** The x86 mode when the file is an x86 executable (its diff pieces are x86 diff pieces), else 0. */
+  x86?: number;
   /** Tar header lengths of both entries, when the hint gave them. */
   readonly targetHeaderLength?: number;
   readonly sourceHeaderLength?: number;
@@ -324,21 +331,21 @@ class Planner {
   }
 
   /** Target bytes = source bytes at `sourceOffset` + as many difference bytes from the literal frame. */
-  diff(targetOffset: number, length: number, sourceOffset: number, x86: boolean): void {
+  diff(targetOffset: number, length: number, sourceOffset: number, x86: number): void {
     this.roomForPiece();
     const seg = this.current;
     const i = seg.lengths.length - 1;
     if (
       i >= 0 &&
       seg.diffs.has(i) &&
-      seg.x86.has(i) === x86 &&
+      (seg.x86.get(i) ?? 0) === x86 &&
       seg.targets[i]! + seg.lengths[i]! === targetOffset &&
       seg.sources[i]! + seg.lengths[i]! === sourceOffset
     ) {
       seg.lengths[i]! += length;
     } else {
       seg.diffs.add(seg.lengths.length);
-      if (x86) seg.x86.add(seg.lengths.length);
+      if (x86 > 0) seg.x86.set(seg.lengths.length, x86);
       seg.lengths.push(length);
       seg.sources.push(sourceOffset);
       seg.targets.push(targetOffset);
@@ -479,14 +486,24 @@ const ELF_SEARCH = 8 * 1024;
 /** ELF machines whose CALL and JMP take 32-bit relative operands: i386 and x86-64. */
 const X86_MACHINES = new Set([3, 62]);
 
-/** A range holds an x86 ELF file: ELF magic at a tar block boundary, and an i386 or x86-64 machine field. */
-function isX86Executable(bytes: Uint8Array): boolean {
+/** ELF type of a position-dependent executable, whose immediates are addresses. */
+const ET_EXEC = 2;
+
+/**
+ * The x86 mode of a range that holds an x86 ELF file (ELF magic at a tar block boundary, an
+ * i386 or x86-64 machine field): X86_ABSOLUTE for a position-dependent executable, else
+ * X86_RELATIVE; 0 for anything else.
+ */
+function x86Mode(bytes: Uint8Array): number {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let p = 0; p + 20 <= Math.min(bytes.length, ELF_SEARCH); p += TAR_BLOCK) {
-    // e_machine sits at byte 18, in the byte order e_ident[5] names (1: little-endian).
-    if (view.getUint32(p) === ELF_MAGIC) return X86_MACHINES.has(view.getUint16(p + 18, bytes[p + 5] === 1));
+    if (view.getUint32(p) !== ELF_MAGIC) continue;
+    // e_type and e_machine sit at bytes 16 and 18, in the byte order e_ident[5] names (1: little-endian).
+    const little = bytes[p + 5] === 1;
+    if (!X86_MACHINES.has(view.getUint16(p + 18, little))) return 0;
+    return view.getUint16(p + 16, little) === ET_EXEC ? X86_ABSOLUTE : X86_RELATIVE;
   }
-  return false;
+  return 0;
 }
 
 /** A range holds an executable or other binary: ELF magic at a tar block boundary, or NUL bytes in its middle. */
@@ -523,7 +540,9 @@ async function approximateReferences(
     if (!looksBinary(newBytes) || isGzipEntry(r, newBytes)) continue;
     const oldBytes = new Uint8Array(r.sourceLength);
     await readInto(source, r.sourceOffset, oldBytes, 0, r.sourceLength);
-    r.x86 = isX86Executable(newBytes) && isX86Executable(oldBytes);
+    // Both versions must be x86 of the same mode: the rule reads the old bytes.
+    const mode = x86Mode(newBytes);
+    r.x86 = mode === x86Mode(oldBytes) ? mode : 0;
     const done: Promise<void> = match(oldBytes, newBytes).then((pieces) => {
       r.approx = pieces.map((p) =>
         p.kind === "extra" ? p : { ...p, oldOffset: p.oldOffset + r.sourceOffset },
@@ -679,7 +698,7 @@ function planApproximate(
         continue;
       }
       const take = Math.min(piece.length - done, room);
-      if (piece.kind === "diff") planner.diff(t, take, piece.oldOffset + done, r.x86 === true);
+      if (piece.kind === "diff") planner.diff(t, take, piece.oldOffset + done, r.x86 ?? 0);
       else planner.literal(t, take);
       t += take;
       done += take;
@@ -935,7 +954,8 @@ export async function* encodeRefZstd(
         if (isDiff) {
           const old = new Uint8Array(length);
           await readInto(source!, seg.sources[i]!, old, 0, length);
-          if (seg.x86.has(i)) encodeX86Diff(old, 0, literal, at, length, literal, at, words);
+          const mode = seg.x86.get(i);
+          if (mode !== undefined) encodeX86Diff(mode, old, 0, literal, at, length, literal, at, words);
           else for (let k = 0; k < length; k++) literal[at + k] = literal[at + k]! - old[k]!;
         }
         at += length;
@@ -992,7 +1012,7 @@ export async function* encodeRefZstd(
       } else if (seg.diffs.has(i)) {
         tables.write(DIFF_PIECE);
         tables.write(
-          version === REFZSTD_VERSION_X86 ? seg.lengths[i]! * 2 + (seg.x86.has(i) ? 1 : 0) : seg.lengths[i]!,
+          version === REFZSTD_VERSION_X86 ? seg.lengths[i]! * 4 + (seg.x86.get(i) ?? 0) : seg.lengths[i]!,
         );
       } else {
         tables.write(seg.lengths[i]! * 2 + (from >= 0 ? 1 : 0));

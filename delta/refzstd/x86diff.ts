@@ -14,7 +14,10 @@
  *   one 80–8F (Jcc rel32), or that byte is an opcode of RIP_OPCODES and this one a ModRM byte
  *   with mod 00 and r/m 101 (a RIP-relative disp32), or
  * - it is such a ModRM byte two bytes after such a 0F whose next byte started nothing (a
- *   two-byte opcode: MOVUPS, MOVZX, IMUL… with a RIP-relative operand, also kind RIP).
+ *   two-byte opcode: MOVUPS, MOVZX, IMUL… with a RIP-relative operand, also kind RIP), or
+ * - in a piece of mode X86_ABSOLUTE (a position-dependent executable, ELF type EXEC, whose
+ *   immediates are addresses), it is B8–BF (MOV r32, imm32).
+ * In mode X86_RELATIVE (shared libraries and PIE executables) B8–BF start nothing.
  * The operand's four output bytes are its four source bytes plus the next word of its kind's
  * stream (32-bit little-endian, mod 2^32), and their difference bytes are 0. Every other output
  * byte is the source byte plus its difference byte (mod 256). The rule looks only at source
@@ -23,12 +26,16 @@
 
 import type { RefinedPiece } from "./approx.js";
 
-/** The kinds of operand, each with its own word stream: CALL, JMP, Jcc, RIP-relative. */
-export const X86_KINDS = 4;
+/** The modes of an x86 diff piece: relative operands only, or also MOV r32, imm32. */
+export const X86_RELATIVE = 1;
+export const X86_ABSOLUTE = 2;
+/** The kinds of operand, each with its own word stream: CALL, JMP, Jcc, RIP-relative, MOV imm32. */
+export const X86_KINDS = 5;
 const CALL = 0;
 const JMP = 1;
 const JCC = 2;
 const RIP = 3;
+const IMM = 4;
 /** An operand's bytes, and the bytes that must follow the byte that starts one. */
 const FIELD = 4;
 
@@ -48,12 +55,14 @@ const START_CALL = 1;
 const START_JMP = 2;
 const START_0F = 3;
 const START_RIP = 4;
+const START_IMM = 6;
 /** Not a STARTS value: the byte after a free 0F that started nothing (the second byte of a two-byte opcode). */
 const AFTER_0F = 5;
 STARTS[0xe8] = START_CALL;
 STARTS[0xe9] = START_JMP;
 STARTS[0x0f] = START_0F;
 for (const op of RIP_OPCODES) STARTS[op] = START_RIP;
+for (let op = 0xb8; op <= 0xbf; op++) STARTS[op] = START_IMM;
 
 /**
  * Where the rule stands between bytes of a piece (and, in the decoder, between chunks): inside an
@@ -70,10 +79,14 @@ export class X86DiffState {
   readonly wordAt = new Float64Array(X86_KINDS);
   readonly wordEnd = new Float64Array(X86_KINDS);
 
-  /** Starts a piece: outside any operand. */
-  startPiece(): void {
+  /** Whether B8–BF start an operand (mode X86_ABSOLUTE). */
+  absolute = false;
+
+  /** Starts a piece of `mode`: outside any operand. */
+  startPiece(mode: number): void {
     this.field = 0;
     this.previous = 0;
+    this.absolute = mode === X86_ABSOLUTE;
   }
 
   /** Starts a segment whose words of kind k are words[starts[k], starts[k + 1]). */
@@ -82,7 +95,7 @@ export class X86DiffState {
       this.wordAt[k] = starts[k]!;
       this.wordEnd[k] = starts[k + 1]!;
     }
-    this.startPiece();
+    this.startPiece(X86_RELATIVE);
   }
 }
 
@@ -99,6 +112,7 @@ function operandAfter(state: X86DiffState, value: number, left: number): number 
   if ((previous === START_RIP || previous === AFTER_0F) && (value & 0xc7) === 0x05) return RIP;
   if (starts === START_CALL) return CALL;
   if (starts === START_JMP) return JMP;
+  if (starts === START_IMM && state.absolute) return IMM;
   if (starts === START_0F || starts === START_RIP) state.previous = starts;
   else if (previous === START_0F) state.previous = AFTER_0F;
   return -1;
@@ -126,10 +140,11 @@ function readWord(bytes: Uint8Array, at: number): number {
 }
 
 /**
- * Splits a diff piece of an x86 executable: writes its difference bytes to `diff[diffAt, +length)`
- * and appends its operand words to `words[kind]`.
+ * Splits a diff piece of an x86 executable in `mode`: writes its difference bytes to
+ * `diff[diffAt, +length)` and appends its operand words to `words[kind]`.
  */
 export function encodeX86Diff(
+  mode: number,
   oldBytes: Uint8Array,
   oldAt: number,
   newBytes: Uint8Array,
@@ -140,6 +155,7 @@ export function encodeX86Diff(
   words: readonly number[][],
 ): void {
   const state = new X86DiffState();
+  state.startPiece(mode);
   let i = 0;
   while (i < length) {
     const o = oldBytes[oldAt + i]!;
@@ -160,6 +176,7 @@ export function encodeX86Diff(
  * oldFile to newFile), as x86 diff pieces: what `pieceStreams` gives as byte differences.
  */
 export function x86PieceStreams(
+  mode: number,
   oldFile: Uint8Array,
   newFile: Uint8Array,
   pieces: readonly RefinedPiece[],
@@ -172,7 +189,7 @@ export function x86PieceStreams(
   let d = 0;
   for (const p of pieces) {
     if (p.kind === "diff") {
-      encodeX86Diff(oldFile, p.oldOffset, newFile, at, p.length, diff, d, words);
+      encodeX86Diff(mode, oldFile, p.oldOffset, newFile, at, p.length, diff, d, words);
       d += p.length;
     }
     at += p.length;

@@ -9,7 +9,9 @@ import {
   applyX86Diff,
   encodeX86Diff,
   writeX86Words,
+  X86_ABSOLUTE,
   X86_KINDS,
+  X86_RELATIVE,
   X86DiffState,
   x86PieceStreams,
   x86WordCount,
@@ -34,10 +36,14 @@ function emptyWords(): number[][] {
 }
 
 /** The difference bytes and words of one x86 diff piece. */
-function split(oldBytes: Uint8Array, newBytes: Uint8Array): { diff: Uint8Array; words: number[][] } {
+function split(
+  oldBytes: Uint8Array,
+  newBytes: Uint8Array,
+  mode = X86_RELATIVE,
+): { diff: Uint8Array; words: number[][] } {
   const diff = new Uint8Array(newBytes.length);
   const words = emptyWords();
-  encodeX86Diff(oldBytes, 0, newBytes, 0, newBytes.length, diff, 0, words);
+  encodeX86Diff(mode, oldBytes, 0, newBytes, 0, newBytes.length, diff, 0, words);
   return { diff, words };
 }
 
@@ -47,11 +53,13 @@ function apply(
   diff: Uint8Array,
   words: readonly number[][],
   chunk: number,
+  mode = X86_RELATIVE,
 ): Uint8Array {
   const out = Uint8Array.from(oldBytes);
   const { bytes, starts } = pack(words);
   const state = new X86DiffState();
   state.startWords(starts);
+  state.startPiece(mode);
   for (let at = 0; at < out.length; at += chunk) {
     const n = Math.min(chunk, out.length - at);
     assert.equal(applyX86Diff(out, at, n, diff, at, out.length - at, bytes, state), undefined);
@@ -77,7 +85,7 @@ describe("x86 diff pieces", () => {
     const newBytes = Uint8Array.of(0xe8, 0x01, 0x00, 0x01, 0x00, 0x90, 0xe9, 1, 2, 4);
     const { diff, words } = split(oldBytes, newBytes);
     // One CALL operand (0x0000ffff → 0x00010001: +2); the E9 has three bytes after it, so none there.
-    assert.deepEqual(words, [[2], [], [], []]);
+    assert.deepEqual(words, [[2], [], [], [], []]);
     assert.deepEqual([...diff], [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
     assert.deepEqual(apply(oldBytes, diff, words, 2), newBytes);
   });
@@ -110,11 +118,23 @@ describe("x86 diff pieces", () => {
     bump(38, 0x70); // MOVUPS's RIP-relative operand
     bump(45, 0x80); // inside the other MOVUPS's bytes: plain differences
     const { diff, words } = split(oldBytes, newBytes);
-    assert.deepEqual(words, [[0x50, 0x60], [0x10], [0x20], [0x30, 0x70]]);
+    assert.deepEqual(words, [[0x50, 0x60], [0x10], [0x20], [0x30, 0x70], []]);
     assert.equal(diff[20], 0x40, "the LEA's bytes stay differences");
     assert.equal(diff[45], 0x80, "the second MOVUPS's bytes stay differences");
     for (const chunk of [1, 2, 5, oldBytes.length])
       assert.deepEqual(apply(oldBytes, diff, words, chunk), newBytes, `chunks of ${chunk}`);
+  });
+
+  it("send MOV r32, imm32 operands as words only in a position-dependent executable's pieces", () => {
+    const oldBytes = Uint8Array.of(0xbf, 0x00, 0x10, 0x40, 0x00, 0xe8, 1, 0, 0, 0, 0x90, 0x90, 0x90, 0x90);
+    const newBytes = Uint8Array.of(0xbf, 0x40, 0x10, 0x40, 0x00, 0xe8, 2, 0, 0, 0, 0x90, 0x90, 0x90, 0x90);
+    const absolute = split(oldBytes, newBytes, X86_ABSOLUTE);
+    assert.deepEqual(absolute.words, [[1], [], [], [], [0x40]]);
+    assert.deepEqual(apply(oldBytes, absolute.diff, absolute.words, 3, X86_ABSOLUTE), newBytes);
+    const relative = split(oldBytes, newBytes, X86_RELATIVE);
+    assert.deepEqual(relative.words, [[1], [], [], [], []]);
+    assert.equal(relative.diff[1], 0x40);
+    assert.deepEqual(apply(oldBytes, relative.diff, relative.words, 3, X86_RELATIVE), newBytes);
   });
 
   it("refuse a piece that needs more words than there are, or a difference byte inside an operand", () => {
@@ -123,7 +143,7 @@ describe("x86 diff pieces", () => {
     const { diff, words } = split(oldBytes, newBytes);
     const { bytes, starts } = pack(words);
     const short = new X86DiffState();
-    short.startWords([0, 4, 8, 8, 8]);
+    short.startWords([0, 4, 8, 8, 8, 8]);
     assert.equal(applyX86Diff(Uint8Array.from(oldBytes), 0, 10, diff, 0, 10, bytes, short), "words");
     const bad = Uint8Array.from(diff);
     bad[2] = 1;
@@ -138,7 +158,7 @@ describe("x86 diff pieces", () => {
     const pieces = approximatePieces(oldFile, newFile);
     const bytewise = pieceStreams(oldFile, newFile, pieces).diff;
     // The same diff pieces as x86 diff pieces: difference bytes, then the words.
-    const { diff, words } = x86PieceStreams(oldFile, newFile, pieces);
+    const { diff, words } = x86PieceStreams(X86_RELATIVE, oldFile, newFile, pieces);
     const size = (b: Uint8Array) => zstd.compress(Buffer.from(b), { compressionLevel: 19 }).length;
     const x86 = size(Buffer.concat([diff, pack(words).bytes]));
     const plain = size(bytewise);
@@ -151,7 +171,7 @@ describe("x86 diff pieces", () => {
     const oldBytes = seededBytes(10_000, 3).map((b) => (starts.has(b) ? 0 : b));
     const newBytes = seededBytes(10_000, 4);
     const { diff, words } = split(oldBytes, newBytes);
-    assert.deepEqual(words, [[], [], [], []]);
+    assert.deepEqual(words, [[], [], [], [], []]);
     for (let i = 0; i < diff.length; i++) assert.equal(diff[i], (newBytes[i]! - oldBytes[i]!) & 0xff);
   });
 });
@@ -162,9 +182,10 @@ async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** A layer holding one executable (with e_machine set to `machine`) and a text file. */
-async function layerWith(executable: Uint8Array, machine: number): Promise<Uint8Array> {
+/** A layer holding one executable (with e_machine set to `machine`, e_type to `type`) and a text file. */
+async function layerWith(executable: Uint8Array, machine: number, type = 2): Promise<Uint8Array> {
   const content = Uint8Array.from(executable);
+  new DataView(content.buffer).setUint16(16, type, true);
   new DataView(content.buffer).setUint16(18, machine, true);
   return buildTar([
     { path: "usr/bin/app", type: "file", content },
@@ -175,10 +196,15 @@ async function layerWith(executable: Uint8Array, machine: number): Promise<Uint8
 describe("ref-zstd payloads with x86 diff pieces", () => {
   const { oldFile, newFile } = x86Pair(1536 * 1024, 256);
 
-  for (const segmentLiteral of [65_536, undefined]) {
-    it(`round-trip a changed x86-64 executable as version 3 (segments of ${segmentLiteral ?? "default"} literal bytes)`, async () => {
-      const old = await layerWith(oldFile, 62);
-      const next = await layerWith(newFile, 62);
+  for (const [segmentLiteral, type] of [
+    [65_536, 2],
+    [undefined, 2],
+    [65_536, 3],
+  ] as const) {
+    const kind = type === 2 ? "executable" : "shared object";
+    it(`round-trip a changed x86-64 ${kind} as version 3 (segments of ${segmentLiteral ?? "default"} literal bytes)`, async () => {
+      const old = await layerWith(oldFile, 62, type);
+      const next = await layerWith(newFile, 62, type);
       const payload = await collect(
         encodeRefZstd(new BufferSource(next), new BufferSource(old), {
           ...hintsFor(next, [old]),
