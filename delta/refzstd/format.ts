@@ -49,11 +49,13 @@
  * them stays version 1 or 2. Its diff pieces and tables are:
  *
  *   piece    := … as in version 2, except
- *             | varint 0, varint (length × 2 + x86), varint zigzag(sourceOffset − expected)
- *   tables   := extent × extentCount, piece × pieceCount, varint wordCount × 4
+ *             | varint 0, varint (length × 4 + mode), varint zigzag(sourceOffset − expected)
+ *   tables   := extent × extentCount, piece × pieceCount, varint wordCount × 5
  *
- * and its literal frame holds the segment's literal bytes, then the words of the four kinds of
- * operand (CALL, JMP, Jcc, RIP-relative), kind after kind, wordCount[k] 32-bit little-endian
+ * where mode is 0 for a plain diff piece, 1 for an x86 one, 2 for an x86 one of a
+ * position-dependent executable (MOV r32, imm32 operands too), and its literal frame holds the
+ * segment's literal bytes, then the words of the five kinds of operand (CALL, JMP, Jcc,
+ * RIP-relative, MOV imm32), kind after kind, wordCount[k] 32-bit little-endian
  * words each (literalLength counts them all). In an x86 diff piece, the source bytes decide
  * where an operand starts (x86diff.ts has the rule); its four output bytes are the source's four
  * bytes plus the next word of its kind, as one 32-bit little-endian sum, and their difference
