@@ -189,6 +189,8 @@ interface Tables {
   readonly pieceDiffs: Uint8Array;
   /** x86 diff words by kind (version 3): they are the last 4 × (their sum) bytes of the literal frame, kind by kind. */
   readonly wordCounts: readonly number[];
+  /** Where each kind's words start in the literal frame, then where the last kind's end (the frame's end). */
+  readonly wordStarts: readonly number[];
   /** The gzip pieces, by piece index. */
   readonly gzips: Map<number, GzipPiece>;
 }
@@ -325,6 +327,8 @@ function parseTables(
   if (wordCount > MAX_X86_WORDS) {
     throw new RefZstdError("LIMIT", `${wordCount} x86 diff words exceed ${MAX_X86_WORDS}`, offset);
   }
+  const wordStarts = [literal];
+  for (const n of wordCounts) wordStarts.push(wordStarts[wordStarts.length - 1]! + 4 * n);
   literal += 4 * wordCount;
   if (r.remaining !== 0) throw corrupt(`${r.remaining} bytes follow the last piece`);
   if (output !== header.outputLength || literal !== header.literalLength) {
@@ -341,6 +345,7 @@ function parseTables(
     pieceLengths,
     pieceDiffs,
     wordCounts,
+    wordStarts,
     gzips,
   };
 }
@@ -597,10 +602,7 @@ export async function* decodeRefZstd(
         : new Map<number, Uint8Array>();
 
     let literalAt = 0;
-    // Each kind's words start where the previous kind's end; the last kind's end the frame.
-    const wordStarts = [header.literalLength - 4 * tables.wordCounts.reduce((sum, n) => sum + n, 0)];
-    for (const n of tables.wordCounts) wordStarts.push(wordStarts[wordStarts.length - 1]! + 4 * n);
-    x86.startWords(wordStarts);
+    x86.startWords(tables.wordStarts);
     for (let i = 0; i < tables.pieceLengths.length; i++) {
       let remaining = tables.pieceLengths[i]!;
       const from = tables.pieceOffsets[i]!;
@@ -660,7 +662,7 @@ export async function* decodeRefZstd(
       if (x86.wordAt[k] !== x86.wordEnd[k]) {
         throw new RefZstdError(
           "CORRUPT",
-          `segment ${s}'s tables declare ${tables.wordCounts[k]} x86 diff words of kind ${k}, its pieces use ${(x86.wordAt[k]! - wordStarts[k]!) / 4}`,
+          `segment ${s}'s tables declare ${tables.wordCounts[k]} x86 diff words of kind ${k}, its pieces use ${(x86.wordAt[k]! - tables.wordStarts[k]!) / 4}`,
           position - header.frameLength,
         );
       }

@@ -6,6 +6,7 @@
  * target order), then compresses each segment's literal bytes against its reference.
  */
 import { Compressor } from "zstd-napi";
+import { isX86Elf } from "../filters/payload.js";
 import type { SourceReader } from "../vcdiff/source.js";
 import { approximatePieces, type RefinedPiece, splitExactRuns } from "./approx.js";
 import {
@@ -37,10 +38,10 @@ import {
   startsWithGzipMagic,
 } from "./regzip.js";
 import {
+  emptyX86Words,
   encodeX86Diff,
   writeX86Words,
   X86_ABSOLUTE,
-  X86_KINDS,
   X86_RELATIVE,
   x86WordCount,
 } from "./x86diff.js";
@@ -483,35 +484,32 @@ const ELF_MAGIC = 0x7f454c46;
 /** Where the ELF magic may sit: after a header and up to a PAX or GNU long-name header pair and its data. */
 const ELF_SEARCH = 8 * 1024;
 
-/** ELF machines whose CALL and JMP take 32-bit relative operands: i386 and x86-64. */
-const X86_MACHINES = new Set([3, 62]);
-
 /** ELF type of a position-dependent executable, whose immediates are addresses. */
 const ET_EXEC = 2;
 
+/** Where a range's ELF header starts: the first tar block boundary within ELF_SEARCH with ELF magic, or -1. */
+function elfHeaderAt(bytes: Uint8Array): number {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let p = 0; p + 4 <= Math.min(bytes.length, ELF_SEARCH); p += TAR_BLOCK) {
+    if (view.getUint32(p) === ELF_MAGIC) return p;
+  }
+  return -1;
+}
+
 /**
- * The x86 mode of a range that holds an x86 ELF file (ELF magic at a tar block boundary, an
- * i386 or x86-64 machine field): X86_ABSOLUTE for a position-dependent executable, else
- * X86_RELATIVE; 0 for anything else.
+ * The x86 mode of a range that holds an i386 or x86-64 ELF file: X86_ABSOLUTE for a
+ * position-dependent executable, else X86_RELATIVE; 0 for anything else.
  */
 function x86Mode(bytes: Uint8Array): number {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let p = 0; p + 20 <= Math.min(bytes.length, ELF_SEARCH); p += TAR_BLOCK) {
-    if (view.getUint32(p) !== ELF_MAGIC) continue;
-    // e_type and e_machine sit at bytes 16 and 18, in the byte order e_ident[5] names (1: little-endian).
-    const little = bytes[p + 5] === 1;
-    if (!X86_MACHINES.has(view.getUint16(p + 18, little))) return 0;
-    return view.getUint16(p + 16, little) === ET_EXEC ? X86_ABSOLUTE : X86_RELATIVE;
-  }
-  return 0;
+  const p = elfHeaderAt(bytes);
+  if (p < 0 || !isX86Elf(bytes.subarray(p))) return 0;
+  // e_type, little-endian as isX86Elf requires.
+  return (bytes[p + 16]! | (bytes[p + 17]! << 8)) === ET_EXEC ? X86_ABSOLUTE : X86_RELATIVE;
 }
 
 /** A range holds an executable or other binary: ELF magic at a tar block boundary, or NUL bytes in its middle. */
 function looksBinary(bytes: Uint8Array): boolean {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let p = 0; p + 4 <= Math.min(bytes.length, ELF_SEARCH); p += TAR_BLOCK) {
-    if (view.getUint32(p) === ELF_MAGIC) return true;
-  }
+  if (elfHeaderAt(bytes) >= 0) return true;
   const middle = Math.floor(bytes.length / 2);
   return bytes.subarray(middle, Math.min(bytes.length, middle + 4096)).includes(0);
 }
@@ -936,7 +934,7 @@ export async function* encodeRefZstd(
   for (const seg of segments) {
     let frame: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
     /** The segment's x86 diff words by kind, in piece order: they follow its literal bytes in the frame. */
-    const words: number[][] = Array.from({ length: X86_KINDS }, () => []);
+    const words = emptyX86Words();
     let literalLength = seg.literal;
     if (seg.literal > 0) {
       let literal = new Uint8Array(seg.literal);

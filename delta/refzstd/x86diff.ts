@@ -118,6 +118,11 @@ function operandAfter(state: X86DiffState, value: number, left: number): number 
   return -1;
 }
 
+/** One empty word list per kind of operand. */
+export function emptyX86Words(): number[][] {
+  return Array.from({ length: X86_KINDS }, () => []);
+}
+
 /** How many words `words` holds, all kinds together. */
 export function x86WordCount(words: readonly (readonly number[])[]): number {
   return words.reduce((sum, list) => sum + list.length, 0);
@@ -184,7 +189,7 @@ export function x86PieceStreams(
   let length = 0;
   for (const p of pieces) if (p.kind === "diff") length += p.length;
   const diff = new Uint8Array(length);
-  const words: number[][] = Array.from({ length: X86_KINDS }, () => []);
+  const words = emptyX86Words();
   let at = 0;
   let d = 0;
   for (const p of pieces) {

@@ -7,6 +7,7 @@ import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
 import { REFZSTD_MAGIC, REFZSTD_VERSION, REFZSTD_VERSION_X86 } from "../../delta/refzstd/format.js";
 import {
   applyX86Diff,
+  emptyX86Words,
   encodeX86Diff,
   writeX86Words,
   X86_ABSOLUTE,
@@ -31,10 +32,6 @@ function pack(words: readonly number[][]): { bytes: Uint8Array; starts: number[]
   return { bytes, starts };
 }
 
-function emptyWords(): number[][] {
-  return Array.from({ length: X86_KINDS }, () => []);
-}
-
 /** The difference bytes and words of one x86 diff piece. */
 function split(
   oldBytes: Uint8Array,
@@ -42,7 +39,7 @@ function split(
   mode = X86_RELATIVE,
 ): { diff: Uint8Array; words: number[][] } {
   const diff = new Uint8Array(newBytes.length);
-  const words = emptyWords();
+  const words = emptyX86Words();
   encodeX86Diff(mode, oldBytes, 0, newBytes, 0, newBytes.length, diff, 0, words);
   return { diff, words };
 }
