@@ -85,7 +85,7 @@ export interface BuildBundleOptions {
    * Default true: it costs cloud time and memory, and saves link bytes (a third on npm updates).
    */
   readonly searchWholeSource?: boolean;
-  /** VCDIFF target window size; default the encoder's. */
+  /** VCDIFF target window size; default PAYLOAD_VCDIFF_WINDOW (8 MiB). */
   readonly windowSize?: number;
   /**
    * Payload codec for layers with a source: default `ref-zstd` (file-aligned zstd against the

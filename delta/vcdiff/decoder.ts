@@ -14,7 +14,6 @@ import {
   adler32,
   Cursor,
   DEFAULT_CODE_TABLE,
-  DEFAULT_WINDOW_SIZE,
   FIRST_NEAR_MODE,
   FIRST_SAME_MODE,
   MAGIC,
@@ -40,6 +39,7 @@ import {
   VCD_SOURCE,
   VCD_TARGET,
   VcdiffError,
+  XDELTA3_WINDOW_SIZE,
 } from "./format.js";
 import { BufferSource, type SourceReader } from "./source.js";
 
@@ -70,7 +70,7 @@ export interface DecodeOptions {
 }
 
 /** VCD_TARGET windows may copy from this much earlier output; keeping more would pin memory for a rare feature. */
-export const TARGET_HISTORY = DEFAULT_WINDOW_SIZE;
+export const TARGET_HISTORY = XDELTA3_WINDOW_SIZE;
 /** At most this many earlier windows are kept for VCD_TARGET, so tiny hostile windows cannot pile up. */
 const MAX_HISTORY_WINDOWS = 4096;
 /**
@@ -522,7 +522,7 @@ class WindowDecoder {
     if (targetLength > this.slotSize) {
       // Doubling, so windows that grow a little at a time do not leave a trail of dropped buffers;
       // pages never touched cost no memory.
-      this.slotSize = Math.max(targetLength, DEFAULT_WINDOW_SIZE, 2 * this.slotSize);
+      this.slotSize = Math.max(targetLength, XDELTA3_WINDOW_SIZE, 2 * this.slotSize);
       this.work = plainBytes(this.slots * this.slotSize + STAGING_SIZE);
       this.stagedAt = this.slots * this.slotSize;
     }
