@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks use as real peers and stand-ins:
-# xdelta3, zstd and bsdiff (codec peers), docker-registry (the device's OCI registry),
+# xdelta3, zstd, brotli and bsdiff (codec peers), docker-registry (the device's OCI registry),
 # skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK),
 # apache2-utils (htpasswd: bcrypt users for the registry's basic-auth test mode), git (a
 # git archive is one of the real tars the tar reader is tested on), mmdebstrap (Debian root
 # file systems for `npm run bench`) and time (/usr/bin/time -v: peak RSS in the benchmarks).
 set -euo pipefail
-packages=(xdelta3 zstd bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils git mmdebstrap time)
+packages=(xdelta3 zstd brotli bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils git mmdebstrap time)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -25,7 +25,7 @@ import {
   readBundleHead,
   requiredLayers,
 } from "./format.js";
-import { inflateFileRange } from "./inflate.js";
+import { inflateBrotliFileRange, inflateFileRange } from "./inflate.js";
 import { readFileStream, ScratchDir, spool } from "./scratch.js";
 import { type TrustedKey, verifyManifest } from "./sign.js";
 
@@ -149,7 +149,9 @@ async function* payloadChunks(
       windowLogMax: MAX_ZSTD_WINDOW_LOG,
       reuseOutput: true,
     });
-  } else if (payload.codec === "zstd-x86") {
+  } else if (payload.codec === "brotli") {
+    yield* inflateBrotliFileRange(bundlePath, start, payload.length);
+  } else if (payload.codec === "zstd-x86" || payload.codec === "brotli-x86") {
     let table: Awaited<ReturnType<typeof readFilterTable>>;
     try {
       table = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
@@ -157,15 +159,12 @@ async function* payloadChunks(
       if (!(err instanceof FilterTableError)) throw err;
       throw new BundleError("PAYLOAD", `layer ${payload.diffId}`, err.message);
     }
-    const inflated = inflateFileRange(
-      bundlePath,
-      start + table.tableLength,
-      payload.length - table.tableLength,
-      {
-        windowLogMax: MAX_ZSTD_WINDOW_LOG,
-        reuseOutput: true,
-      },
-    );
+    const at = start + table.tableLength;
+    const length = payload.length - table.tableLength;
+    const inflated =
+      payload.codec === "brotli-x86"
+        ? inflateBrotliFileRange(bundlePath, at, length)
+        : inflateFileRange(bundlePath, at, length, { windowLogMax: MAX_ZSTD_WINDOW_LOG, reuseOutput: true });
     yield* filterRanges(inflated, table.ranges, "decode");
   } else if (payload.codec === "ref-zstd") {
     const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });

@@ -10,6 +10,7 @@ import { Worker } from "node:worker_threads";
 import type { FilterRange } from "../filters/payload.js";
 import type { RefinedPiece } from "../refzstd/approx.js";
 import type { CompressFrame, FrameParameters, MatchBinary } from "../refzstd/encoder.js";
+import type { PlainCompressor } from "./format.js";
 
 /** Workers per pool: the benchmark machine has 2 cores, and every worker holds its own zstd tables (up to ~800 MB at level 22). */
 export const MAX_COMPRESS_WORKERS = 2;
@@ -41,6 +42,7 @@ export type WorkerJob =
       readonly level: number;
       readonly windowLog: number;
       readonly x86?: readonly FilterRange[];
+      readonly compressor: PlainCompressor;
     };
 
 export type WorkerReply =
@@ -57,6 +59,7 @@ export interface PlainPayloadJob {
   readonly level: number;
   readonly windowLog: number;
   readonly x86?: readonly FilterRange[];
+  readonly compressor: PlainCompressor;
 }
 
 interface Pending {
@@ -129,7 +132,7 @@ export class CompressPool {
     return reply.pieces;
   };
 
-  /** Builds a plain `zstd`/`zstd-x86` payload in a worker; `onBytes` sees how much of the tar was read. */
+  /** Builds a plain (`zstd`, `brotli`, with or without `-x86`) payload in a worker; `onBytes` sees how much of the tar was read. */
   async encodePlainPayload(
     job: PlainPayloadJob,
     onBytes?: (done: number) => void,
@@ -143,6 +146,7 @@ export class CompressPool {
         level: job.level,
         windowLog: job.windowLog,
         ...(job.x86 !== undefined ? { x86: job.x86 } : {}),
+        compressor: job.compressor,
       },
       [],
       onBytes,

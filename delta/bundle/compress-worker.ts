@@ -1,6 +1,6 @@
 /**
  * The worker side of compress-pool.ts: compresses `ref-zstd` literal frames, matches changed
- * binaries approximately and builds plain (`zstd`, `zstd-x86`) payloads, one job at a time, with the same code and parameters as the
+ * binaries approximately and builds plain (`zstd`, `brotli`, with or without `-x86`) payloads, one job at a time, with the same code and parameters as the
  * main thread would use, so the bytes are the same.
  */
 import { type MessagePort, parentPort } from "node:worker_threads";
@@ -27,6 +27,7 @@ async function run(job: WorkerJob): Promise<WorkerReply> {
     windowLog: job.windowLog,
     searchWholeSource: false,
     ...(job.x86 !== undefined ? { x86: job.x86 } : {}),
+    compressor: job.compressor,
   };
   const payload = await encodePayload(job.targetPath, undefined, undefined, settings, job.out, (done) =>
     port.postMessage({ id: job.id, progress: done } satisfies WorkerReply),

@@ -27,6 +27,8 @@ import {
   type LayerEntry,
   type LayerRef,
   type PayloadCodec,
+  type PlainCompressor,
+  plainCodecOf,
   SIGNATURE_BLOCK_SIZE,
 } from "./format.js";
 import { encodePayload, type LayerHints, type PayloadSettings } from "./payload.js";
@@ -47,6 +49,13 @@ export const DEFAULT_ZSTD_LEVEL = 22;
  * then take ~770 MB per zstd worker in the cloud (1.17 GB peak RSS for that diff), hence two workers.
  */
 export const DEFAULT_ZSTD_WINDOW_LOG = 26;
+/**
+ * Compressor of plain (whole-layer) payloads: Brotli at quality 11 with a 16 MiB window. On the
+ * benchmark's Node.js layer (151.6 MB, no filter) it wrote 24,972,539 bytes where zstd -22
+ * --long=26 wrote 27,004,339 (−7.5%), and on its app layer (33.2 MB) 2,831,748 against 2,978,474
+ * (−4.9%). It compresses at about 0.6 MB/s, a third of zstd -22's speed; see docs/bundle.md.
+ */
+export const DEFAULT_PLAIN_COMPRESSOR: PlainCompressor = "brotli";
 /** Content shorter than this is left to zstd: a COPY instruction would cost about as much. */
 const MIN_COPY_LENGTH = 32;
 /** A file counts as the old version of a differently named one only within this size ratio. */
@@ -90,9 +99,13 @@ export interface BuildBundleOptions {
   /**
    * Payload codec for layers with a source: default `ref-zstd` (file-aligned zstd against the
    * old versions; smallest on every benchmark scenario); `vcdiff-zstd` forces the VCDIFF codec.
-   * Layers with nothing in common with the source go as `zstd` either way.
+   * Layers with nothing in common with the source go as a plain payload either way. A plain
+   * codec (`zstd`, `zstd-x86`, `brotli`, `brotli-x86`) makes every layer plain, with that
+   * compressor and with the x86 filter only if asked.
    */
   readonly codec?: PayloadCodec;
+  /** What compresses plain payloads when `codec` does not say; default DEFAULT_PLAIN_COMPRESSOR. */
+  readonly plainCompressor?: PlainCompressor;
   /** zstd level of `ref-zstd` literal frames; default 22 (DEFAULT_REFZSTD_LEVEL in delta/refzstd/encoder.ts). */
   readonly refZstdLevel?: number;
   /** Fill spare `ref-zstd` reference room with the source layers the old versions came from; default true. */
@@ -539,6 +552,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
               level: settings.level,
               windowLog: settings.windowLog,
               ...(settings.x86 !== undefined ? { x86: settings.x86 } : {}),
+              compressor: settings.compressor ?? "zstd",
             },
             report,
           )
@@ -576,11 +590,19 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       const report = (done: number) =>
         progress?.({ phase: "encode", diffId: info.diffId, done, total: p.size });
       const preferred = options.codec ?? "ref-zstd";
-      // Whole-layer zstd runs executables through the x86 filter unless plain `zstd` was asked for.
-      const plainX86 = p.x86.length > 0 && preferred !== "zstd" ? { x86: p.x86 } : {};
-      const plainCodec: PayloadCodec = plainX86.x86 !== undefined ? "zstd-x86" : "zstd";
+      const plainAsked = preferred !== "ref-zstd" && preferred !== "vcdiff-zstd";
+      const compressor: PlainCompressor = plainAsked
+        ? preferred.startsWith("brotli")
+          ? "brotli"
+          : "zstd"
+        : (options.plainCompressor ?? DEFAULT_PLAIN_COMPRESSOR);
+      // A whole-layer payload runs executables through the x86 filter unless `zstd` or `brotli` was asked for.
+      const plainX86 =
+        p.x86.length > 0 && preferred !== "zstd" && preferred !== "brotli" ? { x86: p.x86 } : {};
+      const plainSettings = { ...settings, ...plainX86, compressor };
+      const plainCodec = plainCodecOf(compressor, plainX86.x86 !== undefined);
       let codec: PayloadCodec =
-        source === undefined || preferred === "zstd" || preferred === "zstd-x86"
+        source === undefined || plainAsked
           ? plainCodec
           : preferred === "ref-zstd" && hinted
             ? "ref-zstd"
@@ -602,8 +624,8 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             )
           : codec === "vcdiff-zstd"
             ? await encodePayload(p.path, source, p.hints, settings, out, report)
-            : // zstd or zstd-x86 (plainX86 is empty for plain zstd).
-              await plainPayload(p.path, { ...settings, ...plainX86 }, out, report);
+            : // A plain codec (plainX86 is empty without the filter).
+              await plainPayload(p.path, plainSettings, out, report);
       // Nothing known in common (a VCDIFF search on its own), or a ref-zstd payload that is
       // mostly literal data: keep the delta only if it beats whole-layer zstd. An explicit
       // codec is kept as asked.
@@ -612,7 +634,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         (codec === "ref-zstd" && options.codec === undefined && length > p.size * PLAIN_CHECK_SHARE);
       if (checkPlain) {
         const plain = scratch.file("payload");
-        const alternative = await plainPayload(p.path, { ...settings, ...plainX86 }, plain, report);
+        const alternative = await plainPayload(p.path, plainSettings, plain, report);
         if (alternative.length <= length) {
           await rm(out);
           out = plain;

@@ -32,10 +32,25 @@ export const SIGNATURE_BLOCK_SIZE = 1 + KEY_ID_SIZE + ED25519_SIGNATURE_SIZE;
  * `zstd`: zstd frame of the tar itself; `ref-zstd`: file-aligned copies plus zstd frames of the
  * rest against the old versions (delta/refzstd/format.ts); `zstd-x86`: a table of executable
  * ranges, then a zstd frame of the tar with those ranges through the x86 branch filter
- * (delta/filters/payload.ts).
+ * (delta/filters/payload.ts); `brotli` and `brotli-x86`: the same as `zstd` and `zstd-x86` with
+ * a Brotli stream (RFC 7932, window at most 16 MiB) instead of the zstd frame.
  */
-export const PAYLOAD_CODECS = ["vcdiff-zstd", "zstd", "ref-zstd", "zstd-x86"] as const;
+export const PAYLOAD_CODECS = [
+  "vcdiff-zstd",
+  "zstd",
+  "ref-zstd",
+  "zstd-x86",
+  "brotli",
+  "brotli-x86",
+] as const;
 export type PayloadCodec = (typeof PAYLOAD_CODECS)[number];
+/** What compresses a plain (whole-layer) payload. */
+export type PlainCompressor = "zstd" | "brotli";
+/** The plain codec of `compressor`, with or without the x86 filter table. */
+export function plainCodecOf(compressor: PlainCompressor, x86: boolean): PayloadCodec {
+  if (compressor === "brotli") return x86 ? "brotli-x86" : "brotli";
+  return x86 ? "zstd-x86" : "zstd";
+}
 
 // Limits that guard the parser against hostile input.
 /** A manifest larger than this is refused: it is read into memory whole before the signature check. */

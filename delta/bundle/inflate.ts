@@ -6,6 +6,9 @@
  */
 import { open } from "node:fs/promises";
 import { createRequire } from "node:module";
+import { Readable } from "node:stream";
+import { createBrotliDecompress } from "node:zlib";
+import { readFileStream } from "./scratch.js";
 
 type Binding = typeof import("zstd-napi/binding.js");
 const binding = createRequire(import.meta.url)("zstd-napi/binding") as Binding;
@@ -80,5 +83,34 @@ export async function* inflateFileRange(
     throw new InflateError(
       `zstd payload at ${start} of ${path} ends in the middle of a frame; the payload is truncated`,
     );
+  }
+}
+
+/** Decompressed bytes per chunk of a Brotli payload: fewer, larger chunks cost less per byte. */
+const BROTLI_OUTPUT_PIECE = 256 * 1024;
+
+/**
+ * Decompresses the Brotli stream in `length` bytes at `start` of `path` (a `brotli` payload).
+ * Standard Brotli's window is at most 16 MiB, so that bounds the decoder's memory; the stream is
+ * pulled, so nothing is decompressed ahead of the consumer beyond the stream's buffers. A stream
+ * that is truncated or corrupt ends in an InflateError. Bytes after the stream's end are ignored
+ * (Node's decoder stops there); the payload's sha256 in the signed manifest covers them.
+ */
+export async function* inflateBrotliFileRange(
+  path: string,
+  start: number,
+  length: number,
+): AsyncGenerator<Uint8Array> {
+  const inflater = createBrotliDecompress({ chunkSize: BROTLI_OUTPUT_PIECE });
+  const input = Readable.from(readFileStream(path, start, length));
+  input.on("error", (err) => inflater.destroy(err));
+  input.pipe(inflater);
+  try {
+    for await (const chunk of inflater) yield chunk as Buffer;
+  } catch (err) {
+    throw new InflateError(`brotli payload at ${start} of ${path}: ${(err as Error).message}`);
+  } finally {
+    input.destroy();
+    inflater.destroy();
   }
 }

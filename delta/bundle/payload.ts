@@ -1,19 +1,22 @@
 /**
  * Whole-layer payloads: a layer tar through VCDIFF (`vcdiff-zstd`) or as it is (`zstd`, or
- * `zstd-x86` with the x86 filter on its executables), then zstd, streamed from file to file.
+ * `zstd-x86` with the x86 filter on its executables), then zstd (or Brotli: `brotli`, `brotli-x86`),
+ * streamed from file to file.
  * Plain payloads read nothing but their own tar, so a worker (compress-worker.ts) can build one.
  */
 import { createHash } from "node:crypto";
-import { createWriteStream } from "node:fs";
+import { createWriteStream, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { createBrotliCompress, constants as zlib } from "node:zlib";
 import { CompressStream } from "zstd-napi";
 import { encodeFilterTable, type FilterRange, filterRanges } from "../filters/payload.js";
 import type { ReferenceHint } from "../refzstd/encoder.js";
 import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
 import { XDELTA3_WINDOW_SIZE } from "../vcdiff/format.js";
 import type { ConcatSource } from "../vcdiff/source.js";
+import type { PlainCompressor } from "./format.js";
 import { readFileStream } from "./scratch.js";
 
 export interface PayloadSettings {
@@ -21,8 +24,27 @@ export interface PayloadSettings {
   readonly windowLog: number;
   readonly windowSize?: number;
   readonly searchWholeSource: boolean;
-  /** Executables' ranges to run through the x86 filter (plain zstd only): makes a `zstd-x86` payload. */
+  /** Executables' ranges to run through the x86 filter (plain payloads only): makes a `zstd-x86` or `brotli-x86` payload. */
   readonly x86?: readonly FilterRange[];
+  /** What compresses a plain payload (no hints); default zstd. VCDIFF payloads are always zstd. */
+  readonly compressor?: PlainCompressor;
+}
+
+/**
+ * Brotli window of `brotli` payloads: 2^24 bytes (16 MiB), the largest of standard Brotli, so a
+ * device decodes with about that much memory; large-window Brotli is not used.
+ */
+export const BROTLI_WINDOW_LOG = 24;
+
+/** A Brotli compressor at its best quality (11), told the input's size. */
+function brotliCompressor(size: number) {
+  return createBrotliCompress({
+    params: {
+      [zlib.BROTLI_PARAM_QUALITY]: zlib.BROTLI_MAX_QUALITY,
+      [zlib.BROTLI_PARAM_LGWIN]: BROTLI_WINDOW_LOG,
+      [zlib.BROTLI_PARAM_SIZE_HINT]: Math.min(size, 2 ** 30),
+    },
+  });
 }
 
 /**
@@ -58,14 +80,17 @@ export async function encodePayload(
   out: string,
   onBytes: (n: number) => void,
 ): Promise<{ length: number; sha256: string }> {
-  const compressor = new CompressStream({
-    compressionLevel: options.level,
-    windowLog: options.windowLog,
-    // Ultra levels' own match tables (hashLog 25, chainLog 27) take over 1 GiB for no gain at this window.
-    ...(options.level >= 20 ? { hashLog: options.windowLog, chainLog: options.windowLog + 1 } : {}),
-    checksumFlag: false,
-    nbWorkers: ZSTD_WORKERS,
-  });
+  const compressor =
+    hints === undefined && options.compressor === "brotli"
+      ? brotliCompressor(statSync(targetPath).size)
+      : new CompressStream({
+          compressionLevel: options.level,
+          windowLog: options.windowLog,
+          // Ultra levels' own match tables (hashLog 25, chainLog 27) take over 1 GiB for no gain at this window.
+          ...(options.level >= 20 ? { hashLog: options.windowLog, chainLog: options.windowLog + 1 } : {}),
+          checksumFlag: false,
+          nbWorkers: ZSTD_WORKERS,
+        });
   const hash = createHash("sha256");
   let length = 0;
   let read = 0;

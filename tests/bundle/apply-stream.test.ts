@@ -8,7 +8,7 @@ import { after, before, describe, it } from "node:test";
 import { type ApplyResult, applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
 import { buildBundle } from "../../delta/bundle/diff.js";
 import { BundleError } from "../../delta/bundle/format.js";
-import { InflateError, inflateFileRange } from "../../delta/bundle/inflate.js";
+import { InflateError, inflateBrotliFileRange, inflateFileRange } from "../../delta/bundle/inflate.js";
 import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
 import { openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
@@ -209,5 +209,38 @@ describe("inflateFileRange", () => {
       })(),
       InflateError,
     );
+  });
+});
+
+describe("inflateBrotliFileRange", () => {
+  let packed: string;
+  let plain: Buffer;
+  let stream: Buffer;
+  const prefix = 777;
+  before(async () => {
+    // Debian's brotli tool writes the stream: an encoder independent of the one bundles use.
+    plain = Buffer.concat([await readFile(v1Path), Buffer.alloc(2_000_000, 9)]);
+    stream = execFileSync("brotli", ["-c", "-q", "5", "-w", "24"], { input: plain, maxBuffer: 1 << 28 });
+    packed = join(dir, "brotli.bin");
+    await writeFile(packed, Buffer.concat([Buffer.alloc(prefix, 1), stream, Buffer.alloc(40, 2)]));
+  });
+
+  const drain = async (path: string, start: number, length: number) => {
+    const parts: Buffer[] = [];
+    for await (const chunk of inflateBrotliFileRange(path, start, length)) parts.push(Buffer.from(chunk));
+    return Buffer.concat(parts);
+  };
+
+  it("inflates a Brotli stream from a file range", async () => {
+    assert.equal(sha256(await drain(packed, prefix, stream.length)), sha256(plain));
+  });
+
+  it("refuses a truncated stream and a corrupted one", async () => {
+    await assert.rejects(drain(packed, prefix, stream.length - 100), InflateError);
+    const damaged = Buffer.from(stream);
+    for (let i = 0; i < 64; i++) damaged[(i * 7919) % damaged.length]! ^= 0x5a;
+    const path = join(dir, "brotli-damaged.bin");
+    await writeFile(path, damaged);
+    await assert.rejects(drain(path, 0, damaged.length), InflateError);
   });
 });

@@ -92,38 +92,44 @@ describe("compress pool", () => {
     assert.equal(sha256(Buffer.concat(decoded)), sha256(newTar));
   });
 
-  it("builds a plain zstd-x86 payload in a worker byte for byte as in this thread", async () => {
-    const tarPath = join(dir, "layer.tar");
-    await writeFile(tarPath, newTar);
-    // The executable's content starts after its 512-byte header.
-    const settings = {
-      level: 9,
-      windowLog: 20,
-      searchWholeSource: false,
-      x86: [{ offset: 512, length: 1024 * 1024 }],
-    };
-    const here = await encodePayload(
-      tarPath,
-      undefined,
-      undefined,
-      settings,
-      join(dir, "here.zst"),
-      () => {},
-    );
-    const pool = new CompressPool(1);
-    const seen: number[] = [];
-    try {
-      const there = await pool.encodePlainPayload(
-        { targetPath: tarPath, out: join(dir, "there.zst"), ...settings },
-        (done) => seen.push(done),
+  for (const compressor of ["zstd", "brotli"] as const)
+    it(`builds a plain ${compressor}-x86 payload in a worker byte for byte as in this thread`, async () => {
+      const tarPath = join(dir, "layer.tar");
+      await writeFile(tarPath, newTar);
+      // The executable's content starts after its 512-byte header.
+      const settings = {
+        level: 9,
+        windowLog: 20,
+        searchWholeSource: false,
+        x86: [{ offset: 512, length: 1024 * 1024 }],
+        compressor,
+      };
+      const here = await encodePayload(
+        tarPath,
+        undefined,
+        undefined,
+        settings,
+        join(dir, `here.${compressor}`),
+        () => {},
       );
-      assert.deepEqual(there, here);
-    } finally {
-      await pool.close();
-    }
-    assert.ok((await readFile(join(dir, "there.zst"))).equals(await readFile(join(dir, "here.zst"))));
-    assert.equal(seen[seen.length - 1], newTar.length, "progress ends at the tar's size");
-  });
+      const pool = new CompressPool(1);
+      const seen: number[] = [];
+      try {
+        const there = await pool.encodePlainPayload(
+          { targetPath: tarPath, out: join(dir, `there.${compressor}`), ...settings },
+          (done) => seen.push(done),
+        );
+        assert.deepEqual(there, here);
+      } finally {
+        await pool.close();
+      }
+      assert.ok(
+        (await readFile(join(dir, `there.${compressor}`))).equals(
+          await readFile(join(dir, `here.${compressor}`)),
+        ),
+      );
+      assert.equal(seen[seen.length - 1], newTar.length, "progress ends at the tar's size");
+    });
 
   it("reports a failing job as an error that names it, and serves the next job", async () => {
     const pool = new CompressPool(1);
@@ -220,6 +226,7 @@ describe("compress pool", () => {
           key,
           out: join(dir, "bad.dsb"),
           scratchDir: dir,
+          plainCompressor: "zstd",
           zstdWindowLog: 40,
         }),
         /^Error: compress worker failed on a payload job: Parameter is out of bound$/,

@@ -150,7 +150,7 @@ describe("bundle round trips", () => {
       [sha256(layersV1[0]!), sha256(layersV1[1]!)],
     );
     const codecs = head.manifest.layers.map((l) => (isPresent(l) ? "present" : l.codec));
-    assert.deepEqual(codecs, ["present", "ref-zstd", "ref-zstd", "zstd"]);
+    assert.deepEqual(codecs, ["present", "ref-zstd", "ref-zstd", "brotli"]);
     // The moved library is one COPY; the patched ones are small diffs: far below zstd of the new layers.
     const newBytes = layersV2[1]!.length + layersV2[2]!.length;
     assert.ok(
@@ -184,20 +184,31 @@ describe("bundle round trips", () => {
     assert.equal(sha256(decoded), sha256(layersV2[1]!));
   });
 
-  it("ships a first image to an empty device as zstd payloads, executables through the x86 filter, and rebuilds it", async () => {
+  it("ships a first image to an empty device as Brotli payloads, executables through the x86 filter, and rebuilds it", async () => {
     const first = join(dir, "first.bundle");
     const built = await diff([], v1Path, first);
     // Both layers hold x86-64 executables and libraries from this machine.
     assert.deepEqual(
       built.layers.map((l) => [l.present, l.codec]),
       [
-        [false, "zstd-x86"],
-        [false, "zstd-x86"],
+        [false, "brotli-x86"],
+        [false, "brotli-x86"],
       ],
     );
     const dest = join(dir, "first.tar");
     await apply(first, [], dest);
     assert.deepEqual(await readFile(dest), await readFile(v1Path));
+
+    // zstd, with the filter: what bundles held before Brotli, and what devices still decode.
+    const zstdX86 = join(dir, "first-zstd-x86.bundle");
+    const zstdBuilt = await diff([], v1Path, zstdX86, "zstd-x86");
+    assert.deepEqual(
+      zstdBuilt.layers.map((l) => l.codec),
+      ["zstd-x86", "zstd-x86"],
+    );
+    const zstdDest = join(dir, "first-zstd-x86.tar");
+    await apply(zstdX86, [], zstdDest);
+    assert.deepEqual(await readFile(zstdDest), await readFile(v1Path));
 
     const plain = join(dir, "first-plain.bundle");
     const plainBuilt = await diff([], v1Path, plain, "zstd");
@@ -210,8 +221,12 @@ describe("bundle round trips", () => {
     assert.deepEqual(await readFile(plainDest), await readFile(v1Path));
     const size = (b: typeof built) => b.layers.reduce((n, l) => n + l.payloadBytes, 0);
     assert.ok(
-      size(built) < size(plainBuilt),
-      `zstd-x86 ${size(built)} bytes vs zstd ${size(plainBuilt)} bytes`,
+      size(zstdBuilt) < size(plainBuilt),
+      `zstd-x86 ${size(zstdBuilt)} bytes vs zstd ${size(plainBuilt)} bytes`,
+    );
+    assert.ok(
+      size(built) < size(zstdBuilt),
+      `brotli-x86 ${size(built)} bytes vs zstd-x86 ${size(zstdBuilt)} bytes`,
     );
   });
 
