@@ -50,12 +50,20 @@ export const DEFAULT_ZSTD_LEVEL = 22;
  */
 export const DEFAULT_ZSTD_WINDOW_LOG = 26;
 /**
- * Compressor of plain (whole-layer) payloads: Brotli at quality 11 with a 16 MiB window. On the
- * benchmark's Node.js layer (151.6 MB, no filter) it wrote 24,972,539 bytes where zstd -22
- * --long=26 wrote 27,004,339 (−7.5%), and on its app layer (33.2 MB) 2,831,748 against 2,978,474
- * (−4.9%). It compresses at about 0.6 MB/s, a third of zstd -22's speed; see docs/bundle.md.
+ * Compressor of plain (whole-layer) payloads up to BROTLI_MAX_LAYER: Brotli at quality 11 with a
+ * 16 MiB window. On the benchmark's first image (scenario 1) the bundle went from 69.5 MB to
+ * 67.1 MB: the Node.js layer (151.6 MB) 26.1 → 24.2 MB, the app layer (33.2 MB) 2,973 → 2,832 KB,
+ * the Debian layer (180.1 MB) 40.4 → 40.0 MB. It compresses at about 0.5 MB/s per core, a third
+ * of zstd -22's speed; see docs/bundle.md.
  */
 export const DEFAULT_PLAIN_COMPRESSOR: PlainCompressor = "brotli";
+/**
+ * Plain layers larger than this go as zstd unless Brotli is asked for: Brotli compresses on one
+ * core at about 0.5 MB/s, so 256 MiB already takes some 9 minutes of an activity whose Functions
+ * timeout is 30 minutes by default, while zstd splits large layers into jobs on every core, and
+ * its 64 MiB window counts more on large layers (on the 180 MB Debian layer Brotli won by 1% only).
+ */
+export const BROTLI_MAX_LAYER = 256 * 1024 * 1024;
 /** Content shorter than this is left to zstd: a COPY instruction would cost about as much. */
 const MIN_COPY_LENGTH = 32;
 /** A file counts as the old version of a differently named one only within this size ratio. */
@@ -104,8 +112,12 @@ export interface BuildBundleOptions {
    * compressor and with the x86 filter only if asked.
    */
   readonly codec?: PayloadCodec;
-  /** What compresses plain payloads when `codec` does not say; default DEFAULT_PLAIN_COMPRESSOR. */
+  /**
+   * What compresses plain payloads when `codec` does not say; default DEFAULT_PLAIN_COMPRESSOR for
+   * layers up to `brotliMaxLayer` bytes (default BROTLI_MAX_LAYER), zstd for larger ones.
+   */
   readonly plainCompressor?: PlainCompressor;
+  readonly brotliMaxLayer?: number;
   /** zstd level of `ref-zstd` literal frames; default 22 (DEFAULT_REFZSTD_LEVEL in delta/refzstd/encoder.ts). */
   readonly refZstdLevel?: number;
   /** Fill spare `ref-zstd` reference room with the source layers the old versions came from; default true. */
@@ -595,7 +607,8 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         ? preferred.startsWith("brotli")
           ? "brotli"
           : "zstd"
-        : (options.plainCompressor ?? DEFAULT_PLAIN_COMPRESSOR);
+        : (options.plainCompressor ??
+          (p.size <= (options.brotliMaxLayer ?? BROTLI_MAX_LAYER) ? DEFAULT_PLAIN_COMPRESSOR : "zstd"));
       // A whole-layer payload runs executables through the x86 filter unless `zstd` or `brotli` was asked for.
       const plainX86 =
         p.x86.length > 0 && preferred !== "zstd" && preferred !== "brotli" ? { x86: p.x86 } : {};

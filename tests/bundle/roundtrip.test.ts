@@ -151,6 +151,16 @@ describe("bundle round trips", () => {
     );
     const codecs = head.manifest.layers.map((l) => (isPresent(l) ? "present" : l.codec));
     assert.deepEqual(codecs, ["present", "ref-zstd", "ref-zstd", "brotli"]);
+    // The Brotli payload is a standard stream: Debian's brotli decodes it to the layer.
+    const last = head.manifest.layers[3]!;
+    assert.ok(!isPresent(last));
+    const bytes = await readFile(bundle);
+    const payload = bytes.subarray(
+      head.payloadsOffset + last.offset,
+      head.payloadsOffset + last.offset + last.length,
+    );
+    const layer = execFileSync("brotli", ["-d", "-c"], { input: payload, maxBuffer: 1 << 30 });
+    assert.equal(sha256(layer), sha256(layersV2[3]!));
     // The moved library is one COPY; the patched ones are small diffs: far below zstd of the new layers.
     const newBytes = layersV2[1]!.length + layersV2[2]!.length;
     assert.ok(
@@ -219,6 +229,23 @@ describe("bundle round trips", () => {
     const plainDest = join(dir, "first-plain.tar");
     await apply(plain, [], plainDest);
     assert.deepEqual(await readFile(plainDest), await readFile(v1Path));
+    // Layers over brotliMaxLayer go as zstd (Brotli's cloud time grows with the layer, on one core).
+    const smaller = Math.min(...built.layers.map((l) => l.size));
+    const capped = await buildBundleBetween([], v1Path, {
+      key,
+      out: join(dir, "first-capped.bundle"),
+      zstdLevel: 3,
+      scratchDir: dir,
+      brotliMaxLayer: smaller,
+    });
+    assert.deepEqual(
+      capped.layers.map((l) => l.codec),
+      built.layers.map((l) => (l.size <= smaller ? "brotli-x86" : "zstd-x86")),
+    );
+    assert.ok(
+      capped.layers.some((l) => l.codec === "zstd-x86"),
+      "the two layers differ in size",
+    );
     const size = (b: typeof built) => b.layers.reduce((n, l) => n + l.payloadBytes, 0);
     assert.ok(
       size(zstdBuilt) < size(plainBuilt),
