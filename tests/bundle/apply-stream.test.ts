@@ -235,6 +235,16 @@ describe("inflateBrotliFileRange", () => {
     assert.equal(sha256(await drain(packed, prefix, stream.length)), sha256(plain));
   });
 
+  it("refuses a large-window stream (its window could exceed the 16 MiB a device allows)", async () => {
+    const large = execFileSync("brotli", ["-c", "-q", "3", "--large_window=26"], {
+      input: plain,
+      maxBuffer: 1 << 28,
+    });
+    const path = join(dir, "brotli-large.bin");
+    await writeFile(path, large);
+    await assert.rejects(drain(path, 0, large.length), InflateError);
+  });
+
   it("refuses a truncated stream and a corrupted one", async () => {
     await assert.rejects(drain(packed, prefix, stream.length - 100), InflateError);
     const damaged = Buffer.from(stream);
