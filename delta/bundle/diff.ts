@@ -640,7 +640,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             : // A plain codec (plainX86 is empty without the filter).
               await plainPayload(p.path, plainSettings, out, report);
       // Nothing known in common (a VCDIFF search on its own), or a ref-zstd payload that is
-      // mostly literal data: keep the delta only if it beats whole-layer zstd. An explicit
+      // mostly literal data: keep the delta only if it beats the whole-layer payload. An explicit
       // codec is kept as asked.
       const checkPlain =
         (codec === "vcdiff-zstd" && !hinted) ||

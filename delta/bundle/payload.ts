@@ -48,12 +48,6 @@ function brotliCompressor(size: number) {
 }
 
 /**
- * zstd worker threads for payloads (the cloud side). Output is the same for any count from 1 up
- * (zstd's multithreaded format depends on job size, not workers); against single-threaded level 22
- * it measured 3,036,649 bytes instead of 3,036,668 on the 33 MB app layer, at the same CPU time.
- * Each worker holds its own match tables (see DEFAULT_ZSTD_WINDOW_LOG), hence the cap.
- */
-/**
  * VCDIFF window of `vcdiff-zstd` payloads unless set: 8 MiB, not the codec's 2 MiB default. A
  * payload's bytes cross the link, and a wider window keeps more of the target's own repeats in
  * reach (the codec's tests: a tar of /usr/share 189,361 bytes at 8 MiB, 191,488 at 2 MiB); the
@@ -61,6 +55,12 @@ function brotliCompressor(size: number) {
  */
 export const PAYLOAD_VCDIFF_WINDOW = XDELTA3_WINDOW_SIZE;
 
+/**
+ * zstd worker threads for payloads (the cloud side). Output is the same for any count from 1 up
+ * (zstd's multithreaded format depends on job size, not workers); against single-threaded level 22
+ * it measured 3,036,649 bytes instead of 3,036,668 on the 33 MB app layer, at the same CPU time.
+ * Each worker holds its own match tables (see DEFAULT_ZSTD_WINDOW_LOG), hence the cap.
+ */
 export const ZSTD_WORKERS = Math.min(2, Math.max(1, availableParallelism()));
 
 export interface LayerHints {

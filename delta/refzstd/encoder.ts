@@ -164,18 +164,7 @@ export function compressInThread(): CompressFrame {
       contexts.set(key, compressor);
     }
     compressor.loadDictionary(dictionary);
-    const t0 = performance.now();
-    const out = compressor.compress(literal);
-    if (process.env.DS_FRAMES) {
-      process.stderr.write(
-        `FRAME lit=${literal.length} dict=${dictionary.length} out=${out.length} ms=${(performance.now() - t0).toFixed(0)}\n`,
-      );
-      const fs = await import("node:fs");
-      fs.mkdirSync(process.env.DS_FRAMES, { recursive: true });
-      fs.writeFileSync(`${process.env.DS_FRAMES}/${literal.length}.lit`, literal);
-      fs.writeFileSync(`${process.env.DS_FRAMES}/${literal.length}.dict`, dictionary);
-    }
-    return out;
+    return compressor.compress(literal);
   };
 }
 

@@ -42,7 +42,7 @@ export interface SearchHint {
 }
 
 export interface EncodeOptions {
-  /** Target window size, default DEFAULT_WINDOW_SIZE (1 MiB), at most MAX_WINDOW_SIZE. */
+  /** Target window size, default DEFAULT_WINDOW_SIZE (2 MiB), at most MAX_WINDOW_SIZE. */
   windowSize?: number;
   /** Write xdelta3's VCD_ADLER32 checksum per window; default true. */
   checksum?: boolean;
