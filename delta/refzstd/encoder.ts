@@ -407,7 +407,41 @@ async function prepareCopies(
     while (n < limit && a[n] === b[n]) n++;
     if (n > 0) kept[i] = { targetOffset: c.targetOffset, length: c.length + n, sourceOffset: c.sourceOffset };
   }
+  // Backwards over the entry's own header when the source has the same header block before its
+  // copy: an unchanged file's header then travels in its copy instead of as literal bytes that
+  // zstd must compress (on the base-image update, 6,056 of the 6,561 headers in one 13.3 MB frame).
+  let previousEnd = 0;
+  for (let i = 0; i < kept.length; i++) {
+    const c = kept[i]!;
+    if (
+      c.targetOffset % TAR_BLOCK === 0 &&
+      c.targetOffset - TAR_BLOCK >= previousEnd &&
+      c.sourceOffset >= TAR_BLOCK
+    ) {
+      await readInto(target, c.targetOffset - TAR_BLOCK, a, 0, TAR_BLOCK);
+      await readInto(source, c.sourceOffset - TAR_BLOCK, b, 0, TAR_BLOCK);
+      if (isTarHeader(a) && Buffer.compare(a, b) === 0) {
+        kept[i] = {
+          targetOffset: c.targetOffset - TAR_BLOCK,
+          length: c.length + TAR_BLOCK,
+          sourceOffset: c.sourceOffset - TAR_BLOCK,
+        };
+      }
+    }
+    previousEnd = kept[i]!.targetOffset + kept[i]!.length;
+  }
   return kept;
+}
+
+/** A tar header block: "ustar" at offset 257 (POSIX and GNU formats). */
+function isTarHeader(block: Uint8Array): boolean {
+  return (
+    block[257] === 0x75 &&
+    block[258] === 0x73 &&
+    block[259] === 0x74 &&
+    block[260] === 0x61 &&
+    block[261] === 0x72
+  );
 }
 
 /** Sorted, clipped, non-overlapping references, each widened to the old entry's padded end; with their literal byte counts. */

@@ -6,7 +6,7 @@ import { PREAMBLE_SIZE, RefZstdError } from "../../delta/refzstd/format.js";
 import { opaqueWhiteout, whiteout } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, sha256, withContent } from "../bundle/fixtures.js";
-import { firstSegmentExtents, segmentCount } from "../support/refzstd-tables.js";
+import { firstSegmentExtents, segmentCount, segmentTables } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
 
 async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
@@ -84,6 +84,29 @@ describe("ref-zstd round trips", () => {
     );
     // The same payload through sources that only read asynchronously.
     assert.deepEqual(await decode(payload, [base, app1], app2.length, false), rebuilt);
+  });
+
+  it("copies an unchanged file's header with its content: only the changed entry and the tar's end are literal", async () => {
+    // Distinct contents only: a copy of content that an earlier path also holds starts after a header
+    // with another name, which stays literal.
+    const files = docs.filter(
+      (d, i) => docs.findIndex((e) => sha256(e.content!) === sha256(d.content!)) === i,
+    );
+    const old = await buildTar(files);
+    const amended = 5;
+    const next = await buildTar(
+      files.map((d, i) =>
+        i === amended ? withContent(d, Buffer.concat([d.content!, Buffer.from("more\n")])) : d,
+      ),
+    );
+    const payload = await encode(next, [old]);
+    assert.equal(sha256(await decode(payload, [old], next.length)), sha256(next));
+    const literal = segmentTables(payload).reduce((n, s) => n + s.literalLength, 0);
+    // Each unchanged entry is one header block and its content padded to whole blocks.
+    const copied = files
+      .filter((_, i) => i !== amended)
+      .reduce((n, d) => n + 512 + Math.ceil(d.content!.length / 512) * 512, 0);
+    assert.equal(literal, next.length - copied);
   });
 
   it("cuts a file larger than a segment into segments, each against a slice of its old version", async () => {

@@ -5,6 +5,8 @@ import { PREAMBLE_SIZE, unzigzag, VarintReader } from "../../delta/refzstd/forma
 
 /** One segment's counts and its tables, decompressed, to read from the start. */
 export interface SegmentTables {
+  /** Literal bytes of the segment (its literal frame decompresses to this many). */
+  readonly literalLength: number;
   readonly extentCount: number;
   readonly pieceCount: number;
   readonly tables: VarintReader;
@@ -26,14 +28,15 @@ export function segmentTables(payload: Uint8Array): SegmentTables[] {
   const out: SegmentTables[] = [];
   for (; segments > 0; segments--) {
     const head = new VarintReader(payload.subarray(at), at, "segment header");
-    for (const field of ["output length", "literal length"]) head.read(field);
+    head.read("output length");
+    const literalLength = head.read("literal length");
     const extentCount = head.read("extent count");
     const pieceCount = head.read("piece count");
     const tablesLength = head.read("tables length");
     const frameLength = head.read("frame length");
     at = head.offset;
     const raw = zstd.decompress(Buffer.from(payload.subarray(at, at + tablesLength)));
-    out.push({ extentCount, pieceCount, tables: new VarintReader(raw, 0, "tables") });
+    out.push({ literalLength, extentCount, pieceCount, tables: new VarintReader(raw, 0, "tables") });
     at += tablesLength + frameLength;
   }
   assert.equal(at, payload.length);
