@@ -16,6 +16,7 @@ import {
   pieceStreams,
   splitExactRuns,
 } from "../delta/refzstd/approx.js";
+import { x86Mode } from "../delta/refzstd/encoder.js";
 import { writeX86Words, X86_ABSOLUTE, X86_RELATIVE, x86PieceStreams } from "../delta/refzstd/x86diff.js";
 
 function zstdSize(bytes: Uint8Array): number {
@@ -46,9 +47,8 @@ for (let i = 0; i + 1 < args.length; i += 2) {
   const rTable = zstdSize(encodePieceTable(refined));
   const rLiteral = zstdSize(literalStream(oldFile, newFile, refined));
   // The diff pieces as x86 diff pieces (ref-zstd version 3): difference bytes, then the operand words.
-  // The encoder's mode: MOV imm32 operands too for a position-dependent executable (ELF type 2).
-  const mode =
-    new DataView(oldFile.buffer, oldFile.byteOffset).getUint16(16, true) === 2 ? X86_ABSOLUTE : X86_RELATIVE;
+  // The encoder's mode: MOV imm32 operands too for a position-dependent executable.
+  const mode = x86Mode(oldFile) === X86_ABSOLUTE ? X86_ABSOLUTE : X86_RELATIVE;
   const { diff: x86Diff, words } = x86PieceStreams(mode, oldFile, newFile, pieces);
   // One stream per kind of operand, as a segment's frame holds them.
   const x = zstdSize(x86Diff);

@@ -7,6 +7,7 @@
  */
 import { Compressor } from "zstd-napi";
 import { isX86Elf } from "../filters/payload.js";
+import { hasUstarMagic } from "../tar/format.js";
 import type { SourceReader } from "../vcdiff/source.js";
 import { approximatePieces, type RefinedPiece, splitExactRuns } from "./approx.js";
 import {
@@ -427,7 +428,7 @@ async function prepareCopies(
     ) {
       await readInto(target, c.targetOffset - TAR_BLOCK, a, 0, TAR_BLOCK);
       await readInto(source, c.sourceOffset - TAR_BLOCK, b, 0, TAR_BLOCK);
-      if (isTarHeader(a) && Buffer.compare(a, b) === 0) {
+      if (hasUstarMagic(a) && Buffer.compare(a, b) === 0) {
         kept[i] = {
           targetOffset: c.targetOffset - TAR_BLOCK,
           length: c.length + TAR_BLOCK,
@@ -438,17 +439,6 @@ async function prepareCopies(
     previousEnd = kept[i]!.targetOffset + kept[i]!.length;
   }
   return kept;
-}
-
-/** A tar header block: "ustar" at offset 257 (POSIX and GNU formats). */
-function isTarHeader(block: Uint8Array): boolean {
-  return (
-    block[257] === 0x75 &&
-    block[258] === 0x73 &&
-    block[259] === 0x74 &&
-    block[260] === 0x61 &&
-    block[261] === 0x72
-  );
 }
 
 /** Sorted, clipped, non-overlapping references, each widened to the old entry's padded end; with their literal byte counts. */
@@ -541,7 +531,7 @@ function elfHeaderAt(bytes: Uint8Array): number {
  * The x86 mode of a range that holds an i386 or x86-64 ELF file: X86_ABSOLUTE for a
  * position-dependent executable, else X86_RELATIVE; 0 for anything else.
  */
-function x86Mode(bytes: Uint8Array): number {
+export function x86Mode(bytes: Uint8Array): number {
   const p = elfHeaderAt(bytes);
   if (p < 0 || !isX86Elf(bytes.subarray(p))) return 0;
   // e_type, little-endian as isX86Elf requires.

@@ -192,6 +192,18 @@ export function headerChecksum(block: Uint8Array, signed = false): number {
   return sum;
 }
 
+/** A header block of the ustar family: "ustar" at the magic field (POSIX "ustar\0", GNU "ustar "). */
+export function hasUstarMagic(block: Uint8Array): boolean {
+  const at = Field.magic[0];
+  return (
+    block[at] === 0x75 &&
+    block[at + 1] === 0x73 &&
+    block[at + 2] === 0x74 &&
+    block[at + 3] === 0x61 &&
+    block[at + 4] === 0x72
+  );
+}
+
 export function isZeroBlock(block: Uint8Array): boolean {
   for (let i = 0; i < BLOCK_SIZE; i++) if (block[i] !== 0) return false;
   return true;
