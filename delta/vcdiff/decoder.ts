@@ -9,9 +9,9 @@
  * window (two with reuseBuffers when VCD_TARGET windows follow each other) plus one part's source
  * bytes and tables, for any window size.
  */
+import { adler32 } from "./adler32.js";
 import {
   ADD,
-  adler32,
   Cursor,
   DEFAULT_CODE_TABLE,
   FIRST_NEAR_MODE,

@@ -5,8 +5,8 @@
  * sampled hash table (see matcher.ts). Callers that already know matches (the image engine's
  * file-level matches) pass them as copy hints and search hints.
  */
+import { adler32 } from "./adler32.js";
 import {
-  adler32,
   DEFAULT_WINDOW_SIZE,
   MAGIC,
   MAX_APP_HEADER,

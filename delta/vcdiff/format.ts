@@ -1,6 +1,6 @@
 /**
  * VCDIFF (RFC 3284) wire format: magic, indicator bits, the default code table, integers,
- * the address caches, the Adler-32 window checksum, limits and the typed error.
+ * the address caches, limits and the typed error.
  * Nothing here reads or writes streams; the decoder and the encoder build on it.
  */
 
@@ -311,63 +311,4 @@ export class AddressCache {
     this.update(addr);
     return bestMode;
   }
-}
-
-const ADLER_MOD = 65521;
-/** Largest run of bytes summed before a modulo keeps the sums exact in 32-bit-safe doubles. */
-const ADLER_BLOCK = 5552;
-
-/** Adler-32 of data, continuing from a previous value (start with 1). */
-export function adler32(data: Uint8Array, start = 1): number {
-  let a = start & 0xffff;
-  let b = (start >>> 16) & 0xffff;
-  let i = 0;
-  const n = data.length;
-  while (i < n) {
-    const end = Math.min(n, i + ADLER_BLOCK);
-    // 16 bytes a step, twice as fast: b gains 16·a plus each byte times the sums it enters.
-    for (; i + 16 <= end; i += 16) {
-      const d0 = data[i];
-      const d1 = data[i + 1];
-      const d2 = data[i + 2];
-      const d3 = data[i + 3];
-      const d4 = data[i + 4];
-      const d5 = data[i + 5];
-      const d6 = data[i + 6];
-      const d7 = data[i + 7];
-      const d8 = data[i + 8];
-      const d9 = data[i + 9];
-      const d10 = data[i + 10];
-      const d11 = data[i + 11];
-      const d12 = data[i + 12];
-      const d13 = data[i + 13];
-      const d14 = data[i + 14];
-      const d15 = data[i + 15];
-      b +=
-        16 * (a + d0) +
-        15 * d1 +
-        14 * d2 +
-        13 * d3 +
-        12 * d4 +
-        11 * d5 +
-        10 * d6 +
-        9 * d7 +
-        8 * d8 +
-        7 * d9 +
-        6 * d10 +
-        5 * d11 +
-        4 * d12 +
-        3 * d13 +
-        2 * d14 +
-        d15;
-      a += d0 + d1 + d2 + d3 + d4 + d5 + d6 + d7 + d8 + d9 + d10 + d11 + d12 + d13 + d14 + d15;
-    }
-    for (; i < end; i++) {
-      a += data[i];
-      b += a;
-    }
-    a %= ADLER_MOD;
-    b %= ADLER_MOD;
-  }
-  return ((b << 16) | a) >>> 0;
 }

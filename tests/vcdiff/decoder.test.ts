@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
-import { mkdtemp, open, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, open, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { fileURLToPath } from "node:url";
 import { deflateSync } from "node:zlib";
+import { adler32, adler32Backend, adler32Portable } from "../../delta/vcdiff/adler32.js";
 import {
   type DecodeOptions,
   decode,
@@ -13,7 +15,6 @@ import {
 } from "../../delta/vcdiff/decoder.js";
 import { encode } from "../../delta/vcdiff/encoder.js";
 import {
-  adler32,
   VCD_CODETABLE,
   VCD_DECOMPRESS,
   VCD_SOURCE,
@@ -276,13 +277,44 @@ describe("VCDIFF decoder: instructions", () => {
 });
 
 describe("VCDIFF decoder: header and checksum", () => {
-  test("adler32 agrees with zlib's on every length around its block sizes", () => {
-    const data = randomish(70_000);
-    for (const length of [0, 1, 15, 16, 17, 5551, 5552, 5553, 5568, 70_000]) {
-      const slice = data.subarray(3, 3 + length);
-      const zlib = deflateSync(slice, { level: 0 });
-      assert.equal(adler32(slice), zlib.readUInt32BE(zlib.length - 4), `length ${length}`);
+  test("adler32 agrees with zlib's on every length around its block sizes, in WebAssembly and in TypeScript", () => {
+    // Node.js 20 and 22 have WebAssembly SIMD: a module that fails to load would fall back silently.
+    assert.equal(adler32Backend(), "webassembly");
+    const data = randomish(200_000);
+    // Lengths around the 16-byte step, the 5,552-byte run, the 1 KiB WebAssembly threshold and its
+    // 64 KiB page; all 0xff bytes are the largest sums a run can reach.
+    const lengths = [
+      0, 1, 15, 16, 17, 1023, 1024, 1025, 5551, 5552, 5553, 5568, 65_535, 65_536, 65_537, 70_000, 200_000,
+    ];
+    for (const bytes of [data, new Uint8Array(200_000).fill(0xff)]) {
+      for (const length of lengths) {
+        const slice = bytes.subarray(0, length);
+        const zlib = deflateSync(slice, { level: 0 });
+        const expected = zlib.readUInt32BE(zlib.length - 4);
+        assert.equal(adler32(slice), expected, `length ${length}`);
+        assert.equal(adler32Portable(slice), expected, `length ${length}, TypeScript`);
+      }
     }
+  });
+
+  test("adler32 continues from a previous value, as when a window is summed in parts", () => {
+    const data = randomish(150_000);
+    const whole = adler32Portable(data);
+    for (const cut of [1, 16, 1000, 5552, 65_536, 100_001]) {
+      assert.equal(adler32(data.subarray(cut), adler32(data.subarray(0, cut))), whole, `cut at ${cut}`);
+    }
+  });
+
+  test("the committed WebAssembly module is what adler32.wat assembles to", async () => {
+    const build = (await import(fileURLToPath(new URL("../../scripts/build-wasm.mjs", import.meta.url)))) as {
+      assemble: (path: string) => Promise<string>;
+      outputOf: (path: string) => string;
+    };
+    const committed = await readFile(
+      new URL(`../../${build.outputOf("delta/vcdiff/adler32.wat")}`, import.meta.url),
+      "utf8",
+    );
+    assert.equal(committed, await build.assemble("delta/vcdiff/adler32.wat"));
   });
 
   test("the application header is read and handed to onHeader", async () => {

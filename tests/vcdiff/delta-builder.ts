@@ -2,7 +2,8 @@
  * Builds VCDIFF deltas byte by byte for the decoder's tests, independently of our encoder, so
  * each instruction kind, cache mode and header bit can be exercised on its own.
  */
-import { adler32, VCD_ADLER32, VCD_APPHEADER, writeVarint } from "../../delta/vcdiff/format.js";
+import { adler32 } from "../../delta/vcdiff/adler32.js";
+import { VCD_ADLER32, VCD_APPHEADER, writeVarint } from "../../delta/vcdiff/format.js";
 
 export interface WindowSpec {
   /** Win_Indicator bits other than VCD_ADLER32 (set through `checksumOf`). */
