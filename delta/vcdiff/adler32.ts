@@ -34,7 +34,7 @@ interface WebAssemblyApi {
 }
 
 function loadWasm(): WasmAdler | null {
-  const api = (globalThis as { WebAssembly?: WebAssemblyApi }).WebAssembly;
+  const api = (globalThis as unknown as { WebAssembly?: WebAssemblyApi }).WebAssembly;
   if (api === undefined) return null;
   try {
     const { exports } = new api.Instance(new api.Module(Buffer.from(WASM_BASE64, "base64")));
