@@ -64,6 +64,13 @@ export const DEFAULT_PLAIN_COMPRESSOR: PlainCompressor = "brotli";
  * its 64 MiB window counts more on large layers (on the 180 MB Debian layer Brotli won by 1% only).
  */
 export const BROTLI_MAX_LAYER = 256 * 1024 * 1024;
+/**
+ * Bytes of plain layers one bundle compresses with Brotli, in layer order; layers past it go as
+ * zstd. Two workers compress Brotli at about 1 MB/s together, so 512 MiB keeps a large first
+ * image at some 9 minutes of Brotli instead of growing past the activity's 30-minute timeout
+ * (a 2 GB image of 200 MB layers would take over half an hour); zstd's jobs take the rest.
+ */
+export const BROTLI_BUDGET = 512 * 1024 * 1024;
 /** Content shorter than this is left to zstd: a COPY instruction would cost about as much. */
 const MIN_COPY_LENGTH = 32;
 /** A file counts as the old version of a differently named one only within this size ratio. */
@@ -118,6 +125,8 @@ export interface BuildBundleOptions {
    */
   readonly plainCompressor?: PlainCompressor;
   readonly brotliMaxLayer?: number;
+  /** Bytes of layers (in layer order) that may get Brotli plain payloads; default BROTLI_BUDGET. */
+  readonly brotliBudget?: number;
   /** zstd level of `ref-zstd` literal frames; default 22 (DEFAULT_REFZSTD_LEVEL in delta/refzstd/encoder.ts). */
   readonly refZstdLevel?: number;
   /** Fill spare `ref-zstd` reference room with the source layers the old versions came from; default true. */
@@ -533,8 +542,20 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       x86: FilterRange[];
       /** Bytes of the layer's files that the source does not hold, by name extension. */
       literalByExtension: Map<string, number>;
+      /** What compresses its plain payload if it gets one (decided in layer order: see BROTLI_BUDGET). */
+      plainCompressor: PlainCompressor;
     }
     const searchWholeSource = options.searchWholeSource ?? true;
+    // Plain compressors are chosen as layers are scanned, in layer order, so the same images always
+    // make the same bundle whichever layer's encode finishes first.
+    let brotliLeft = options.brotliBudget ?? BROTLI_BUDGET;
+    const plainCompressorFor = (size: number): PlainCompressor => {
+      if (options.plainCompressor !== undefined) return options.plainCompressor;
+      if (DEFAULT_PLAIN_COMPRESSOR !== "brotli") return DEFAULT_PLAIN_COMPRESSOR;
+      if (size > (options.brotliMaxLayer ?? BROTLI_MAX_LAYER) || size > brotliLeft) return "zstd";
+      brotliLeft -= size;
+      return "brotli";
+    };
     const pending: Pending[] = [];
     let listed: SourceLayer[] = [];
     let parts: FileRangeSource[] = [];
@@ -607,8 +628,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         ? preferred.startsWith("brotli")
           ? "brotli"
           : "zstd"
-        : (options.plainCompressor ??
-          (p.size <= (options.brotliMaxLayer ?? BROTLI_MAX_LAYER) ? DEFAULT_PLAIN_COMPRESSOR : "zstd"));
+        : p.plainCompressor;
       // A whole-layer payload runs executables through the x86 filter unless `zstd` or `brotli` was asked for.
       const plainX86 =
         p.x86.length > 0 && preferred !== "zstd" && preferred !== "brotli" ? { x86: p.x86 } : {};
@@ -736,6 +756,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
           hints: hintsFor(entries, digests, catalog),
           x86,
           literalByExtension: literalByExtension(entries, digests, catalog),
+          plainCompressor: plainCompressorFor(spooled.size),
         };
         pending.push(p);
         // Every source layer is listed and offsets stay as they are: this layer can start now.

@@ -242,6 +242,22 @@ describe("bundle round trips", () => {
       capped.layers.some((l) => l.codec === "zstd-x86"),
       "the two layers differ in size",
     );
+    // Past the bundle's Brotli budget, in layer order, layers go as zstd (a large first image
+    // would otherwise outgrow the activity's timeout).
+    const budgeted = await buildBundleBetween([], v1Path, {
+      key,
+      out: join(dir, "first-budget.bundle"),
+      zstdLevel: 3,
+      scratchDir: dir,
+      brotliBudget: built.layers[0]!.size,
+    });
+    assert.deepEqual(
+      budgeted.layers.map((l) => l.codec),
+      ["brotli-x86", "zstd-x86"],
+    );
+    const budgetedTar = join(dir, "first-budget.tar");
+    await apply(join(dir, "first-budget.bundle"), [], budgetedTar);
+    assert.deepEqual(await readFile(budgetedTar), await readFile(v1Path));
     const size = (b: typeof built) => b.layers.reduce((n, l) => n + l.payloadBytes, 0);
     assert.ok(
       size(zstdBuilt) < size(plainBuilt),
