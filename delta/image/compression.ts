@@ -2,8 +2,8 @@
  * Layer compression: detect gzip / zstd / none from the first bytes, and stream-decompress
  * (gzip through node:zlib, zstd through zstd-napi's native context) or gzip-compress.
  */
-import { Readable } from "node:stream";
-import { createGunzip, createGzip, constants as zlibConstants } from "node:zlib";
+import { Readable, type TransformOptions } from "node:stream";
+import { createGunzip, createGzip, type ZlibOptions, constants as zlibConstants } from "node:zlib";
 import zstd from "zstd-napi/binding.js";
 import type { LayerCompression } from "./types.js";
 
@@ -111,9 +111,22 @@ async function* throughTransform(
   }
 }
 
+/** Output bytes per zlib call. */
+const GZIP_PIECE = 128 * 1024;
+/**
+ * zlib works on the thread pool; room for four pieces lets it keep ahead of the consumer (with
+ * the default 16 KiB, every piece waited until the consumer took it). zlib streams hand these
+ * options to their Transform, which Node.js's types leave out. Gunzipping the 44.5 MB Node.js
+ * layer into sha256: 440–480 ms instead of 475–613 (four alternating runs each).
+ */
+const GZIP_STREAM: ZlibOptions & TransformOptions = {
+  chunkSize: GZIP_PIECE,
+  readableHighWaterMark: 4 * GZIP_PIECE,
+};
+
 async function* gunzip(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   try {
-    yield* throughTransform(input, createGunzip({ chunkSize: 128 * 1024 }));
+    yield* throughTransform(input, createGunzip(GZIP_STREAM));
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code?.startsWith("Z_") || code === "ERR_ZLIB_INITIALIZATION_FAILED") {
@@ -127,7 +140,7 @@ async function* gunzip(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Ar
 export async function* compressGzip(input: AsyncIterable<Uint8Array>, level = 6): AsyncGenerator<Uint8Array> {
   yield* throughTransform(
     input,
-    createGzip({ level, chunkSize: 128 * 1024, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
+    createGzip({ ...GZIP_STREAM, level, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
   );
 }
 
