@@ -551,10 +551,9 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
     let brotliLeft = options.brotliBudget ?? BROTLI_BUDGET;
     const plainCompressorFor = (size: number): PlainCompressor => {
       if (options.plainCompressor !== undefined) return options.plainCompressor;
-      if (DEFAULT_PLAIN_COMPRESSOR !== "brotli") return DEFAULT_PLAIN_COMPRESSOR;
       if (size > (options.brotliMaxLayer ?? BROTLI_MAX_LAYER) || size > brotliLeft) return "zstd";
       brotliLeft -= size;
-      return "brotli";
+      return DEFAULT_PLAIN_COMPRESSOR;
     };
     const pending: Pending[] = [];
     let listed: SourceLayer[] = [];

@@ -6,8 +6,8 @@
  */
 import { open } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { Readable, type TransformOptions } from "node:stream";
-import { type BrotliOptions, createBrotliDecompress } from "node:zlib";
+import { createBrotliDecompress } from "node:zlib";
+import { readAheadOptions, throughTransform } from "../image/compression.js";
 import { readFileStream } from "./scratch.js";
 
 type Binding = typeof import("zstd-napi/binding.js");
@@ -86,21 +86,18 @@ export async function* inflateFileRange(
   }
 }
 
-/** Decompressed bytes per chunk of a Brotli payload: fewer, larger chunks cost less per byte. */
-const BROTLI_OUTPUT_PIECE = 256 * 1024;
 /**
- * Decompressed chunks a Brotli stream may hold for its consumer. Node.js decodes on the thread
- * pool; with the default limit (16 KiB) each 256 KiB chunk filled it, so decoding waited for the
- * consumer to take every chunk. With room for four the decoder keeps ahead while the consumer
+ * Decompressed bytes per chunk of a Brotli payload: fewer, larger chunks cost less per byte. The
+ * stream may hold four for its consumer (readAheadOptions), so decoding goes on while the consumer
  * hashes, filters and writes: scenario 1's apply (348 MiB, three Brotli layers) took 2.74–2.91 s
- * instead of 2.95–3.09 s (five alternating runs each), at the same peak RSS.
+ * instead of 2.95–3.09 s with one (five alternating runs each), at the same peak RSS.
  */
-const BROTLI_READ_AHEAD = 4 * BROTLI_OUTPUT_PIECE;
+const BROTLI_OUTPUT_PIECE = 256 * 1024;
 
 /**
  * Decompresses the Brotli stream in `length` bytes at `start` of `path` (a `brotli` payload).
  * Standard Brotli's window is at most 16 MiB, so that bounds the decoder's memory; the stream is
- * pulled, so nothing is decompressed ahead of the consumer beyond BROTLI_READ_AHEAD. A stream
+ * pulled, so nothing is decompressed ahead of the consumer beyond four chunks. A stream
  * that is truncated or corrupt ends in an InflateError. Bytes after the stream's end are ignored
  * (Node's decoder stops there); the payload's sha256 in the signed manifest covers them.
  */
@@ -109,21 +106,10 @@ export async function* inflateBrotliFileRange(
   start: number,
   length: number,
 ): AsyncGenerator<Uint8Array> {
-  // zlib streams are Transforms and hand their options to it (Node.js's types leave that out).
-  const options: BrotliOptions & TransformOptions = {
-    chunkSize: BROTLI_OUTPUT_PIECE,
-    readableHighWaterMark: BROTLI_READ_AHEAD,
-  };
-  const inflater = createBrotliDecompress(options);
-  const input = Readable.from(readFileStream(path, start, length));
-  input.on("error", (err) => inflater.destroy(err));
-  input.pipe(inflater);
+  const inflater = createBrotliDecompress(readAheadOptions(BROTLI_OUTPUT_PIECE));
   try {
-    for await (const chunk of inflater) yield chunk as Buffer;
+    yield* throughTransform(readFileStream(path, start, length), inflater);
   } catch (err) {
     throw new InflateError(`brotli payload at ${start} of ${path}: ${(err as Error).message}`);
-  } finally {
-    input.destroy();
-    inflater.destroy();
   }
 }

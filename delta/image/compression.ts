@@ -3,7 +3,13 @@
  * (gzip through node:zlib, zstd through zstd-napi's native context) or gzip-compress.
  */
 import { Readable, type TransformOptions } from "node:stream";
-import { createGunzip, createGzip, type ZlibOptions, constants as zlibConstants } from "node:zlib";
+import {
+  type BrotliOptions,
+  createGunzip,
+  createGzip,
+  type ZlibOptions,
+  constants as zlibConstants,
+} from "node:zlib";
 import zstd from "zstd-napi/binding.js";
 import type { LayerCompression } from "./types.js";
 
@@ -95,7 +101,8 @@ export async function* decompress(
   else yield* unzstd(stream);
 }
 
-async function* throughTransform(
+/** Pipes `input` through a zlib transform, pulled by the consumer; both are destroyed when it stops. */
+export async function* throughTransform(
   input: AsyncIterable<Uint8Array>,
   transform: NodeJS.ReadWriteStream & Readable,
 ): AsyncGenerator<Uint8Array> {
@@ -111,18 +118,19 @@ async function* throughTransform(
   }
 }
 
-/** Output bytes per zlib call. */
-const GZIP_PIECE = 128 * 1024;
 /**
- * zlib works on the thread pool; room for four pieces lets it keep ahead of the consumer (with
- * the default 16 KiB, every piece waited until the consumer took it). zlib streams hand these
- * options to their Transform, which Node.js's types leave out. Gunzipping the 44.5 MB Node.js
- * layer into sha256: 440–480 ms instead of 475–613 (four alternating runs each).
+ * Options for a zlib stream that writes `chunkSize` bytes a call and may hold four such chunks for
+ * its consumer. zlib works on the thread pool; with the default limit (16 KiB) every chunk filled
+ * it, so zlib waited until the consumer took each one. zlib streams hand these options to their
+ * Transform, which Node.js's types leave out. Gunzipping the 44.5 MB Node.js layer into sha256:
+ * 440–480 ms instead of 475–613 (four alternating runs each).
  */
-const GZIP_STREAM: ZlibOptions & TransformOptions = {
-  chunkSize: GZIP_PIECE,
-  readableHighWaterMark: 4 * GZIP_PIECE,
-};
+export function readAheadOptions(chunkSize: number): ZlibOptions & BrotliOptions & TransformOptions {
+  return { chunkSize, readableHighWaterMark: 4 * chunkSize };
+}
+
+/** gzip streams: 128 KiB a call, four calls ahead. */
+const GZIP_STREAM = readAheadOptions(128 * 1024);
 
 async function* gunzip(input: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   try {

@@ -45,25 +45,28 @@ function loadWasm(): WasmAdler | null {
   }
 }
 
+/** The module, instantiated on first use; null without WebAssembly SIMD. */
+function wasmAdler(): WasmAdler | null {
+  if (wasm === undefined) wasm = loadWasm();
+  return wasm;
+}
+
 /** Which implementation sums inputs of 1 KiB or more here: `webassembly`, or `typescript` without SIMD. */
 export function adler32Backend(): "webassembly" | "typescript" {
-  if (wasm === undefined) wasm = loadWasm();
-  return wasm === null ? "typescript" : "webassembly";
+  return wasmAdler() === null ? "typescript" : "webassembly";
 }
 
 /** Adler-32 of data, continuing from a previous value (start with 1). */
 export function adler32(data: Uint8Array, start = 1): number {
-  if (data.length >= WASM_MIN_LENGTH) {
-    if (wasm === undefined) wasm = loadWasm();
-    if (wasm !== null) {
-      let sum = start;
-      for (let at = 0; at < data.length; at += WASM_CHUNK) {
-        const n = Math.min(WASM_CHUNK, data.length - at);
-        wasm.memory.set(data.subarray(at, at + n));
-        sum = wasm.sum(n, sum) >>> 0;
-      }
-      return sum;
+  const module = data.length >= WASM_MIN_LENGTH ? wasmAdler() : null;
+  if (module !== null) {
+    let sum = start;
+    for (let at = 0; at < data.length; at += WASM_CHUNK) {
+      const n = Math.min(WASM_CHUNK, data.length - at);
+      module.memory.set(data.subarray(at, at + n));
+      sum = module.sum(n, sum) >>> 0;
     }
+    return sum;
   }
   return adler32Portable(data, start);
 }
