@@ -10,13 +10,13 @@ import { fileURLToPath } from "node:url";
 import wabt from "wabt";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
-export const MODULES = ["delta/vcdiff/adler32.wat"];
+export const MODULES = ["delta/vcdiff/adler32.wat", "delta/vcdiff/window.wat"];
 
 /** The TypeScript module for the .wat file at `path` (relative to the repository root). */
 export async function assemble(path) {
   const tools = await wabt();
   const text = readFileSync(join(root, path), "utf8");
-  const module = tools.parseWat(basename(path), text, { simd: true });
+  const module = tools.parseWat(basename(path), text, { simd: true, bulk_memory: true });
   module.validate();
   const { buffer } = module.toBinary({ log: false, write_debug_names: false });
   module.destroy();

@@ -6,6 +6,7 @@
  */
 
 import { WASM_BASE64 } from "./adler32-wasm.js";
+import { compileWasm, instantiateWasm, type WasmMemory } from "./wasm.js";
 
 const ADLER_MOD = 65521;
 /** Largest run of bytes summed before a modulo keeps the sums exact in 32-bit-safe doubles. */
@@ -23,22 +24,11 @@ interface WasmAdler {
 /** The instantiated module, `null` where WebAssembly SIMD is missing, `undefined` before the first try. */
 let wasm: WasmAdler | null | undefined;
 
-/** The little of the WebAssembly API used here (Node.js's type declarations leave it out). */
-interface WebAssemblyApi {
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (
-    module: object,
-  ) => {
-    exports: { memory: { buffer: ArrayBuffer }; adler32: (length: number, start: number) => number };
-  };
-}
-
 function loadWasm(): WasmAdler | null {
-  const api = (globalThis as unknown as { WebAssembly?: WebAssemblyApi }).WebAssembly;
-  if (api === undefined) return null;
   try {
-    const { exports } = new api.Instance(new api.Module(Buffer.from(WASM_BASE64, "base64")));
-    return { memory: new Uint8Array(exports.memory.buffer, 0, WASM_CHUNK), sum: exports.adler32 };
+    const exports = instantiateWasm(compileWasm(WASM_BASE64));
+    const memory = exports.memory as WasmMemory;
+    return { memory: new Uint8Array(memory.buffer, 0, WASM_CHUNK), sum: exports.adler32 as WasmAdler["sum"] };
   } catch {
     // No WebAssembly SIMD here: the module does not compile.
     return null;

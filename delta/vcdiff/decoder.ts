@@ -6,28 +6,23 @@
  * about 1 MiB of target: a part's instructions are validated and decoded into a table that
  * records the source bytes they copy, those are read (long COPYs straight into the target,
  * short ones merged into few reads), then the table writes the part. Memory is one target
- * window (two with reuseBuffers when VCD_TARGET windows follow each other) plus one part's source
- * bytes and tables, for any window size.
+ * window (two with reuseBuffers when VCD_TARGET windows follow each other), a copy of its
+ * sections, and one part's source bytes and tables, for any window size.
+ *
+ * The two inner loops, decoding instructions into the table and writing the part from it, are
+ * WebAssembly (window.wat): V8 compiles a module before its first call, where the same loops in
+ * TypeScript ran interpreted through a fresh process's first window.
  */
 import { adler32 } from "./adler32.js";
 import {
-  ADD,
   Cursor,
   DEFAULT_CODE_TABLE,
-  FIRST_NEAR_MODE,
-  FIRST_SAME_MODE,
   MAGIC,
   MAX_APP_HEADER,
   MAX_INTEGER,
   MAX_SECTION_SIZE,
   MAX_SOURCE_SEGMENT,
   MAX_WINDOW_SIZE,
-  MODE_HERE,
-  MODE_SELF,
-  NEAR_SLOTS,
-  NOOP,
-  RUN,
-  SAME_SLOTS,
   SECONDARY_COMPRESSORS,
   VCD_ADDRCOMP,
   VCD_ADLER32,
@@ -42,6 +37,8 @@ import {
   XDELTA3_WINDOW_SIZE,
 } from "./format.js";
 import { BufferSource, type SourceReader } from "./source.js";
+import { compileWasm, instantiateWasm, wasmGlobal, wasmMemory } from "./wasm.js";
+import { WASM_BASE64 as WINDOW_WASM } from "./window-wasm.js";
 
 export interface VcdiffHeader {
   appHeader?: Uint8Array;
@@ -112,8 +109,6 @@ const STAGING_SIZE = (1 + 2 * SOURCE_GAP_PARTS) * STAGE_PART + 2 * DIRECT_READ;
  * 1 MiB pieces cost a fifth of the kernel time of 8 MiB pieces, and a hash digests a piece in cache.
  */
 export const OUTPUT_PIECE = 1024 * 1024;
-/** Copies and ADDs shorter than this are done byte by byte: a native call costs more than the loop. */
-const SHORT_COPY = 16;
 /**
  * A finished decode's buffers are kept this long for the next one (a bundle's next layer, the
  * edge module's next bundle): touching fresh memory costs a page fault per 4 KiB, which on the
@@ -124,26 +119,13 @@ const SPARE_IDLE_MS = 10_000;
 
 const WIN_INDICATOR_BITS = VCD_SOURCE | VCD_TARGET | VCD_ADLER32;
 
-/**
- * Every array the hot loops index is a plain Uint8Array, never a Buffer (a subclass, so another
- * hidden class): optimized code that met one kind and then the other was thrown away and
- * compiled again, which cost a fresh process much of its first decode. Not zero-filled: the
- * pages are touched only when written.
- */
+/** A buffer that is not zero-filled: its pages are touched only when written. */
 function plainBytes(length: number): Uint8Array {
   const b = Buffer.allocUnsafe(length);
   return new Uint8Array(b.buffer, b.byteOffset, length);
 }
 
-/** A view of a chunk as a plain Uint8Array (see plainBytes); no copy. */
-function plainView(chunk: Uint8Array): Uint8Array {
-  return chunk.constructor === Uint8Array
-    ? chunk
-    : new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length);
-}
-
 const HDR_INDICATOR_BITS = VCD_DECOMPRESS | VCD_CODETABLE | VCD_APPHEADER;
-const SAME_CACHE_SIZE = SAME_SLOTS * 256;
 
 /** The delta stream, buffered so that a whole window can be read from one contiguous array. */
 class DeltaInput {
@@ -242,7 +224,7 @@ class DeltaInput {
   private append(chunk: Uint8Array): void {
     const live = this.available;
     if (live === 0) {
-      this.buf = plainView(chunk);
+      this.buf = chunk;
       this.start = 0;
       this.end = chunk.length;
       this.owned = false;
@@ -396,82 +378,127 @@ class TargetHistory implements SourceReader {
   }
 }
 
-/** What a decoded instruction does when the part is written (see WindowDecoder.execute). */
-const OP_ADD = 0;
-const OP_RUN = 1;
-/** COPY from the source, staged: its argument is the segment address. */
-const OP_COPY_STAGED = 2;
-/** COPY from the source, already read straight into the target: nothing left to do. */
-const OP_COPY_DIRECT = 3;
-/** COPY from the target window itself: its argument is the target position it copies from. */
-const OP_COPY_TARGET = 4;
+/** The exports of window.wat (see there): the decoder's inner loops. */
+interface WindowCore {
+  window(
+    dataAt: number,
+    instAt: number,
+    addrAt: number,
+    addrEnd: number,
+    segmentLength: number,
+    targetLength: number,
+  ): void;
+  scan(): number;
+  execute(targetAt: number, to: number, ranges: number, stagedAt: number): void;
+  ip: { value: number };
+  dp: { value: number };
+  ap: { value: number };
+  tp: { value: number };
+  rangeCount: { value: number };
+  directCount: { value: number };
+  errAt: { value: number };
+  errA: { value: number };
+  errB: { value: number };
+  errC: { value: number };
+}
+
+/** Where window.wat keeps its tables and where the caller's region starts (byte indices). */
+interface WindowLayout {
+  rangeStart: number;
+  rangeEnd: number;
+  rangeAt: number;
+  directFrom: number;
+  directTo: number;
+  directLength: number;
+  deltaAt: number;
+}
+
+/** window.wat compiled, and its layout; compiled on first use and shared by every decoder. */
+let windowModule: { module: object; layout: WindowLayout } | undefined;
+
+function compiledWindowModule(): { module: object; layout: WindowLayout } {
+  if (windowModule !== undefined) return windowModule;
+  const module = compileWasm(WINDOW_WASM);
+  const exports = instantiateWasm(module, wasmMemory(1));
+  const value = (name: string): number => wasmGlobal(exports, name);
+  // The module's limits must be the ones this file sizes its buffers by.
+  const shared: [string, number][] = [
+    ["MAX_PART_INSTRUCTIONS", MAX_PART_INSTRUCTIONS],
+    ["STAGE_PART", STAGE_PART],
+    ["DIRECT_READ", DIRECT_READ],
+    ["SOURCE_READ_GAP", SOURCE_READ_GAP],
+    ["SOURCE_GAP_BUDGET", SOURCE_GAP_PARTS * STAGE_PART],
+  ];
+  for (const [name, expected] of shared) {
+    if (value(name) !== expected) {
+      throw new Error(
+        `internal error: window.wat has ${name} ${value(name)}, decoder.ts ${expected}; run npm run build:wasm`,
+      );
+    }
+  }
+  const layout: WindowLayout = {
+    rangeStart: value("RANGE_START"),
+    rangeEnd: value("RANGE_END"),
+    rangeAt: value("RANGE_AT"),
+    directFrom: value("DIRECT_FROM"),
+    directTo: value("DIRECT_TO"),
+    directLength: value("DIRECT_LENGTH"),
+    deltaAt: value("DELTA_AT"),
+  };
+  windowModule = { module, layout };
+  return windowModule;
+}
+
+/** The least room for a window's sections: a default 8 MiB window of ADDs fits without a new memory. */
+const MIN_DELTA_ROOM = 2 * XDELTA3_WINDOW_SIZE;
 
 /**
- * Per-stream decoding state reused from window to window: address caches, one part's decoded
- * instructions and source ranges, and the work buffer.
+ * Per-stream decoding state reused from window to window: an instance of window.wat and its
+ * memory, which holds the address caches, one part's decoded instructions and source ranges, the
+ * window's sections and the target slots.
  *
  * A window is decoded one part at a time. A part is the instructions that start within
  * STAGE_PART bytes of target (or MAX_PART_INSTRUCTIONS of them): `scan` validates and decodes
  * them into a table and records the source bytes they copy, those are read (long COPYs straight
  * into the target, short ones merged into few reads of a staging area), and `execute` writes the
- * part's target bytes from the table. So memory holds one target window and one part's source
- * bytes and instructions, whatever the window's size.
+ * part's target bytes from the table. So memory holds one target window, its sections and one
+ * part's source bytes and instructions, whatever the window's size.
+ *
+ * The memory is never grown: a window that needs more room gets a new memory and instance. Growing
+ * would detach every view of the old one, and with reuseBuffers the window yielded last is such a
+ * view, kept for VCD_TARGET windows.
  */
 class WindowDecoder {
-  private readonly near = new Float64Array(NEAR_SLOTS);
-  private readonly same = new Float64Array(SAME_CACHE_SIZE);
-  /** The part's decoded instructions: what to do, how many target bytes, and from where. */
-  private readonly ops = new Uint8Array(MAX_PART_INSTRUCTIONS);
-  private readonly sizes = new Float64Array(MAX_PART_INSTRUCTIONS);
-  private readonly args = new Float64Array(MAX_PART_INSTRUCTIONS);
-  private opCount = 0;
-  /** The part's staged source ranges [rangeStart, rangeEnd) relative to the segment, and where each sits in the staging area. */
-  private readonly rangeStart = new Float64Array(MAX_PART_INSTRUCTIONS);
-  private readonly rangeEnd = new Float64Array(MAX_PART_INSTRUCTIONS);
-  private readonly rangeAt = new Float64Array(MAX_PART_INSTRUCTIONS);
+  private core: WindowCore | undefined;
+  /** The whole memory, and views of the tables TypeScript reads. */
+  private bytes: Uint8Array = new Uint8Array(0);
+  private rangeStart: Float64Array = new Float64Array(0);
+  private rangeEnd: Float64Array = new Float64Array(0);
+  private rangeAt: Float64Array = new Float64Array(0);
+  private directFrom: Float64Array = new Float64Array(0);
+  private directTo: Float64Array = new Float64Array(0);
+  private directLength: Float64Array = new Float64Array(0);
   private rangeCount = 0;
-  private lastRange = 0;
-  /** Source bytes between the part's needed ranges that may still be read to save read calls. */
-  private gapBudget = 0;
-  /** The part's long source COPYs, read straight into the target: segment address, target position, length. */
-  private readonly directFrom = new Float64Array(MAX_PART_INSTRUCTIONS);
-  private readonly directTo = new Float64Array(MAX_PART_INSTRUCTIONS);
-  private readonly directLength = new Float64Array(MAX_PART_INSTRUCTIONS);
   private directCount = 0;
+  /** Room for a window's sections, from the layout's deltaAt. */
+  private deltaRoom = 0;
   /**
-   * One buffer: one target slot (two with reuseBuffers: a VCD_TARGET window goes to the slot the
-   * previous window is not in, so that window stays intact to copy from; any other window reuses
-   * the previous window's slot, so the second slot is never touched unless needed), then the staging area. One buffer, because then every staged COPY and every
-   * COPY within the target is a copyWithin: copying between two arrays would allocate a view each.
+   * After the sections: one target slot (two with reuseBuffers: a VCD_TARGET window goes to the
+   * slot the previous window is not in, so that window stays intact to copy from; any other window
+   * reuses the previous window's slot, so the second slot is never touched unless needed), then
+   * the staging area.
    */
-  private work: Uint8Array = new Uint8Array(0);
-  /** Bytes per target slot in work; the staging area starts after the slots. */
+  private workAt = 0;
   private slotSize = 0;
   private slot = 0;
   private stagedAt = 0;
   private readonly slots: number;
+  /** Delta offset of memory index 0 in the current window: error offsets are this plus an index. */
+  private deltaBase = 0;
 
   constructor(private readonly reuseBuffers: boolean) {
     this.slots = reuseBuffers ? 2 : 1;
   }
-
-  /** Drops the references to the last delta chunk, so a kept decoder holds only its own buffers. */
-  release(): void {
-    this.buf = new Uint8Array(0);
-  }
-
-  /** Delta buffer and the positions of the current window's sections in it. */
-  private buf: Uint8Array = new Uint8Array(0);
-  private base = 0;
-  private dataStart = 0;
-  private instStart = 0;
-  private addrStart = 0;
-  /** Where the instruction scan stands in the window. */
-  private ip = 0;
-  private dp = 0;
-  private ap = 0;
-  private tp = 0;
-  private nextSlot = 0;
 
   async decode(
     input: DeltaInput,
@@ -479,278 +506,122 @@ class WindowDecoder {
     source: SourceReader | undefined,
     history: TargetHistory,
   ): Promise<Uint8Array> {
-    this.buf = input.buf;
-    this.base = input.base;
-    this.dataStart = input.start;
-    this.instStart = this.dataStart + w.dataLength;
-    this.addrStart = this.instStart + w.instLength;
-    this.near.fill(0);
-    this.same.fill(0);
-    this.nextSlot = 0;
-    this.ip = this.instStart;
-    this.dp = this.dataStart;
-    this.ap = this.addrStart;
-    this.tp = 0;
-    const work = this.workBuffer(w.targetLength, (w.indicator & VCD_TARGET) !== 0);
-    const targetAt = this.slot * this.slotSize;
+    const sections = w.dataLength + w.instLength + w.addrLength;
+    const core = this.prepare(sections, w.targetLength, (w.indicator & VCD_TARGET) !== 0);
+    const bytes = this.bytes;
+    const dataAt = compiledWindowModule().layout.deltaAt;
+    bytes.set(input.buf.subarray(input.start, input.start + sections), dataAt);
+    this.deltaBase = input.offset - dataAt;
+    const instAt = dataAt + w.dataLength;
+    const addrAt = instAt + w.instLength;
+    const addrEnd = addrAt + w.addrLength;
+    core.window(dataAt, instAt, addrAt, addrEnd, w.segmentLength, w.targetLength);
+    const targetAt = this.workAt + this.slot * this.slotSize;
     const from = (w.indicator & VCD_SOURCE ? source : history)!;
     do {
-      const partAt = this.tp;
-      this.scan(w);
-      const staged = this.mergeRanges();
-      if (staged > work.length - this.stagedAt) {
+      const partAt = core.tp.value;
+      const status = core.scan();
+      if (status !== 0) throw this.scanError(status, w);
+      const staged = this.mergeRanges(core.rangeCount.value);
+      this.directCount = core.directCount.value;
+      if (staged > STAGING_SIZE) {
         throw new Error(
           `internal error: a part stages ${staged} bytes, more than the ${STAGING_SIZE} planned`,
         );
       }
-      if (this.rangeCount + this.directCount > 0) await this.readSource(w, from, work, targetAt);
-      this.execute(work, targetAt, partAt);
-    } while (this.ip < this.addrStart);
-    this.checkEnd(w);
-    const target = work.subarray(targetAt, targetAt + w.targetLength);
+      if (this.rangeCount + this.directCount > 0) await this.readSource(w, from, bytes, targetAt);
+      core.execute(targetAt, partAt, this.rangeCount, this.stagedAt);
+    } while (core.ip.value < addrAt);
+    this.checkEnd(core, w, instAt, addrAt, addrEnd);
+    const target = bytes.subarray(targetAt, targetAt + w.targetLength);
     // A copy, not Buffer#slice (a view).
     return this.reuseBuffers ? target : new Uint8Array(target);
   }
 
   /**
-   * The work buffer for a window of targetLength bytes; picks the window's target slot. Not
-   * zero-filled: decoding writes every target byte before the window is yielded (an error discards
-   * it). A grown buffer is a new one, so the window yielded last (kept for VCD_TARGET) stays intact.
+   * The instance for a window with `sections` bytes of sections and targetLength bytes of target;
+   * picks the window's target slot. The target is not zero-filled: decoding writes every byte
+   * before the window is yielded (an error discards it).
    */
-  private workBuffer(targetLength: number, readsPrevious: boolean): Uint8Array {
+  private prepare(sections: number, targetLength: number, readsPrevious: boolean): WindowCore {
     if (this.reuseBuffers && targetLength > 0 && readsPrevious) this.slot = 1 - this.slot;
-    if (targetLength > this.slotSize) {
-      // Doubling, so windows that grow a little at a time do not leave a trail of dropped buffers;
-      // pages never touched cost no memory.
-      this.slotSize = Math.max(targetLength, XDELTA3_WINDOW_SIZE, 2 * this.slotSize);
-      this.work = plainBytes(this.slots * this.slotSize + STAGING_SIZE);
-      this.stagedAt = this.slots * this.slotSize;
+    if (this.core !== undefined && sections <= this.deltaRoom && targetLength <= this.slotSize) {
+      return this.core;
     }
-    return this.work;
+    // Doubling, so windows that grow a little at a time do not leave a trail of dropped memories;
+    // pages never touched cost no memory.
+    if (sections > this.deltaRoom) this.deltaRoom = Math.max(sections, MIN_DELTA_ROOM, 2 * this.deltaRoom);
+    if (targetLength > this.slotSize) {
+      this.slotSize = Math.max(targetLength, XDELTA3_WINDOW_SIZE, 2 * this.slotSize);
+    }
+    const { module, layout } = compiledWindowModule();
+    this.workAt = layout.deltaAt + this.deltaRoom;
+    this.stagedAt = this.workAt + this.slots * this.slotSize;
+    const memory = wasmMemory(this.stagedAt + STAGING_SIZE);
+    const core = instantiateWasm(module, memory) as unknown as WindowCore;
+    const buffer = memory.buffer;
+    const table = (at: number): Float64Array => new Float64Array(buffer, at, MAX_PART_INSTRUCTIONS);
+    this.bytes = new Uint8Array(buffer);
+    this.rangeStart = table(layout.rangeStart);
+    this.rangeEnd = table(layout.rangeEnd);
+    this.rangeAt = table(layout.rangeAt);
+    this.directFrom = table(layout.directFrom);
+    this.directTo = table(layout.directTo);
+    this.directLength = table(layout.directLength);
+    const { type1, size1, mode1, type2, size2, mode2 } = DEFAULT_CODE_TABLE;
+    // window.wat's code table: type, size and mode of each opcode's first instruction, then its second.
+    const columns = [type1, size1, mode1, type2, size2, mode2];
+    for (let i = 0; i < columns.length; i++) this.bytes.set(columns[i], i * 256);
+    this.core = core;
+    return core;
   }
 
   private corrupt(message: string, index: number): VcdiffError {
-    return new VcdiffError("CORRUPT", message, this.base + index);
+    return new VcdiffError("CORRUPT", message, this.deltaBase + index);
   }
 
-  /**
-   * Validates and decodes the next part's instructions into the table, recording the source
-   * bytes its COPYs need: staged ranges, and long COPYs to read straight into the target.
-   */
-  private scan(w: WindowHeader): void {
-    const buf = this.buf;
-    const near = this.near;
-    const same = this.same;
-    const ops = this.ops;
-    const sizes = this.sizes;
-    const args = this.args;
-    let nextSlot = this.nextSlot;
-    const { type1, size1, mode1, type2, size2, mode2 } = DEFAULT_CODE_TABLE;
-    const segLen = w.segmentLength;
-    const tLen = w.targetLength;
-    let dp = this.dp;
-    const dEnd = this.instStart;
-    let ip = this.ip;
-    const iEnd = this.addrStart;
-    let ap = this.ap;
-    const aEnd = this.addrStart + w.addrLength;
-    let tp = this.tp;
-    const partEnd = tp + STAGE_PART;
-    // An opcode adds at most four entries: two instructions, each COPY in a source and a target piece.
-    const lastOp = MAX_PART_INSTRUCTIONS - 4;
-    let n = 0;
-    let staged = 0;
-    this.rangeCount = 0;
-    this.directCount = 0;
-    this.gapBudget = SOURCE_GAP_PARTS * STAGE_PART;
-
-    while (ip < iEnd && tp < partEnd && n <= lastOp && staged < STAGE_PART) {
-      const codeAt = ip;
-      const code = buf[ip++];
-      for (let half = 0; half < 2; half++) {
-        const type = half === 0 ? type1[code] : type2[code];
-        if (type === NOOP) continue;
-        let size = half === 0 ? size1[code] : size2[code];
-        if (size === 0) {
-          const sizeAt = ip;
-          let b = 0x80;
-          while (b & 0x80) {
-            if (ip >= iEnd) throw this.corrupt("instruction section ends inside an instruction size", sizeAt);
-            b = buf[ip++];
-            size = size * 128 + (b & 0x7f);
-            if (size > MAX_INTEGER) throw this.corrupt("instruction size does not fit in 53 bits", sizeAt);
-          }
-        }
-        if (size > tLen - tp) {
-          throw this.corrupt(
-            `instruction of ${size} bytes at target position ${tp} overflows the ${tLen}-byte target window`,
-            codeAt,
-          );
-        }
-        if (type === ADD) {
-          if (size > dEnd - dp) {
-            throw this.corrupt(
-              `ADD of ${size} bytes needs more than the ${dEnd - dp} left in the data section`,
-              codeAt,
-            );
-          }
-          if (size > 0) {
-            ops[n] = OP_ADD;
-            sizes[n] = size;
-            args[n++] = dp;
-          }
-          dp += size;
-        } else if (type === RUN) {
-          if (dp >= dEnd) throw this.corrupt("RUN needs a byte but the data section is used up", codeAt);
-          if (size > 0) {
-            ops[n] = OP_RUN;
-            sizes[n] = size;
-            args[n++] = buf[dp];
-          }
-          dp++;
-        } else {
-          // COPY: decode the address against source segment ‖ target so far.
-          const mode = half === 0 ? mode1[code] : mode2[code];
-          const here = segLen + tp;
-          const addrAt = ap;
-          let addr: number;
-          if (mode >= FIRST_SAME_MODE) {
-            if (ap >= aEnd) throw this.corrupt("address section ends inside a COPY address", addrAt);
-            addr = same[(mode - FIRST_SAME_MODE) * 256 + buf[ap++]];
-          } else {
-            let value = 0;
-            let b = 0x80;
-            while (b & 0x80) {
-              if (ap >= aEnd) throw this.corrupt("address section ends inside a COPY address", addrAt);
-              b = buf[ap++];
-              value = value * 128 + (b & 0x7f);
-              if (value > MAX_INTEGER) throw this.corrupt("COPY address does not fit in 53 bits", addrAt);
-            }
-            if (mode === MODE_SELF) addr = value;
-            else if (mode === MODE_HERE) addr = here - value;
-            else addr = near[mode - FIRST_NEAR_MODE] + value;
-          }
-          if (addr < 0 || addr >= here) {
-            throw this.corrupt(
-              `COPY address ${addr} is outside the ${here} bytes available (mode ${mode})`,
-              addrAt,
-            );
-          }
-          near[nextSlot] = addr;
-          nextSlot = (nextSlot + 1) % NEAR_SLOTS;
-          // An integer remainder where the address fits 31 bits: % on a double is a slow library call.
-          same[addr <= 0x7fffffff ? (addr | 0) % SAME_CACHE_SIZE : addr % SAME_CACHE_SIZE] = addr;
-
-          let rest = size;
-          // Where the copy reads in the target window when it starts (or continues) past the segment.
-          let from = addr - segLen;
-          if (addr < segLen && size > 0) {
-            const fromSource = Math.min(size, segLen - addr);
-            if (fromSource >= DIRECT_READ) {
-              this.addDirect(addr, tp, fromSource);
-              ops[n] = OP_COPY_DIRECT;
-            } else {
-              this.addRange(addr, addr + fromSource);
-              staged += fromSource;
-              ops[n] = OP_COPY_STAGED;
-            }
-            sizes[n] = fromSource;
-            args[n++] = addr;
-            rest -= fromSource;
-            from = 0;
-          }
-          if (rest > 0) {
-            ops[n] = OP_COPY_TARGET;
-            sizes[n] = rest;
-            args[n++] = from;
-          }
-        }
-        tp += size;
-      }
-      // Saved at every opcode, not once after the loop: code after a hot loop has no type feedback
-      // when the loop is optimized on the stack, and V8 then deoptimizes at every return (twice as slow).
-      this.opCount = n;
-      this.ip = ip;
-      this.dp = dp;
-      this.ap = ap;
-      this.tp = tp;
-      this.nextSlot = nextSlot;
-    }
+  /** The error for a kind `scan` returned (window.wat's ERR_*), with the values it left. */
+  private scanError(kind: number, w: WindowHeader): VcdiffError {
+    const core = this.core!;
+    const [a, b, c] = [core.errA.value, core.errB.value, core.errC.value];
+    const messages: Record<number, string> = {
+      1: "instruction section ends inside an instruction size",
+      2: "instruction size does not fit in 53 bits",
+      3: `instruction of ${a} bytes at target position ${b} overflows the ${w.targetLength}-byte target window`,
+      4: `ADD of ${a} bytes needs more than the ${b} left in the data section`,
+      5: "RUN needs a byte but the data section is used up",
+      6: "address section ends inside a COPY address",
+      7: "COPY address does not fit in 53 bits",
+      8: `COPY address ${a} is outside the ${b} bytes available (mode ${c})`,
+    };
+    const message = messages[kind];
+    if (message === undefined) throw new Error(`internal error: window.wat returned error kind ${kind}`);
+    return this.corrupt(message, core.errAt.value);
   }
 
   /** After the last part: the instructions must have produced the window and used every section byte. */
-  private checkEnd(w: WindowHeader): void {
-    const dEnd = this.instStart;
-    const aEnd = this.addrStart + w.addrLength;
-    if (this.tp !== w.targetLength) {
+  private checkEnd(
+    core: WindowCore,
+    w: WindowHeader,
+    dataEnd: number,
+    addrAt: number,
+    addrEnd: number,
+  ): void {
+    const [tp, dp, ap] = [core.tp.value, core.dp.value, core.ap.value];
+    if (tp !== w.targetLength) {
       throw this.corrupt(
-        `the instructions produce ${this.tp} bytes but the window header says ${w.targetLength}`,
-        this.addrStart,
+        `the instructions produce ${tp} bytes but the window header says ${w.targetLength}`,
+        addrAt,
       );
     }
-    if (this.dp !== dEnd)
-      throw this.corrupt(`${dEnd - this.dp} bytes of the data section are left unused`, this.dp);
-    if (this.ap !== aEnd)
-      throw this.corrupt(`${aEnd - this.ap} bytes of the address section are left unused`, this.ap);
+    if (dp !== dataEnd) throw this.corrupt(`${dataEnd - dp} bytes of the data section are left unused`, dp);
+    if (ap !== addrEnd)
+      throw this.corrupt(`${addrEnd - ap} bytes of the address section are left unused`, ap);
   }
 
-  /** Writes the part's target bytes, starting at target position tp, from its decoded instructions. */
-  private execute(work: Uint8Array, targetAt: number, tp: number): void {
-    const buf = this.buf;
-    const ops = this.ops;
-    const sizes = this.sizes;
-    const args = this.args;
-    let to = targetAt + tp;
-    for (let i = 0; i < this.opCount; i++) {
-      const size = sizes[i];
-      const arg = args[i];
-      switch (ops[i]) {
-        case OP_ADD:
-          copyIn(buf, arg, work, to, size);
-          break;
-        case OP_RUN:
-          work.fill(arg, to, to + size);
-          break;
-        case OP_COPY_STAGED:
-          copyBytes(work, this.sourceIndex(arg), to, size);
-          break;
-        case OP_COPY_TARGET:
-          copyOverlapping(work, targetAt + arg, to, size);
-          break;
-        default: // OP_COPY_DIRECT: read in place already
-      }
-      to += size;
-    }
-  }
-
-  /** Records that bytes [start, end) of the source segment are needed, merging with the previous range when they touch. */
-  private addRange(start: number, end: number): void {
-    const i = this.rangeCount - 1;
-    if (i >= 0 && start >= this.rangeStart[i]) {
-      const gap = start - this.rangeEnd[i];
-      if (gap <= 0 || (gap <= SOURCE_READ_GAP && gap <= this.gapBudget)) {
-        if (gap > 0) this.gapBudget -= gap;
-        if (end > this.rangeEnd[i]) this.rangeEnd[i] = end;
-        return;
-      }
-    }
-    this.rangeStart[this.rangeCount] = start;
-    this.rangeEnd[this.rangeCount] = end;
-    this.rangeCount++;
-  }
-
-  /** Records a long source COPY that is read straight into the target window. */
-  private addDirect(addr: number, to: number, length: number): void {
-    this.directFrom[this.directCount] = addr;
-    this.directTo[this.directCount] = to;
-    this.directLength[this.directCount] = length;
-    this.directCount++;
-  }
-
-  /** Sorts and merges the part's recorded ranges and places them one after another; returns their total length. */
-  private mergeRanges(): number {
-    const count = this.rangeCount;
-    this.lastRange = 0;
+  /** Sorts and merges the part's `count` recorded ranges and places them one after another; returns their total length. */
+  private mergeRanges(count: number): number {
+    this.rangeCount = 0;
     if (count === 0) return 0;
     // The union of the ranges from their starts and ends sorted independently (native numeric
     // sorts, no comparator): a union segment closes where the count of open ranges drops to zero.
@@ -852,62 +723,6 @@ class WindowDecoder {
       `reading ${length} bytes at offset ${position} of the ${what} failed: ${message}`,
       w.offset,
     );
-  }
-
-  /** Index in work of segment address addr (always inside one of the part's merged ranges). */
-  private sourceIndex(addr: number): number {
-    let r = this.lastRange;
-    if (!(addr >= this.rangeStart[r] && addr < this.rangeEnd[r])) {
-      let lo = 0;
-      let hi = this.rangeCount - 1;
-      while (lo < hi) {
-        const mid = (lo + hi + 1) >>> 1;
-        if (this.rangeStart[mid] <= addr) lo = mid;
-        else hi = mid - 1;
-      }
-      r = lo;
-      this.lastRange = r;
-    }
-    return this.stagedAt + this.rangeAt[r] + (addr - this.rangeStart[r]);
-  }
-}
-
-/** Copies n bytes of the data section into the target: a view for long ADDs, which are few. */
-function copyIn(from: Uint8Array, at: number, work: Uint8Array, to: number, n: number): void {
-  if (n < SHORT_COPY) {
-    for (let k = 0; k < n; k++) work[to + k] = from[at + k];
-  } else {
-    work.set(from.subarray(at, at + n), to);
-  }
-}
-
-/** Copies n bytes within work between regions that do not overlap, without allocating. */
-function copyBytes(work: Uint8Array, from: number, to: number, n: number): void {
-  if (n < SHORT_COPY) {
-    for (let k = 0; k < n; k++) work[to + k] = work[from + k];
-  } else {
-    work.copyWithin(to, from, from + n);
-  }
-}
-
-/** Copies n bytes from target[from..] to target[to..] with from < to, byte by byte in effect when they overlap. */
-function copyOverlapping(target: Uint8Array, from: number, to: number, n: number): void {
-  const distance = to - from;
-  if (n < SHORT_COPY) {
-    for (let k = 0; k < n; k++) target[to + k] = target[from + k];
-  } else if (distance >= n) {
-    target.copyWithin(to, from, from + n);
-  } else if (distance < SHORT_COPY) {
-    for (let k = 0; k < n; k++) target[to + k] = target[from + k];
-  } else {
-    // The output repeats target[from..to) with period distance: copy one period, then double what is written.
-    let written = distance;
-    target.copyWithin(to, from, to);
-    while (written < n) {
-      const chunk = Math.min(written, n - written);
-      target.copyWithin(to + written, to, to + chunk);
-      written += chunk;
-    }
   }
 }
 
@@ -1092,7 +907,6 @@ export function releaseDecoderMemory(): void {
 }
 
 function keepSpareDecoder(decoder: WindowDecoder): void {
-  decoder.release();
   spareDecoder = decoder;
   if (spareTimer !== undefined) clearTimeout(spareTimer);
   spareTimer = setTimeout(() => {

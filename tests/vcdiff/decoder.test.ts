@@ -305,16 +305,17 @@ describe("VCDIFF decoder: header and checksum", () => {
     }
   });
 
-  test("the committed WebAssembly module is what adler32.wat assembles to", async () => {
+  test("the committed WebAssembly modules are what their .wat sources assemble to", async () => {
     const build = (await import(fileURLToPath(new URL("../../scripts/build-wasm.mjs", import.meta.url)))) as {
+      MODULES: string[];
       assemble: (path: string) => Promise<string>;
       outputOf: (path: string) => string;
     };
-    const committed = await readFile(
-      new URL(`../../${build.outputOf("delta/vcdiff/adler32.wat")}`, import.meta.url),
-      "utf8",
-    );
-    assert.equal(committed, await build.assemble("delta/vcdiff/adler32.wat"));
+    assert.deepEqual(build.MODULES, ["delta/vcdiff/adler32.wat", "delta/vcdiff/window.wat"]);
+    for (const path of build.MODULES) {
+      const committed = await readFile(new URL(`../../${build.outputOf(path)}`, import.meta.url), "utf8");
+      assert.equal(committed, await build.assemble(path), path);
+    }
   });
 
   test("the application header is read and handed to onHeader", async () => {
@@ -519,6 +520,45 @@ describe("VCDIFF decoder: refusals and malformed input", () => {
     // Each chunk is copied as it comes: with reuseBuffers it is valid only until the next window.
     const parts: Uint8Array[] = [];
     for await (const part of decode(chunks(delta, 1 << 16), { reuseBuffers: true }))
+      parts.push(new Uint8Array(part));
+    assert.ok(Buffer.concat(parts).equals(Buffer.concat(expected)));
+  });
+
+  test("with reuseBuffers, a VCD_TARGET window that needs a larger memory still reads the previous window", async () => {
+    // The decoder's WebAssembly memory is replaced, never grown, when a window's target or sections
+    // do not fit: the window before, which a VCD_TARGET window copies from, stays in the old memory.
+    const MiB = 1 << 20;
+    const add = (seed: number, length: number) => {
+      const data = randomBytes(seed, length);
+      return { indicator: 0, targetLength: data.length, data, inst: [code.add(0), ...varint(data.length)] };
+    };
+    const copyPrevious = (at: number, length: number, seed: number, fresh: number) => {
+      const data = randomBytes(seed, fresh);
+      return {
+        indicator: VCD_TARGET,
+        segmentLength: length,
+        segmentPosition: at,
+        targetLength: data.length + length,
+        data,
+        inst: [code.add(0), ...varint(data.length), code.copy(0, 0), ...varint(length)],
+        addr: [0],
+      };
+    };
+    // 2 MiB; then a 9 MiB target (past the first 8 MiB slot); then 20 MiB of sections (past the
+    // room for them); each followed by a window copying the whole window before it.
+    const windows = [
+      add(71, 2 * MiB),
+      copyPrevious(0, 2 * MiB, 72, 7 * MiB),
+      add(73, 20 * MiB),
+      copyPrevious(11 * MiB, 20 * MiB, 74, 1 * MiB),
+    ];
+    const expected: Uint8Array[] = [];
+    for (const w of windows) {
+      expected.push(w.data);
+      if (w.indicator === VCD_TARGET) expected.push(expected.at(-2)!);
+    }
+    const parts: Uint8Array[] = [];
+    for await (const part of decode(chunks(buildDelta({ windows }), 1 << 20), { reuseBuffers: true }))
       parts.push(new Uint8Array(part));
     assert.ok(Buffer.concat(parts).equals(Buffer.concat(expected)));
   });
