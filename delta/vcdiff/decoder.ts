@@ -404,6 +404,7 @@ interface WindowCore {
 
 /** Where window.wat keeps its tables and where the caller's region starts (byte indices). */
 interface WindowLayout {
+  codeTable: number;
   rangeStart: number;
   rangeEnd: number;
   rangeAt: number;
@@ -437,6 +438,7 @@ function compiledWindowModule(): { module: object; layout: WindowLayout } {
     }
   }
   const layout: WindowLayout = {
+    codeTable: value("CODE_TABLE"),
     rangeStart: value("RANGE_START"),
     rangeEnd: value("RANGE_END"),
     rangeAt: value("RANGE_AT"),
@@ -571,7 +573,7 @@ class WindowDecoder {
     const { type1, size1, mode1, type2, size2, mode2 } = DEFAULT_CODE_TABLE;
     // window.wat's code table: type, size and mode of each opcode's first instruction, then its second.
     const columns = [type1, size1, mode1, type2, size2, mode2];
-    for (let i = 0; i < columns.length; i++) this.bytes.set(columns[i], i * 256);
+    for (let i = 0; i < columns.length; i++) this.bytes.set(columns[i], layout.codeTable + i * 256);
     this.core = core;
     return core;
   }

@@ -19,7 +19,7 @@
 
   ;; Layout of the fixed region. The code table: type, size and mode of each opcode's first
   ;; instruction (256 bytes each), then the same for its second.
-  (global $CODE i32 (i32.const 0))
+  (global $CODE (export "CODE_TABLE") i32 (i32.const 0))
   (global $NEAR i32 (i32.const 1536)) ;; 4 × i64
   (global $SAME i32 (i32.const 1568)) ;; 3 × 256 × i64
   ;; One part's decoded instructions: what to do (u8), how many bytes (i32), an argument (i64).

@@ -384,6 +384,75 @@ describe("VCDIFF decoder: refusals and malformed input", () => {
     await rejectsWith(decodeBuffer(huge), "LIMIT", 7, /larger than the limit/);
   });
 
+  test("each malformed instruction ends in CORRUPT at the byte that is wrong", async () => {
+    // One window without a source: its indicator at offset 5, its sections from offset 12.
+    const window = (w: { targetLength: number; data?: number[]; inst: number[]; addr?: number[] }) =>
+      decodeBuffer(buildDelta({ windows: [w] }));
+    const tooBig = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+    await rejectsWith(
+      window({ targetLength: 4, inst: [code.add(0), 0x80] }),
+      "CORRUPT",
+      13,
+      /instruction section ends inside an instruction size/,
+    );
+    await rejectsWith(
+      window({ targetLength: 4, inst: [code.add(0), ...tooBig] }),
+      "CORRUPT",
+      13,
+      /instruction size does not fit in 53 bits/,
+    );
+    await rejectsWith(
+      window({ targetLength: 4, data: [1, 2], inst: [code.add(3)] }),
+      "CORRUPT",
+      14,
+      /ADD of 3 bytes needs more than the 2 left in the data section/,
+    );
+    await rejectsWith(
+      window({ targetLength: 3, inst: [code.run, 3] }),
+      "CORRUPT",
+      12,
+      /RUN needs a byte but the data section is used up/,
+    );
+    await rejectsWith(
+      window({ targetLength: 5, data: [7], inst: [code.add(1), code.copy(0, 4)], addr: [0x80] }),
+      "CORRUPT",
+      15,
+      /address section ends inside a COPY address/,
+    );
+    await rejectsWith(
+      window({ targetLength: 5, data: [7], inst: [code.add(1), code.copy(6, 4)] }),
+      "CORRUPT",
+      15,
+      /address section ends inside a COPY address/,
+    );
+    await rejectsWith(
+      window({ targetLength: 5, data: [7], inst: [code.add(1), code.copy(0, 4)], addr: tooBig }),
+      "CORRUPT",
+      15,
+      /COPY address does not fit in 53 bits/,
+    );
+    await rejectsWith(
+      window({ targetLength: 5, data: [7], inst: [code.add(1), code.copy(1, 4)], addr: [2] }),
+      "CORRUPT",
+      15,
+      /COPY address -1 is outside the 1 bytes available \(mode 1\)/,
+    );
+    await rejectsWith(
+      window({ targetLength: 3, data: [7, 8, 9], inst: [code.add(1), code.run, 2] }),
+      "CORRUPT",
+      14,
+      /1 bytes of the data section are left unused/,
+    );
+    // The same bytes decode when they are right: a COPY overlapping its own output repeats the byte.
+    const right = await window({
+      targetLength: 5,
+      data: [7],
+      inst: [code.add(1), code.copy(1, 4)],
+      addr: [1],
+    });
+    assert.deepEqual([...right], [7, 7, 7, 7, 7]);
+  });
+
   test("malformed windows end in CORRUPT with the offset of the fault", async () => {
     const beyond = buildDelta({ windows: [{ targetLength: 4, inst: [code.copy(0, 4)], addr: [0] }] });
     await rejectsWith(decodeBuffer(beyond), "CORRUPT", 13, /COPY address 0 is outside the 0 bytes/);
