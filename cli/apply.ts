@@ -44,18 +44,29 @@ async function isRegistryDestination(dest: string): Promise<boolean> {
   return (await locateImage(dest)).kind === "registry";
 }
 
-function writerFor(dest: string, registry: ReturnType<typeof registryOptions>): ImageWriter {
+function writerFor(
+  dest: string,
+  registry: ReturnType<typeof registryOptions>,
+  from: readonly ImageReader[],
+): ImageWriter {
   return async (image) => {
     let bytes = 0;
     for (const layer of image.layers) bytes += layer.size;
     bytes += image.config.length;
     if (await isRegistryDestination(dest)) {
-      const { pushImage } = await import("../delta/image/registry.js");
+      const { mountableLayers, parseReference, pushImage } = await import("../delta/image/registry.js");
       const bare = dest.startsWith("docker://") ? dest.slice("docker://".length) : dest;
       // A reference without tag or digest gets the bundle's tag.
       const named = bare.includes("@") || bare.slice(bare.lastIndexOf("/") + 1).includes(":");
       const reference = named ? bare : `${bare}:${image.tag || "latest"}`;
-      const pushed = await pushImage(reference, image, registry);
+      // Layers of --from images in the same registry are mounted, not uploaded again; a layer that
+      // cannot be mounted is uploaded from its verified tar.
+      const held = mountableLayers(from, parseReference(reference, registry));
+      const layers = image.layers.map((layer) => {
+        const blob = held.get(layer.diffId);
+        return blob === undefined ? layer : { ...blob, upload: layer };
+      });
+      const pushed = await pushImage(reference, { config: image.config, layers }, registry);
       return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: bytes };
     }
     const written = await writeImage(dest, image);
@@ -102,7 +113,7 @@ export async function run(args: string[]): Promise<number> {
       bundle: opts.positional[0]!,
       trust,
       layers: provider,
-      write: writerFor(dest, registry),
+      write: writerFor(dest, registry, images),
       streamToWriter,
       ...(scratch !== undefined ? { scratchDir: scratch } : {}),
       onProgress: (p) => bar.update(`rebuild ${p.diffId.slice(7, 19)}`, p.done, p.total),

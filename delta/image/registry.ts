@@ -88,6 +88,31 @@ export interface RegistryImage extends ImageReader {
   openLayerSource(index: number, options?: BlobSourceOptions): RegistryBlobSource;
 }
 
+/** Whether an image reader reads from a registry (openRegistryImage). */
+export function isRegistryImage(image: ImageReader): image is RegistryImage {
+  return "reference" in image && "client" in image && "openLayerSource" in image;
+}
+
+/**
+ * The layers of `images` that live in the registry `target` names, by diff_id, as blobs a push to
+ * that registry can mount instead of uploading (the first image that has a layer wins).
+ */
+export function mountableLayers(
+  images: readonly ImageReader[],
+  target: ImageReference,
+): Map<string, ExistingLayer> {
+  const layers = new Map<string, ExistingLayer>();
+  for (const image of images) {
+    if (!isRegistryImage(image) || image.reference.baseUrl !== target.baseUrl) continue;
+    for (const layer of image.info.layers) {
+      if (layers.has(layer.diffId)) continue;
+      const { diffId, digest, size, mediaType } = layer;
+      layers.set(diffId, { diffId, digest, size, mediaType, repository: image.reference.repository });
+    }
+  }
+  return layers;
+}
+
 export async function openRegistryImage(ref: string, options: RegistryOptions = {}): Promise<RegistryImage> {
   const reference = parseReference(ref, options);
   const client = clientFor(reference, options);
@@ -273,6 +298,11 @@ export interface ExistingLayer {
   readonly mediaType: string;
   /** Repository that holds the blob, to mount it from when the target lacks it. */
   readonly repository?: string;
+  /**
+   * The layer's tar, uploaded as a streamed layer when the blob is neither in the target
+   * repository nor mountable (another registry, no permission to mount); without it that fails.
+   */
+  readonly upload?: LayerToWrite;
 }
 
 export type LayerToPush = LayerToWrite | ExistingLayer;
@@ -343,7 +373,6 @@ async function pushWith(
   options: PushOptions,
 ): Promise<PushResult> {
   const repository = reference.repository;
-  const compression = options.compression ?? "none";
   const docker = options.manifestFormat === "docker";
   const mountFrom = (options.mountFrom ?? []).filter((r) => r !== repository);
 
@@ -365,48 +394,24 @@ async function pushWith(
 
   const pushed: PushedLayer[] = [];
   for (const [i, layer] of image.layers.entries()) {
-    if (!isStreamLayer(layer)) {
-      const from = [
-        ...(layer.repository && layer.repository !== repository ? [layer.repository] : []),
-        ...mountFrom,
-      ];
-      const outcome = await placeBlob(client, repository, layer.digest, from, async () => {
+    if (isStreamLayer(layer)) {
+      pushed.push(await pushStreamLayer(client, repository, ref, i, layer, mountFrom, options));
+      continue;
+    }
+    const from = [
+      ...(layer.repository && layer.repository !== repository ? [layer.repository] : []),
+      ...mountFrom,
+    ];
+    let uploaded: PushedLayer | undefined;
+    const outcome = await placeBlob(client, repository, layer.digest, from, async () => {
+      if (layer.upload === undefined) {
         throw new RegistryError(
           `push ${ref}: layer ${i} (${layer.digest}, diff_id ${layer.diffId}) is neither in ${repository} nor mountable from [${from.join(", ")}]; nothing was pushed, give the layer as a stream or name the repository that holds it`,
         );
-      });
-      pushed.push({ ...pick(layer), outcome });
-      continue;
-    }
-    if (compression === "none") {
-      const mediaType = docker ? "application/vnd.docker.image.rootfs.diff.tar" : OCI_LAYER;
-      let size = layer.size;
-      const outcome = await placeBlob(client, repository, layer.diffId, mountFrom, async () => {
-        const blob = await client.uploadBlob(repository, await layer.open(), {
-          digest: layer.diffId,
-          size: layer.size,
-        });
-        size = blob.size;
-      });
-      pushed.push({ diffId: layer.diffId, digest: layer.diffId, size, mediaType, outcome });
-    } else {
-      // The gzip digest is known only after compressing, so there is nothing to look up first.
-      const tar = verifyStream(
-        await layer.open(),
-        layer.diffId,
-        layer.size,
-        `push ${ref}: layer ${i} tar (diff_id)`,
-        "nothing was committed, the layer data is corrupt or not the layer it claims to be",
-      );
-      const blob = await client.uploadBlob(repository, compressGzip(tar, options.gzipLevel ?? 6));
-      pushed.push({
-        diffId: layer.diffId,
-        digest: blob.digest,
-        size: blob.size,
-        mediaType: docker ? DOCKER_LAYER_GZIP : OCI_LAYER_GZIP,
-        outcome: "uploaded",
-      });
-    }
+      }
+      uploaded = await pushStreamLayer(client, repository, ref, i, layer.upload, mountFrom, options);
+    });
+    pushed.push(uploaded ?? { ...pick(layer), outcome });
   }
 
   const manifestMediaType = docker ? DOCKER_MANIFEST : OCI_MANIFEST;
@@ -447,6 +452,47 @@ async function pushWith(
 
 function pick(layer: ExistingLayer): Omit<PushedLayer, "outcome"> {
   return { diffId: layer.diffId, digest: layer.digest, size: layer.size, mediaType: layer.mediaType };
+}
+
+/** Places a streamed layer: as its tar (digest = diff_id, looked up and mounted first) or gzipped. */
+async function pushStreamLayer(
+  client: RegistryClient,
+  repository: string,
+  ref: string,
+  i: number,
+  layer: LayerToWrite,
+  mountFrom: readonly string[],
+  options: PushOptions,
+): Promise<PushedLayer> {
+  const docker = options.manifestFormat === "docker";
+  if ((options.compression ?? "none") === "none") {
+    const mediaType = docker ? "application/vnd.docker.image.rootfs.diff.tar" : OCI_LAYER;
+    let size = layer.size;
+    const outcome = await placeBlob(client, repository, layer.diffId, mountFrom, async () => {
+      const blob = await client.uploadBlob(repository, await layer.open(), {
+        digest: layer.diffId,
+        size: layer.size,
+      });
+      size = blob.size;
+    });
+    return { diffId: layer.diffId, digest: layer.diffId, size, mediaType, outcome };
+  }
+  // The gzip digest is known only after compressing, so there is nothing to look up first.
+  const tar = verifyStream(
+    await layer.open(),
+    layer.diffId,
+    layer.size,
+    `push ${ref}: layer ${i} tar (diff_id)`,
+    "nothing was committed, the layer data is corrupt or not the layer it claims to be",
+  );
+  const blob = await client.uploadBlob(repository, compressGzip(tar, options.gzipLevel ?? 6));
+  return {
+    diffId: layer.diffId,
+    digest: blob.digest,
+    size: blob.size,
+    mediaType: docker ? DOCKER_LAYER_GZIP : OCI_LAYER_GZIP,
+    outcome: "uploaded",
+  };
 }
 
 /** HEAD the target; mount from the first repository that has the blob; else upload. */

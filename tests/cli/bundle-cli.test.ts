@@ -157,6 +157,27 @@ describe("deltaship bundle commands", () => {
       assert.equal(pushed!.info.configDigest, sha256((await openImage(v2)).info.config));
       await assertLayerTars(pushed!, layersV2);
     });
+
+    // Into another repository of the same registry: the layer the device holds is mounted from
+    // the --from image (its gzip blob, as skopeo stored it), only the rebuilt one is uploaded.
+    const copy = await applyBundle(
+      bundle,
+      `${registry.host}/apps/cli:1`,
+      `${registry.host}/apps/cli-copy`,
+      "k.pub",
+      "--json",
+    );
+    assert.equal(copy.code, 0, copy.stderr);
+    await withImages(
+      [`${registry.host}/apps/cli:1`, `${registry.host}/apps/cli-copy:2`],
+      async ([held, pushed]) => {
+        const [base, app] = pushed!.info.layers;
+        assert.equal(base!.digest, held!.info.layers[0]!.digest, "the held layer's blob is reused");
+        assert.equal(base!.compression, "gzip");
+        assert.equal(app!.digest, sha256(layersV2[1]!), "the rebuilt layer goes up as its tar");
+        await assertLayerTars(pushed!, layersV2);
+      },
+    );
   });
 
   it("applies from uncompressed registry layers; a corrupted one is named and nothing is pushed", async () => {

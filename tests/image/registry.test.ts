@@ -367,6 +367,42 @@ describe("registry client against docker-registry", () => {
     });
   });
 
+  test("an existing layer that cannot be mounted is uploaded from the stream given with it", async () => {
+    const base = await layerTar(12);
+    const app = await layerTar(13);
+    await pushImage(`${registry.host}/apps/held:1`, imageOf([base]));
+    const held = await openRegistryImage(`${registry.host}/apps/held:1`);
+    const blob = held.info.layers[0]!;
+    // Mountable: the blob is reused, the stream is not read.
+    const mounted = await pushImage(`${registry.host}/apps/reuse:1`, {
+      config: configFor([base, app]),
+      layers: [{ ...blob, repository: "apps/held", upload: streamLayer(base) }, streamLayer(app)],
+    });
+    assert.deepEqual(
+      mounted.layers.map((l) => l.outcome),
+      ["mounted", "uploaded"],
+    );
+    // Named with a repository that lacks it (as a layer of an image in another registry would be):
+    // the stream goes up instead, verified against the diff_id.
+    const fallback = await pushImage(`${registry.host}/apps/fallback:1`, {
+      config: configFor([base]),
+      layers: [{ ...blob, digest: sha256(app), repository: "apps/nowhere", upload: streamLayer(base) }],
+    });
+    assert.deepEqual(
+      fallback.layers.map((l) => [l.outcome, l.digest]),
+      [["uploaded", sha256(base)]],
+    );
+    const read = await openRegistryImage(`${registry.host}/apps/fallback:1`);
+    assert.deepEqual(await collect(await read.openLayerTar(0)), base);
+    await assert.rejects(
+      pushImage(`${registry.host}/apps/nofallback:1`, {
+        config: configFor([base]),
+        layers: [{ ...blob, digest: sha256(app), repository: "apps/nowhere" }],
+      }),
+      /neither in apps\/nofallback nor mountable from \[apps\/nowhere\]; nothing was pushed/,
+    );
+  });
+
   test("refuses to commit a layer whose stream does not hash to its diff_id, and pushes no manifest", async () => {
     const good = await layerTar(20);
     const bad = await layerTar(21);
