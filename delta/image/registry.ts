@@ -472,6 +472,8 @@ async function pushStreamLayer(
       const blob = await client.uploadBlob(repository, await layer.open(), {
         digest: layer.diffId,
         size: layer.size,
+        // A stream that checks itself, or bytes this process hashed already, is not hashed again.
+        verified: layer.checked === true || layer.local?.verified === true,
       });
       size = blob.size;
     });
