@@ -15,11 +15,13 @@ import {
 import { RegistryError } from "./registry/errors.js";
 import {
   DOCKER_CONFIG,
+  DOCKER_LAYER,
   DOCKER_LAYER_GZIP,
   DOCKER_MANIFEST,
   isImageManifest,
   isIndex,
   layerCompression,
+  layerMediaTypeFor,
   OCI_CONFIG,
   OCI_LAYER,
   OCI_LAYER_GZIP,
@@ -402,6 +404,12 @@ async function pushWith(
       ...(layer.repository && layer.repository !== repository ? [layer.repository] : []),
       ...mountFrom,
     ];
+    // Named as this manifest's format names it; a blob it has no name for goes up from its tar.
+    const mediaType = layerMediaTypeFor(layer.mediaType, docker ? "docker" : "oci");
+    if (mediaType === undefined && layer.upload !== undefined) {
+      pushed.push(await pushStreamLayer(client, repository, ref, i, layer.upload, mountFrom, options));
+      continue;
+    }
     let uploaded: PushedLayer | undefined;
     const outcome = await placeBlob(client, repository, layer.digest, from, async () => {
       if (layer.upload === undefined) {
@@ -411,7 +419,7 @@ async function pushWith(
       }
       uploaded = await pushStreamLayer(client, repository, ref, i, layer.upload, mountFrom, options);
     });
-    pushed.push(uploaded ?? { ...pick(layer), outcome });
+    pushed.push(uploaded ?? { ...pick(layer), mediaType: mediaType ?? layer.mediaType, outcome });
   }
 
   const manifestMediaType = docker ? DOCKER_MANIFEST : OCI_MANIFEST;
@@ -466,7 +474,7 @@ async function pushStreamLayer(
 ): Promise<PushedLayer> {
   const docker = options.manifestFormat === "docker";
   if ((options.compression ?? "none") === "none") {
-    const mediaType = docker ? "application/vnd.docker.image.rootfs.diff.tar" : OCI_LAYER;
+    const mediaType = docker ? DOCKER_LAYER : OCI_LAYER;
     let size = layer.size;
     const outcome = await placeBlob(client, repository, layer.diffId, mountFrom, async () => {
       const blob = await client.uploadBlob(repository, await layer.open(), {

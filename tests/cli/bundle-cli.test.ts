@@ -178,6 +178,30 @@ describe("deltaship bundle commands", () => {
         await assertLayerTars(pushed!, layersV2);
       },
     );
+    // skopeo pushed Docker media types; our OCI manifest names the mounted blob as OCI does, so
+    // an independent reader takes the image (it refuses a manifest that mixes the two).
+    const raw = JSON.parse(
+      execFileSync(
+        "skopeo",
+        ["inspect", "--raw", "--tls-verify=false", `docker://${registry.host}/apps/cli-copy:2`],
+        {
+          encoding: "utf8",
+        },
+      ),
+    );
+    assert.deepEqual(
+      raw.layers.map((l: { mediaType: string }) => l.mediaType),
+      ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar"],
+    );
+    const pulled = join(dir, "cli-copy.tar");
+    execFileSync("skopeo", [
+      "copy",
+      "--quiet",
+      "--src-tls-verify=false",
+      `docker://${registry.host}/apps/cli-copy:2`,
+      `docker-archive:${pulled}`,
+    ]);
+    await withImages([pulled], async ([image]) => assertLayerTars(image!, layersV2));
   });
 
   it("applies from uncompressed registry layers; a corrupted one is named and nothing is pushed", async () => {

@@ -367,6 +367,20 @@ describe("registry client against docker-registry", () => {
     });
   });
 
+  test("a mounted layer is named as the manifest's format names it", () => {
+    const { layerMediaTypeFor } = mediaTypes;
+    const docker = "application/vnd.docker.image.rootfs.diff.tar";
+    const oci = "application/vnd.oci.image.layer.v1.tar";
+    assert.equal(layerMediaTypeFor(`${docker}.gzip`, "oci"), `${oci}+gzip`);
+    assert.equal(layerMediaTypeFor(docker, "oci"), oci);
+    assert.equal(layerMediaTypeFor(`${oci}+gzip`, "docker"), `${docker}.gzip`);
+    assert.equal(layerMediaTypeFor(`${oci}+gzip`, "oci"), `${oci}+gzip`);
+    assert.equal(layerMediaTypeFor(`${oci}+zstd`, "docker"), undefined, "Docker has no name for zstd");
+    const nondistributable = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    assert.equal(layerMediaTypeFor(nondistributable, "oci"), nondistributable);
+    assert.equal(layerMediaTypeFor(nondistributable, "docker"), undefined);
+  });
+
   test("an existing layer that cannot be mounted is uploaded from the stream given with it", async () => {
     const base = await layerTar(12);
     const app = await layerTar(13);

@@ -11,6 +11,7 @@ export const OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd";
 export const DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json";
 export const DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json";
 export const DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json";
+export const DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar";
 export const DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 /** Every manifest kind we read, in the order we prefer them. */
@@ -31,7 +32,7 @@ const LAYER_COMPRESSION: Record<string, LayerCompression> = {
   "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
   "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
   "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
-  "application/vnd.docker.image.rootfs.diff.tar": "none",
+  [DOCKER_LAYER]: "none",
   [DOCKER_LAYER_GZIP]: "gzip",
   "application/vnd.docker.image.rootfs.diff.tar.zstd": "zstd",
   "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
@@ -45,4 +46,24 @@ export function layerCompression(mediaType: string): LayerCompression {
     );
   }
   return compression;
+}
+
+/** What each manifest format calls a plain layer of each compression. */
+const STANDARD_LAYER: Record<"oci" | "docker", Partial<Record<LayerCompression, string>>> = {
+  oci: { none: OCI_LAYER, gzip: OCI_LAYER_GZIP, zstd: OCI_LAYER_ZSTD },
+  docker: { none: DOCKER_LAYER, gzip: DOCKER_LAYER_GZIP },
+};
+
+/**
+ * The media type a stored layer blob takes in a manifest of `format`: the same bytes, named the
+ * way that format names them (an image pushed by Docker or skopeo has Docker layer types, and an
+ * OCI manifest that mixes them in is refused by readers such as skopeo). Undefined when the format
+ * has no name for them: zstd in a Docker manifest, or a foreign or non-distributable layer of the
+ * other format.
+ */
+export function layerMediaTypeFor(mediaType: string, format: "oci" | "docker"): string | undefined {
+  const standard = Object.values(STANDARD_LAYER).flatMap((names) => Object.values(names));
+  if (standard.includes(mediaType)) return STANDARD_LAYER[format][LAYER_COMPRESSION[mediaType]!];
+  const family = format === "oci" ? "application/vnd.oci." : "application/vnd.docker.";
+  return mediaType.startsWith(family) ? mediaType : undefined;
 }
