@@ -448,79 +448,28 @@ describe("registry client against docker-registry", () => {
     assert.deepEqual(await client.listTags("apps/lying-gz"), []);
   });
 
-  test("a chunked upload reads on while a PATCH is sent; a failure at any point commits nothing", async () => {
+  test("a chunked upload that fails at any point commits nothing", async () => {
     const good = await layerTar(26, 200_000);
     const bad = Uint8Array.from(good, (b, i) => (i === 150_000 ? b ^ 1 : b));
     const chunkSize = 16 * 1024;
-    const piece = 5_000;
-    let pulled = 0;
     const pieces = function* (bytes: Uint8Array) {
-      for (let at = 0; at < bytes.length; at += piece) {
-        pulled = Math.min(at + piece, bytes.length);
-        yield bytes.subarray(at, at + piece);
-      }
+      for (let at = 0; at < bytes.length; at += 5_000) yield bytes.subarray(at, at + 5_000);
     };
-    // A proxy that notes, as each PATCH is answered, how far the client has read its stream. A
-    // client that waits for the answer before reading on has read at most the piece that filled
-    // the chunk beyond it; one that reads on while the PATCH is out has filled the next chunk.
-    const upstream = new URL(registry.url);
-    const readOn: boolean[] = [];
-    const noting: Server = createServer((req, res) => {
-      const onward = httpRequest(
-        {
-          host: upstream.hostname,
-          port: upstream.port,
-          method: req.method,
-          path: req.url,
-          headers: req.headers,
-        },
-        (answer) => {
-          if (req.method === "PATCH") {
-            const end = Number(String(req.headers["content-range"]).split("-")[1]);
-            readOn.push(pulled > end + 1 + piece);
-          }
-          res.writeHead(answer.statusCode ?? 502, answer.headers);
-          answer.pipe(res);
-        },
-      );
-      onward.on("error", () => res.destroy());
-      req.pipe(onward);
-    });
-    noting.listen(0, "127.0.0.1");
-    await new Promise((resolve) => noting.once("listening", resolve));
-    try {
-      const address = noting.address();
-      assert.ok(address && typeof address === "object");
-      const client = new RegistryClient(`127.0.0.1:${address.port}`, { chunkSize });
-      const uploaded = await client.uploadBlob("apps/pipelined", pieces(good), {
-        digest: sha256(good),
-        size: good.length,
-      });
-      assert.equal(uploaded.digest, sha256(good));
-      assert.equal(await client.blobSize("apps/pipelined", sha256(good)), good.length);
-      // 12 full chunks and the rest: all but the last one or two were answered with the next chunk read.
-      assert.equal(readOn.length, Math.ceil(good.length / chunkSize));
-      assert.ok(readOn.filter(Boolean).length >= readOn.length - 2, `read on during each PATCH: ${readOn}`);
-    } finally {
-      noting.closeAllConnections();
-      noting.close();
-    }
-
     await withRecordingProxy(registry, async (proxy) => {
       const client = new RegistryClient(proxy.host, { chunkSize });
       // Claimed verified but wrong: not hashed here, so the registry's own check refuses it.
       await assert.rejects(
-        client.uploadBlob("apps/pipelined-bad", pieces(bad), {
+        client.uploadBlob("apps/chunked-bad", pieces(bad), {
           digest: sha256(good),
           size: bad.length,
           verified: true,
         }),
         (error: RegistryError) => error instanceof RegistryError && error.codes.includes("DIGEST_INVALID"),
       );
-      assert.equal(await client.blobSize("apps/pipelined-bad", sha256(good)), undefined);
-      assert.equal(await client.blobSize("apps/pipelined-bad", sha256(bad)), undefined);
+      assert.equal(await client.blobSize("apps/chunked-bad", sha256(good)), undefined);
+      assert.equal(await client.blobSize("apps/chunked-bad", sha256(bad)), undefined);
 
-      // The stream fails midway, with a PATCH out: the upload is cancelled once that PATCH is answered.
+      // The stream fails midway, after several PATCHes: the open upload is cancelled.
       const before = proxy.log.filter((r) => r.method === "DELETE").length;
       const failing = async function* () {
         let n = 0;
@@ -530,11 +479,11 @@ describe("registry client against docker-registry", () => {
         }
       };
       await assert.rejects(
-        client.uploadBlob("apps/pipelined-fail", failing(), { digest: sha256(good), size: good.length }),
+        client.uploadBlob("apps/chunked-fail", failing(), { digest: sha256(good), size: good.length }),
         /disk on fire/,
       );
       assert.equal(proxy.log.filter((r) => r.method === "DELETE").length, before + 1);
-      assert.equal(await client.blobSize("apps/pipelined-fail", sha256(good)), undefined);
+      assert.equal(await client.blobSize("apps/chunked-fail", sha256(good)), undefined);
     });
   });
 

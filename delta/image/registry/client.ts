@@ -345,13 +345,14 @@ export class RegistryClient {
 
   /**
    * Uploads a blob from a stream: one PUT when it fits in a chunk, else POST, PATCH per
-   * chunk with Content-Range, then PUT `?digest=`. While one chunk's PATCH is on its way the
-   * next chunk is read from the stream (so a stream that is being decoded keeps decoding).
-   * The stream is hashed as it goes; if it does not hash to `expected.digest` (or have
-   * `expected.size` bytes) the upload is cancelled and nothing is committed. Without an expected
-   * digest the computed one is used. With `expected.verified` (a stream that throws at its end
-   * unless it hashes to `expected.digest`, or bytes hashed already) it is not hashed again: the
-   * registry checks the digest when the upload is committed either way.
+   * chunk with Content-Range, then PUT `?digest=`. The stream is hashed as it goes; if it
+   * does not hash to `expected.digest` (or have `expected.size` bytes) the upload is
+   * cancelled and nothing is committed. Without an expected digest the computed one is used.
+   * With `expected.verified` (a stream that throws at its end unless it hashes to
+   * `expected.digest`, or bytes hashed already) it is not hashed again: the registry checks the
+   * digest when the upload is committed either way. Memory is one chunk: PATCHes go one at a
+   * time, each to the location the previous one returned, and the next chunk is read once the
+   * last is acknowledged (reading it meanwhile into a second chunk cost more memory than time).
    */
   async uploadBlob(
     repository: string,
@@ -360,23 +361,14 @@ export class RegistryClient {
   ): Promise<UploadedBlob> {
     const trusted = expected.verified === true && expected.digest !== undefined;
     const hash = trusted ? undefined : createHash("sha256");
-    let buffer: Uint8Array = new Uint8Array(Math.min(this.chunkSize, expected.size ?? this.chunkSize) || 1);
-    /** The other chunk buffer: the one a PATCH in flight is sending, then free again. */
-    let spare: Uint8Array | undefined;
+    const chunk = new Uint8Array(Math.min(this.chunkSize, expected.size ?? this.chunkSize) || 1);
     let filled = 0;
     let total = 0;
     let location: string | undefined;
-    /** The PATCH in flight: resolves to the location for the next request. */
-    let inFlight: Promise<string> | undefined;
     let sent = 0;
     const what = `upload blob ${expected.digest ?? "(digest computed while streaming)"} to ${repository}`;
-    const settle = async (): Promise<void> => {
-      if (inFlight === undefined) return;
-      const next = inFlight;
-      inFlight = undefined;
-      location = await next;
-    };
     try {
+      let buffer = chunk;
       for await (const piece of source) {
         hash?.update(piece);
         total += piece.length;
@@ -391,15 +383,8 @@ export class RegistryClient {
               continue;
             }
             location ??= await this.startUpload(repository);
-            // PATCHes go one at a time, each to the location the previous one returned.
-            await settle();
-            const sending = buffer;
-            inFlight = this.patchChunk(repository, location, sending, sent, what);
-            // Until it is awaited, a failure must not count as unhandled.
-            inFlight.catch(() => {});
-            sent += sending.length;
-            buffer = spare ?? new Uint8Array(this.chunkSize);
-            spare = sending;
+            location = await this.patchChunk(repository, location, buffer, sent, what);
+            sent += buffer.length;
             filled = 0;
           }
           const take = Math.min(piece.length - at, buffer.length - filled);
@@ -408,7 +393,6 @@ export class RegistryClient {
           at += take;
         }
       }
-      await settle();
       const digest = hash !== undefined ? `sha256:${hash.digest("hex")}` : expected.digest!;
       if (expected.digest !== undefined && digest !== expected.digest) {
         throw new RegistryError(
@@ -434,7 +418,6 @@ export class RegistryClient {
       location = undefined;
       return { digest, size: total, outcome: "uploaded" };
     } finally {
-      if (inFlight !== undefined) await settle().catch(() => {});
       if (location !== undefined) await this.cancelUpload(repository, location).catch(() => {});
     }
   }
