@@ -102,6 +102,7 @@
   (func (export "window")
     (param $dataAt i32) (param $instAt i32) (param $addrAt i32) (param $addrEnd i32)
     (param $segmentLength f64) (param $targetLength i32)
+    ;; NEAR and SAME, which follow it: (4 + 3 × 256) × 8 bytes.
     (memory.fill (global.get $NEAR) (i32.const 0) (i32.const 6176))
     (global.set $nextSlot (i32.const 0))
     (global.set $dataEnd (local.get $instAt))
@@ -365,19 +366,22 @@
     (global.set $opCount (local.get $n))
     (i32.const 0))
 
+  ;; Copies n bytes from `from` to `to` one at a time, forwards (so an overlap repeats what it wrote).
+  (func $copyBytes (param $to i32) (param $from i32) (param $n i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $to) (local.get $n)))
+    (block $done
+      (loop $byte
+        (br_if $done (i32.ge_u (local.get $to) (local.get $end)))
+        (i32.store8 (local.get $to) (i32.load8_u (local.get $from)))
+        (local.set $to (i32.add (local.get $to) (i32.const 1)))
+        (local.set $from (i32.add (local.get $from) (i32.const 1)))
+        (br $byte))))
+
   ;; Copies n bytes from `from` to `to`, regions that do not overlap.
   (func $copy (param $to i32) (param $from i32) (param $n i32)
-    (local $end i32)
     (if (i32.lt_u (local.get $n) (global.get $SHORT_COPY))
-      (then
-        (local.set $end (i32.add (local.get $to) (local.get $n)))
-        (block $done
-          (loop $byte
-            (br_if $done (i32.ge_u (local.get $to) (local.get $end)))
-            (i32.store8 (local.get $to) (i32.load8_u (local.get $from)))
-            (local.set $to (i32.add (local.get $to) (i32.const 1)))
-            (local.set $from (i32.add (local.get $from) (i32.const 1)))
-            (br $byte))))
+      (then (call $copyBytes (local.get $to) (local.get $from) (local.get $n)))
       (else (memory.copy (local.get $to) (local.get $from) (local.get $n)))))
 
   ;; Copies n bytes from `from` to `to` with from < to as if byte by byte: where they overlap, the
@@ -385,21 +389,14 @@
   (func $copyOverlapping (param $to i32) (param $from i32) (param $n i32)
     (local $distance i32) (local $written i32) (local $chunk i32)
     (local.set $distance (i32.sub (local.get $to) (local.get $from)))
-    (if (i32.or (i32.ge_u (local.get $distance) (local.get $n))
+    (if (i32.or (i32.lt_u (local.get $n) (global.get $SHORT_COPY))
                 (i32.lt_u (local.get $distance) (global.get $SHORT_COPY)))
       (then
-        (if (i32.and (i32.ge_u (local.get $distance) (local.get $n))
-                     (i32.ge_u (local.get $n) (global.get $SHORT_COPY)))
-          (then (memory.copy (local.get $to) (local.get $from) (local.get $n)))
-          (else
-            (local.set $written (i32.add (local.get $to) (local.get $n)))
-            (block $done
-              (loop $byte
-                (br_if $done (i32.ge_u (local.get $to) (local.get $written)))
-                (i32.store8 (local.get $to) (i32.load8_u (local.get $from)))
-                (local.set $to (i32.add (local.get $to) (i32.const 1)))
-                (local.set $from (i32.add (local.get $from) (i32.const 1)))
-                (br $byte)))))
+        (call $copyBytes (local.get $to) (local.get $from) (local.get $n))
+        (return)))
+    (if (i32.ge_u (local.get $distance) (local.get $n))
+      (then
+        (memory.copy (local.get $to) (local.get $from) (local.get $n))
         (return)))
     ;; One period, then double what is written.
     (memory.copy (local.get $to) (local.get $from) (local.get $distance))

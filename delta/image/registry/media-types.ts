@@ -53,6 +53,7 @@ const STANDARD_LAYER: Record<"oci" | "docker", Partial<Record<LayerCompression, 
   oci: { none: OCI_LAYER, gzip: OCI_LAYER_GZIP, zstd: OCI_LAYER_ZSTD },
   docker: { none: DOCKER_LAYER, gzip: DOCKER_LAYER_GZIP },
 };
+const STANDARD_LAYER_TYPES = new Set(Object.values(STANDARD_LAYER).flatMap((names) => Object.values(names)));
 
 /**
  * The media type a stored layer blob takes in a manifest of `format`: the same bytes, named the
@@ -62,8 +63,7 @@ const STANDARD_LAYER: Record<"oci" | "docker", Partial<Record<LayerCompression, 
  * other format.
  */
 export function layerMediaTypeFor(mediaType: string, format: "oci" | "docker"): string | undefined {
-  const standard = Object.values(STANDARD_LAYER).flatMap((names) => Object.values(names));
-  if (standard.includes(mediaType)) return STANDARD_LAYER[format][LAYER_COMPRESSION[mediaType]!];
+  if (STANDARD_LAYER_TYPES.has(mediaType)) return STANDARD_LAYER[format][LAYER_COMPRESSION[mediaType]!];
   const family = format === "oci" ? "application/vnd.oci." : "application/vnd.docker.";
   return mediaType.startsWith(family) ? mediaType : undefined;
 }
