@@ -55,6 +55,48 @@ async function rejectsWith(
   });
 }
 
+const MiB = 1 << 20;
+
+/** A window of `length` random bytes, all one ADD. */
+function addedWindow(seed: number, length: number) {
+  const data = randomBytes(seed, length);
+  return { indicator: 0, targetLength: data.length, data, inst: [code.add(0), ...varint(data.length)] };
+}
+
+/** A VCD_TARGET window: `fresh` random bytes ADDed, then a COPY of the `length` bytes of output at `at`. */
+function copyingPrevious(at: number, length: number, seed: number, fresh: number) {
+  const data = randomBytes(seed, fresh);
+  return {
+    indicator: VCD_TARGET,
+    segmentLength: length,
+    segmentPosition: at,
+    targetLength: data.length + length,
+    data,
+    inst: [code.add(0), ...varint(data.length), code.copy(0, 0), ...varint(length)],
+    addr: [0],
+  };
+}
+
+/**
+ * Decodes windows made by addedWindow and copyingPrevious (each copying the whole window before
+ * it) with reuseBuffers and checks the output. Each chunk is copied as it comes: with
+ * reuseBuffers it is valid only until the next window.
+ */
+async function decodesChain(
+  windows: (ReturnType<typeof addedWindow> | ReturnType<typeof copyingPrevious>)[],
+  chunkSize: number,
+): Promise<void> {
+  const expected: Uint8Array[] = [];
+  for (const w of windows) {
+    expected.push(w.data);
+    if (w.indicator === VCD_TARGET) expected.push(expected.at(-2)!);
+  }
+  const parts: Uint8Array[] = [];
+  for await (const part of decode(chunks(buildDelta({ windows }), chunkSize), { reuseBuffers: true }))
+    parts.push(new Uint8Array(part));
+  assert.ok(Buffer.concat(parts).equals(Buffer.concat(expected)));
+}
+
 async function* chunks(data: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
   for (let i = 0; i < data.length; i += size) yield data.slice(i, i + size);
 }
@@ -562,74 +604,32 @@ describe("VCDIFF decoder: refusals and malformed input", () => {
     // window it copies from stays intact. Windows span several parts (STAGE_PART is 1 MiB): each
     // VCD_TARGET window first ADDs 1.5 MiB, then copies the whole previous window, which would
     // read overwritten bytes if the two shared a slot.
-    const MiB = 1 << 20;
-    const add = (seed: number) => {
-      const data = randomBytes(seed, 2 * MiB);
-      return { indicator: 0, targetLength: data.length, data, inst: [code.add(0), ...varint(data.length)] };
-    };
-    const copyPrevious = (at: number, seed: number) => {
-      const data = randomBytes(seed, 1.5 * MiB);
-      return {
-        indicator: VCD_TARGET,
-        segmentLength: 2 * MiB,
-        segmentPosition: at,
-        targetLength: data.length + 2 * MiB,
-        data,
-        inst: [code.add(0), ...varint(data.length), code.copy(0, 0), ...varint(2 * MiB)],
-        addr: [0],
-      };
-    };
-    const windows = [add(61), copyPrevious(0, 62), add(63), add(64), copyPrevious(7.5 * MiB, 65)];
-    const delta = buildDelta({ windows });
-    const expected: Uint8Array[] = [];
-    for (const w of windows) {
-      expected.push(w.data);
-      if (w.indicator === VCD_TARGET) expected.push(expected.at(-2)!);
-    }
-    // Each chunk is copied as it comes: with reuseBuffers it is valid only until the next window.
-    const parts: Uint8Array[] = [];
-    for await (const part of decode(chunks(delta, 1 << 16), { reuseBuffers: true }))
-      parts.push(new Uint8Array(part));
-    assert.ok(Buffer.concat(parts).equals(Buffer.concat(expected)));
+    await decodesChain(
+      [
+        addedWindow(61, 2 * MiB),
+        copyingPrevious(0, 2 * MiB, 62, 1.5 * MiB),
+        addedWindow(63, 2 * MiB),
+        addedWindow(64, 2 * MiB),
+        copyingPrevious(7.5 * MiB, 2 * MiB, 65, 1.5 * MiB),
+      ],
+      1 << 16,
+    );
   });
 
   test("with reuseBuffers, a VCD_TARGET window that needs a larger memory still reads the previous window", async () => {
     // The decoder's WebAssembly memory is replaced, never grown, when a window's target or sections
     // do not fit: the window before, which a VCD_TARGET window copies from, stays in the old memory.
-    const MiB = 1 << 20;
-    const add = (seed: number, length: number) => {
-      const data = randomBytes(seed, length);
-      return { indicator: 0, targetLength: data.length, data, inst: [code.add(0), ...varint(data.length)] };
-    };
-    const copyPrevious = (at: number, length: number, seed: number, fresh: number) => {
-      const data = randomBytes(seed, fresh);
-      return {
-        indicator: VCD_TARGET,
-        segmentLength: length,
-        segmentPosition: at,
-        targetLength: data.length + length,
-        data,
-        inst: [code.add(0), ...varint(data.length), code.copy(0, 0), ...varint(length)],
-        addr: [0],
-      };
-    };
     // 2 MiB; then a 9 MiB target (past the first 8 MiB slot); then 20 MiB of sections (past the
     // room for them); each followed by a window copying the whole window before it.
-    const windows = [
-      add(71, 2 * MiB),
-      copyPrevious(0, 2 * MiB, 72, 7 * MiB),
-      add(73, 20 * MiB),
-      copyPrevious(11 * MiB, 20 * MiB, 74, 1 * MiB),
-    ];
-    const expected: Uint8Array[] = [];
-    for (const w of windows) {
-      expected.push(w.data);
-      if (w.indicator === VCD_TARGET) expected.push(expected.at(-2)!);
-    }
-    const parts: Uint8Array[] = [];
-    for await (const part of decode(chunks(buildDelta({ windows }), 1 << 20), { reuseBuffers: true }))
-      parts.push(new Uint8Array(part));
-    assert.ok(Buffer.concat(parts).equals(Buffer.concat(expected)));
+    await decodesChain(
+      [
+        addedWindow(71, 2 * MiB),
+        copyingPrevious(0, 2 * MiB, 72, 7 * MiB),
+        addedWindow(73, 20 * MiB),
+        copyingPrevious(11 * MiB, 20 * MiB, 74, 1 * MiB),
+      ],
+      1 << 20,
+    );
   });
 
   test("with reuseBuffers, decodes one after another and at the same time each come out right", async () => {
