@@ -106,8 +106,9 @@ export async function run(args: string[]): Promise<number> {
     const dest = opts.one("to")!;
     // A docker-archive is written to a temporary name and checks each layer as it goes, so rebuilt
     // layers stream into it without a scratch copy.
-    const streamToWriter =
-      !(await isRegistryDestination(dest)) && (await writeDestinationKind(dest)) === "docker-archive";
+    // Into a registry, each rebuilt layer is uploaded while the next one decodes.
+    const toRegistry = await isRegistryDestination(dest);
+    const streamToWriter = !toRegistry && (await writeDestinationKind(dest)) === "docker-archive";
     provider = new ImageLayerProvider(images, scratch);
     const result = await applyBundle({
       bundle: opts.positional[0]!,
@@ -115,6 +116,7 @@ export async function run(args: string[]): Promise<number> {
       layers: provider,
       write: writerFor(dest, registry, images),
       streamToWriter,
+      writeWhileDecoding: toRegistry,
       ...(scratch !== undefined ? { scratchDir: scratch } : {}),
       onProgress: (p) => bar.update(`rebuild ${p.diffId.slice(7, 19)}`, p.done, p.total),
     });

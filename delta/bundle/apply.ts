@@ -74,6 +74,14 @@ export interface ApplyBundleOptions {
    * file writers that write to a temporary name, such as writeDockerArchive.
    */
   readonly streamToWriter?: boolean;
+  /**
+   * Start the writer at once instead of after every layer is rebuilt: each rebuilt layer is
+   * decoded into its scratch file and verified in layer order, and the writer gets it (through
+   * `ready()`) as soon as it is, so uploading one layer overlaps decoding the next. For writers
+   * that await `ready()` as LayerToWrite says (the registry writer). A later layer that fails its
+   * check stops the writer before its manifest; blobs already placed were each verified first.
+   */
+  readonly writeWhileDecoding?: boolean;
   /** Skip the free-space check (tests on tmpfs). */
   readonly skipDiskCheck?: boolean;
   readonly onProgress?: (progress: { diffId: string; done: number; total: number }) => void;
@@ -317,6 +325,10 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 
   const scratch = await ScratchDir.create(options.scratchDir, "deltaship-apply-");
   const opened: SourceReader[] = [];
+  // With writeWhileDecoding: rebuilt layers decode one after another. If the writer fails, those
+  // not yet started never start, and the one running ends before its sources close.
+  let decodes: Promise<void> = Promise.resolve();
+  let stopped = false;
   try {
     if (options.skipDiskCheck !== true) {
       let rebuilt = 0;
@@ -386,6 +398,25 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           open: async () => chunks(),
           checked: true,
         });
+      } else if (options.writeWhileDecoding === true) {
+        const out = scratch.file("layer.tar");
+        const decoded = decodes.then(async () => {
+          if (stopped) throw new Error("stopped: the writer failed");
+          await decodeToFile(chunks(), out);
+        });
+        // Its failure reaches the writer through ready() and open(), and is awaited below.
+        decoded.catch(() => {});
+        decodes = decoded;
+        layers.push({
+          diffId: entry.diffId,
+          size: entry.outputSize,
+          ready: () => decoded,
+          open: async () => {
+            await decoded;
+            return readFileStream(out);
+          },
+          local: { location: { path: out, offset: 0, size: entry.outputSize }, verified: true },
+        });
       } else {
         const out = scratch.file("layer.tar");
         const size = await decodeToFile(chunks(), out);
@@ -407,6 +438,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         config,
         layers,
       });
+      await decodes;
     } catch (err) {
       // Layers the device holds are hashed while copied in; the writer has removed what it wrote.
       if (!(err instanceof DigestError)) throw err;
@@ -425,6 +457,8 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
       durationMs: Date.now() - started,
     };
   } finally {
+    stopped = true;
+    await decodes.catch(() => {});
     await Promise.all(opened.map((r) => r.close?.()));
     await scratch.remove();
   }

@@ -615,6 +615,7 @@ async function* verifiedLayer(
 ): AsyncGenerator<Uint8Array> {
   const expected = { digest: layer.diffId, size: layer.size };
   const what = `layer ${index} (${layer.diffId})`;
+  await layer.ready?.();
   const local = layer.local;
   if (local === undefined) {
     yield* layer.checked === true ? await layer.open() : verifyingStream(await layer.open(), expected, what);

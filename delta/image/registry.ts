@@ -422,6 +422,8 @@ async function pushWith(
     pushed.push(uploaded ?? { ...pick(layer), mediaType: mediaType ?? layer.mediaType, outcome });
   }
 
+  // A layer the registry had already is not read, but the manifest still waits until it is rebuilt and checked.
+  await Promise.all(image.layers.map((layer) => (isStreamLayer(layer) ? layer.ready?.() : undefined)));
   const manifestMediaType = docker ? DOCKER_MANIFEST : OCI_MANIFEST;
   const manifest = new TextEncoder().encode(
     JSON.stringify({
@@ -477,12 +479,20 @@ async function pushStreamLayer(
     const mediaType = docker ? DOCKER_LAYER : OCI_LAYER;
     let size = layer.size;
     const outcome = await placeBlob(client, repository, layer.diffId, mountFrom, async () => {
-      const blob = await client.uploadBlob(repository, await layer.open(), {
-        digest: layer.diffId,
-        size: layer.size,
-        // A stream that checks itself, or bytes this process hashed already, is not hashed again.
-        verified: layer.checked === true || layer.local?.verified === true,
-      });
+      await layer.ready?.();
+      // A tar in a local file is streamed from there (hashed first unless this process did already);
+      // a stream that checks itself, or bytes hashed already, is not hashed again.
+      const blob =
+        layer.local !== undefined
+          ? await client.uploadFile(repository, layer.local.location, {
+              digest: layer.diffId,
+              verified: layer.local.verified,
+            })
+          : await client.uploadBlob(repository, await layer.open(), {
+              digest: layer.diffId,
+              size: layer.size,
+              verified: layer.checked === true,
+            });
       size = blob.size;
     });
     return { diffId: layer.diffId, digest: layer.diffId, size, mediaType, outcome };

@@ -61,6 +61,12 @@ export interface LayerToWrite {
   readonly checked?: boolean;
   /** Where the same tar lies in a local file, if it does: file writers copy it from there with large reads. */
   readonly local?: LocalLayer;
+  /**
+   * Resolves once the layer's bytes are in place, rejects if they cannot be made (a layer still
+   * being rebuilt while the writer works). A writer that has it awaits it before it reads `local`,
+   * and awaits every layer's before it makes the image visible (a manifest, an index); open() waits by itself.
+   */
+  ready?(): Promise<void>;
 }
 
 /** A layer's tar inside a local file. */

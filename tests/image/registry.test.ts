@@ -487,6 +487,119 @@ describe("registry client against docker-registry", () => {
     });
   });
 
+  test("a layer in a local file goes up in PATCHes streamed from the file, read again when a PATCH is sent again", async () => {
+    const tar = await layerTar(27, 150_000);
+    // The tar sits inside a larger file, as a layer inside a docker-archive does.
+    const path = join(work, "held-inside.bin");
+    writeFileSync(path, Buffer.concat([Buffer.from(noise(1000, 9)), tar, Buffer.from(noise(500, 8))]));
+    const layer: LayerToWrite = {
+      diffId: sha256(tar),
+      size: tar.length,
+      async open() {
+        throw new Error("the file's stream is not wanted when the file is given");
+      },
+      local: { location: { path, offset: 1000, size: tar.length }, verified: true },
+    };
+    // Stand-in for an auth challenge in the middle of an upload (a token that expired): the
+    // proxy reads the first PATCH whole and answers 401; the client must send that range again.
+    let challenged = 0;
+    await withRecordingProxy(registry, async (proxy) => {
+      const fileChunkSize = 48 * 1024;
+      const pushed = await pushImage(
+        `${proxy.host}/apps/from-file:1`,
+        {
+          config: configFor([tar]),
+          layers: [layer],
+        },
+        { chunkSize: 16 * 1024, fileChunkSize },
+      );
+      assert.equal(pushed.layers[0]!.outcome, "uploaded");
+      const expectedRanges: string[] = [];
+      for (let at = 0; at < tar.length; at += fileChunkSize) {
+        expectedRanges.push(`${at}-${Math.min(at + fileChunkSize, tar.length) - 1}`);
+      }
+      assert.deepEqual(
+        proxy.log.filter((r) => r.method === "PATCH").map((r) => `${r.contentRange} ${r.status}`),
+        expectedRanges.map((range) => `${range} 202`),
+      );
+      const read = await openRegistryImage(`${registry.host}/apps/from-file:1`);
+      assert.deepEqual(await collect(await read.openLayerTar(0)), tar);
+    });
+    const upstream = new URL(registry.url);
+    const server = createServer((req, res) => {
+      if (req.method === "PATCH" && challenged === 0) {
+        challenged++;
+        req.resume();
+        req.on("end", () => {
+          res.writeHead(401, { "www-authenticate": 'Basic realm="registry"', "content-length": "0" });
+          res.end();
+        });
+        return;
+      }
+      forward(upstream, req, res);
+    });
+    server.listen(0, "127.0.0.1");
+    await new Promise((resolve) => server.once("listening", resolve));
+    const host = `127.0.0.1:${(server.address() as { port: number }).port}`;
+    try {
+      const client = new RegistryClient(host, {
+        credentials: { username: "device", password: "secret" },
+        chunkSize: 16 * 1024,
+        fileChunkSize: 64 * 1024,
+      });
+      const blob = await client.uploadFile("apps/from-file-again", layer.local!.location, {
+        digest: layer.diffId,
+        verified: true,
+      });
+      assert.equal(challenged, 1);
+      assert.deepEqual(blob, { digest: sha256(tar), size: tar.length, outcome: "uploaded" });
+      assert.deepEqual(await collect(await client.openBlob("apps/from-file-again", sha256(tar))), tar);
+      client.close();
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
+  test("a layer file that is not what it claims, or ends early, commits nothing", async () => {
+    const good = await layerTar(28, 120_000);
+    const bad = Uint8Array.from(good, (b, i) => (i === 100_000 ? b ^ 1 : b));
+    const badPath = join(work, "bad-layer.tar");
+    writeFileSync(badPath, bad);
+    const location = { path: badPath, offset: 0, size: bad.length };
+    await withRecordingProxy(registry, async (proxy) => {
+      const client = new RegistryClient(proxy.host, { chunkSize: 16 * 1024, fileChunkSize: 32 * 1024 });
+      // Not hashed yet: hashed first, and refused before any request.
+      await assert.rejects(
+        client.uploadFile("apps/file-bad", location, { digest: sha256(good) }),
+        new RegExp(`the file hashes to ${sha256(bad)}, not ${sha256(good)}; nothing was sent`),
+      );
+      assert.equal(proxy.log.length, 0);
+      // Claimed hashed but wrong: the registry's own check refuses it and the upload is cancelled.
+      await assert.rejects(
+        client.uploadFile("apps/file-bad", location, { digest: sha256(good), verified: true }),
+        (error: RegistryError) => error instanceof RegistryError && error.codes.includes("DIGEST_INVALID"),
+      );
+      assert.equal(await client.blobSize("apps/file-bad", sha256(good)), undefined);
+      assert.equal(await client.blobSize("apps/file-bad", sha256(bad)), undefined);
+      // The file ends before the size given (truncated behind our back): cancelled, nothing committed.
+      const deletes = proxy.log.filter((r) => r.method === "DELETE").length;
+      await assert.rejects(
+        client.uploadFile(
+          "apps/file-short",
+          { path: badPath, offset: 0, size: bad.length + 70_000 },
+          { digest: sha256(good), verified: true },
+        ),
+        new RegExp(
+          `PATCH bytes 98304-131071: reading the bytes to send failed \\(.*bad-layer\\.tar ends at byte ${bad.length}, .* the file is truncated\\)`,
+        ),
+      );
+      assert.equal(proxy.log.filter((r) => r.method === "DELETE").length, deletes + 1);
+      assert.equal(await client.blobSize("apps/file-short", sha256(good)), undefined);
+      client.close();
+    });
+  });
+
   test("refuses a config whose diff_ids do not match the layers before pushing anything", async () => {
     const a = await layerTar(22);
     const b = await layerTar(23);

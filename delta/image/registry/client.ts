@@ -5,9 +5,11 @@
  * registry's challenges. No Azure code: ACR is just a registry with a token service.
  */
 import { createHash } from "node:crypto";
+import { readFileRange } from "../file-blob.js";
+import type { BlobLocation } from "../types.js";
 import { basicHeader, type Challenge, parseChallenge, type RegistryCredentials, TokenCache } from "./auth.js";
 import { concatBytes, describeErrorBody, hintForStatus, RegistryError, readBounded } from "./errors.js";
-import { type HttpResponse, HttpTransport } from "./http.js";
+import { type BodyError, type HttpResponse, HttpTransport, type StreamedBody } from "./http.js";
 import { MANIFEST_ACCEPT } from "./media-types.js";
 import {
   baseUrlFor,
@@ -21,6 +23,8 @@ export interface RegistryClientOptions extends ReferenceOptions {
   readonly credentials?: RegistryCredentials;
   /** Bytes per PATCH of a chunked upload; blobs up to this size go up in one PUT. */
   readonly chunkSize?: number;
+  /** Bytes per PATCH of an upload streamed from a local file (`uploadFile`); none of them is held in memory. */
+  readonly fileChunkSize?: number;
 }
 
 export interface FetchedManifest {
@@ -50,6 +54,12 @@ const MAX_LIST_ENTRIES = 1_000_000;
 const LIST_PAGE_SIZE = 1000;
 /** Default PATCH size: large enough for few round trips, small enough for a device's memory. */
 export const DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024;
+/**
+ * Default PATCH size of an upload streamed from a file. Nothing is buffered, so it is large: to a
+ * local registry a 300 MB blob went up at 175–185 MB/s in streamed 8 MiB PATCHes, 190–200 MB/s in
+ * 32 or 64 MiB ones and 110–155 MB/s in buffered 8 MiB chunks (docs/registry.md).
+ */
+export const DEFAULT_FILE_CHUNK_SIZE = 64 * 1024 * 1024;
 /** Largest chunk we agree to hold in memory per upload. */
 const MAX_CHUNK_SIZE = 256 * 1024 * 1024;
 
@@ -60,7 +70,7 @@ interface RequestSpec {
   /** Token scopes this request needs, e.g. `repository:apps/x:pull`. */
   readonly scopes: readonly string[];
   readonly headers?: Record<string, string>;
-  readonly body?: Uint8Array;
+  readonly body?: Uint8Array | StreamedBody;
   /** Statuses that are answers, not errors. */
   readonly expect: readonly number[];
   /** What we were doing, for error messages: `GET manifest apps/x:1.0`. */
@@ -89,6 +99,7 @@ function checkedRepository(repository: string): string {
 export class RegistryClient {
   readonly baseUrl: string;
   readonly chunkSize: number;
+  readonly fileChunkSize: number;
   private readonly credentials: RegistryCredentials;
   private readonly tokens: TokenCache;
   private readonly transport = new HttpTransport();
@@ -103,6 +114,10 @@ export class RegistryClient {
     this.credentials = options.credentials ?? {};
     this.tokens = new TokenCache(this.credentials, this.transport);
     this.chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    this.fileChunkSize = options.fileChunkSize ?? DEFAULT_FILE_CHUNK_SIZE;
+    if (!(this.fileChunkSize >= 1 && Number.isSafeInteger(this.fileChunkSize))) {
+      throw new RegistryError(`fileChunkSize ${this.fileChunkSize} is not a positive whole number of bytes`);
+    }
     if (!(this.chunkSize >= 1 && this.chunkSize <= MAX_CHUNK_SIZE)) {
       throw new RegistryError(`chunkSize ${this.chunkSize} is outside 1..${MAX_CHUNK_SIZE}; pick a few MiB`);
     }
@@ -422,6 +437,53 @@ export class RegistryClient {
     }
   }
 
+  /**
+   * Uploads a blob that lies in a local file: POST, PATCHes of up to `fileChunkSize` bytes streamed
+   * from the file (none held in memory; a PATCH sent again reads its range again), then PUT
+   * `?digest=`. Unless `expected.verified` (bytes this process hashed already), the range is hashed
+   * first, and a file that does not match is refused before anything is sent. Blobs that fit in
+   * one buffered chunk go up as `uploadBlob` sends them, in one PUT.
+   */
+  async uploadFile(
+    repository: string,
+    file: BlobLocation,
+    expected: { digest: string; verified?: boolean },
+  ): Promise<UploadedBlob> {
+    const read = (at: number, length: number) => readFileRange(file.path, file.offset + at, length);
+    if (file.size <= this.chunkSize) {
+      return this.uploadBlob(repository, read(0, file.size), { ...expected, size: file.size });
+    }
+    const what = `upload blob ${expected.digest} to ${repository} from ${file.path}`;
+    if (expected.verified !== true) {
+      const hash = createHash("sha256");
+      for await (const piece of read(0, file.size)) hash.update(piece);
+      const digest = `sha256:${hash.digest("hex")}`;
+      if (digest !== expected.digest) {
+        throw new RegistryError(
+          `${what}: the file hashes to ${digest}, not ${expected.digest}; nothing was sent, the layer data is corrupt or not the layer it claims to be`,
+        );
+      }
+    }
+    let location: string | undefined = await this.startUpload(repository);
+    try {
+      for (let at = 0; at < file.size; at += this.fileChunkSize) {
+        const length = Math.min(this.fileChunkSize, file.size - at);
+        location = await this.patchChunk(
+          repository,
+          location,
+          { length, open: () => read(at, length) },
+          at,
+          what,
+        );
+      }
+      await this.finishUpload(repository, location, expected.digest, new Uint8Array(0), what);
+      location = undefined;
+      return { digest: expected.digest, size: file.size, outcome: "uploaded" };
+    } finally {
+      if (location !== undefined) await this.cancelUpload(repository, location).catch(() => {});
+    }
+  }
+
   private async startUpload(repository: string): Promise<string> {
     const response = await this.request({
       method: "POST",
@@ -437,7 +499,7 @@ export class RegistryClient {
   private async patchChunk(
     repository: string,
     location: string,
-    bytes: Uint8Array,
+    bytes: Uint8Array | StreamedBody,
     start: number,
     what: string,
   ): Promise<string> {
@@ -591,6 +653,9 @@ export class RegistryClient {
         response = await this.transport.send(url, spec.method, headers, spec.body);
       } catch (error) {
         const cause = (error as Error).message;
+        if ((error as Partial<BodyError>).bodyFailed === true) {
+          throw new RegistryError(`${spec.what}: reading the bytes to send failed (${cause})`);
+        }
         throw new RegistryError(
           `${spec.what}: no answer from ${url.origin} (${cause}); check that the registry runs and the address, port and http/https (option insecure) are right`,
         );

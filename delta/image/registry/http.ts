@@ -5,7 +5,7 @@
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { finished } from "node:stream/promises";
+import { finished, pipeline } from "node:stream/promises";
 
 /** No byte for this long, either way, and the request fails: a stalled registry must not hang an apply. */
 export const IDLE_TIMEOUT_MS = 120_000;
@@ -27,6 +27,20 @@ export interface HttpResponse {
   readonly body: AsyncIterable<Uint8Array> & { cancel(): Promise<void> };
 }
 
+/**
+ * A request body of known length read from its source at send time: nothing is held in memory,
+ * and each attempt (a retry after a stale connection or an auth challenge) opens it again.
+ */
+export interface StreamedBody {
+  readonly length: number;
+  open(): AsyncIterable<Uint8Array>;
+}
+
+/** Marks an error that came from reading a streamed body, not from the connection. */
+export interface BodyError extends Error {
+  readonly bodyFailed: true;
+}
+
 export class HttpTransport {
   private readonly http = new HttpAgent({ keepAlive: true, maxSockets: MAX_SOCKETS });
   private readonly https = new HttpsAgent({ keepAlive: true, maxSockets: MAX_SOCKETS });
@@ -35,7 +49,7 @@ export class HttpTransport {
     url: URL,
     method: string,
     headers: Record<string, string>,
-    body: Uint8Array | undefined,
+    body: Uint8Array | StreamedBody | undefined,
   ): Promise<HttpResponse> {
     try {
       return await this.attempt(url, method, headers, body);
@@ -52,7 +66,7 @@ export class HttpTransport {
     url: URL,
     method: string,
     headers: Record<string, string>,
-    body: Uint8Array | undefined,
+    body: Uint8Array | StreamedBody | undefined,
   ): Promise<HttpResponse> {
     return new Promise((resolve, reject) => {
       const secure = url.protocol === "https:";
@@ -72,13 +86,27 @@ export class HttpTransport {
         reject(Object.assign(error, { reusedSocket: request.reusedSocket }));
       });
       request.once("response", (message) => resolve(wrap(message, method)));
-      request.end(body);
+      if (body === undefined || body instanceof Uint8Array) {
+        request.end(body);
+        return;
+      }
+      // Ends the request when the source ends; a source that fails takes the request down with it.
+      pipeline(marked(body.open()), request).catch(reject);
     });
   }
 
   close(): void {
     this.http.destroy();
     this.https.destroy();
+  }
+}
+
+/** Passes a body through, marking an error it throws as the body's, not the connection's. */
+async function* marked(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  try {
+    yield* source;
+  } catch (error) {
+    throw Object.assign(error as Error, { bodyFailed: true });
   }
 }
 

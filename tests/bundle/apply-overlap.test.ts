@@ -1,0 +1,207 @@
+import assert from "node:assert/strict";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import {
+  type ApplyResult,
+  applyBundle,
+  ImageLayerProvider,
+  type ImageWriter,
+} from "../../delta/bundle/apply.js";
+import { buildBundle } from "../../delta/bundle/diff.js";
+import { BundleError } from "../../delta/bundle/format.js";
+import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
+import { openImage, writeImage } from "../../delta/image/open.js";
+import { openRegistryImage, pushImage, RegistryClient } from "../../delta/image/registry.js";
+import type { ImageReader } from "../../delta/image/types.js";
+import { startRegistry, type TestRegistry } from "../support/registry.js";
+import { buildTar, imageOf, patched, realFiles, sha256, withContent, writeArchive } from "./fixtures.js";
+
+/**
+ * Applying with writeWhileDecoding: the writer starts at once and gets each rebuilt layer when it
+ * is decoded and checked, so an upload overlaps the next layer's decode. Two rebuilt layers here
+ * (a base update and an app update). The output must be the target byte for byte, and a layer
+ * that fails its check must keep the image from being made (no archive, no manifest), with every
+ * blob placed before it a verified one.
+ */
+let dir: string;
+let registry: TestRegistry;
+let key: SigningKey;
+let v1Path: string;
+let v2Path: string;
+let bundle: string;
+let base1: Uint8Array;
+let base2: Uint8Array;
+let app1: Uint8Array;
+let app2: Uint8Array;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "apply-overlap-"));
+  registry = await startRegistry();
+  key = generateSigningKey();
+  const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000 });
+  const libs = realFiles("/usr/lib/x86_64-linux-gnu", "usr/lib", { limit: 20, maxBytes: 3_000_000 });
+  const update = (entries: typeof bins) =>
+    entries.map((e, i) => (i % 4 === 1 ? withContent(e, patched(e.content!, i)) : e));
+  base1 = await buildTar([
+    { path: "usr", type: "directory" },
+    { path: "usr/bin", type: "directory" },
+    ...bins,
+  ]);
+  base2 = await buildTar([
+    { path: "usr", type: "directory" },
+    { path: "usr/bin", type: "directory" },
+    ...update(bins),
+  ]);
+  app1 = await buildTar([{ path: "usr/lib", type: "directory" }, ...libs]);
+  app2 = await buildTar([{ path: "usr/lib", type: "directory" }, ...update(libs)]);
+  v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/overlap", "1", [base1, app1]));
+  v2Path = await writeArchive(join(dir, "v2.tar"), imageOf("apps/overlap", "2", [base2, app2]));
+  bundle = join(dir, "v1-to-v2.bundle");
+  const images: ImageReader[] = [await openImage(v2Path), await openImage(v1Path)];
+  try {
+    await buildBundle({
+      target: images[0]!,
+      sources: [images[1]!],
+      key,
+      out: bundle,
+      zstdLevel: 3,
+      scratchDir: dir,
+    });
+  } finally {
+    await Promise.all(images.map((i) => i.close()));
+  }
+});
+
+after(async () => {
+  await registry?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Applies the bundle from `from` (a docker-archive: its layers are read in place, unhashed). */
+async function apply(
+  from: string,
+  write: ImageWriter,
+  onProgress?: (p: { diffId: string; done: number }) => void,
+): Promise<ApplyResult> {
+  const image = await openImage(from);
+  const provider = new ImageLayerProvider([image], dir);
+  try {
+    return await applyBundle({
+      bundle,
+      trust: [key],
+      layers: provider,
+      scratchDir: dir,
+      skipDiskCheck: true,
+      writeWhileDecoding: true,
+      write,
+      ...(onProgress !== undefined ? { onProgress } : {}),
+    });
+  } finally {
+    await provider.close();
+    await image.close();
+  }
+}
+
+/** A copy of v1 with bytes flipped inside the app layer: in place, so only the decode notices. */
+async function v1WithBadApp(): Promise<string> {
+  const archive = await readFile(v1Path);
+  const at = archive.indexOf(Buffer.from(app1.subarray(40_000, 40_064)));
+  assert.ok(at > 0, "the layer's bytes are in the archive");
+  for (let i = 0; i < 200_000; i += 4096) archive[at + i]! ^= 0xff;
+  const path = join(dir, "v1-bad-app.tar");
+  await writeFile(path, archive);
+  return path;
+}
+
+describe("apply with writeWhileDecoding", () => {
+  it("starts the writer before any layer is decoded and writes the target byte for byte", async () => {
+    let decodedBytes = 0;
+    let decodedWhenWriterStarted: number | undefined;
+    const dest = join(dir, "overlap.tar");
+    const result = await apply(
+      v1Path,
+      async (image) => {
+        decodedWhenWriterStarted = decodedBytes;
+        const written = await writeImage(`docker-archive:${dest}`, image);
+        return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
+      },
+      (p) => {
+        decodedBytes = Math.max(decodedBytes, p.done);
+      },
+    );
+    assert.equal(decodedWhenWriterStarted, 0);
+    assert.deepEqual(
+      result.layers.map((l) => l.from),
+      ["bundle", "bundle"],
+    );
+    assert.equal(sha256(await readFile(dest)), sha256(await readFile(v2Path)));
+  });
+
+  it("into a registry: layers read back identical, each uploaded from its checked scratch file", async () => {
+    const result = await apply(v1Path, async (image) => {
+      const pushed = await pushImage(`${registry.host}/apps/overlap:2`, image);
+      return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
+    });
+    const read = await openRegistryImage(`${registry.host}/apps/overlap:2`);
+    try {
+      assert.equal(read.info.manifestDigest, result.digest);
+      for (const [i, tar] of [base2, app2].entries()) {
+        const parts: Buffer[] = [];
+        for await (const chunk of await read.openLayerTar(i)) parts.push(Buffer.from(chunk));
+        assert.equal(sha256(Buffer.concat(parts)), sha256(tar));
+      }
+    } finally {
+      await read.close();
+    }
+  });
+
+  it("a later layer that fails its check stops the writer: no manifest, only verified blobs placed", async () => {
+    const from = await v1WithBadApp();
+    const seen: string[] = [];
+    await assert.rejects(
+      apply(from, async (image) => {
+        const [first, second] = image.layers;
+        await first!.ready!();
+        seen.push("base ready");
+        await second!.ready!().catch((error: unknown) => {
+          seen.push("app refused");
+          throw error;
+        });
+        throw new Error("the writer must not get here");
+      }),
+      (err: unknown) => {
+        assert.ok(err instanceof BundleError, String(err));
+        assert.equal(err.code, "DIGEST");
+        assert.match(err.message, new RegExp(`layer ${sha256(app1)} on this device hashes to sha256:`));
+        return true;
+      },
+    );
+    assert.deepEqual(seen, ["base ready", "app refused"]);
+
+    // The same into a registry: the rebuilt base (checked) may be there, the bad app layer and the
+    // manifest are not.
+    await assert.rejects(
+      apply(from, async (image) => {
+        const pushed = await pushImage(`${registry.host}/apps/overlap-bad:2`, image);
+        return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
+      }),
+      (err: unknown) => err instanceof BundleError && err.code === "DIGEST",
+    );
+    const client = new RegistryClient(registry.host);
+    try {
+      assert.deepEqual(await client.listTags("apps/overlap-bad"), []);
+      assert.equal(await client.blobSize("apps/overlap-bad", sha256(app2)), undefined);
+      const placed = await client.blobSize("apps/overlap-bad", sha256(base2));
+      if (placed !== undefined) {
+        const parts: Buffer[] = [];
+        for await (const chunk of await client.openBlob("apps/overlap-bad", sha256(base2)))
+          parts.push(Buffer.from(chunk));
+        assert.equal(sha256(Buffer.concat(parts)), sha256(base2));
+      }
+    } finally {
+      client.close();
+    }
+  });
+});
