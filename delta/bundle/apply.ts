@@ -26,7 +26,7 @@ import {
   requiredLayers,
 } from "./format.js";
 import { inflateBrotliFileRange, inflateFileRange } from "./inflate.js";
-import { readFileStream, ScratchDir, spool } from "./scratch.js";
+import { readFileStream, ScratchDir, writeToFile } from "./scratch.js";
 import { type TrustedKey, verifyManifest } from "./sign.js";
 
 /** zstd frames that need a window above 2^26 (64 MiB) are refused: a device decodes in bounded memory. */
@@ -253,24 +253,6 @@ async function* verifiedPayload(
   }
 }
 
-/** Writes a verified payload to a new scratch file. */
-async function decodeToFile(chunks: AsyncIterable<Uint8Array>, out: string): Promise<number> {
-  let size = 0;
-  const handle = await open(out, "wx", 0o600);
-  try {
-    for await (const chunk of chunks) {
-      for (let done = 0; done < chunk.length; ) {
-        const { bytesWritten } = await handle.write(chunk, done, chunk.length - done, size + done);
-        done += bytesWritten;
-      }
-      size += chunk.length;
-    }
-  } finally {
-    await handle.close();
-  }
-  return size;
-}
-
 /** Throws a DIGEST error naming the first source layer that does not hash to its diff_id, if any. */
 async function nameCorruptedSource(
   provider: LayerProvider,
@@ -402,7 +384,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         const out = scratch.file("layer.tar");
         const decoded = decodes.then(async () => {
           if (stopped) throw new Error("stopped: the writer failed");
-          await decodeToFile(chunks(), out);
+          await writeToFile(chunks(), out);
         });
         // Its failure reaches the writer through ready() and open(), and is awaited below.
         decoded.catch(() => {});
@@ -419,7 +401,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         });
       } else {
         const out = scratch.file("layer.tar");
-        const size = await decodeToFile(chunks(), out);
+        const size = await writeToFile(chunks(), out);
         layers.push({
           diffId: entry.diffId,
           size,
@@ -511,9 +493,11 @@ export class ImageLayerProvider implements LayerProvider {
       return FileRangeSource.open(location);
     }
     this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
-    let result: Awaited<ReturnType<typeof spool>>;
+    const path = this.scratch.file("held.tar");
+    let size: number;
     try {
-      result = await spool(await found.image.openLayerTar(found.index), this.scratch.file("held.tar"));
+      // The reader checks the tar against its diff_id as it goes (ImageReader.openLayerTar).
+      size = await writeToFile(await found.image.openLayerTar(found.index), path);
     } catch (err) {
       const corrupt =
         (err as Error).name === "DigestError" ||
@@ -524,15 +508,8 @@ export class ImageLayerProvider implements LayerProvider {
         `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
       );
     }
-    if (result.digest !== diffId) {
-      throw new BundleError(
-        "DIGEST",
-        diffId,
-        `layer ${diffId} on this device hashes to ${result.digest}; it is corrupted, re-deploy the image that holds it`,
-      );
-    }
-    this.spooled.set(diffId, { path: result.path, offset: 0, size: result.size });
-    return FileSource.open(result.path);
+    this.spooled.set(diffId, { path, offset: 0, size });
+    return FileSource.open(path);
   }
 
   /** Known after `open`: in place (not yet hashed) or spooled (hashed while spooled). */

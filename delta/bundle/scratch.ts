@@ -38,12 +38,24 @@ export async function spool(
   path: string,
   onChunk?: (chunk: Uint8Array) => void,
 ): Promise<SpoolResult> {
-  const handle = await open(path, "wx", 0o600);
   const hash = createHash("sha256");
+  const size = await writeToFile(stream, path, (chunk) => {
+    hash.update(chunk);
+    onChunk?.(chunk);
+  });
+  return { path, size, digest: `sha256:${hash.digest("hex")}` };
+}
+
+/** Writes a stream to a new file `path` and returns its size; `onChunk` sees every chunk first. */
+export async function writeToFile(
+  stream: AsyncIterable<Uint8Array>,
+  path: string,
+  onChunk?: (chunk: Uint8Array) => void,
+): Promise<number> {
+  const handle = await open(path, "wx", 0o600);
   let size = 0;
   try {
     for await (const chunk of stream) {
-      hash.update(chunk);
       onChunk?.(chunk);
       let done = 0;
       while (done < chunk.length) {
@@ -55,7 +67,7 @@ export async function spool(
   } finally {
     await handle.close();
   }
-  return { path, size, digest: `sha256:${hash.digest("hex")}` };
+  return size;
 }
 
 /** Streams a file (or a byte range of it), in 1 MiB pieces. */

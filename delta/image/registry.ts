@@ -4,7 +4,7 @@
  * See docs/registry.md.
  */
 import { createHash } from "node:crypto";
-import { compressGzip, decompress } from "./compression.js";
+import { compressGzip, decompress, peekCompression } from "./compression.js";
 import { type BlobSourceOptions, RegistryBlobSource } from "./registry/blob-source.js";
 import {
   type FetchedManifest,
@@ -186,8 +186,10 @@ export async function openRegistryImage(ref: string, options: RegistryOptions = 
       // The compression is read from the blob's first bytes, as Docker does, not from the media
       // type: a pusher that reuses a blob the registry already holds in another compression
       // (skopeo does, from its blob-info cache) can name an uncompressed blob `tar.gzip`.
-      // The diff_id check below decides either way.
-      const tar = decompress(blob, "auto");
+      const { compression, stream } = await peekCompression(blob);
+      // An uncompressed blob whose digest is the diff_id is the tar, checked as it is read.
+      if (compression === "none" && layer.digest === layer.diffId) return stream;
+      const tar = decompress(stream, compression);
       return verifyStream(tar, layer.diffId, undefined, `uncompressed layer ${index} of ${ref} (diff_id)`);
     },
     openLayerSource(index, sourceOptions) {

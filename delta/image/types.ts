@@ -46,7 +46,7 @@ export interface ImageReader {
   openLayerBlob(index: number): Promise<AsyncIterable<Uint8Array>>;
   /** Local readers only (docker-archive, OCI layout): the file range holding layer i's stored blob. */
   locateLayerBlob?(index: number): BlobLocation;
-  /** The uncompressed tar of layer i. */
+  /** The uncompressed tar of layer i, checked: the stream throws at its end unless it hashes to the layer's diff_id. */
   openLayerTar(index: number): Promise<AsyncIterable<Uint8Array>>;
   close(): Promise<void>;
 }
