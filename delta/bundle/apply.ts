@@ -6,7 +6,7 @@
  * writer. On any failure the scratch folder goes and nothing reaches the destination.
  */
 import { createHash } from "node:crypto";
-import { open, statfs } from "node:fs/promises";
+import { statfs } from "node:fs/promises";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
@@ -300,10 +300,24 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
       `config hashes to ${configDigest}, the manifest says ${manifest.target.configDigest}`,
     );
   }
-  for (let i = 0; i < manifest.layers.length; i++) {
-    const entry = manifest.layers[i]!;
-    if (!isPresent(entry)) await checkPayloadDigest(options.bundle, head, entry, `layers[${i}]`);
-  }
+  // The payloads are hashed against the signed manifest while the held layers are opened and the
+  // first layers decode into scratch files. Nothing reaches the writer before every one matches,
+  // and a decode that fails on a damaged payload reports the damage.
+  const payloadsChecked = (async () => {
+    for (let i = 0; i < manifest.layers.length; i++) {
+      const entry = manifest.layers[i]!;
+      if (!isPresent(entry)) await checkPayloadDigest(options.bundle, head, entry, `layers[${i}]`);
+    }
+  })();
+  payloadsChecked.catch(() => {});
+  const decodeTo = async (chunks: AsyncIterable<Uint8Array>, out: string): Promise<number> => {
+    try {
+      return await writeToFile(chunks, out);
+    } catch (err) {
+      await payloadsChecked;
+      throw err;
+    }
+  };
 
   const scratch = await ScratchDir.create(options.scratchDir, "deltaship-apply-");
   const opened: SourceReader[] = [];
@@ -384,7 +398,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         const out = scratch.file("layer.tar");
         const decoded = decodes.then(async () => {
           if (stopped) throw new Error("stopped: the writer failed");
-          await writeToFile(chunks(), out);
+          await decodeTo(chunks(), out);
         });
         // Its failure reaches the writer through ready() and open(), and is awaited below.
         decoded.catch(() => {});
@@ -401,7 +415,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         });
       } else {
         const out = scratch.file("layer.tar");
-        const size = await writeToFile(chunks(), out);
+        const size = await decodeTo(chunks(), out);
         layers.push({
           diffId: entry.diffId,
           size,
@@ -412,6 +426,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
       applied.push({ diffId: entry.diffId, size: entry.outputSize, from: "bundle" });
     }
 
+    await payloadsChecked;
     let written: WrittenImage;
     try {
       written = await options.write({
@@ -441,6 +456,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
   } finally {
     stopped = true;
     await decodes.catch(() => {});
+    await payloadsChecked.catch(() => {});
     await Promise.all(opened.map((r) => r.close?.()));
     await scratch.remove();
   }

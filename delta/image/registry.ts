@@ -396,12 +396,8 @@ async function pushWith(
     }),
   );
 
-  const pushed: PushedLayer[] = [];
-  for (const [i, layer] of image.layers.entries()) {
-    if (isStreamLayer(layer)) {
-      pushed.push(await pushStreamLayer(client, repository, ref, i, layer, mountFrom, options));
-      continue;
-    }
+  const placeLayer = async (layer: LayerToPush, i: number): Promise<PushedLayer> => {
+    if (isStreamLayer(layer)) return pushStreamLayer(client, repository, ref, i, layer, mountFrom, options);
     const from = [
       ...(layer.repository && layer.repository !== repository ? [layer.repository] : []),
       ...mountFrom,
@@ -409,8 +405,7 @@ async function pushWith(
     // Named as this manifest's format names it; a blob it has no name for goes up from its tar.
     const mediaType = layerMediaTypeFor(layer.mediaType, docker ? "docker" : "oci");
     if (mediaType === undefined && layer.upload !== undefined) {
-      pushed.push(await pushStreamLayer(client, repository, ref, i, layer.upload, mountFrom, options));
-      continue;
+      return pushStreamLayer(client, repository, ref, i, layer.upload, mountFrom, options);
     }
     let uploaded: PushedLayer | undefined;
     const outcome = await placeBlob(client, repository, layer.digest, from, async () => {
@@ -421,8 +416,12 @@ async function pushWith(
       }
       uploaded = await pushStreamLayer(client, repository, ref, i, layer.upload, mountFrom, options);
     });
-    pushed.push(uploaded ?? { ...pick(layer), mediaType: mediaType ?? layer.mediaType, outcome });
-  }
+    return uploaded ?? { ...pick(layer), mediaType: mediaType ?? layer.mediaType, outcome };
+  };
+  const pushed = await inParallel(
+    image.layers.map((layer, i) => () => placeLayer(layer, i)),
+    PARALLEL_LAYERS,
+  );
 
   // A layer the registry had already is not read, but the manifest still waits until it is rebuilt and checked.
   await Promise.all(image.layers.map((layer) => (isStreamLayer(layer) ? layer.ready?.() : undefined)));
@@ -515,6 +514,38 @@ async function pushStreamLayer(
     mediaType: docker ? DOCKER_LAYER_GZIP : OCI_LAYER_GZIP,
     outcome: "uploaded",
   };
+}
+
+/**
+ * Layers placed at once (docker pushes up to five): a layer rebuilt or read later goes up beside
+ * one still uploading, instead of after it. An upload from a file or a checking stream holds no
+ * chunk; one from a plain stream holds one.
+ */
+const PARALLEL_LAYERS = 3;
+
+/**
+ * Runs `tasks`, at most `limit` at a time, and returns their results in order. After a failure
+ * no task starts; the ones running end, then the first failure (in task order) is thrown.
+ */
+async function inParallel<T>(tasks: readonly (() => Promise<T>)[], limit: number): Promise<T[]> {
+  const results: PromiseSettledResult<T>[] = [];
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (!failed && next < tasks.length) {
+      const i = next++;
+      try {
+        results[i] = { status: "fulfilled", value: await tasks[i]!() };
+      } catch (reason) {
+        results[i] = { status: "rejected", reason };
+        failed = true;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+  const failure = results.find((r) => r?.status === "rejected");
+  if (failure !== undefined) throw (failure as PromiseRejectedResult).reason;
+  return results.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
 /** HEAD the target; mount from the first repository that has the blob; else upload. */
