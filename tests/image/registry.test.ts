@@ -342,12 +342,18 @@ describe("registry client against docker-registry", () => {
         pushed.layers.map((l) => l.outcome),
         ["mounted", "uploaded"],
       );
-      const mounts = proxy.log.filter((r) => r.method === "POST" && r.path.includes("mount="));
-      assert.deepEqual(
-        mounts.map((r) => r.status),
-        [202, 201, 202], // config: not in apps/base (declined); base layer: mounted; app layer: declined
-      );
-      assert.ok(mounts[1]!.path.includes(`mount=${encodeURIComponent(sha256(base))}&from=apps%2Fbase`));
+      // Config: not in apps/base (declined); base layer: mounted; app layer: declined. Layers are
+      // placed side by side, so their requests come in any order.
+      const mountOf = (digest: string) =>
+        proxy.log
+          .filter(
+            (r) =>
+              r.method === "POST" && r.path.includes(`mount=${encodeURIComponent(digest)}&from=apps%2Fbase`),
+          )
+          .map((r) => r.status);
+      assert.deepEqual(mountOf(sha256(configFor([base, app]))), [202]);
+      assert.deepEqual(mountOf(sha256(base)), [201]);
+      assert.deepEqual(mountOf(sha256(app)), [202]);
       // Declined mounts leave no open upload behind: each is cancelled.
       assert.equal(proxy.log.filter((r) => r.method === "DELETE").length, 2);
 
@@ -446,6 +452,63 @@ describe("registry client against docker-registry", () => {
       ),
     );
     assert.deepEqual(await client.listTags("apps/lying-gz"), []);
+  });
+
+  test("places layers side by side, keeps their order in the manifest, and pushes none after a failure", async () => {
+    const tars = [await layerTar(60), await layerTar(61), await layerTar(62)];
+    // Layer 0's stream waits until layer 1's is opened: placed one after another, it would wait
+    // out the bounded timeout instead.
+    let openedSecond!: () => void;
+    const second = new Promise<void>((resolve) => {
+      openedSecond = resolve;
+    });
+    let released: "by layer 1" | "by the timeout" | undefined;
+    const waiting: LayerToWrite = {
+      ...streamLayer(tars[0]!),
+      async open() {
+        let timer: NodeJS.Timeout | undefined;
+        released = await Promise.race([
+          second.then(() => "by layer 1" as const),
+          new Promise<"by the timeout">((resolve) => {
+            timer = setTimeout(() => resolve("by the timeout"), 10_000);
+          }),
+        ]);
+        clearTimeout(timer);
+        return streamLayer(tars[0]!).open();
+      },
+    };
+    const telling: LayerToWrite = {
+      ...streamLayer(tars[1]!),
+      async open() {
+        openedSecond();
+        return streamLayer(tars[1]!).open();
+      },
+    };
+    const pushed = await pushImage(`${registry.host}/apps/side-by-side:1`, {
+      config: configFor(tars),
+      layers: [waiting, telling, streamLayer(tars[2]!)],
+    });
+    assert.equal(released, "by layer 1");
+    assert.deepEqual(
+      pushed.layers.map((l) => l.digest),
+      tars.map(sha256),
+    );
+    const read = await openRegistryImage(`${registry.host}/apps/side-by-side:1`);
+    for (const [i, tar] of tars.entries()) assert.deepEqual(await collect(await read.openLayerTar(i)), tar);
+
+    // The middle layer lies about its content while the others go up: its error, and no manifest.
+    const lying: LayerToWrite = { ...streamLayer(tars[2]!), diffId: sha256(tars[1]!), size: tars[2]!.length };
+    await assert.rejects(
+      pushImage(`${registry.host}/apps/side-by-side-bad:1`, {
+        config: configFor(tars),
+        layers: [streamLayer(tars[0]!), lying, streamLayer(tars[2]!)],
+      }),
+      new RegExp(`the stream hashes to ${sha256(tars[2]!)}, not ${sha256(tars[1]!)}; nothing was committed`),
+    );
+    const client = new RegistryClient(registry.host);
+    assert.deepEqual(await client.listTags("apps/side-by-side-bad"), []);
+    assert.equal(await client.blobSize("apps/side-by-side-bad", sha256(tars[1]!)), undefined);
+    client.close();
   });
 
   test("a chunked upload that fails at any point commits nothing", async () => {
