@@ -3,7 +3,8 @@
  * decode each payload (zstd stream → VCDIFF against the virtual source → scratch file, or straight
  * into a file writer that drops its temporary file on failure) with memory bounded by the windows,
  * verify every layer's diff_id and the config digest, and only then hand the verified image to a
- * writer. On any failure the scratch folder goes and nothing reaches the destination.
+ * writer. On any failure the scratch folder goes and nothing reaches the destination (with
+ * writeWhileDecoding, blobs already pushed stay, each checked, but no manifest names them).
  */
 import { createHash } from "node:crypto";
 import { statfs } from "node:fs/promises";

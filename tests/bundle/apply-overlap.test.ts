@@ -3,20 +3,23 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import {
-  type ApplyResult,
-  applyBundle,
-  ImageLayerProvider,
-  type ImageWriter,
-} from "../../delta/bundle/apply.js";
-import { buildBundle } from "../../delta/bundle/diff.js";
+import type { ApplyResult, ImageWriter } from "../../delta/bundle/apply.js";
 import { BundleError } from "../../delta/bundle/format.js";
 import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
-import { openImage, writeImage } from "../../delta/image/open.js";
+import { writeImage } from "../../delta/image/open.js";
 import { openRegistryImage, pushImage, RegistryClient } from "../../delta/image/registry.js";
-import type { ImageReader } from "../../delta/image/types.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
-import { buildTar, imageOf, patched, realFiles, sha256, withContent, writeArchive } from "./fixtures.js";
+import {
+  applyFromArchive,
+  buildTar,
+  bundleBetween,
+  imageOf,
+  patched,
+  realFiles,
+  sha256,
+  withContent,
+  writeArchive,
+} from "./fixtures.js";
 
 /**
  * Applying with writeWhileDecoding: the writer starts at once and gets each rebuilt layer when it
@@ -59,19 +62,7 @@ before(async () => {
   v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/overlap", "1", [base1, app1]));
   v2Path = await writeArchive(join(dir, "v2.tar"), imageOf("apps/overlap", "2", [base2, app2]));
   bundle = join(dir, "v1-to-v2.bundle");
-  const images: ImageReader[] = [await openImage(v2Path), await openImage(v1Path)];
-  try {
-    await buildBundle({
-      target: images[0]!,
-      sources: [images[1]!],
-      key,
-      out: bundle,
-      zstdLevel: 3,
-      scratchDir: dir,
-    });
-  } finally {
-    await Promise.all(images.map((i) => i.close()));
-  }
+  await bundleBetween(v1Path, v2Path, key, bundle, dir);
 });
 
 after(async () => {
@@ -80,28 +71,14 @@ after(async () => {
 });
 
 /** Applies the bundle from `from` (a docker-archive: its layers are read in place, unhashed). */
-async function apply(
-  from: string,
-  write: ImageWriter,
-  onProgress?: (p: { diffId: string; done: number }) => void,
-): Promise<ApplyResult> {
-  const image = await openImage(from);
-  const provider = new ImageLayerProvider([image], dir);
-  try {
-    return await applyBundle({
-      bundle,
-      trust: [key],
-      layers: provider,
-      scratchDir: dir,
-      skipDiskCheck: true,
-      writeWhileDecoding: true,
-      write,
-      ...(onProgress !== undefined ? { onProgress } : {}),
-    });
-  } finally {
-    await provider.close();
-    await image.close();
-  }
+function apply(from: string, write: ImageWriter): Promise<ApplyResult> {
+  return applyFromArchive(from, {
+    bundle,
+    trust: [key],
+    scratchDir: dir,
+    writeWhileDecoding: true,
+    write,
+  });
 }
 
 /** A copy of v1 with bytes flipped inside the app layer: in place, so only the decode notices. */
@@ -116,22 +93,23 @@ async function v1WithBadApp(): Promise<string> {
 }
 
 describe("apply with writeWhileDecoding", () => {
-  it("starts the writer before any layer is decoded and writes the target byte for byte", async () => {
-    let decodedBytes = 0;
-    let decodedWhenWriterStarted: number | undefined;
+  it("gives the writer the first layer while the second still decodes, and writes the target byte for byte", async () => {
+    let secondWhenFirstReady: "pending" | "settled" | undefined;
     const dest = join(dir, "overlap.tar");
-    const result = await apply(
-      v1Path,
-      async (image) => {
-        decodedWhenWriterStarted = decodedBytes;
-        const written = await writeImage(`docker-archive:${dest}`, image);
-        return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
-      },
-      (p) => {
-        decodedBytes = Math.max(decodedBytes, p.done);
-      },
-    );
-    assert.equal(decodedWhenWriterStarted, 0);
+    const result = await apply(v1Path, async (image) => {
+      const [first, second] = image.layers;
+      await first!.ready!();
+      // Layer 1 starts decoding only once layer 0 is done and takes many turns of file I/O, while
+      // this line runs in the turn layer 0 is handed over: it would find layer 1 settled only if
+      // the writer had been called after every layer was decoded.
+      secondWhenFirstReady = await Promise.race([
+        second!.ready!().then(() => "settled" as const),
+        Promise.resolve("pending" as const),
+      ]);
+      const written = await writeImage(`docker-archive:${dest}`, image);
+      return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
+    });
+    assert.equal(secondWhenFirstReady, "pending");
     assert.deepEqual(
       result.layers.map((l) => l.from),
       ["bundle", "bundle"],

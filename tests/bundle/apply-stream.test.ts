@@ -5,14 +5,22 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type ApplyResult, applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
-import { buildBundle } from "../../delta/bundle/diff.js";
+import type { ApplyResult } from "../../delta/bundle/apply.js";
 import { BundleError } from "../../delta/bundle/format.js";
 import { InflateError, inflateBrotliFileRange, inflateFileRange } from "../../delta/bundle/inflate.js";
 import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
-import { openImage, writeImage } from "../../delta/image/open.js";
-import type { ImageReader } from "../../delta/image/types.js";
-import { buildTar, imageOf, patched, realFiles, sha256, withContent, writeArchive } from "./fixtures.js";
+import { writeImage } from "../../delta/image/open.js";
+import {
+  applyFromArchive,
+  buildTar,
+  bundleBetween,
+  imageOf,
+  patched,
+  realFiles,
+  sha256,
+  withContent,
+  writeArchive,
+} from "./fixtures.js";
 
 /**
  * Applying with streamToWriter: rebuilt layers are decoded while the docker-archive is written,
@@ -45,45 +53,24 @@ before(async () => {
   v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/stream", "1", [base, app1]));
   v2Path = await writeArchive(join(dir, "v2.tar"), imageOf("apps/stream", "2", [base, app2]));
   bundle = join(dir, "v1-to-v2.bundle");
-  const images: ImageReader[] = [await openImage(v2Path), await openImage(v1Path)];
-  try {
-    await buildBundle({
-      target: images[0]!,
-      sources: [images[1]!],
-      key,
-      out: bundle,
-      zstdLevel: 3,
-      scratchDir: dir,
-    });
-  } finally {
-    await Promise.all(images.map((i) => i.close()));
-  }
+  await bundleBetween(v1Path, v2Path, key, bundle, dir);
 });
 
 after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-async function apply(from: string, dest: string, streamToWriter: boolean): Promise<ApplyResult> {
-  const image = await openImage(from);
-  const provider = new ImageLayerProvider([image], dir);
-  try {
-    return await applyBundle({
-      bundle,
-      trust: [key],
-      layers: provider,
-      scratchDir: dir,
-      skipDiskCheck: true,
-      streamToWriter,
-      write: async (written) => {
-        const result = await writeImage(`docker-archive:${dest}`, written);
-        return { image: result.path, digest: result.manifestDigest, bytesWritten: 0 };
-      },
-    });
-  } finally {
-    await provider.close();
-    await image.close();
-  }
+function apply(from: string, dest: string, streamToWriter: boolean): Promise<ApplyResult> {
+  return applyFromArchive(from, {
+    bundle,
+    trust: [key],
+    scratchDir: dir,
+    streamToWriter,
+    write: async (written) => {
+      const result = await writeImage(`docker-archive:${dest}`, written);
+      return { image: result.path, digest: result.manifestDigest, bytesWritten: 0 };
+    },
+  });
 }
 
 /** Files the writer may have left behind next to `dest` (its temporary name). */

@@ -4,7 +4,15 @@
  */
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, statSync } from "node:fs";
-import { writeImage } from "../../delta/image/open.js";
+import {
+  type ApplyBundleOptions,
+  type ApplyResult,
+  applyBundle,
+  ImageLayerProvider,
+} from "../../delta/bundle/apply.js";
+import { buildBundle } from "../../delta/bundle/diff.js";
+import type { SigningKey } from "../../delta/bundle/sign.js";
+import { openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageToWrite } from "../../delta/image/types.js";
 import { buildTar, type TarWriterEntry } from "../../delta/tar/writer.js";
 
@@ -85,6 +93,38 @@ export async function writeArchive(path: string, image: ImageToWrite): Promise<s
 }
 
 export { buildTar };
+
+/** Builds a bundle from the archive `from` to the archive `to` at zstd level 3 (quick to build). */
+export async function bundleBetween(
+  from: string,
+  to: string,
+  key: SigningKey,
+  out: string,
+  scratchDir: string,
+): Promise<void> {
+  const target = await openImage(to);
+  const source = await openImage(from);
+  try {
+    await buildBundle({ target, sources: [source], key, out, zstdLevel: 3, scratchDir });
+  } finally {
+    await Promise.all([target.close(), source.close()]);
+  }
+}
+
+/** Applies a bundle with the layers of the archive `from` as the device's, no free-space check. */
+export async function applyFromArchive(
+  from: string,
+  options: Omit<ApplyBundleOptions, "layers" | "skipDiskCheck"> & { readonly scratchDir: string },
+): Promise<ApplyResult> {
+  const image = await openImage(from);
+  const provider = new ImageLayerProvider([image], options.scratchDir);
+  try {
+    return await applyBundle({ ...options, layers: provider, skipDiskCheck: true });
+  } finally {
+    await provider.close();
+    await image.close();
+  }
+}
 
 /** Every regular file under `dir` (sorted, recursive) as `prefix/relative/path`. */
 export function treeFiles(dir: string, prefix: string): TarWriterEntry[] {

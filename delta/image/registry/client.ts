@@ -56,8 +56,8 @@ const LIST_PAGE_SIZE = 1000;
 export const DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024;
 /**
  * Default PATCH size of an upload streamed from a file. Nothing is buffered, so it is large: to a
- * local registry a 300 MB blob went up at 175–185 MB/s in streamed 8 MiB PATCHes, 190–200 MB/s in
- * 32 or 64 MiB ones and 110–155 MB/s in buffered 8 MiB chunks (docs/registry.md).
+ * local registry a 300 MB blob went up at 159–185 MB/s in streamed 8 MiB PATCHes, 192–221 MB/s in
+ * 32 or 64 MiB ones and 111–166 MB/s in buffered 8 MiB chunks (docs/registry.md).
  */
 export const DEFAULT_FILE_CHUNK_SIZE = 64 * 1024 * 1024;
 /** Largest chunk we agree to hold in memory per upload. */
