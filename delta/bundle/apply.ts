@@ -27,7 +27,7 @@ import {
   requiredLayers,
 } from "./format.js";
 import { inflateBrotliFileRange, inflateFileRange } from "./inflate.js";
-import { readFileStream, ScratchDir, writeToFile } from "./scratch.js";
+import { readFileStream, ScratchDir, WrittenSoFar, writeToFile } from "./scratch.js";
 import { type TrustedKey, verifyManifest } from "./sign.js";
 
 /** zstd frames that need a window above 2^26 (64 MiB) are refused: a device decodes in bounded memory. */
@@ -311,9 +311,13 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
     }
   })();
   payloadsChecked.catch(() => {});
-  const decodeTo = async (chunks: AsyncIterable<Uint8Array>, out: string): Promise<number> => {
+  const decodeTo = async (
+    chunks: AsyncIterable<Uint8Array>,
+    out: string,
+    onWritten?: (size: number) => void,
+  ): Promise<number> => {
     try {
-      return await writeToFile(chunks, out);
+      return await writeToFile(chunks, out, undefined, onWritten);
     } catch (err) {
       await payloadsChecked;
       throw err;
@@ -397,12 +401,16 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         });
       } else if (options.writeWhileDecoding === true) {
         const out = scratch.file("layer.tar");
+        const progress = new WrittenSoFar(`the rebuilt layer ${entry.diffId}`);
         const decoded = decodes.then(async () => {
           if (stopped) throw new Error("stopped: the writer failed");
-          await decodeTo(chunks(), out);
+          await decodeTo(chunks(), out, (size) => progress.advance(size));
         });
-        // Its failure reaches the writer through ready() and open(), and is awaited below.
-        decoded.catch(() => {});
+        // Its failure reaches the writer through ready(), open() and written(), and is awaited below.
+        decoded.then(
+          () => progress.end(),
+          (error: unknown) => progress.end(error),
+        );
         decodes = decoded;
         layers.push({
           diffId: entry.diffId,
@@ -412,7 +420,12 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
             await decoded;
             return readFileStream(out);
           },
-          local: { location: { path: out, offset: 0, size: entry.outputSize }, verified: true },
+          // An upload may follow the file as it is written; it commits only after ready().
+          local: {
+            location: { path: out, offset: 0, size: entry.outputSize },
+            verified: true,
+            written: (end) => progress.until(end),
+          },
         });
       } else {
         const out = scratch.file("layer.tar");
@@ -438,6 +451,8 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
       });
       await decodes;
     } catch (err) {
+      // A layer that could not be rebuilt is why the writer failed (its upload could not read on).
+      await decodes;
       // Layers the device holds are hashed while copied in; the writer has removed what it wrote.
       if (!(err instanceof DigestError)) throw err;
       throw new BundleError(

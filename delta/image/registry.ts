@@ -480,14 +480,18 @@ async function pushStreamLayer(
     const mediaType = docker ? DOCKER_LAYER : OCI_LAYER;
     let size = layer.size;
     const outcome = await placeBlob(client, repository, layer.diffId, mountFrom, async () => {
-      await layer.ready?.();
-      // A tar in a local file is streamed from there (hashed first unless this process did already);
-      // a stream that checks itself, or bytes hashed already, is not hashed again.
+      // A tar in a local file is streamed from there (hashed first unless this process did already),
+      // following it while it is written if it still is; a stream that checks itself, or bytes
+      // hashed already, is not hashed again. Nothing is committed before the layer's ready().
+      const local = layer.local;
+      if (local?.written === undefined) await layer.ready?.();
       const blob =
-        layer.local !== undefined
-          ? await client.uploadFile(repository, layer.local.location, {
+        local !== undefined
+          ? await client.uploadFile(repository, local.location, {
               digest: layer.diffId,
-              verified: layer.local.verified,
+              verified: local.verified,
+              ...(local.written !== undefined ? { written: local.written } : {}),
+              ...(layer.ready !== undefined ? { beforeCommit: () => layer.ready!() } : {}),
             })
           : await client.uploadBlob(repository, await layer.open(), {
               digest: layer.diffId,

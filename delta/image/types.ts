@@ -74,6 +74,12 @@ export interface LocalLayer {
   readonly location: BlobLocation;
   /** Whether this process already hashed these bytes against the diff_id (writers need not again). */
   readonly verified: boolean;
+  /**
+   * For a file still being written (a layer being rebuilt): resolves once the file holds its
+   * bytes before `end`, rejects if it never will. A writer may read the file this way before the
+   * layer's `ready()`, but commits nothing made of it until `ready()` resolves.
+   */
+  readonly written?: (end: number) => Promise<void>;
 }
 
 export interface ImageToWrite {

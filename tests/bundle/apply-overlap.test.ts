@@ -117,9 +117,14 @@ describe("apply with writeWhileDecoding", () => {
     assert.equal(sha256(await readFile(dest)), sha256(await readFile(v2Path)));
   });
 
-  it("into a registry: layers read back identical, each uploaded from its checked scratch file", async () => {
+  it("into a registry: layers read back identical, uploaded in small PATCHes from their scratch files", async () => {
+    // Small PATCHes, so each layer takes several, following its scratch file while it is written
+    // (tests/image/registry.test.ts shows the following step by step).
     const result = await apply(v1Path, async (image) => {
-      const pushed = await pushImage(`${registry.host}/apps/overlap:2`, image);
+      const pushed = await pushImage(`${registry.host}/apps/overlap:2`, image, {
+        chunkSize: 64 * 1024,
+        fileChunkSize: 256 * 1024,
+      });
       return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
     });
     const read = await openRegistryImage(`${registry.host}/apps/overlap:2`);

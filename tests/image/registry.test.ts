@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import {
   createServer,
   request as httpRequest,
@@ -23,6 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { promisify } from "node:util";
+import { WrittenSoFar } from "../../delta/bundle/scratch.js";
 import { parseChallenge, TokenCache } from "../../delta/image/registry/auth.js";
 import { HttpTransport } from "../../delta/image/registry/http.js";
 import {
@@ -622,6 +623,70 @@ describe("registry client against docker-registry", () => {
       server.closeAllConnections();
       server.close();
     }
+  });
+
+  test("an upload follows a file while it is written and commits only once told the file is checked", async () => {
+    const blob = await layerTar(29, 300_000);
+    const path = join(work, "growing.tar");
+    writeFileSync(path, blob.subarray(0, 100_000));
+    const progress = new WrittenSoFar("the growing test file");
+    progress.advance(100_000);
+    let checked!: () => void;
+    const check = new Promise<void>((resolve) => {
+      checked = resolve;
+    });
+    const location = { path, offset: 0, size: blob.length };
+    /** Waits (bounded) until the proxy has seen `count` PATCHes. */
+    const patches = async (log: Recorded[], count: number) => {
+      for (let i = 0; i < 500 && log.filter((r) => r.method === "PATCH").length < count; i++)
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      return log.filter((r) => r.method === "PATCH").map((r) => r.contentRange);
+    };
+    await withRecordingProxy(registry, async (proxy) => {
+      const client = new RegistryClient(proxy.host, { chunkSize: 16 * 1024, fileChunkSize: 64 * 1024 });
+      const upload = client.uploadFile("apps/growing", location, {
+        digest: sha256(blob),
+        verified: true,
+        written: (end) => progress.until(end),
+        beforeCommit: () => check,
+      });
+      // The first 64 KiB are in the file and go; the second range waits for bytes not yet written.
+      assert.deepEqual(await patches(proxy.log, 1), ["0-65535"]);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.deepEqual(await patches(proxy.log, 1), ["0-65535"]);
+      appendFileSync(path, blob.subarray(100_000));
+      progress.advance(blob.length);
+      progress.end();
+      assert.equal((await patches(proxy.log, 5)).length, 5);
+      // Every byte is sent, but nothing is committed until the check says so.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(
+        proxy.log.some((r) => r.method === "PUT"),
+        false,
+      );
+      assert.equal(await client.blobSize("apps/growing", sha256(blob)), undefined);
+      checked();
+      assert.deepEqual(await upload, { digest: sha256(blob), size: blob.length, outcome: "uploaded" });
+      assert.deepEqual(await collect(await client.openBlob("apps/growing", sha256(blob))), blob);
+
+      // The file's writer fails midway: the upload is cancelled with its reason, nothing committed.
+      const failing = new WrittenSoFar("the failing test file");
+      failing.advance(100_000);
+      const deletes = proxy.log.filter((r) => r.method === "DELETE").length;
+      const refused = client.uploadFile("apps/growing-bad", location, {
+        digest: sha256(blob),
+        verified: true,
+        written: (end) => failing.until(end),
+      });
+      failing.end(new Error("the rebuilt layer does not hash to its diff_id"));
+      await assert.rejects(
+        refused,
+        /reading the bytes to send failed \(the rebuilt layer does not hash to its diff_id\)/,
+      );
+      assert.equal(proxy.log.filter((r) => r.method === "DELETE").length, deletes + 1);
+      assert.equal(await client.blobSize("apps/growing-bad", sha256(blob)), undefined);
+      client.close();
+    });
   });
 
   test("a layer file that is not what it claims, or ends early, commits nothing", async () => {

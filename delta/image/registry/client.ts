@@ -447,11 +447,27 @@ export class RegistryClient {
   async uploadFile(
     repository: string,
     file: BlobLocation,
-    expected: { digest: string; verified?: boolean },
+    expected: {
+      digest: string;
+      verified?: boolean;
+      /** A file still being written: each PATCH waits until the file holds its range (LocalLayer.written). */
+      written?: (end: number) => Promise<void>;
+      /** Awaited before the upload is committed (the check of a file still being written). */
+      beforeCommit?: () => Promise<void>;
+    },
   ): Promise<UploadedBlob> {
-    const read = (at: number, length: number) => readFileRange(file.path, file.offset + at, length);
+    const read = async function* (at: number, length: number): AsyncGenerator<Uint8Array> {
+      await expected.written?.(at + length);
+      yield* readFileRange(file.path, file.offset + at, length);
+    };
     if (file.size <= this.chunkSize) {
-      return this.uploadBlob(repository, read(0, file.size), { ...expected, size: file.size });
+      await expected.written?.(file.size);
+      await expected.beforeCommit?.();
+      return this.uploadBlob(repository, read(0, file.size), {
+        digest: expected.digest,
+        size: file.size,
+        ...(expected.verified !== undefined ? { verified: expected.verified } : {}),
+      });
     }
     const what = `upload blob ${expected.digest} to ${repository} from ${file.path}`;
     if (expected.verified !== true) {
@@ -476,6 +492,7 @@ export class RegistryClient {
           what,
         );
       }
+      await expected.beforeCommit?.();
       await this.finishUpload(repository, location, expected.digest, new Uint8Array(0), what);
       location = undefined;
       return { digest: expected.digest, size: file.size, outcome: "uploaded" };
