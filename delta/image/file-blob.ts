@@ -10,32 +10,37 @@ import type { BlobLocation } from "./types.js";
 /** 1 MiB reads: large enough that per-call overhead is noise, small enough to bound memory. */
 export const FILE_READ_CHUNK = 1024 * 1024;
 
-/** Streams `length` bytes at `start` of `path`; throws if the file is shorter. Opens its own handle. */
+/**
+ * Streams `length` bytes at `start` of `path`; throws if the file is shorter. Opens its own handle.
+ * With `reuse`, every piece is read into that buffer: a piece is good only until the next is pulled.
+ */
 export async function* readFileRange(
   path: string,
   start: number,
   length: number,
+  reuse?: Uint8Array,
 ): AsyncGenerator<Uint8Array> {
   const handle = await open(path, "r");
   try {
-    yield* readHandleRange(handle, path, start, length);
+    yield* readHandleRange(handle, path, start, length, reuse);
   } finally {
     await handle.close();
   }
 }
 
-/** Streams a range through an already open handle (the caller closes it). */
+/** Streams a range through an already open handle (the caller closes it); `reuse` as for readFileRange. */
 export async function* readHandleRange(
   handle: FileHandle,
   path: string,
   start: number,
   length: number,
+  reuse?: Uint8Array,
 ): AsyncGenerator<Uint8Array> {
   let position = start;
   const end = start + length;
   while (position < end) {
-    const want = Math.min(FILE_READ_CHUNK, end - position);
-    const buffer = Buffer.allocUnsafe(want);
+    const want = Math.min(reuse?.length ?? FILE_READ_CHUNK, end - position);
+    const buffer = reuse !== undefined ? reuse.subarray(0, want) : Buffer.allocUnsafe(want);
     let filled = 0;
     while (filled < want) {
       const { bytesRead } = await handle.read(buffer, filled, want - filled, position + filled);

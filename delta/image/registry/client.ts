@@ -5,7 +5,7 @@
  * registry's challenges. No Azure code: ACR is just a registry with a token service.
  */
 import { createHash } from "node:crypto";
-import { readFileRange } from "../file-blob.js";
+import { FILE_READ_CHUNK, readFileRange } from "../file-blob.js";
 import type { BlobLocation } from "../types.js";
 import { basicHeader, type Challenge, parseChallenge, type RegistryCredentials, TokenCache } from "./auth.js";
 import { concatBytes, describeErrorBody, hintForStatus, RegistryError, readBounded } from "./errors.js";
@@ -456,9 +456,11 @@ export class RegistryClient {
       beforeCommit?: () => Promise<void>;
     },
   ): Promise<UploadedBlob> {
+    // One read buffer for the whole upload: a PATCH hands each piece to the socket before reading the next.
+    const buffer = Buffer.allocUnsafe(FILE_READ_CHUNK);
     const read = async function* (at: number, length: number): AsyncGenerator<Uint8Array> {
       await expected.written?.(at + length);
-      yield* readFileRange(file.path, file.offset + at, length);
+      yield* readFileRange(file.path, file.offset + at, length, buffer);
     };
     if (file.size <= this.chunkSize) {
       await expected.written?.(file.size);

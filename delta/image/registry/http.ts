@@ -3,9 +3,14 @@
  * without the copy fetch makes (an upload holds one chunk in memory, not several), and
  * connections are kept alive per client.
  */
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
+import {
+  type ClientRequest,
+  Agent as HttpAgent,
+  request as httpRequest,
+  type IncomingMessage,
+} from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { finished, pipeline } from "node:stream/promises";
+import { finished } from "node:stream/promises";
 
 /** No byte for this long, either way, and the request fails: a stalled registry must not hang an apply. */
 export const IDLE_TIMEOUT_MS = 120_000;
@@ -29,7 +34,8 @@ export interface HttpResponse {
 
 /**
  * A request body of known length read from its source at send time: nothing is held in memory,
- * and each attempt (a retry after a stale connection or an auth challenge) opens it again.
+ * and each attempt (a retry after a stale connection or an auth challenge) opens it again. Each
+ * chunk is handed to the socket before the next is pulled, so the source may reuse one buffer.
  */
 export interface StreamedBody {
   readonly length: number;
@@ -91,7 +97,10 @@ export class HttpTransport {
         return;
       }
       // Ends the request when the source ends; a source that fails takes the request down with it.
-      pipeline(marked(body.open()), request).catch(reject);
+      sendBody(body.open(), request).catch((error: Error) => {
+        request.destroy(error);
+        reject(error);
+      });
     });
   }
 
@@ -101,13 +110,29 @@ export class HttpTransport {
   }
 }
 
-/** Passes a body through, marking an error it throws as the body's, not the connection's. */
-async function* marked(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
-  try {
-    yield* source;
-  } catch (error) {
-    throw Object.assign(error as Error, { bodyFailed: true });
+/**
+ * Writes a body chunk by chunk, each handed to the socket before the next is pulled (the source
+ * may reuse its buffer), then ends the request. An error of the source is marked as the body's.
+ */
+async function sendBody(source: AsyncIterable<Uint8Array>, request: ClientRequest): Promise<void> {
+  const iterator = source[Symbol.asyncIterator]();
+  for (;;) {
+    let next: IteratorResult<Uint8Array>;
+    try {
+      next = await iterator.next();
+    } catch (error) {
+      throw Object.assign(error as Error, { bodyFailed: true });
+    }
+    if (next.done) break;
+    if (request.destroyed) {
+      await iterator.return?.();
+      return;
+    }
+    await new Promise<void>((resolve, reject) =>
+      request.write(next.value, (error) => (error ? reject(error) : resolve())),
+    );
   }
+  request.end();
 }
 
 function wrap(message: IncomingMessage, method: string): HttpResponse {
