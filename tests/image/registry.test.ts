@@ -714,6 +714,46 @@ describe("registry client against docker-registry", () => {
     }
   });
 
+  test("a streamed PATCH that the server cuts off fails cleanly instead of waiting", async () => {
+    // Stand-in for a front end that answers an upload early and drops the connection (a size
+    // limit, a restart): the body's writes can never finish, and the upload must fail, not hang.
+    const blob = noise(3_000_000, 6);
+    const path = join(work, "cut-off.bin");
+    writeFileSync(path, blob);
+    const upstream = new URL(registry.url);
+    const server = createServer((req, res) => {
+      if (req.method === "PATCH") {
+        res.writeHead(500, { "content-length": "0", connection: "close" });
+        res.end();
+        req.socket.destroy();
+        return;
+      }
+      forward(upstream, req, res);
+    });
+    server.listen(0, "127.0.0.1");
+    await new Promise((resolve) => server.once("listening", resolve));
+    const client = new RegistryClient(`127.0.0.1:${(server.address() as { port: number }).port}`, {
+      chunkSize: 64 * 1024,
+      fileChunkSize: 2 * 1024 * 1024,
+    });
+    try {
+      await assert.rejects(
+        client.uploadFile(
+          "apps/cut-off",
+          { path, offset: 0, size: blob.length },
+          { digest: sha256(blob), verified: true },
+        ),
+        (error: RegistryError) =>
+          error instanceof RegistryError && /PATCH bytes 0-2097151/.test(error.message),
+      );
+      assert.equal(await new RegistryClient(registry.host).blobSize("apps/cut-off", sha256(blob)), undefined);
+    } finally {
+      client.close();
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
   test("a layer file that is not what it claims, or ends early, commits nothing", async () => {
     const good = await layerTar(28, 120_000);
     const bad = Uint8Array.from(good, (b, i) => (i === 100_000 ? b ^ 1 : b));

@@ -116,21 +116,29 @@ export class HttpTransport {
  */
 async function sendBody(source: AsyncIterable<Uint8Array>, request: ClientRequest): Promise<void> {
   const iterator = source[Symbol.asyncIterator]();
-  for (;;) {
-    let next: IteratorResult<Uint8Array>;
-    try {
-      next = await iterator.next();
-    } catch (error) {
-      throw Object.assign(error as Error, { bodyFailed: true });
+  let ended = false;
+  try {
+    for (;;) {
+      let next: IteratorResult<Uint8Array>;
+      try {
+        next = await iterator.next();
+      } catch (error) {
+        ended = true;
+        throw Object.assign(error as Error, { bodyFailed: true });
+      }
+      if (next.done) {
+        ended = true;
+        break;
+      }
+      if (request.destroyed) return;
+      // Node calls this back with an error if the connection goes first (test: "cut off").
+      await new Promise<void>((resolve, reject) =>
+        request.write(next.value, (error) => (error ? reject(error) : resolve())),
+      );
     }
-    if (next.done) break;
-    if (request.destroyed) {
-      await iterator.return?.();
-      return;
-    }
-    await new Promise<void>((resolve, reject) =>
-      request.write(next.value, (error) => (error ? reject(error) : resolve())),
-    );
+  } finally {
+    // A source left early is closed (its file handle with it).
+    if (!ended) await iterator.return?.();
   }
   request.end();
 }
