@@ -112,35 +112,27 @@ export class HttpTransport {
 
 /**
  * Writes a body chunk by chunk, each handed to the socket before the next is pulled (the source
- * may reuse its buffer), then ends the request. An error of the source is marked as the body's.
+ * may reuse its buffer), then ends the request. Leaving early (the connection went) closes the
+ * source, and its file handle with it.
  */
 async function sendBody(source: AsyncIterable<Uint8Array>, request: ClientRequest): Promise<void> {
-  const iterator = source[Symbol.asyncIterator]();
-  let ended = false;
-  try {
-    for (;;) {
-      let next: IteratorResult<Uint8Array>;
-      try {
-        next = await iterator.next();
-      } catch (error) {
-        ended = true;
-        throw Object.assign(error as Error, { bodyFailed: true });
-      }
-      if (next.done) {
-        ended = true;
-        break;
-      }
-      if (request.destroyed) return;
-      // Node calls this back with an error if the connection goes first (test: "cut off").
-      await new Promise<void>((resolve, reject) =>
-        request.write(next.value, (error) => (error ? reject(error) : resolve())),
-      );
-    }
-  } finally {
-    // A source left early is closed (its file handle with it).
-    if (!ended) await iterator.return?.();
+  for await (const chunk of marked(source)) {
+    if (request.destroyed) return;
+    // Node calls this back with an error if the connection goes first (test: "cut off").
+    await new Promise<void>((resolve, reject) =>
+      request.write(chunk, (error) => (error ? reject(error) : resolve())),
+    );
   }
   request.end();
+}
+
+/** Passes a body through, marking an error it throws as the body's, not the connection's. */
+async function* marked(source: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+  try {
+    yield* source;
+  } catch (error) {
+    throw Object.assign(error as Error, { bodyFailed: true });
+  }
 }
 
 function wrap(message: IncomingMessage, method: string): HttpResponse {
