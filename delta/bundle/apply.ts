@@ -76,11 +76,12 @@ export interface ApplyBundleOptions {
    */
   readonly streamToWriter?: boolean;
   /**
-   * Start the writer at once instead of after every layer is rebuilt: each rebuilt layer is
-   * decoded into its scratch file and verified in layer order, and the writer gets it (through
-   * `ready()`) as soon as it is, so uploading one layer overlaps decoding the next. For writers
-   * that await `ready()` as LayerToWrite says (the registry writer). A later layer that fails its
-   * check stops the writer before its manifest; blobs already placed were each verified first.
+   * Call the writer once the payloads are checked instead of after every layer is rebuilt: the
+   * layers decode into their scratch files one after another while the writer works, and it may
+   * follow each file as it is written (`LocalLayer.written`) but commits a layer only after its
+   * `ready()` (its check). For writers that keep LayerToWrite's rules (the registry writer). A
+   * later layer that fails its check stops the writer before its manifest; blobs already placed
+   * were each checked first.
    */
   readonly writeWhileDecoding?: boolean;
   /** Skip the free-space check (tests on tmpfs). */
@@ -314,7 +315,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
   const decodeTo = async (
     chunks: AsyncIterable<Uint8Array>,
     out: string,
-    onWritten?: (size: number) => void,
+    onWritten: (size: number) => void,
   ): Promise<number> => {
     try {
       return await writeToFile(chunks, out, undefined, onWritten);
@@ -326,7 +327,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 
   const scratch = await ScratchDir.create(options.scratchDir, "deltaship-apply-");
   const opened: SourceReader[] = [];
-  // With writeWhileDecoding: rebuilt layers decode one after another. If the writer fails, those
+  // Rebuilt layers decode one after another. With writeWhileDecoding, if the writer fails, those
   // not yet started never start, and the one running ends before its sources close.
   let decodes: Promise<void> = Promise.resolve();
   let stopped = false;
@@ -399,7 +400,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           open: async () => chunks(),
           checked: true,
         });
-      } else if (options.writeWhileDecoding === true) {
+      } else {
         const out = scratch.file("layer.tar");
         const progress = new WrittenSoFar(`the rebuilt layer ${entry.diffId}`);
         const decoded = decodes.then(async () => {
@@ -412,6 +413,8 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           (error: unknown) => progress.end(error),
         );
         decodes = decoded;
+        // Without writeWhileDecoding, every layer is rebuilt before the writer is called.
+        if (options.writeWhileDecoding !== true) await decoded;
         layers.push({
           diffId: entry.diffId,
           size: entry.outputSize,
@@ -426,15 +429,6 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
             verified: true,
             written: (end) => progress.until(end),
           },
-        });
-      } else {
-        const out = scratch.file("layer.tar");
-        const size = await decodeTo(chunks(), out);
-        layers.push({
-          diffId: entry.diffId,
-          size,
-          open: async () => readFileStream(out),
-          local: { location: { path: out, offset: 0, size }, verified: true },
         });
       }
       applied.push({ diffId: entry.diffId, size: entry.outputSize, from: "bundle" });
