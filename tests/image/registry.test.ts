@@ -125,6 +125,15 @@ function forward(
   req.pipe(onward);
 }
 
+/** Starts `server` on a free port of 127.0.0.1 and gives its `host:port`. */
+async function listenLocally(server: Server): Promise<string> {
+  server.listen(0, "127.0.0.1");
+  await new Promise((resolve) => server.once("listening", resolve));
+  const address = server.address();
+  assert.ok(address && typeof address === "object");
+  return `127.0.0.1:${address.port}`;
+}
+
 /** Forwards to the registry unchanged and records each request (method, path, ranges, status). */
 async function startRecordingProxy(
   target: TestRegistry,
@@ -142,12 +151,8 @@ async function startRecordingProxy(
       }),
     );
   });
-  server.listen(0, "127.0.0.1");
-  await new Promise((resolve) => server.once("listening", resolve));
-  const address = server.address();
-  assert.ok(address && typeof address === "object");
   return {
-    host: `127.0.0.1:${address.port}`,
+    host: await listenLocally(server),
     log,
     stop() {
       server.closeAllConnections();
@@ -602,9 +607,7 @@ describe("registry client against docker-registry", () => {
       }
       forward(upstream, req, res);
     });
-    server.listen(0, "127.0.0.1");
-    await new Promise((resolve) => server.once("listening", resolve));
-    const host = `127.0.0.1:${(server.address() as { port: number }).port}`;
+    const host = await listenLocally(server);
     try {
       const client = new RegistryClient(host, {
         credentials: { username: "device", password: "secret" },
@@ -730,9 +733,7 @@ describe("registry client against docker-registry", () => {
       }
       forward(upstream, req, res);
     });
-    server.listen(0, "127.0.0.1");
-    await new Promise((resolve) => server.once("listening", resolve));
-    const client = new RegistryClient(`127.0.0.1:${(server.address() as { port: number }).port}`, {
+    const client = new RegistryClient(await listenLocally(server), {
       chunkSize: 64 * 1024,
       fileChunkSize: 2 * 1024 * 1024,
     });
@@ -1112,9 +1113,7 @@ describe("registry client against docker-registry", () => {
       res.writeHead(200, { "content-type": "application/json", "content-length": "2" });
       res.end("{}");
     });
-    server.listen(0, "127.0.0.1");
-    await new Promise((resolve) => server.once("listening", resolve));
-    const client = new RegistryClient(`127.0.0.1:${(server.address() as { port: number }).port}`);
+    const client = new RegistryClient(await listenLocally(server));
     try {
       await client.ping();
       await client.ping();
@@ -1261,22 +1260,18 @@ describe("registry auth", () => {
       res.writeHead(200, { "content-type": "application/octet-stream" });
       res.end(readFileSync(registry.blobPath(digest)));
     });
-    storage.listen(0, "127.0.0.1");
-    await new Promise((resolve) => storage.once("listening", resolve));
-    const storagePort = (storage.address() as { port: number }).port;
+    const storageHost = await listenLocally(storage);
     const upstream = new URL(registry.url);
     const front = createServer((req, res) => {
       const blob = /^\/v2\/.+\/blobs\/(sha256:[0-9a-f]{64})$/.exec(req.url ?? "");
       if (req.method === "GET" && blob && req.headers.authorization) {
-        res.writeHead(307, { location: `http://127.0.0.1:${storagePort}/${blob[1]}?sig=signed` });
+        res.writeHead(307, { location: `http://${storageHost}/${blob[1]}?sig=signed` });
         res.end();
         return;
       }
       forward(upstream, req, res);
     });
-    front.listen(0, "127.0.0.1");
-    await new Promise((resolve) => front.once("listening", resolve));
-    const frontHost = `127.0.0.1:${(front.address() as { port: number }).port}`;
+    const frontHost = await listenLocally(front);
     try {
       const tar = await layerTar(93);
       await pushImage(`${registry.host}/apps/redirected:1`, imageOf([tar]), { credentials: users[0] });
