@@ -11,6 +11,8 @@ import { dirname } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { type FilterRange, isX86Elf, MIN_FILTERED_FILE } from "../filters/payload.js";
+import { CompressionError } from "../image/compression.js";
+import { DigestError } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
@@ -32,7 +34,7 @@ import {
   SIGNATURE_BLOCK_SIZE,
 } from "./format.js";
 import { encodePayload, type LayerHints, type PayloadSettings } from "./payload.js";
-import { readFileStream, ScratchDir, spool } from "./scratch.js";
+import { readFileStream, ScratchDir, writeToFile } from "./scratch.js";
 import { type SigningKey, signManifest } from "./sign.js";
 
 /**
@@ -368,7 +370,6 @@ async function addSourceLayer(
     onProgress?.(done);
   };
   let location: BlobLocation;
-  let digest: string;
   if (info.compression === "none" && image.locateLayerBlob !== undefined) {
     // An uncompressed layer in a local file is read where it lies: scanned and hashed, not copied.
     location = image.locateLayerBlob(index);
@@ -377,20 +378,43 @@ async function addSourceLayer(
       hash.update(chunk);
       scan(chunk);
     }
-    digest = `sha256:${hash.digest("hex")}`;
+    const digest = `sha256:${hash.digest("hex")}`;
+    scanner.finish();
+    if (digest !== info.diffId) {
+      throw new Error(
+        `source layer ${index} of ${describe(image)} hashes to ${digest}, but its config says ${info.diffId}; the source image is damaged, fetch it again`,
+      );
+    }
   } else {
-    const spooled = await spool(await image.openLayerTar(index), scratch.file("source.tar"), scan);
-    location = { path: spooled.path, offset: 0, size: spooled.size };
-    digest = spooled.digest;
-  }
-  scanner.finish();
-  if (digest !== info.diffId) {
-    throw new Error(
-      `source layer ${index} of ${describe(image)} hashes to ${digest}, but its config says ${info.diffId}; the source image is damaged, fetch it again`,
-    );
+    const path = scratch.file("source.tar");
+    location = { path, offset: 0, size: await copyLayerTar(image, index, "source", path, scan) };
+    scanner.finish();
   }
   catalog.layers.push({ diffId: info.diffId, location, size: location.size, start, entries });
   catalog.size += location.size;
+}
+
+/**
+ * Copies layer `index`'s tar to the scratch file `path` and returns its size; `onChunk` sees every
+ * chunk. The reader's stream checks the diff_id at its end (ImageReader.openLayerTar), so the copy
+ * is not hashed again here; a mismatch, or a compressed blob that does not inflate, is reported
+ * as that image being damaged.
+ */
+async function copyLayerTar(
+  image: ImageReader,
+  index: number,
+  role: "source" | "target",
+  path: string,
+  onChunk: (chunk: Uint8Array) => void,
+): Promise<number> {
+  try {
+    return await writeToFile(await image.openLayerTar(index), path, onChunk);
+  } catch (err) {
+    if (!(err instanceof DigestError || err instanceof CompressionError)) throw err;
+    throw new Error(
+      `${role} layer ${index} of ${describe(image)} is damaged: ${err.message}${role === "source" ? "; fetch the source image again" : ""}`,
+    );
+  }
 }
 
 function describe(image: ImageReader): string {
@@ -532,7 +556,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       }
     }
 
-    // Target layers: spool and scan (pass one), collect hints.
+    // Target layers: copied to scratch and scanned (pass one), collect hints.
     interface Pending {
       index: number;
       path: string;
@@ -732,7 +756,8 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
           },
         });
         let done = 0;
-        const spooled = await spool(await target.openLayerTar(i), scratch.file("target.tar"), (chunk) => {
+        const path = scratch.file("target.tar");
+        const size = await copyLayerTar(target, i, "target", path, (chunk) => {
           scanner.push(chunk);
           done += chunk.length;
           progress?.({
@@ -743,19 +768,14 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
           });
         });
         scanner.finish();
-        if (spooled.digest !== info.diffId) {
-          throw new Error(
-            `target layer ${i} of ${describe(target)} hashes to ${spooled.digest}, but its config says ${info.diffId}; the target image is damaged`,
-          );
-        }
         const p: Pending = {
           index: i,
-          path: spooled.path,
-          size: spooled.size,
+          path,
+          size,
           hints: hintsFor(entries, digests, catalog),
           x86,
           literalByExtension: literalByExtension(entries, digests, catalog),
-          plainCompressor: plainCompressorFor(spooled.size),
+          plainCompressor: plainCompressorFor(size),
         };
         pending.push(p);
         // Every source layer is listed and offsets stay as they are: this layer can start now.

@@ -1,8 +1,7 @@
 /**
  * Scratch files for diff and apply: one private folder per run, removed whole at the end,
- * and helpers to spool a stream to a file while hashing it.
+ * and helpers to write a stream to a file and to follow a file being written.
  */
-import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -23,27 +22,6 @@ export class ScratchDir {
   async remove(): Promise<void> {
     await rm(this.path, { recursive: true, force: true });
   }
-}
-
-export interface SpoolResult {
-  readonly path: string;
-  readonly size: number;
-  /** `sha256:…` of the bytes written. */
-  readonly digest: string;
-}
-
-/** Writes a stream to `path`, hashing as it goes; `onChunk` sees every chunk (scanners, progress). */
-export async function spool(
-  stream: AsyncIterable<Uint8Array>,
-  path: string,
-  onChunk?: (chunk: Uint8Array) => void,
-): Promise<SpoolResult> {
-  const hash = createHash("sha256");
-  const size = await writeToFile(stream, path, (chunk) => {
-    hash.update(chunk);
-    onChunk?.(chunk);
-  });
-  return { path, size, digest: `sha256:${hash.digest("hex")}` };
 }
 
 /**
