@@ -4,10 +4,17 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { buildBundle } from "../../delta/bundle/diff.js";
 import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
 import { openImage, writeImage } from "../../delta/image/open.js";
-import { buildTar, imageOf, patched, realFiles, withContent, writeArchive } from "./fixtures.js";
+import {
+  buildTar,
+  bundleBetween,
+  imageOf,
+  patched,
+  realFiles,
+  withContent,
+  writeArchive,
+} from "./fixtures.js";
 
 /**
  * A diff copies each target layer (and each source layer it cannot read in place) to scratch and
@@ -47,16 +54,6 @@ async function flipByte(file: string, at: number): Promise<void> {
   await writeFile(file, bytes);
 }
 
-async function diff(from: string, to: string, out: string): Promise<unknown> {
-  const target = await openImage(to);
-  const source = await openImage(from);
-  try {
-    return await buildBundle({ target, sources: [source], key, out, zstdLevel: 3, scratchDir: dir });
-  } finally {
-    await Promise.all([target.close(), source.close()]);
-  }
-}
-
 describe("diff of a damaged image", () => {
   it("names a damaged target layer and writes no bundle", async () => {
     const from = await writeArchive(join(dir, "v1.tar"), imageOf("apps/damaged", "1", [base, app1]));
@@ -66,7 +63,7 @@ describe("diff of a damaged image", () => {
     assert.ok(at > 0, "the layer's bytes are in the archive");
     await flipByte(to, at + 5);
     const out = join(dir, "bad-target.bundle");
-    await assert.rejects(diff(from, to, out), (err: unknown) => {
+    await assert.rejects(bundleBetween(from, to, key, out, dir), (err: unknown) => {
       assert.ok(err instanceof Error);
       assert.match(
         err.message,
@@ -88,7 +85,7 @@ describe("diff of a damaged image", () => {
     await flipByte(blob, -6);
     const to = await writeArchive(join(dir, "v2.tar"), imageOf("apps/damaged", "2", [base, app2]));
     const out = join(dir, "bad-source.bundle");
-    await assert.rejects(diff(`oci:${layout}`, to, out), (err: unknown) => {
+    await assert.rejects(bundleBetween(`oci:${layout}`, to, key, out, dir), (err: unknown) => {
       assert.ok(err instanceof Error);
       assert.match(
         err.message,
