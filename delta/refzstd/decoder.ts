@@ -25,7 +25,7 @@ import {
   PREAMBLE_SIZE,
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
-  REFZSTD_VERSION_GZIP,
+  REFZSTD_VERSION_SPLIT,
   REFZSTD_VERSION_X86,
   RefZstdError,
   type SegmentHeader,
@@ -41,6 +41,7 @@ import {
   MAX_GZIP_TEXT,
   sameDeflate,
 } from "./regzip.js";
+import { TarWalk } from "./tarsplit.js";
 import { applyX86Diff, X86_ABSOLUTE, X86_KINDS, X86DiffState } from "./x86diff.js";
 
 /** pieceDiffs value of a diff piece; an x86 diff piece (version 3) has DIFF + its x86 mode. */
@@ -127,6 +128,7 @@ function parseSegmentHeader(
     pieceCount: r.read("the piece count"),
     tablesLength: r.read("the tables length"),
     frameLength: r.read("the frame length"),
+    headerLength: version >= REFZSTD_VERSION_SPLIT ? r.read("the header literal length") : 0,
   };
   const limit = (ok: boolean, message: string) => {
     if (!ok) throw new RefZstdError("LIMIT", message, offset);
@@ -142,6 +144,10 @@ function parseSegmentHeader(
     header.literalLength <= maxLiteral &&
       (version !== REFZSTD_VERSION || header.literalLength <= header.outputLength),
     `${header.literalLength} literal bytes exceed the segment output or the ${maxLiteral}-byte limit`,
+  );
+  limit(
+    header.headerLength <= header.literalLength,
+    `${header.headerLength} header literal bytes exceed the ${header.literalLength} literal bytes`,
   );
   limit(header.extentCount <= MAX_EXTENTS, `${header.extentCount} extents exceed ${MAX_EXTENTS}`);
   limit(
@@ -164,7 +170,7 @@ function parseSegmentHeader(
 
 /** The most literal frame bytes a segment may declare in a payload of this version. */
 function literalLimit(version: number): number {
-  return version === REFZSTD_VERSION_X86 ? MAX_SEGMENT_LITERAL_X86 : MAX_SEGMENT_LITERAL;
+  return version >= REFZSTD_VERSION_X86 ? MAX_SEGMENT_LITERAL_X86 : MAX_SEGMENT_LITERAL;
 }
 
 /** A gzip piece's recipe (version 2): the file's header, text and trailer come from the literal bytes. */
@@ -278,9 +284,9 @@ function parseTables(
     } else if (isDiff) {
       const lengthWord = r.read(`diff piece ${i}'s length`);
       // Version 3: length × 4 + x86 mode (0 plain, X86_RELATIVE, X86_ABSOLUTE).
-      const mode = version === REFZSTD_VERSION_X86 ? lengthWord % 4 : 0;
+      const mode = version >= REFZSTD_VERSION_X86 ? lengthWord % 4 : 0;
       if (mode > X86_ABSOLUTE) throw corrupt(`diff piece ${i} has x86 mode ${mode}`);
-      length = version === REFZSTD_VERSION_X86 ? Math.floor(lengthWord / 4) : lengthWord;
+      length = version >= REFZSTD_VERSION_X86 ? Math.floor(lengthWord / 4) : lengthWord;
       pieceDiffs[i] = DIFF + mode;
     } else {
       length = Math.floor(word / 2);
@@ -320,7 +326,7 @@ function parseTables(
   }
   const wordCounts: number[] = [];
   let wordCount = 0;
-  for (let k = 0; k < (version === REFZSTD_VERSION_X86 ? X86_KINDS : 0); k++) {
+  for (let k = 0; k < (version >= REFZSTD_VERSION_X86 ? X86_KINDS : 0); k++) {
     wordCounts.push(r.read(`the count of x86 words of kind ${k}`));
     wordCount += wordCounts[k]!;
   }
@@ -470,10 +476,10 @@ export async function* decodeRefZstd(
     }
   }
   const version = head[REFZSTD_MAGIC.length]!;
-  if (version !== REFZSTD_VERSION && version !== REFZSTD_VERSION_GZIP && version !== REFZSTD_VERSION_X86) {
+  if (version < REFZSTD_VERSION || version > REFZSTD_VERSION_SPLIT) {
     throw new RefZstdError(
       "VERSION",
-      `payload version ${version}, this decoder reads versions ${REFZSTD_VERSION} to ${REFZSTD_VERSION_X86}; update the device software`,
+      `payload version ${version}, this decoder reads versions ${REFZSTD_VERSION} to ${REFZSTD_VERSION_SPLIT}; update the device software`,
       REFZSTD_MAGIC.length,
     );
   }
@@ -510,6 +516,8 @@ export async function* decodeRefZstd(
   const x86 = new X86DiffState();
   let dictionaryBuffer: Uint8Array = new Uint8Array(0);
   let fill = 0;
+  // Version 4: the walk over the output that tells header bytes from the rest (tarsplit.ts).
+  const walk = version >= REFZSTD_VERSION_SPLIT ? new TarWalk() : undefined;
   for (let s = 0; s < segmentCount; s++) {
     const headerBytes = await readExact(
       payload,
@@ -601,7 +609,24 @@ export async function* decodeRefZstd(
         ? await rebuildGzips(tables, literal, s, position - header.frameLength, options.scratchDir)
         : new Map<number, Uint8Array>();
 
-    let literalAt = 0;
+    const split = header.headerLength > 0;
+    if (split && tables.gzips.size > 0) {
+      throw new RefZstdError(
+        "CORRUPT",
+        `segment ${s} has gzip pieces and ${header.headerLength} header literal bytes`,
+        position - header.frameLength,
+      );
+    }
+    /** Version 4: the next header byte, and where the other literal bytes end (the x86 words follow). */
+    let headerAt = 0;
+    const literalEnd = tables.wordStarts[0]!;
+    const overrun = () =>
+      new RefZstdError(
+        "CORRUPT",
+        `segment ${s}'s pieces take more header or other literal bytes than its ${header.headerLength} and ${literalEnd - header.headerLength}`,
+        position - header.frameLength,
+      );
+    let literalAt = header.headerLength;
     x86.startWords(tables.wordStarts);
     for (let i = 0; i < tables.pieceLengths.length; i++) {
       let remaining = tables.pieceLengths[i]!;
@@ -621,8 +646,20 @@ export async function* decodeRefZstd(
       }
       let copied = 0;
       while (remaining > 0) {
-        const n = Math.min(remaining, out.length - fill);
-        if (from < 0) {
+        let n = Math.min(remaining, out.length - fill);
+        if (split && from < 0) {
+          // A plain literal piece: header bytes from the frame's header part, the rest after it.
+          n = Math.min(n, walk!.run);
+          if (walk!.inHeader) {
+            if (headerAt + n > header.headerLength) throw overrun();
+            out.set(literal.subarray(headerAt, headerAt + n), fill);
+            headerAt += n;
+          } else {
+            if (literalAt + n > literalEnd) throw overrun();
+            out.set(literal.subarray(literalAt, literalAt + n), fill);
+            literalAt += n;
+          }
+        } else if (from < 0) {
           out.set(bytes.subarray(bytesAt, bytesAt + n), fill);
           bytesAt += n;
           if (gzip === undefined) literalAt += n;
@@ -631,6 +668,7 @@ export async function* decodeRefZstd(
         } else {
           await source!.read(from + copied, out, fill, n);
         }
+        if (split && (isDiff || isX86) && literalAt + n > literalEnd) throw overrun();
         if (isDiff) {
           addDifferences(out, fill, out, fill, literal, literalAt, n);
           literalAt += n;
@@ -648,6 +686,7 @@ export async function* decodeRefZstd(
           }
           literalAt += n;
         }
+        walk?.advance(n, out, fill);
         copied += n;
         fill += n;
         remaining -= n;
@@ -657,6 +696,13 @@ export async function* decodeRefZstd(
           fill = 0;
         }
       }
+    }
+    if (split && (headerAt !== header.headerLength || literalAt !== literalEnd)) {
+      throw new RefZstdError(
+        "CORRUPT",
+        `segment ${s}'s pieces take ${headerAt} header and ${literalAt - header.headerLength} other literal bytes, its header says ${header.headerLength} and ${literalEnd - header.headerLength}`,
+        position - header.frameLength,
+      );
     }
     for (let k = 0; k < tables.wordCounts.length; k++) {
       if (x86.wordAt[k] !== x86.wordEnd[k]) {

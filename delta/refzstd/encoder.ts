@@ -23,6 +23,7 @@ import {
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
+  REFZSTD_VERSION_SPLIT,
   REFZSTD_VERSION_X86,
   VarintWriter,
   zigzag,
@@ -38,6 +39,7 @@ import {
   MAX_GZIP_TEXT,
   startsWithGzipMagic,
 } from "./regzip.js";
+import { headerRanges } from "./tarsplit.js";
 import {
   emptyX86Words,
   encodeX86Diff,
@@ -55,6 +57,11 @@ import {
  * over the link come first.
  */
 export const DEFAULT_REFZSTD_LEVEL = 22;
+/**
+ * Header bytes of new entries (with no old version) a segment needs before its headers go apart
+ * (payload version 4): 128 headers. Below that, the gain is a few bytes.
+ */
+const SPLIT_MIN_HEADER_BYTES = 64 * 1024;
 /** Tar pads data to 512-byte blocks: a copy is extended over the padding when the source's matches. */
 const TAR_BLOCK = 512;
 
@@ -111,6 +118,11 @@ export interface RefZstdEncodeOptions {
   readonly framesAhead?: number;
   /** Approximate matching of one changed binary (`matchBinary` by default); a pool runs it in a worker. */
   readonly matchBinary?: MatchBinary;
+  /**
+   * Send the literal bytes of tar headers apart from the rest in each segment without gzip pieces
+   * (payload version 4, tarsplit.ts); default true.
+   */
+  readonly splitHeaders?: boolean;
 }
 
 /** Pieces that rebuild `newBytes` from `oldBytes` (offsets within `oldBytes`); both buffers belong to the callee afterwards. */
@@ -354,6 +366,34 @@ class Planner {
     }
     seg.literal += length;
     seg.output += length;
+  }
+}
+
+/**
+ * Cuts target ranges into runs inside and outside the header ranges of tarsplit.ts
+ * ([start, end) pairs in order); ranges must be asked for in target order.
+ */
+class HeaderCursor {
+  private next = 0;
+  constructor(private readonly ranges: readonly number[]) {}
+
+  runs(start: number, end: number, visit: (from: number, to: number, header: boolean) => void): void {
+    const r = this.ranges;
+    while (this.next < r.length && r[this.next + 1]! <= start) this.next += 2;
+    let j = this.next;
+    let p = start;
+    while (p < end) {
+      if (j < r.length && r[j]! <= p) {
+        const to = Math.min(end, r[j + 1]!);
+        visit(p, to, true);
+        p = to;
+        if (to === r[j + 1]) j += 2;
+      } else {
+        const to = Math.min(end, j < r.length ? r[j]! : end);
+        visit(p, to, false);
+        p = to;
+      }
+    }
   }
 }
 
@@ -922,11 +962,51 @@ export async function* encodeRefZstd(
   head.write(segments.length);
   const preamble = new Uint8Array(REFZSTD_MAGIC.length + 1 + head.length);
   preamble.set(REFZSTD_MAGIC);
-  const version = segments.some((seg) => seg.x86.size > 0)
-    ? REFZSTD_VERSION_X86
-    : segments.some((seg) => seg.gzips.size > 0 || seg.extents.some((e) => e.inflatedLength !== undefined))
-      ? REFZSTD_VERSION_GZIP
-      : REFZSTD_VERSION;
+  // Version 4: per segment, the literal bytes of its plain literal pieces that lie in tar headers.
+  const headerBytes = new Map<SegmentPlan, number>();
+  const ranges =
+    options.splitHeaders === false
+      ? []
+      : await headerRanges(target.size, (position, into, length) =>
+          readInto(target, position, into, 0, length),
+        );
+  if (ranges.length > 0) {
+    const cursor = new HeaderCursor(ranges);
+    const referenced = new HeaderCursor(references.flatMap((r) => [r.targetOffset, r.targetEnd]));
+    for (const seg of segments) {
+      if (seg.gzips.size > 0) continue;
+      let n = 0;
+      /** Header bytes of entries with an old version: they sit best beside it, in tar order. */
+      let aligned = 0;
+      for (let i = 0; i < seg.lengths.length; i++) {
+        if (seg.sources[i]! >= 0) continue;
+        const t = seg.targets[i]!;
+        cursor.runs(t, t + seg.lengths[i]!, (from, to, header) => {
+          if (!header) return;
+          n += to - from;
+          referenced.runs(from, to, (a, b, inside) => {
+            if (inside) aligned += b - a;
+          });
+        });
+      }
+      // Mostly new entries (a new app's layer): their headers go apart. Mostly changed entries
+      // (an update): each header stays next to its old version's, which the reference holds in
+      // the same order (scenario 3: 138,123 bytes in order, 138,666 apart; scenario 2: 1,195,723
+      // in order, 1,179,832 apart).
+      // A few new headers (a tar's end) are not worth it.
+      if (n - aligned >= SPLIT_MIN_HEADER_BYTES && aligned * 2 < n) headerBytes.set(seg, n);
+    }
+  }
+  const version =
+    headerBytes.size > 0
+      ? REFZSTD_VERSION_SPLIT
+      : segments.some((seg) => seg.x86.size > 0)
+        ? REFZSTD_VERSION_X86
+        : segments.some(
+              (seg) => seg.gzips.size > 0 || seg.extents.some((e) => e.inflatedLength !== undefined),
+            )
+          ? REFZSTD_VERSION_GZIP
+          : REFZSTD_VERSION;
   preamble[REFZSTD_MAGIC.length] = version;
   preamble.set(head.result, REFZSTD_MAGIC.length + 1);
   yield preamble;
@@ -942,11 +1022,12 @@ export async function* encodeRefZstd(
   const inFlight: {
     seg: SegmentPlan;
     literalLength: number;
+    headerLength: number;
     tablesFrame: Uint8Array;
     frame: Promise<Uint8Array>;
   }[] = [];
   async function* emit(done: (typeof inFlight)[number]): AsyncGenerator<Uint8Array> {
-    const { seg, tablesFrame } = done;
+    const { seg, tablesFrame, headerLength } = done;
     const frame = await done.frame;
     const header = new VarintWriter();
     for (const v of [
@@ -956,20 +1037,25 @@ export async function* encodeRefZstd(
       seg.lengths.length,
       tablesFrame.length,
       frame.length,
+      ...(version >= REFZSTD_VERSION_SPLIT ? [headerLength] : []),
     ])
       header.write(v);
     yield header.result.slice();
     yield tablesFrame;
     if (frame.length > 0) yield frame;
   }
+  const gatherCursor = ranges.length > 0 ? new HeaderCursor(ranges) : undefined;
   for (const seg of segments) {
     let frame: Promise<Uint8Array> = Promise.resolve(new Uint8Array(0));
     /** The segment's x86 diff words by kind, in piece order: they follow its literal bytes in the frame. */
     const words = emptyX86Words();
     let literalLength = seg.literal;
+    const headerLength = headerBytes.get(seg) ?? 0;
     if (seg.literal > 0) {
       let literal = new Uint8Array(seg.literal);
-      let at = 0;
+      // Version 4: header bytes of plain literal pieces first, everything else after them.
+      let headerAt = 0;
+      let at = headerLength;
       for (let i = 0; i < seg.lengths.length; i++) {
         const isDiff = seg.diffs.has(i);
         if (seg.sources[i]! >= 0 && !isDiff) continue;
@@ -977,6 +1063,17 @@ export async function* encodeRefZstd(
         const gzip = seg.gzips.get(i);
         if (gzip !== undefined) {
           at = await gatherGzip(target, seg.targets[i]!, length, gzip, literal, at);
+          continue;
+        }
+        if (headerLength > 0 && !isDiff) {
+          const t = seg.targets[i]!;
+          const runs: [number, number, boolean][] = [];
+          gatherCursor!.runs(t, t + length, (from, to, header) => runs.push([from, to, header]));
+          for (const [from, to, header] of runs) {
+            await readInto(target, from, literal, header ? headerAt : at, to - from);
+            if (header) headerAt += to - from;
+            else at += to - from;
+          }
           continue;
         }
         await readInto(target, seg.targets[i]!, literal, at, length);
@@ -1041,7 +1138,7 @@ export async function* encodeRefZstd(
       } else if (seg.diffs.has(i)) {
         tables.write(DIFF_PIECE);
         tables.write(
-          version === REFZSTD_VERSION_X86 ? seg.lengths[i]! * 4 + (seg.x86.get(i) ?? 0) : seg.lengths[i]!,
+          version >= REFZSTD_VERSION_X86 ? seg.lengths[i]! * 4 + (seg.x86.get(i) ?? 0) : seg.lengths[i]!,
         );
       } else {
         tables.write(seg.lengths[i]! * 2 + (from >= 0 ? 1 : 0));
@@ -1052,9 +1149,9 @@ export async function* encodeRefZstd(
       }
       expected += seg.lengths[i]!;
     }
-    if (version === REFZSTD_VERSION_X86) for (const list of words) tables.write(list.length);
+    if (version >= REFZSTD_VERSION_X86) for (const list of words) tables.write(list.length);
     const tablesFrame = tablesCompressor.compress(tables.result);
-    inFlight.push({ seg, literalLength, tablesFrame, frame });
+    inFlight.push({ seg, literalLength, headerLength, tablesFrame, frame });
     if (inFlight.length > ahead) yield* emit(inFlight.shift()!);
   }
   while (inFlight.length > 0) yield* emit(inFlight.shift()!);

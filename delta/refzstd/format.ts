@@ -60,6 +60,21 @@
  * where an operand starts (x86diff.ts has the rule); its four output bytes are the source's four
  * bytes plus the next word of its kind, as one 32-bit little-endian sum, and their difference
  * bytes must be 0. Every other byte is source plus difference byte, as in a diff piece.
+ *
+ * Version 4 keeps everything of version 3 and moves tar headers apart from file contents
+ * (tarsplit.ts). A segment header has a seventh varint:
+ *
+ *   segment  := varint outputLength, varint literalLength, varint extentCount,
+ *               varint pieceCount, varint tablesLength, varint frameLength, varint headerLength,
+ *               tables, literal frame
+ *
+ * Decoder and encoder walk the payload's whole output as a tar (TarWalk; its state runs on from
+ * segment to segment). When headerLength is not 0, each byte of a plain literal piece that the
+ * walk places in a header block or in metadata is the next of the frame's first headerLength
+ * bytes; every other literal byte (plain literal bytes elsewhere, diff pieces' difference bytes)
+ * comes after those, in piece order, then the x86 diff words as in version 3. The header part
+ * must be used up exactly. A segment with gzip pieces has headerLength 0. When headerLength is 0
+ * the segment's literal bytes are in piece order, as in version 3.
  */
 
 import { VarintReader as BaseVarintReader, MAX_VARINT_BYTES, VarintWriter } from "../varint.js";
@@ -72,6 +87,8 @@ export const REFZSTD_VERSION = 1;
 export const REFZSTD_VERSION_GZIP = 2;
 /** The version of payloads with x86 diff pieces (and everything of version 2). */
 export const REFZSTD_VERSION_X86 = 3;
+/** The version of payloads whose segments may send tar headers apart (and everything of version 3). */
+export const REFZSTD_VERSION_SPLIT = 4;
 /** The piece word that starts a diff piece. */
 export const DIFF_PIECE = 0;
 /** The piece word that starts a gzip piece (version 2). */
@@ -96,8 +113,8 @@ export const MAX_PIECES = 1 << 19;
 export const MAX_SOURCE_SIZE = 2 ** 50;
 /** Output sizes stay exact JavaScript integers. */
 export const MAX_OUTPUT_SIZE = Number.MAX_SAFE_INTEGER;
-/** The six varints of a segment header, at most. */
-export const MAX_SEGMENT_HEADER = 6 * MAX_VARINT_BYTES;
+/** The varints of a segment header (seven in version 4), at most. */
+export const MAX_SEGMENT_HEADER = 7 * MAX_VARINT_BYTES;
 /** zstd window for literal frames: covers a full reference plus a full segment (a decoder decodes single-shot, so it never allocates the window). */
 export const FRAME_WINDOW_LOG = 26;
 
@@ -105,7 +122,7 @@ export const FRAME_WINDOW_LOG = 26;
 export function maxTablesSize(extentCount: number, pieceCount: number, version = REFZSTD_VERSION): number {
   // Version 2: an inflated extent has three varints, a gzip piece five; version 3 ends with the word count.
   if (version === REFZSTD_VERSION) return (2 * extentCount + 2 * pieceCount) * MAX_VARINT_BYTES;
-  return (3 * extentCount + 5 * pieceCount + (version === REFZSTD_VERSION_X86 ? 1 : 0)) * MAX_VARINT_BYTES;
+  return (3 * extentCount + 5 * pieceCount + (version >= REFZSTD_VERSION_X86 ? 1 : 0)) * MAX_VARINT_BYTES;
 }
 
 /** zstd's ZSTD_COMPRESSBOUND: the largest frame a compressor writes for `n` input bytes. */
@@ -149,6 +166,8 @@ export interface SegmentHeader {
   readonly pieceCount: number;
   readonly tablesLength: number;
   readonly frameLength: number;
+  /** Version 4: literal bytes of header blocks at the start of the frame; 0 before. */
+  readonly headerLength: number;
 }
 
 export function zigzag(n: number): number {

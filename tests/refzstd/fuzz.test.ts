@@ -3,8 +3,9 @@
  * dropped bytes, truncations, segments spliced from another payload) and random bytes behind a
  * valid magic. Every case must end in output no longer than declared or a RefZstdError, never
  * another exception or a hang. Seeded, so a failing case reproduces from its number. Version-2
- * payloads (recompressed gzip files) and version-3 payloads (x86 diff pieces of a relinked
- * executable) get the same, plus single changed varints in their tables.
+ * payloads (recompressed gzip files), version-3 payloads (x86 diff pieces of a relinked
+ * executable) and version-4 payloads (tar headers sent apart, beside diff pieces) get the same,
+ * plus single changed varints in their tables.
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -18,6 +19,7 @@ import {
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
+  REFZSTD_VERSION_SPLIT,
   REFZSTD_VERSION_X86,
   RefZstdError,
   VarintReader,
@@ -44,6 +46,10 @@ const GZIP_RANDOM_CASES = 300;
 const X86_MUTATED_CASES = 400;
 const X86_TABLE_CASES = 200;
 const X86_RANDOM_CASES = 300;
+/** Version-4 payloads (headers sent apart): a new app's 300 small files beside a relinked executable. */
+const SPLIT_MUTATED_CASES = 400;
+const SPLIT_TABLE_CASES = 200;
+const SPLIT_RANDOM_CASES = 300;
 
 /** mulberry32: a small seeded generator, so every case is reproducible. */
 function prng(seed: number): () => number {
@@ -114,6 +120,28 @@ const x86Payloads = await Promise.all(
     collect(
       encodeRefZstd(new BufferSource(x86Next), x86Against.source, {
         ...hintsFor(x86Next, [x86Old]),
+        level: 3,
+        segmentLiteral,
+        reference: 2 * segmentLiteral,
+      }),
+    ),
+  ),
+);
+// Version 4: a new app's files (their headers go apart) beside the relinked executable (diff
+// pieces in the same segments), in one segment and in three.
+const appFiles = Array.from({ length: 300 }, (_, i) => ({
+  path: `app/node_modules/pkg-${i % 13}/lib/${i}.js`,
+  type: "file" as const,
+  content: Buffer.from(`module.exports = (a) => a + ${i};\n`.repeat(1 + (i % 7))),
+}));
+const splitOld = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.oldFile }]);
+const splitNext = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.newFile }, ...appFiles]);
+const splitAgainst = { source: new BufferSource(splitOld), size: splitNext.length };
+const splitPayloads = await Promise.all(
+  [200_000, 1 << 20].map((segmentLiteral) =>
+    collect(
+      encodeRefZstd(new BufferSource(splitNext), splitAgainst.source, {
+        ...hintsFor(splitNext, [splitOld]),
         level: 3,
         segmentLiteral,
         reference: 2 * segmentLiteral,
@@ -267,7 +295,9 @@ function mutateTables(payload: Uint8Array, random: () => number): Uint8Array {
   let at = top.offset;
   for (let s = 0; s < head[1]!; s++) {
     const r = new VarintReader(payload.subarray(at), at, "segment header");
-    const fields = [0, 1, 2, 3, 4, 5].map(() => r.read("field"));
+    // Version 4 has a seventh varint, the header literal length.
+    const count = payload[REFZSTD_MAGIC.length]! >= REFZSTD_VERSION_SPLIT ? 7 : 6;
+    const fields = Array.from({ length: count }, () => r.read("field"));
     at = r.offset;
     let tables: Uint8Array = payload.subarray(at, at + fields[4]!);
     const frame = payload.subarray(at + fields[4]!, at + fields[4]! + fields[5]!);
@@ -361,4 +391,12 @@ fuzzVersion(
   x86Next,
   { mutated: X86_MUTATED_CASES, random: X86_RANDOM_CASES, tables: X86_TABLE_CASES },
   SEED + 5,
+);
+fuzzVersion(
+  REFZSTD_VERSION_SPLIT,
+  splitPayloads,
+  splitAgainst,
+  splitNext,
+  { mutated: SPLIT_MUTATED_CASES, random: SPLIT_RANDOM_CASES, tables: SPLIT_TABLE_CASES },
+  SEED + 8,
 );

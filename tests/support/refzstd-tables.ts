@@ -1,7 +1,13 @@
 /** Reading a ref-zstd payload's tables in tests: what the decoder would build its dictionaries from. */
 import assert from "node:assert/strict";
 import zstd from "zstd-napi";
-import { PREAMBLE_SIZE, unzigzag, VarintReader } from "../../delta/refzstd/format.js";
+import {
+  PREAMBLE_SIZE,
+  REFZSTD_MAGIC,
+  REFZSTD_VERSION_SPLIT,
+  unzigzag,
+  VarintReader,
+} from "../../delta/refzstd/format.js";
 
 /** One segment's counts and its tables, decompressed, to read from the start. */
 export interface SegmentTables {
@@ -9,6 +15,8 @@ export interface SegmentTables {
   readonly literalLength: number;
   readonly extentCount: number;
   readonly pieceCount: number;
+  /** Version 4: literal bytes of tar headers at the start of the literal frame (0 before version 4). */
+  readonly headerLength: number;
   readonly tables: VarintReader;
 }
 
@@ -34,9 +42,17 @@ export function segmentTables(payload: Uint8Array): SegmentTables[] {
     const pieceCount = head.read("piece count");
     const tablesLength = head.read("tables length");
     const frameLength = head.read("frame length");
+    const headerLength =
+      payload[REFZSTD_MAGIC.length]! >= REFZSTD_VERSION_SPLIT ? head.read("header length") : 0;
     at = head.offset;
     const raw = zstd.decompress(Buffer.from(payload.subarray(at, at + tablesLength)));
-    out.push({ literalLength, extentCount, pieceCount, tables: new VarintReader(raw, 0, "tables") });
+    out.push({
+      literalLength,
+      extentCount,
+      pieceCount,
+      headerLength,
+      tables: new VarintReader(raw, 0, "tables"),
+    });
     at += tablesLength + frameLength;
   }
   assert.equal(at, payload.length);
