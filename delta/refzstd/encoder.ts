@@ -1086,6 +1086,11 @@ export async function* encodeRefZstd(
         }
         at += length;
       }
+      if (headerLength > 0 && (headerAt !== headerLength || at !== seg.literal)) {
+        throw new Error(
+          `ref-zstd encoder: a segment gathered ${headerAt} header and ${at - headerLength} other literal bytes, its plan says ${headerLength} and ${seg.literal - headerLength}`,
+        );
+      }
       const wordCount = x86WordCount(words);
       if (wordCount > 0) {
         const withWords = new Uint8Array(seg.literal + 4 * wordCount);

@@ -15,12 +15,23 @@ import { BundleError, isPresent, type PayloadCodec, readBundleHead } from "../..
 import { generateSigningKey } from "../../delta/bundle/sign.js";
 import { openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
-import { appLayerEntries, buildTar, imageOf, realFiles, sha256, writeArchive } from "../bundle/fixtures.js";
+import { PREAMBLE_SIZE, REFZSTD_VERSION_SPLIT } from "../../delta/refzstd/format.js";
+import {
+  appLayerEntries,
+  buildTar,
+  imageOf,
+  realFiles,
+  sha256,
+  treeFiles,
+  writeArchive,
+} from "../bundle/fixtures.js";
 
 const key = generateSigningKey();
 let dir: string;
 let v1: string;
 let v2: string;
+/** A new app (a package v1 does not hold, 446 files) on v1's base. */
+let other: string;
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "refzstd-bundle-"));
@@ -29,6 +40,10 @@ before(async () => {
   const app2 = await buildTar(appLayerEntries("newer", ["yaml"]));
   v1 = await writeArchive(join(dir, "v1.tar"), imageOf("apps/web", "1", [base, app1]));
   v2 = await writeArchive(join(dir, "v2.tar"), imageOf("apps/web", "2", [base, app2]));
+  const newApp = await buildTar(
+    treeFiles("node_modules/durable-functions", "app/node_modules/durable-functions"),
+  );
+  other = await writeArchive(join(dir, "other.tar"), imageOf("apps/other", "1", [base, newApp]));
 });
 
 after(async () => {
@@ -44,8 +59,8 @@ async function opened<T>(paths: string[], fn: (images: ImageReader[]) => Promise
   }
 }
 
-async function build(out: string, codec?: PayloadCodec) {
-  return opened([v2, v1], ([target, source]) =>
+async function build(out: string, codec?: PayloadCodec, to = v2) {
+  return opened([to, v1], ([target, source]) =>
     buildBundle({
       target: target!,
       sources: [source!],
@@ -110,6 +125,21 @@ describe("ref-zstd bundles", () => {
       ours.length < vcdiff.layers[1]!.payloadBytes,
       `ref-zstd ${ours.length} bytes, vcdiff-zstd ${vcdiff.layers[1]!.payloadBytes}`,
     );
+  });
+
+  it("sends a new app's tar headers apart (payload version 4) and rebuilds it byte for byte", async () => {
+    const out = join(dir, "other.bundle");
+    // Asked for by name: against so small a source, Brotli of the whole layer may come out smaller.
+    await build(out, "ref-zstd", other);
+    const head = await readBundleHead(out);
+    const entry = head.manifest.layers[1]!;
+    assert.ok(!isPresent(entry));
+    assert.equal(entry.codec, "ref-zstd");
+    const bytes = await readFile(out);
+    assert.equal(bytes[head.payloadsOffset + entry.offset + PREAMBLE_SIZE - 1], REFZSTD_VERSION_SPLIT);
+    const dest = join(dir, "other-rebuilt.tar");
+    await apply(out, dest);
+    assert.equal(sha256(await readFile(dest)), sha256(await readFile(other)));
   });
 
   it("refuses a signed payload that is malformed, naming the layer and the payload byte", async () => {
