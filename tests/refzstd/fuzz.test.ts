@@ -69,6 +69,27 @@ async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
+/** `next` encoded against `source` at level 3, once per segment size (with a reference twice that). */
+function encodedAt(
+  next: Uint8Array,
+  source: BufferSource,
+  segmentLiterals: readonly number[],
+  hints: ReturnType<typeof hintsFor>,
+): Promise<Buffer[]> {
+  return Promise.all(
+    segmentLiterals.map((segmentLiteral) =>
+      collect(
+        encodeRefZstd(new BufferSource(next), source, {
+          ...hints,
+          level: 3,
+          segmentLiteral,
+          reference: 2 * segmentLiteral,
+        }),
+      ),
+    ),
+  );
+}
+
 const docs = realFiles("/usr/share/common-licenses", "usr/share/licenses", { limit: 12, maxBytes: 200_000 });
 const old = await buildTar(docs);
 const next = await buildTar([
@@ -98,34 +119,22 @@ function gzipPackages(edited: boolean) {
 const gzipOld = await buildTar(gzipPackages(false));
 const gzipNext = await buildTar(gzipPackages(true));
 const gzipAgainst = { source: new BufferSource(gzipOld), size: gzipNext.length };
-const gzipPayloads = await Promise.all(
-  [24_576, 1 << 20].map((segmentLiteral) =>
-    collect(
-      encodeRefZstd(new BufferSource(gzipNext), gzipAgainst.source, {
-        ...hintsFor(gzipNext, [gzipOld], { headerLengths: true }),
-        level: 3,
-        segmentLiteral,
-        reference: 2 * segmentLiteral,
-      }),
-    ),
-  ),
+const gzipPayloads = await encodedAt(
+  gzipNext,
+  gzipAgainst.source,
+  [24_576, 1 << 20],
+  hintsFor(gzipNext, [gzipOld], { headerLengths: true }),
 );
 // Version 3: a relinked x86-64 executable (x86 diff pieces), in small segments and in one.
 const x86 = x86Pair(256 * 1024, 128);
 const x86Old = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.oldFile }]);
 const x86Next = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.newFile }]);
 const x86Against = { source: new BufferSource(x86Old), size: x86Next.length };
-const x86Payloads = await Promise.all(
-  [32_768, 1 << 20].map((segmentLiteral) =>
-    collect(
-      encodeRefZstd(new BufferSource(x86Next), x86Against.source, {
-        ...hintsFor(x86Next, [x86Old]),
-        level: 3,
-        segmentLiteral,
-        reference: 2 * segmentLiteral,
-      }),
-    ),
-  ),
+const x86Payloads = await encodedAt(
+  x86Next,
+  x86Against.source,
+  [32_768, 1 << 20],
+  hintsFor(x86Next, [x86Old]),
 );
 // Version 4: a new app's files (their headers go apart) beside the relinked executable (diff
 // pieces in the same segments), in one segment and in three.
@@ -134,33 +143,15 @@ const appFiles = Array.from({ length: 300 }, (_, i) => ({
   type: "file" as const,
   content: Buffer.from(`module.exports = (a) => a + ${i};\n`.repeat(1 + (i % 7))),
 }));
-const splitOld = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.oldFile }]);
 const splitNext = await buildTar([{ path: "usr/bin/app", type: "file", content: x86.newFile }, ...appFiles]);
-const splitAgainst = { source: new BufferSource(splitOld), size: splitNext.length };
-const splitPayloads = await Promise.all(
-  [200_000, 1 << 20].map((segmentLiteral) =>
-    collect(
-      encodeRefZstd(new BufferSource(splitNext), splitAgainst.source, {
-        ...hintsFor(splitNext, [splitOld]),
-        level: 3,
-        segmentLiteral,
-        reference: 2 * segmentLiteral,
-      }),
-    ),
-  ),
+const splitAgainst = { source: x86Against.source, size: splitNext.length };
+const splitPayloads = await encodedAt(
+  splitNext,
+  splitAgainst.source,
+  [200_000, 1 << 20],
+  hintsFor(splitNext, [x86Old]),
 );
-const payloads = await Promise.all(
-  [4096, 16_384].map((segmentLiteral) =>
-    collect(
-      encodeRefZstd(new BufferSource(next), source, {
-        ...hintsFor(next, [old]),
-        level: 3,
-        segmentLiteral,
-        reference: 2 * segmentLiteral,
-      }),
-    ),
-  ),
-);
+const payloads = await encodedAt(next, source, [4096, 16_384], hintsFor(next, [old]));
 
 /** Decodes one case; returns the output length, or the error code. */
 async function attempt(
