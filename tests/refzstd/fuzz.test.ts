@@ -15,7 +15,6 @@ import zstd from "zstd-napi";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
 import {
-  PREAMBLE_SIZE,
   REFZSTD_MAGIC,
   REFZSTD_VERSION,
   REFZSTD_VERSION_GZIP,
@@ -23,11 +22,12 @@ import {
   REFZSTD_VERSION_X86,
   RefZstdError,
   VarintReader,
-  VarintWriter,
 } from "../../delta/refzstd/format.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, withContent } from "../bundle/fixtures.js";
+import { collect } from "../support/collect.js";
 import { seededBytes } from "../support/random.js";
+import { storedSegments, varints, withSegments } from "../support/refzstd-tables.js";
 import { x86Pair } from "../support/x86-pair.js";
 import { hintsFor } from "./hints.js";
 
@@ -61,12 +61,6 @@ function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
-}
-
-async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const part of parts) chunks.push(Buffer.from(part));
-  return Buffer.concat(chunks);
 }
 
 /** `next` encoded against `source` at level 3, once per segment size (with a reference twice that). */
@@ -268,52 +262,28 @@ test("random bytes behind a valid magic end in a RefZstdError", async () => {
   await randomBodiesRefused(REFZSTD_VERSION, RANDOM_CASES, SEED + 1);
 });
 
-function varints(values: readonly number[]): Uint8Array {
-  const w = new VarintWriter();
-  for (const v of values) w.write(v);
-  return w.result;
-}
-
 /**
  * `payload` with one varint of one segment's tables replaced (by a neighbour, 0, 1, or a random
  * value of random size), the tables recompressed and the segment header's tables length fixed.
  */
 function mutateTables(payload: Uint8Array, random: () => number): Uint8Array {
-  const top = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
-  const head = [top.read("output size"), top.read("segment count")];
-  const parts: Uint8Array[] = [payload.subarray(0, PREAMBLE_SIZE), varints(head)];
-  const target = Math.floor(random() * head[1]!);
-  let at = top.offset;
-  for (let s = 0; s < head[1]!; s++) {
-    const r = new VarintReader(payload.subarray(at), at, "segment header");
-    // Version 4 has a seventh varint, the header literal length.
-    const count = payload[REFZSTD_MAGIC.length]! >= REFZSTD_VERSION_SPLIT ? 7 : 6;
-    const fields = Array.from({ length: count }, () => r.read("field"));
-    at = r.offset;
-    let tables: Uint8Array = payload.subarray(at, at + fields[4]!);
-    const frame = payload.subarray(at + fields[4]!, at + fields[4]! + fields[5]!);
-    at += fields[4]! + fields[5]!;
-    if (s === target) {
-      const raw = zstd.decompress(Buffer.from(tables));
-      const t = new VarintReader(raw, 0, "tables");
-      const values: number[] = [];
-      while (t.remaining > 0) values.push(t.read("value"));
-      const i = Math.floor(random() * values.length);
-      const v = values[i]!;
-      const choices = [
-        v + 1,
-        Math.max(0, v - 1),
-        0,
-        1,
-        Math.floor(random() * 2 ** Math.floor(random() * 40)),
-      ];
-      values[i] = choices[Math.floor(random() * choices.length)]!;
-      tables = zstd.compress(Buffer.from(varints(values)));
-      fields[4] = tables.length;
-    }
-    parts.push(varints(fields), tables, frame);
-  }
-  return Buffer.concat(parts);
+  const segments = storedSegments(payload);
+  const target = Math.floor(random() * segments.length);
+  const { fields, tables } = segments[target]!;
+  const t = new VarintReader(zstd.decompress(Buffer.from(tables)), 0, "tables");
+  const values: number[] = [];
+  while (t.remaining > 0) values.push(t.read("value"));
+  const i = Math.floor(random() * values.length);
+  const v = values[i]!;
+  const choices = [v + 1, Math.max(0, v - 1), 0, 1, Math.floor(random() * 2 ** Math.floor(random() * 40))];
+  values[i] = choices[Math.floor(random() * choices.length)]!;
+  const changed = zstd.compress(Buffer.from(varints(values)));
+  segments[target] = {
+    ...segments[target]!,
+    fields: fields.map((f, k) => (k === 4 ? changed.length : f)),
+    tables: changed,
+  };
+  return withSegments(payload, segments);
 }
 
 /** Decodes `cases` payloads of `corpus` with one table varint changed: each ends in output or a RefZstdError. */

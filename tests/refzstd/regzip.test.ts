@@ -41,6 +41,7 @@ import type { TarWriterEntry } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, imageOf, writeArchive } from "../bundle/fixtures.js";
 import { applyFromImages, buildBundleBetween } from "../support/bundles.js";
+import { collect } from "../support/collect.js";
 import { seededBytes } from "../support/random.js";
 import { segmentCount, segmentTables } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
@@ -118,12 +119,6 @@ async function toolError(decoding: Promise<unknown>, message: RegExp): Promise<v
     assert.match(err.message, message);
     return true;
   });
-}
-
-async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const part of parts) chunks.push(Buffer.from(part));
-  return Buffer.concat(chunks);
 }
 
 /** A source with only the asynchronous read, like a registry-backed one. */

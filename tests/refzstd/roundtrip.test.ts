@@ -6,14 +6,9 @@ import { PREAMBLE_SIZE, RefZstdError } from "../../delta/refzstd/format.js";
 import { opaqueWhiteout, whiteout } from "../../delta/tar/writer.js";
 import { BufferSource, type SourceReader } from "../../delta/vcdiff/source.js";
 import { buildTar, patched, realFiles, sha256, withContent } from "../bundle/fixtures.js";
+import { collect } from "../support/collect.js";
 import { firstSegmentExtents, segmentCount, segmentTables } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
-
-async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const part of parts) chunks.push(Buffer.from(part));
-  return Buffer.concat(chunks);
-}
 
 async function encode(
   target: Uint8Array,

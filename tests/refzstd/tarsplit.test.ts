@@ -4,32 +4,19 @@ import { linkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, wr
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import zstd from "zstd-napi";
 import { decodeRefZstd } from "../../delta/refzstd/decoder.js";
 import { encodeRefZstd } from "../../delta/refzstd/encoder.js";
-import {
-  PREAMBLE_SIZE,
-  REFZSTD_MAGIC,
-  REFZSTD_VERSION_SPLIT,
-  RefZstdError,
-  VarintReader,
-  VarintWriter,
-} from "../../delta/refzstd/format.js";
+import { REFZSTD_MAGIC, REFZSTD_VERSION_SPLIT, RefZstdError } from "../../delta/refzstd/format.js";
 import { headerRanges, headerSize, TAR_HEADER_BLOCK } from "../../delta/refzstd/tarsplit.js";
 import { listTar } from "../../delta/tar/reader.js";
 import { buildTar, type TarWriterEntry } from "../../delta/tar/writer.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
-import { segmentTables } from "../support/refzstd-tables.js";
+import { collect } from "../support/collect.js";
+import { segmentTables, storedSegments, withSegments } from "../support/refzstd-tables.js";
 import { hintsFor } from "./hints.js";
 
 const dir = mkdtempSync(join(tmpdir(), "tarsplit-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const part of parts) chunks.push(Buffer.from(part));
-  return Buffer.concat(chunks);
-}
 
 /** Header ranges as our tar reader sees them: each entry's header blocks (with PAX or long-name data), then the tar's end. */
 async function readerRanges(tar: Uint8Array): Promise<number[]> {
@@ -195,24 +182,8 @@ describe("ref-zstd version 4 payloads", () => {
 
 /** `payload` (version 4) with each segment's header length changed by `change`. */
 function withHeaderLength(payload: Uint8Array, change: (n: number) => number): Uint8Array {
-  const top = new VarintReader(payload.subarray(PREAMBLE_SIZE), PREAMBLE_SIZE, "payload header");
-  const head = [top.read("output size"), top.read("segment count")];
-  const write = (values: number[]) => {
-    const w = new VarintWriter();
-    for (const v of values) w.write(Math.max(0, v));
-    return w.result;
-  };
-  const parts: Uint8Array[] = [payload.subarray(0, PREAMBLE_SIZE), write(head)];
-  let at = top.offset;
-  for (let s = 0; s < head[1]!; s++) {
-    const r = new VarintReader(payload.subarray(at), at, "segment header");
-    const fields = [0, 1, 2, 3, 4, 5, 6].map(() => r.read("field"));
-    at = r.offset;
-    const body = payload.subarray(at, at + fields[4]! + fields[5]!);
-    at += body.length;
-    fields[6] = change(fields[6]!);
-    parts.push(write(fields), body);
-  }
-  assert.ok(zstd !== undefined);
-  return Buffer.concat(parts);
+  return withSegments(
+    payload,
+    storedSegments(payload).map((s) => ({ ...s, fields: s.fields.map((f, k) => (k === 6 ? change(f) : f)) })),
+  );
 }

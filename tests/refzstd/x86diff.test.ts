@@ -19,6 +19,7 @@ import {
 } from "../../delta/refzstd/x86diff.js";
 import { BufferSource } from "../../delta/vcdiff/source.js";
 import { buildTar } from "../bundle/fixtures.js";
+import { collect } from "../support/collect.js";
 import { seededBytes } from "../support/random.js";
 import { x86Pair } from "../support/x86-pair.js";
 import { hintsFor } from "./hints.js";
@@ -172,12 +173,6 @@ describe("x86 diff pieces", () => {
     for (let i = 0; i < diff.length; i++) assert.equal(diff[i], (newBytes[i]! - oldBytes[i]!) & 0xff);
   });
 });
-
-async function collect(parts: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const chunks: Uint8Array[] = [];
-  for await (const part of parts) chunks.push(Buffer.from(part));
-  return Buffer.concat(chunks);
-}
 
 /** A layer holding one executable (with e_machine set to `machine`, e_type to `type`) and a text file. */
 async function layerWith(executable: Uint8Array, machine: number, type = 2): Promise<Uint8Array> {
