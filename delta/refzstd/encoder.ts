@@ -964,8 +964,16 @@ export async function* encodeRefZstd(
   preamble.set(REFZSTD_MAGIC);
   // Version 4: per segment, the literal bytes of its plain literal pieces that lie in tar headers.
   const headerBytes = new Map<SegmentPlan, number>();
+  // The walk reads every header block of the layer: only when some segment without gzip pieces
+  // has enough plain literal bytes to reach SPLIT_MIN_HEADER_BYTES of headers.
+  const mayHaveRoom = (seg: SegmentPlan) => {
+    if (seg.gzips.size > 0) return false;
+    let plain = 0;
+    for (let i = 0; i < seg.lengths.length; i++) if (seg.sources[i]! < 0) plain += seg.lengths[i]!;
+    return plain >= SPLIT_MIN_HEADER_BYTES;
+  };
   const ranges =
-    options.splitHeaders === false
+    options.splitHeaders === false || !segments.some(mayHaveRoom)
       ? []
       : await headerRanges(target.size, (position, into, length) =>
           readInto(target, position, into, 0, length),
