@@ -8,6 +8,7 @@
  */
 import { createHash } from "node:crypto";
 import { statfs } from "node:fs/promises";
+import { GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
@@ -15,6 +16,7 @@ import { DIGEST_INVALID } from "../image/registry/client.js";
 import { RegistryError } from "../image/registry/errors.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
 import { decodeRefZstd, GzipToolError, RefZstdError } from "../refzstd/index.js";
+import { GzipMismatchError } from "../refzstd/regzip.js";
 import { decode } from "../vcdiff/decoder.js";
 import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js";
 import {
@@ -176,6 +178,37 @@ async function* payloadChunks(
         ? inflateBrotliFileRange(bundlePath, at, length)
         : inflateFileRange(bundlePath, at, length, { windowLogMax: MAX_ZSTD_WINDOW_LOG, reuseOutput: true });
     yield* filterRanges(inflated, table.ranges, "decode");
+  } else if (payload.codec === "zstd-gz" || payload.codec === "brotli-gz") {
+    const where = `layer ${payload.diffId}`;
+    let x86: Awaited<ReturnType<typeof readFilterTable>>;
+    let gzip: Awaited<ReturnType<typeof readGzipTable>>;
+    try {
+      x86 = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
+      gzip = await readGzipTable(
+        bundlePath,
+        start + x86.tableLength,
+        payload.length - x86.tableLength,
+        payload.outputSize,
+      );
+    } catch (err) {
+      if (!(err instanceof FilterTableError) && !(err instanceof GzipTableError)) throw err;
+      throw new BundleError("PAYLOAD", where, err.message);
+    }
+    const at = start + x86.tableLength + gzip.tableLength;
+    const length = payload.length - x86.tableLength - gzip.tableLength;
+    const inflated =
+      payload.codec === "brotli-gz"
+        ? inflateBrotliFileRange(bundlePath, at, length)
+        : inflateFileRange(bundlePath, at, length, { windowLogMax: MAX_ZSTD_WINDOW_LOG, reuseOutput: true });
+    try {
+      yield* filterRanges(rebuildGzipPieces(inflated, gzip.pieces, scratchDir), x86.ranges, "decode");
+    } catch (err) {
+      if (err instanceof GzipToolError)
+        throw new BundleError("IO", where, `${err.message}; nothing was written`);
+      if (err instanceof GzipTableError || err instanceof GzipMismatchError)
+        throw new BundleError("PAYLOAD", where, err.message);
+      throw err;
+    }
   } else if (payload.codec === "ref-zstd") {
     const reader = await FileRangeSource.open({ path: bundlePath, offset: start, size: payload.length });
     try {

@@ -34,21 +34,12 @@ export type WorkerJob =
       readonly oldBytes: Uint8Array;
       readonly newBytes: Uint8Array;
     }
-  | {
-      readonly id: number;
-      readonly kind: "payload";
-      readonly targetPath: string;
-      readonly out: string;
-      readonly level: number;
-      readonly windowLog: number;
-      readonly x86?: readonly FilterRange[];
-      readonly compressor: PlainCompressor;
-    };
+  | ({ readonly id: number; readonly kind: "payload" } & PlainPayloadJob);
 
 export type WorkerReply =
   | { readonly id: number; readonly ok: true; readonly frame: Uint8Array }
   | { readonly id: number; readonly ok: true; readonly pieces: RefinedPiece[] }
-  | { readonly id: number; readonly ok: true; readonly payload: { length: number; sha256: string } }
+  | { readonly id: number; readonly ok: true; readonly payload: PlainPayloadResult }
   | { readonly id: number; readonly ok: false; readonly error: string }
   | { readonly id: number; readonly progress: number };
 
@@ -59,7 +50,17 @@ export interface PlainPayloadJob {
   readonly level: number;
   readonly windowLog: number;
   readonly x86?: readonly FilterRange[];
+  /** Gzip files that may go as their text (PayloadSettings.gzip). */
+  readonly gzip?: readonly FilterRange[];
+  readonly scratchDir?: string;
   readonly compressor: PlainCompressor;
+}
+
+export interface PlainPayloadResult {
+  readonly length: number;
+  readonly sha256: string;
+  /** Gzip files sent as their text. */
+  readonly gzipPieces: number;
 }
 
 interface Pending {
@@ -136,21 +137,8 @@ export class CompressPool {
   async encodePlainPayload(
     job: PlainPayloadJob,
     onBytes?: (done: number) => void,
-  ): Promise<{ length: number; sha256: string }> {
-    const reply = await this.submit(
-      {
-        id: this.nextId++,
-        kind: "payload",
-        targetPath: job.targetPath,
-        out: job.out,
-        level: job.level,
-        windowLog: job.windowLog,
-        ...(job.x86 !== undefined ? { x86: job.x86 } : {}),
-        compressor: job.compressor,
-      },
-      [],
-      onBytes,
-    );
+  ): Promise<PlainPayloadResult> {
+    const reply = await this.submit({ id: this.nextId++, kind: "payload", ...job }, [], onBytes);
     if (!("payload" in reply)) throw new Error("compress worker answered a payload job without a payload");
     return reply.payload;
   }

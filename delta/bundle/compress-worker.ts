@@ -27,6 +27,8 @@ async function run(job: WorkerJob): Promise<WorkerReply> {
     windowLog: job.windowLog,
     searchWholeSource: false,
     ...(job.x86 !== undefined ? { x86: job.x86 } : {}),
+    ...(job.gzip !== undefined ? { gzip: job.gzip } : {}),
+    ...(job.scratchDir !== undefined ? { scratchDir: job.scratchDir } : {}),
     compressor: job.compressor,
   };
   const payload = await encodePayload(job.targetPath, undefined, undefined, settings, job.out, (done) =>

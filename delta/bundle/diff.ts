@@ -10,6 +10,7 @@ import { open, rename, rm, stat } from "node:fs/promises";
 import { dirname } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { MIN_GZIP_FILE } from "../filters/gzip.js";
 import { type FilterRange, isX86Elf, MIN_FILTERED_FILE } from "../filters/payload.js";
 import { CompressionError } from "../image/compression.js";
 import { DigestError } from "../image/digest.js";
@@ -17,6 +18,7 @@ import { FileRangeSource } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
 import { encodeRefZstd } from "../refzstd/encoder.js";
+import { GZIP_MAGIC, MAX_GZIP_TEXT, startsWithGzipMagic } from "../refzstd/regzip.js";
 import { BLOCK_SIZE } from "../tar/format.js";
 import { ConcatSource, FileSource } from "../vcdiff/source.js";
 import { CompressPool, compressWorkerCount } from "./compress-pool.js";
@@ -133,6 +135,11 @@ export interface BuildBundleOptions {
   readonly refZstdLevel?: number;
   /** Fill spare `ref-zstd` reference room with the source layers the old versions came from; default true. */
   readonly refZstdFill?: boolean;
+  /**
+   * Send a plain payload's gzip files that GNU gzip rebuilds exactly as their text (`zstd-gz`,
+   * `brotli-gz`); default true unless `codec` names another plain codec.
+   */
+  readonly plainGzip?: boolean;
   /**
    * Worker threads that compress `ref-zstd` frames and plain payloads, so a diff uses several
    * cores; default one per core up to 2 (compress-pool.ts). Below 2 everything runs in this thread.
@@ -564,6 +571,8 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       hints: LayerHints;
       /** The layer's x86 executables (content ranges), for the x86 filter of a plain-zstd payload. */
       x86: FilterRange[];
+      /** The layer's files that start with the gzip magic (content ranges), for a plain payload's gzip pieces. */
+      gzip: FilterRange[];
       /** Bytes of the layer's files that the source does not hold, by name extension. */
       literalByExtension: Map<string, number>;
       /** What compresses its plain payload if it gets one (decided in layer order: see BROTLI_BUDGET). */
@@ -608,11 +617,12 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
               level: settings.level,
               windowLog: settings.windowLog,
               ...(settings.x86 !== undefined ? { x86: settings.x86 } : {}),
+              ...(settings.gzip !== undefined ? { gzip: settings.gzip, scratchDir: scratch.path } : {}),
               compressor: settings.compressor ?? "zstd",
             },
             report,
           )
-        : encodePayload(path, undefined, undefined, settings, out, report);
+        : encodePayload(path, undefined, undefined, { ...settings, scratchDir: scratch.path }, out, report);
     const layerAt = (offset: number): number => {
       let n = catalog.layers.length - 1;
       while (n > 0 && catalog.layers[n]!.start > offset) n--;
@@ -655,33 +665,45 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       // A whole-layer payload runs executables through the x86 filter unless `zstd` or `brotli` was asked for.
       const plainX86 =
         p.x86.length > 0 && preferred !== "zstd" && preferred !== "brotli" ? { x86: p.x86 } : {};
-      const plainSettings = { ...settings, ...plainX86, compressor };
-      const plainCodec = plainCodecOf(compressor, plainX86.x86 !== undefined);
-      let codec: PayloadCodec =
+      // Gzip files go as their text unless turned off or another plain codec was asked for.
+      const plainGzip =
+        p.gzip.length > 0 &&
+        options.plainGzip !== false &&
+        (!plainAsked || preferred === "zstd-gz" || preferred === "brotli-gz")
+          ? { gzip: p.gzip }
+          : {};
+      const plainSettings = { ...settings, ...plainX86, ...plainGzip, compressor };
+      const plainCodecFor = (gzipPieces: number) =>
+        plainCodecOf(compressor, plainX86.x86 !== undefined, gzipPieces > 0);
+      let codec: PayloadCodec | "plain" =
         source === undefined || plainAsked
-          ? plainCodec
+          ? "plain"
           : preferred === "ref-zstd" && hinted
             ? "ref-zstd"
             : hinted || searchWholeSource
               ? "vcdiff-zstd"
-              : plainCodec;
+              : "plain";
       let out = scratch.file("payload");
-      let { length, sha256 } =
-        codec === "ref-zstd"
-          ? await encodeRefZstdPayload(
-              p.path,
-              source!,
-              p.hints,
-              options.refZstdLevel,
-              options.refZstdFill === false ? undefined : fill,
-              pool,
-              out,
-              report,
-            )
-          : codec === "vcdiff-zstd"
-            ? await encodePayload(p.path, source, p.hints, settings, out, report)
-            : // A plain codec (plainX86 is empty without the filter).
-              await plainPayload(p.path, plainSettings, out, report);
+      let length: number;
+      let sha256: string;
+      if (codec === "ref-zstd") {
+        ({ length, sha256 } = await encodeRefZstdPayload(
+          p.path,
+          source!,
+          p.hints,
+          options.refZstdLevel,
+          options.refZstdFill === false ? undefined : fill,
+          pool,
+          out,
+          report,
+        ));
+      } else if (codec === "vcdiff-zstd") {
+        ({ length, sha256 } = await encodePayload(p.path, source, p.hints, settings, out, report));
+      } else {
+        const plain = await plainPayload(p.path, plainSettings, out, report);
+        ({ length, sha256 } = plain);
+        codec = plainCodecFor(plain.gzipPieces);
+      }
       // Nothing known in common (a VCDIFF search on its own), or a ref-zstd payload that is
       // mostly literal data: keep the delta only if it beats the whole-layer payload. An explicit
       // codec is kept as asked.
@@ -694,7 +716,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         if (alternative.length <= length) {
           await rm(out);
           out = plain;
-          codec = plainCodec;
+          codec = plainCodecFor(alternative.gzipPieces);
           ({ length, sha256 } = alternative);
         } else {
           await rm(plain);
@@ -726,8 +748,10 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         const entries: ScannedEntry[] = [];
         const digests: (string | undefined)[] = [];
         const x86: FilterRange[] = [];
+        const gzip: FilterRange[] = [];
         let hash: ReturnType<typeof createHash> | undefined;
-        // The first bytes of a file large enough to be worth the x86 filter, to recognise executables.
+        // The first bytes of a file, to recognise executables (if large enough to be worth the
+        // x86 filter) and gzip files.
         let head: Uint8Array | undefined;
         let headLength = 0;
         const scanner = new TarScanner({
@@ -735,7 +759,10 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             entries.push(entry);
             digests.push(undefined);
             hash = entry.type === "file" && entry.size > 0 ? sha256Hex() : undefined;
-            head = entry.type === "file" && entry.size >= MIN_FILTERED_FILE ? new Uint8Array(20) : undefined;
+            head =
+              entry.type === "file" && entry.size >= MIN_GZIP_FILE
+                ? new Uint8Array(entry.size >= MIN_FILTERED_FILE ? 20 : GZIP_MAGIC.length)
+                : undefined;
             headLength = 0;
           },
           data(chunk) {
@@ -752,6 +779,8 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             const entry = entries[entries.length - 1]!;
             if (head !== undefined && isX86Elf(head))
               x86.push({ offset: entry.dataOffset, length: entry.size });
+            else if (head !== undefined && entry.size <= MAX_GZIP_TEXT && startsWithGzipMagic(head))
+              gzip.push({ offset: entry.dataOffset, length: entry.size });
             head = undefined;
           },
         });
@@ -774,6 +803,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
           size,
           hints: hintsFor(entries, digests, catalog),
           x86,
+          gzip,
           literalByExtension: literalByExtension(entries, digests, catalog),
           plainCompressor: plainCompressorFor(size),
         };

@@ -33,7 +33,9 @@ export const SIGNATURE_BLOCK_SIZE = 1 + KEY_ID_SIZE + ED25519_SIGNATURE_SIZE;
  * rest against the old versions (delta/refzstd/format.ts); `zstd-x86`: a table of executable
  * ranges, then a zstd frame of the tar with those ranges through the x86 branch filter
  * (delta/filters/payload.ts); `brotli` and `brotli-x86`: the same as `zstd` and `zstd-x86` with
- * a Brotli stream (RFC 7932, window at most 16 MiB) instead of the zstd frame.
+ * a Brotli stream (RFC 7932, window at most 16 MiB) instead of the zstd frame; `zstd-gz` and
+ * `brotli-gz`: the x86 filter table (maybe empty), then a table of gzip files sent as their text
+ * (delta/filters/gzip.ts), then the zstd frame or Brotli stream of the tar so transformed.
  */
 export const PAYLOAD_CODECS = [
   "vcdiff-zstd",
@@ -42,12 +44,15 @@ export const PAYLOAD_CODECS = [
   "zstd-x86",
   "brotli",
   "brotli-x86",
+  "zstd-gz",
+  "brotli-gz",
 ] as const;
 export type PayloadCodec = (typeof PAYLOAD_CODECS)[number];
 /** What compresses a plain (whole-layer) payload. */
 export type PlainCompressor = "zstd" | "brotli";
-/** The plain codec of `compressor`, with or without the x86 filter table. */
-export function plainCodecOf(compressor: PlainCompressor, x86: boolean): PayloadCodec {
+/** The plain codec of `compressor`, with or without the x86 filter table, or with gzip pieces (and the x86 table). */
+export function plainCodecOf(compressor: PlainCompressor, x86: boolean, gzip = false): PayloadCodec {
+  if (gzip) return compressor === "brotli" ? "brotli-gz" : "zstd-gz";
   if (compressor === "brotli") return x86 ? "brotli-x86" : "brotli";
   return x86 ? "zstd-x86" : "zstd";
 }

@@ -11,6 +11,7 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createBrotliCompress, constants as zlib } from "node:zlib";
 import { CompressStream } from "zstd-napi";
+import { encodeGzipTable, expandGzipPieces, findGzipPieces } from "../filters/gzip.js";
 import { encodeFilterTable, type FilterRange, filterRanges } from "../filters/payload.js";
 import type { ReferenceHint } from "../refzstd/encoder.js";
 import { type CopyHint, encode, type SearchHint } from "../vcdiff/encoder.js";
@@ -28,6 +29,13 @@ export interface PayloadSettings {
   readonly x86?: readonly FilterRange[];
   /** What compresses a plain payload (no hints); default zstd. VCDIFF payloads are always zstd. */
   readonly compressor?: PlainCompressor;
+  /**
+   * Files that start with the gzip magic (content ranges; plain payloads only): those GNU gzip
+   * rebuilds exactly are sent as their text, which makes a `zstd-gz` or `brotli-gz` payload.
+   */
+  readonly gzip?: readonly FilterRange[];
+  /** Where gzip's input files go while recipes are checked; default the system's temporary folder. */
+  readonly scratchDir?: string;
 }
 
 /**
@@ -71,7 +79,10 @@ export interface LayerHints {
   uses: Set<number>;
 }
 
-/** Streams `path` through VCDIFF (or not) and zstd into `out`; returns length and sha256. */
+/**
+ * Streams `path` through VCDIFF (or not) and zstd into `out`; returns length, sha256 and how many
+ * gzip files went as text (then the payload has both tables: `zstd-gz` or `brotli-gz`).
+ */
 export async function encodePayload(
   targetPath: string,
   source: ConcatSource | undefined,
@@ -79,7 +90,7 @@ export async function encodePayload(
   options: PayloadSettings,
   out: string,
   onBytes: (n: number) => void,
-): Promise<{ length: number; sha256: string }> {
+): Promise<{ length: number; sha256: string; gzipPieces: number }> {
   const compressor =
     hints === undefined && options.compressor === "brotli"
       ? brotliCompressor(statSync(targetPath).size)
@@ -102,12 +113,24 @@ export async function encodePayload(
     }
   }
   const target = counted(readFileStream(targetPath));
-  const table = options.x86 !== undefined && hints === undefined ? encodeFilterTable(options.x86) : undefined;
+  const pieces =
+    hints === undefined && options.gzip !== undefined && options.gzip.length > 0
+      ? await findGzipPieces(targetPath, options.gzip, options.scratchDir)
+      : [];
+  const x86Table =
+    options.x86 !== undefined && hints === undefined
+      ? encodeFilterTable(options.x86)
+      : pieces.length > 0
+        ? encodeFilterTable([])
+        : undefined;
+  const table = pieces.length > 0 ? Buffer.concat([x86Table!, encodeGzipTable(pieces)]) : x86Table;
+  const filtered =
+    hints === undefined && options.x86 !== undefined ? filterRanges(target, options.x86, "encode") : target;
   const input =
     hints === undefined
-      ? options.x86 !== undefined
-        ? filterRanges(target, options.x86, "encode")
-        : target
+      ? pieces.length > 0
+        ? expandGzipPieces(filtered, pieces)
+        : filtered
       : encode(target, source, {
           copies: hints.copies,
           searches: hints.searches,
@@ -131,5 +154,5 @@ export async function encodePayload(
     },
     createWriteStream(out, { mode: 0o600 }),
   );
-  return { length, sha256: `sha256:${hash.digest("hex")}` };
+  return { length, sha256: `sha256:${hash.digest("hex")}`, gzipPieces: pieces.length };
 }

@@ -134,16 +134,21 @@ export async function* filterRanges(
   }
 }
 
-/** The table's bytes read first; a larger table (thousands of executables) is read again whole. */
+/** A table's bytes read first; a larger table (thousands of files) is read again whole. */
 const FIRST_READ = 64 * 1024;
 
-/** Reads and parses the filter table at `start` of a payload of `length` bytes in `path`. */
-export async function readFilterTable(
+/**
+ * Reads and parses a table at `start` of a payload of `length` bytes in `path`: `parse` throws
+ * `TableError` when the bytes it got end too soon, and then up to `maxSize` bytes are read.
+ */
+export async function readTable<T, E extends Error>(
   path: string,
   start: number,
   length: number,
-  outputSize: number,
-): Promise<{ ranges: FilterRange[]; tableLength: number }> {
+  maxSize: number,
+  parse: (bytes: Uint8Array) => T,
+  TableError: new (...args: never[]) => E,
+): Promise<T> {
   const handle = await open(path, "r");
   try {
     let want = Math.min(length, FIRST_READ);
@@ -151,14 +156,31 @@ export async function readFilterTable(
       const bytes = new Uint8Array(want);
       const { bytesRead } = await handle.read(bytes, 0, want, start);
       try {
-        return parseFilterTable(bytes.subarray(0, bytesRead), outputSize);
+        return parse(bytes.subarray(0, bytesRead));
       } catch (err) {
-        const larger = Math.min(length, MAX_FILTER_TABLE_SIZE);
-        if (!(err instanceof FilterTableError) || bytesRead < want || want >= larger) throw err;
+        const larger = Math.min(length, maxSize);
+        if (!(err instanceof TableError) || bytesRead < want || want >= larger) throw err;
         want = larger;
       }
     }
   } finally {
     await handle.close();
   }
+}
+
+/** Reads and parses the filter table at `start` of a payload of `length` bytes in `path`. */
+export function readFilterTable(
+  path: string,
+  start: number,
+  length: number,
+  outputSize: number,
+): Promise<{ ranges: FilterRange[]; tableLength: number }> {
+  return readTable(
+    path,
+    start,
+    length,
+    MAX_FILTER_TABLE_SIZE,
+    (bytes) => parseFilterTable(bytes, outputSize),
+    FilterTableError,
+  );
 }

@@ -35,11 +35,11 @@ import {
 import {
   GZIP_FIXED_HEADER,
   GZIP_TRAILER,
+  GzipMismatchError,
   gunzipText,
-  gzipMembers,
   MAX_GZIP_HEADER,
   MAX_GZIP_TEXT,
-  sameDeflate,
+  rebuildGzipFiles,
 } from "./regzip.js";
 import { TarWalk } from "./tarsplit.js";
 import { applyX86Diff, X86_ABSOLUTE, X86_KINDS, X86DiffState } from "./x86diff.js";
@@ -394,10 +394,8 @@ function decompressInto(
 }
 
 /**
- * The outputs of a segment's gzip pieces, by piece index: each file's header from the literal
- * bytes, then the deflate data GNU gzip makes of the text that follows it, then the trailer after
- * the text, which must equal gzip's own (else the text or this gzip is not what the encoder had).
- * One gzip run per level for the whole segment.
+ * The outputs of a segment's gzip pieces, by piece index: each file rebuilt from the header, text
+ * and trailer in the literal bytes (regzip.ts, rebuildGzipFiles).
  */
 async function rebuildGzips(
   tables: Tables,
@@ -406,48 +404,25 @@ async function rebuildGzips(
   offset: number,
   scratchDir: string | undefined,
 ): Promise<Map<number, Uint8Array>> {
-  const outputs = new Map<number, Uint8Array>();
-  for (const level of new Set([...tables.gzips.values()].map((g) => g.level))) {
-    const pieces = [...tables.gzips].filter(([, g]) => g.level === level);
-    const texts = pieces.map(([, g]) => {
-      const textAt = g.literalAt + g.headerLength;
-      return literal.subarray(textAt, textAt + g.textLength);
-    });
-    const members = await gzipMembers(texts, level, scratchDir);
-    let memberAt = 0;
-    for (const [i, gzip] of pieces) {
-      const length = tables.pieceLengths[i]!;
-      const start = gzip.literalAt;
-      const file = new Uint8Array(length);
-      file.set(literal.subarray(start, start + gzip.headerLength));
-      const trailerAt = start + gzip.headerLength + gzip.textLength;
-      file.set(literal.subarray(trailerAt, trailerAt + GZIP_TRAILER), length - GZIP_TRAILER);
-      const memberLength = length - gzip.headerLength + GZIP_FIXED_HEADER;
-      const member = members.subarray(memberAt, memberAt + memberLength);
-      // The member's deflate data goes in; then the whole must match it from the header on.
-      file.set(
-        member.subarray(GZIP_FIXED_HEADER, Math.max(GZIP_FIXED_HEADER, member.length - GZIP_TRAILER)),
-        gzip.headerLength,
-      );
-      if (!sameDeflate(member, file, gzip.headerLength)) {
-        throw new RefZstdError(
-          "CORRUPT",
-          `segment ${segment}'s gzip piece ${i}: gzip -${level} of its ${gzip.textLength} bytes of text does not rebuild the ${length}-byte file the payload describes (a damaged payload, or a gzip that is not GNU gzip)`,
-          offset,
-        );
-      }
-      outputs.set(i, file);
-      memberAt += memberLength;
-    }
-    if (memberAt !== members.length) {
-      throw new RefZstdError(
-        "CORRUPT",
-        `segment ${segment}'s gzip pieces: gzip -${level} wrote ${members.length} bytes, the pieces account for ${memberAt}`,
-        offset,
-      );
-    }
+  const pieces = [...tables.gzips];
+  let files: Uint8Array[];
+  try {
+    files = await rebuildGzipFiles(
+      pieces.map(([i, g]) => ({
+        sent: literal.subarray(g.literalAt, g.literalAt + g.headerLength + g.textLength + GZIP_TRAILER),
+        headerLength: g.headerLength,
+        textLength: g.textLength,
+        length: tables.pieceLengths[i]!,
+        level: g.level,
+      })),
+      scratchDir,
+    );
+  } catch (err) {
+    if (!(err instanceof GzipMismatchError)) throw err;
+    const which = err.index >= 0 ? `gzip piece ${pieces[err.index]![0]}` : "gzip pieces";
+    throw new RefZstdError("CORRUPT", `segment ${segment}'s ${which}: ${err.message}`, offset);
   }
-  return outputs;
+  return new Map(pieces.map(([i], k) => [i, files[k]!]));
 }
 
 /**

@@ -29,12 +29,10 @@ import {
   zigzag,
 } from "./format.js";
 import {
-  findGzipRecipes,
+  findGzipRecipesInHalves,
   GZIP_FIXED_HEADER,
   GZIP_MAGIC,
   GZIP_TRAILER,
-  type GzipRecipe,
-  GzipToolError,
   gunzipText,
   MAX_GZIP_TEXT,
   startsWithGzipMagic,
@@ -645,22 +643,10 @@ async function regzipReferences(
     [];
   let held = 0;
   const settle = async (): Promise<void> => {
-    // Two gzip processes at once, each on half of the files: gzip -9 is the slow part.
-    const files = group.map((g) => g.file);
-    const half = Math.ceil(files.length / 2);
-    let recipes: (GzipRecipe | undefined)[];
-    try {
-      recipes = (
-        await Promise.all([
-          findGzipRecipes(files.slice(0, half), scratchDir),
-          findGzipRecipes(files.slice(half), scratchDir),
-        ])
-      ).flat();
-    } catch (err) {
-      // Without a working gzip here the files go as they are: a larger bundle, not a failed one.
-      if (!(err instanceof GzipToolError)) throw err;
-      recipes = [];
-    }
+    const recipes = await findGzipRecipesInHalves(
+      group.map((g) => g.file),
+      scratchDir,
+    );
     group.forEach((g, i) => {
       const recipe = recipes[i];
       if (recipe === undefined) return;

@@ -291,3 +291,120 @@ export async function findGzipRecipes(
   }
   return recipes;
 }
+
+/**
+ * findGzipRecipes with two gzip processes at once, each on half of the files (gzip -9 is the slow
+ * part). Without a working gzip on this machine no file gets a recipe: the files then go as they
+ * are, a larger bundle rather than a failed one.
+ */
+export async function findGzipRecipesInHalves(
+  files: readonly Uint8Array[],
+  scratchDir?: string,
+): Promise<(GzipRecipe | undefined)[]> {
+  const half = Math.ceil(files.length / 2);
+  try {
+    return (
+      await Promise.all([
+        findGzipRecipes(files.slice(0, half), scratchDir),
+        findGzipRecipes(files.slice(half), scratchDir),
+      ])
+    ).flat();
+  } catch (err) {
+    if (!(err instanceof GzipToolError)) throw err;
+    return files.map(() => undefined);
+  }
+}
+
+/** A gzip file to rebuild: its header, text and trailer as sent, its length and gzip level. */
+export interface GzipToRebuild {
+  /** The file's own header, then the text, then the 8-byte trailer. */
+  readonly sent: Uint8Array;
+  readonly headerLength: number;
+  readonly textLength: number;
+  /** The rebuilt file's length. */
+  readonly length: number;
+  readonly level: number;
+}
+
+/** A gzip file does not rebuild as described: a damaged payload, or a gzip that is not GNU gzip. */
+export class GzipMismatchError extends Error {
+  override readonly name = "GzipMismatchError";
+  constructor(
+    /** The item (index into the list given) that did not rebuild, or -1 when gzip's output did not add up. */
+    readonly index: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Text bytes below which one gzip process does the whole level (two cost more than they save). */
+const SPLIT_TEXT = 1024 * 1024;
+
+/**
+ * Rebuilds gzip files from their texts, on the device: each file's header as sent, then the
+ * deflate data GNU gzip makes of the text, then the trailer as sent, which must equal gzip's own
+ * (else the text or this gzip is not what the encoder had). One gzip run per level, split over
+ * two processes when there is enough text. Throws GzipMismatchError, or GzipToolError when gzip
+ * cannot run.
+ */
+export async function rebuildGzipFiles(
+  items: readonly GzipToRebuild[],
+  scratchDir?: string,
+): Promise<Uint8Array[]> {
+  const files: Uint8Array[] = new Array(items.length);
+  for (const level of new Set(items.map((g) => g.level))) {
+    const indexes = items.flatMap((g, i) => (g.level === level ? [i] : []));
+    let text = 0;
+    for (const i of indexes) text += items[i]!.textLength;
+    const halves =
+      text >= SPLIT_TEXT && indexes.length > 1
+        ? [indexes.slice(0, Math.ceil(indexes.length / 2)), indexes.slice(Math.ceil(indexes.length / 2))]
+        : [indexes];
+    const runs = await Promise.all(
+      halves.map((part) =>
+        gzipMembers(
+          part.map((i) => {
+            const g = items[i]!;
+            return g.sent.subarray(g.headerLength, g.headerLength + g.textLength);
+          }),
+          level,
+          scratchDir,
+        ),
+      ),
+    );
+    halves.forEach((part, h) => {
+      const members = runs[h]!;
+      let memberAt = 0;
+      for (const i of part) {
+        const g = items[i]!;
+        const file = new Uint8Array(g.length);
+        file.set(g.sent.subarray(0, g.headerLength));
+        const trailerAt = g.headerLength + g.textLength;
+        file.set(g.sent.subarray(trailerAt, trailerAt + GZIP_TRAILER), g.length - GZIP_TRAILER);
+        const memberLength = g.length - g.headerLength + GZIP_FIXED_HEADER;
+        const member = members.subarray(memberAt, memberAt + memberLength);
+        // The member's deflate data goes in; then the whole must match it from the header on.
+        file.set(
+          member.subarray(GZIP_FIXED_HEADER, Math.max(GZIP_FIXED_HEADER, member.length - GZIP_TRAILER)),
+          g.headerLength,
+        );
+        if (!sameDeflate(member, file, g.headerLength)) {
+          throw new GzipMismatchError(
+            i,
+            `gzip -${level} of its ${g.textLength} bytes of text does not rebuild the ${g.length}-byte file the payload describes (a damaged payload, or a gzip that is not GNU gzip)`,
+          );
+        }
+        files[i] = file;
+        memberAt += memberLength;
+      }
+      if (memberAt !== members.length) {
+        throw new GzipMismatchError(
+          -1,
+          `gzip -${level} wrote ${members.length} bytes, the files account for ${memberAt}`,
+        );
+      }
+    });
+  }
+  return files;
+}
