@@ -19,6 +19,7 @@ import {
   GZIP_FIXED_HEADER,
   GZIP_TRAILER,
   GzipMismatchError,
+  GzipRunner,
   gunzipText,
   MAX_GZIP_HEADER,
   MAX_GZIP_TEXT,
@@ -134,13 +135,31 @@ export function parseGzipTable(
 const RECIPE_GROUP = 64 * 1024 * 1024;
 
 /**
+ * Texts larger than this stay gzip files: the device pays for every text byte with GNU gzip's
+ * time (about 37 ms per MB at -9), and large texts gain least. On the first image's Debian layer
+ * (zstd -19 of the layer, the gzip CPU seconds of the texts on the benchmark machine):
+ *
+ *   texts up to   gain     gzip -9 CPU
+ *   32 KiB        2.04 MB  0.20 s
+ *   128 KiB       2.54 MB  0.41 s
+ *   512 KiB       3.00 MB  0.73 s
+ *   any (2 MiB)   3.80 MB  1.33 s
+ *
+ * With every text the first image's apply into a registry took 3.3 s instead of 2.0 (110 MB/s of
+ * output, against the 100 MB/s a device must keep), so the last 0.8 MB stay gzip files.
+ */
+export const MAX_PLAIN_GZIP_TEXT = 512 * 1024;
+
+/**
  * The pieces of a layer tar at `path`: of the candidate ranges (files that start with the gzip
- * magic), those GNU gzip rebuilds exactly from their text. Without a working gzip, none.
+ * magic), those GNU gzip rebuilds exactly from a text of at most `maxText` bytes. Without a
+ * working gzip, none.
  */
 export async function findGzipPieces(
   path: string,
   candidates: readonly FilterRange[],
   scratchDir?: string,
+  maxText = MAX_PLAIN_GZIP_TEXT,
 ): Promise<GzipPiece[]> {
   const pieces: GzipPiece[] = [];
   const handle = await open(path, "r");
@@ -154,16 +173,19 @@ export async function findGzipPieces(
       );
       group.forEach((g, i) => {
         const recipe = recipes[i];
-        if (recipe !== undefined) pieces.push({ offset: g.range.offset, length: g.range.length, ...recipe });
+        if (recipe !== undefined && recipe.textLength <= maxText)
+          pieces.push({ offset: g.range.offset, length: g.range.length, ...recipe });
       });
       group = [];
       held = 0;
     };
     for (const range of candidates) {
-      if (range.length < GZIP_FIXED_HEADER + GZIP_TRAILER || range.length > MAX_GZIP_TEXT) continue;
+      if (range.length < GZIP_FIXED_HEADER + GZIP_TRAILER || range.length > maxText) continue;
       const file = new Uint8Array(range.length);
       const { bytesRead } = await handle.read(file, 0, range.length, range.offset);
       if (bytesRead !== range.length) throw new Error(`${path} ends inside the gzip file at ${range.offset}`);
+      // The trailer's last word is the text's length (mod 2^32): larger texts are not inflated.
+      if (new DataView(file.buffer).getUint32(file.length - 4, true) > maxText) continue;
       group.push({ range, file });
       held += range.length;
       if (held >= RECIPE_GROUP) await settle();
@@ -223,20 +245,49 @@ export async function* expandGzipPieces(
     throw new Error(`the layer ended before its gzip file at ${pieces[next]?.offset ?? "?"}`);
 }
 
-/** A piece's sent bytes or the plain bytes after it, waiting for their batch's gzip runs. */
+/** A piece's sent bytes, or plain bytes that wait behind a piece for their batch. */
 type Held = { piece: GzipPiece; index: number; sent: Uint8Array } | { plain: Uint8Array };
 
-/** Text bytes rebuilt per batch: the device holds them, their files and the plain bytes between. */
-const BATCH_TEXT = 8 * 1024 * 1024;
-/** Plain bytes held behind a batch's pieces before the batch is rebuilt. */
-const BATCH_PLAIN = 8 * 1024 * 1024;
+/** Held bytes in output order whose pieces are rebuilt by one gzip run per level. */
+interface Batch {
+  readonly held: Held[];
+  text: number;
+  plain: number;
+  /** Arenas holding the batch's bytes, and how much of the last one is taken. */
+  readonly arenas: Uint8Array[];
+  arenaUsed: number;
+  /** The rebuilt files of the batch's pieces, in order, once its gzip runs are started. */
+  files?: Promise<Uint8Array[]>;
+  /** Set when `files` has settled, so finished batches are passed on without waiting. */
+  settled: boolean;
+}
+
+/** Text bytes per batch: one gzip process rebuilds a batch. */
+const BATCH_TEXT = 1 * 1024 * 1024;
+/** Plain bytes a batch holds behind its pieces before it is closed. */
+const BATCH_PLAIN = 1 * 1024 * 1024;
+/**
+ * Bytes of one arena. A batch's held bytes (sent pieces and the plain bytes behind them: most of
+ * a layer while gzip runs) are copied into arenas that the next batches use again once it is
+ * passed on. Allocated afresh, they were some 200 MB of short-lived buffers per Debian layer,
+ * which the garbage collector let pile up: the first image's apply peaked 28 MB higher.
+ */
+const ARENA = 2 * 1024 * 1024;
+/** Arenas kept for reuse: enough for the batches in flight and the one being filled. */
+const FREE_ARENAS = 8;
+
+/**
+ * Batches whose gzip runs while the stream goes on: two gzip processes, so the device's second
+ * core rebuilds files while the first decompresses. Held bytes stay below about three batches'.
+ */
+const BATCHES_IN_FLIGHT = 2;
 
 /**
  * The device's side: rebuilds the layer tar from the decompressed stream. Pieces are rebuilt in
- * batches (one or two gzip runs each), and the bytes after a batch's first piece wait for it, so
- * memory stays within a few batches' bytes. Chunks passed in may be reused by their producer
- * after the next is pulled; held bytes are copied. Throws GzipMismatchError when a file does not
- * rebuild or the stream ends inside a piece, GzipToolError when gzip cannot run.
+ * batches, each by its own gzip process while the stream goes on; the bytes after a batch's first
+ * piece wait (copied) until it is done, so memory stays within a few batches' bytes. Chunks passed
+ * in may be reused by their producer after the next is pulled. Throws GzipMismatchError when a
+ * file does not rebuild or the stream ends inside a piece, GzipToolError when gzip cannot run.
  */
 export async function* rebuildGzipPieces(
   chunks: AsyncIterable<Uint8Array>,
@@ -248,70 +299,128 @@ export async function* rebuildGzipPieces(
   let next = 0;
   let sent: Uint8Array | undefined;
   let filled = 0;
-  let held: Held[] = [];
-  let heldText = 0;
-  let heldPlain = 0;
-  async function* release(): AsyncGenerator<Uint8Array> {
-    const batch = held.filter((h) => "piece" in h);
-    const files = await rebuildGzipFiles(
-      batch.map((h) => ({ sent: h.sent, ...h.piece })),
-      scratchDir,
+  /** The batch being filled, and the batches whose gzip runs, oldest first. */
+  let open: Batch | undefined;
+  const running: Batch[] = [];
+  const runner = new GzipRunner(scratchDir);
+  const freeArenas: Uint8Array[] = [];
+  const openBatch = (): Batch => {
+    open ??= { held: [], text: 0, plain: 0, arenas: [], arenaUsed: 0, settled: false };
+    return open;
+  };
+  /** `n` bytes of room in the open batch's arenas (a piece larger than an arena gets its own). */
+  const room = (n: number): Uint8Array => {
+    const b = openBatch();
+    if (n > ARENA) return new Uint8Array(n);
+    if (b.arenas.length === 0 || b.arenaUsed + n > ARENA) {
+      b.arenas.push(freeArenas.pop() ?? new Uint8Array(ARENA));
+      b.arenaUsed = 0;
+    }
+    const at = b.arenaUsed;
+    b.arenaUsed += n;
+    return b.arenas[b.arenas.length - 1]!.subarray(at, at + n);
+  };
+
+  const close = () => {
+    const batch = open!;
+    open = undefined;
+    const rebuilt = batch.held.flatMap((h) => ("piece" in h ? [h] : []));
+    batch.files = rebuildGzipFiles(
+      rebuilt.map((h) => ({ sent: h.sent, ...h.piece })),
+      runner,
+      1,
     ).catch((err: unknown) => {
       if (!(err instanceof GzipMismatchError)) throw err;
-      const at = batch[err.index];
+      const at = rebuilt[err.index];
       const which =
         at !== undefined ? `gzip piece ${at.index} (at byte ${at.piece.offset} of the layer)` : "gzip pieces";
       throw new GzipMismatchError(err.index, `${which}: ${err.message}`);
     });
+    batch.files.then(
+      () => {
+        batch.settled = true;
+      },
+      () => {
+        batch.settled = true;
+      },
+    );
+    running.push(batch);
+  };
+  async function* passOn(batch: Batch): AsyncGenerator<Uint8Array> {
+    const files = await batch.files!;
     let k = 0;
-    const out = held;
-    held = [];
-    heldText = 0;
-    heldPlain = 0;
-    for (const h of out) yield "plain" in h ? h.plain : files[k++]!;
+    for (const h of batch.held) yield "plain" in h ? h.plain : files[k++]!;
+    // The consumer is done with the last chunk (it pulled again): the arenas may be written over.
+    for (const arena of batch.arenas.splice(0)) if (freeArenas.length < FREE_ARENAS) freeArenas.push(arena);
   }
-  for await (const whole of chunks) {
-    let chunk = whole;
-    while (chunk.length > 0) {
-      if (sent === undefined) {
-        const start = next < pieces.length ? pieces[next]!.offset : Number.POSITIVE_INFINITY;
-        const plain = Math.min(chunk.length, start - position);
-        if (plain > 0) {
-          if (held.length === 0) yield chunk.subarray(0, plain);
-          else {
-            held.push({ plain: chunk.slice(0, plain) });
-            heldPlain += plain;
+  const hold = (h: Held) => {
+    const b = openBatch();
+    b.held.push(h);
+    if ("plain" in h) b.plain += h.plain.length;
+    else b.text += h.piece.textLength;
+    return b.text >= BATCH_TEXT || b.plain >= BATCH_PLAIN;
+  };
+
+  try {
+    for await (const whole of chunks) {
+      let chunk = whole;
+      while (chunk.length > 0) {
+        if (sent === undefined) {
+          const start = next < pieces.length ? pieces[next]!.offset : Number.POSITIVE_INFINITY;
+          const plain = Math.min(chunk.length, start - position);
+          if (plain > 0) {
+            let full: boolean | undefined;
+            if (open !== undefined || running.length > 0) {
+              const copy = room(plain);
+              copy.set(chunk.subarray(0, plain));
+              full = hold({ plain: copy });
+            }
+            if (full === undefined) yield chunk.subarray(0, plain);
+            else if (full) close();
+            chunk = chunk.subarray(plain);
+            position += plain;
+          } else {
+            sent = room(sentLength(pieces[next]!));
+            filled = 0;
           }
-          chunk = chunk.subarray(plain);
-          position += plain;
-          if (heldPlain >= BATCH_PLAIN) yield* release();
-          continue;
+        } else {
+          const take = Math.min(chunk.length, sent.length - filled);
+          sent.set(chunk.subarray(0, take), filled);
+          filled += take;
+          chunk = chunk.subarray(take);
+          if (filled === sent.length) {
+            const piece = pieces[next]!;
+            if (hold({ piece, index: next, sent })) close();
+            next++;
+            position += piece.length;
+            sent = undefined;
+          }
         }
-        sent = new Uint8Array(sentLength(pieces[next]!));
-        filled = 0;
-      }
-      const take = Math.min(chunk.length, sent.length - filled);
-      sent.set(chunk.subarray(0, take), filled);
-      filled += take;
-      chunk = chunk.subarray(take);
-      if (filled === sent.length) {
-        const piece = pieces[next]!;
-        held.push({ piece, index: next, sent });
-        heldText += piece.textLength;
-        next++;
-        position += piece.length;
-        sent = undefined;
-        if (heldText >= BATCH_TEXT) yield* release();
+        // Finished batches go on at once; with too many running, the oldest is waited for.
+        while (running.length > 0 && (running[0]!.settled || running.length > BATCHES_IN_FLIGHT))
+          yield* passOn(running.shift()!);
+        // Plain bytes held behind batches that are now passed on need not wait for more.
+        if (running.length === 0 && open !== undefined && open.held.every((h) => "plain" in h)) {
+          const waiting = open;
+          open = undefined;
+          for (const h of waiting.held) if ("plain" in h) yield h.plain;
+          // A piece begun in these arenas keeps them; otherwise they may be written over.
+          if (sent === undefined)
+            freeArenas.push(...waiting.arenas.splice(0, FREE_ARENAS - freeArenas.length));
+        }
       }
     }
+    if (sent !== undefined || next < pieces.length) {
+      throw new GzipMismatchError(
+        next,
+        `the payload ends before gzip piece ${next} (at byte ${pieces[next]!.offset} of the layer) is complete`,
+      );
+    }
+    if (open !== undefined) close();
+    while (running.length > 0) yield* passOn(running.shift()!);
+  } finally {
+    await runner.close();
   }
-  if (sent !== undefined || next < pieces.length) {
-    throw new GzipMismatchError(
-      next,
-      `the payload ends before gzip piece ${next} (at byte ${pieces[next]!.offset} of the layer) is complete`,
-    );
-  }
-  if (held.length > 0) yield* release();
 }
 
 /** Reads and parses the gzip table at `start` of what is left of a payload (`length` bytes) in `path`. */

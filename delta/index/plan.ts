@@ -40,6 +40,12 @@ const COST = {
    * 2.31 MB, cost 59 KB in their frame plus their share of tables and headers.
    */
   changedGzip: 0.04,
+  /**
+   * A new `.gz` file in a plain payload goes as its text when GNU gzip rebuilds it (`brotli-gz`):
+   * the first image's 1,505 Debian `.gz` files (11.3 MB) cost 3.9 MB less than as they were, that
+   * is about 0.4 of their size instead of the literal factor's 0.75.
+   */
+  newGzip: 0.4,
   /** Manifest bytes per listed source layer and per target layer, plus the fixed part. */
   manifestPerLayer: 160,
   manifestFixed: 600,
@@ -197,6 +203,8 @@ function estimateAgainst(layer: LayerIndex, views: readonly SourceView[]): numbe
       bytes += changedCost(file, old);
     } else if (anyHas(views, (v) => v.directories, directoryOf(file.path))) {
       bytes += file.z * COST.newBesideOld;
+    } else if (views.length === 0 && GZIP_NAME.test(file.path)) {
+      bytes += file.size * COST.newGzip;
     } else {
       bytes += file.z * COST.literalFactor;
     }

@@ -36,6 +36,7 @@ import {
   GZIP_FIXED_HEADER,
   GZIP_TRAILER,
   GzipMismatchError,
+  GzipRunner,
   gunzipText,
   MAX_GZIP_HEADER,
   MAX_GZIP_TEXT,
@@ -402,7 +403,7 @@ async function rebuildGzips(
   literal: Uint8Array,
   segment: number,
   offset: number,
-  scratchDir: string | undefined,
+  runner: GzipRunner,
 ): Promise<Map<number, Uint8Array>> {
   const pieces = [...tables.gzips];
   let files: Uint8Array[];
@@ -415,7 +416,7 @@ async function rebuildGzips(
         length: tables.pieceLengths[i]!,
         level: g.level,
       })),
-      scratchDir,
+      runner,
     );
   } catch (err) {
     if (!(err instanceof GzipMismatchError)) throw err;
@@ -434,6 +435,20 @@ async function rebuildGzips(
 export async function* decodeRefZstd(
   payload: SourceReader,
   options: DecodeOptions = {},
+): AsyncGenerator<Uint8Array> {
+  // One gzip runner for every segment's gzip pieces: its files are reused from segment to segment.
+  const runner = new GzipRunner(options.scratchDir);
+  try {
+    yield* decodeSegments(payload, options, runner);
+  } finally {
+    await runner.close();
+  }
+}
+
+async function* decodeSegments(
+  payload: SourceReader,
+  options: DecodeOptions,
+  runner: GzipRunner,
 ): AsyncGenerator<Uint8Array> {
   const source = options.source;
   const sourceSize = source?.size ?? 0;
@@ -581,7 +596,7 @@ export async function* decodeRefZstd(
     position += header.frameLength;
     const gzips =
       tables.gzips.size > 0
-        ? await rebuildGzips(tables, literal, s, position - header.frameLength, options.scratchDir)
+        ? await rebuildGzips(tables, literal, s, position - header.frameLength, runner)
         : new Map<number, Uint8Array>();
 
     const split = header.headerLength > 0;

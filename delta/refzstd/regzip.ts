@@ -11,7 +11,7 @@
  * the text) and by the layer's diff_id before anything is written.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -88,31 +88,101 @@ function gzipBound(n: number): number {
   return n + Math.ceil(n / 16384) * 5 + GZIP_FIXED_HEADER + GZIP_TRAILER + 64;
 }
 
+/** Memory-backed files (tmpfs): where gzip's input files go when it can be written. */
+export const SHARED_MEMORY = "/dev/shm";
+
+/** Errors of a folder that cannot take the files (full, read-only, missing): the scratch folder takes them instead. */
+const UNUSABLE_FOLDER = new Set(["ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOENT", "ENOTDIR"]);
+
 /**
- * `gzip -c -n -LEVEL` of each text, in one gzip process (a process per file cost ~15 ms each on
- * the build machine: 5 s for a Debian update's 349 changelogs): one gzip member per text, in
- * order, concatenated. The texts go through files in a private folder under `scratchDir`.
+ * Runs GNU gzip over texts: `gzip -c -n -LEVEL` of each, in one gzip process (a process per file
+ * cost ~15 ms each on the build machine: 5 s for a Debian update's 349 changelogs), one member per
+ * text, in order, concatenated. gzip reads files, so the texts go through files in private
+ * folders: in shared memory (/dev/shm) where it exists, else under `scratchDir`. On the benchmark
+ * machine's ext4 a new file took about 0.8 ms and overwriting one was slower still once written
+ * back, so a first image's 1,504 `.gz` files spent 1.2 s of the apply creating files; in /dev/shm
+ * their rebuild took 0.97 s instead of 1.97. The files stay until the folder's next run (which
+ * overwrites them) or `close()`, so shared memory holds at most the largest run's texts per
+ * concurrent run. A folder in shared memory that cannot take the files (full, read-only) is given
+ * up for the scratch folder. Concurrent runs use separate folders.
  */
+export class GzipRunner {
+  /** Folders no run is using; their files are overwritten by the next. */
+  private readonly free: string[] = [];
+  private closed = false;
+  /** Where new folders go. */
+  private base: string;
+
+  /** `sharedMemory`: the memory-backed folder to prefer (default SHARED_MEMORY), or false for none. */
+  constructor(
+    private readonly scratchDir = tmpdir(),
+    sharedMemory: string | false = SHARED_MEMORY,
+  ) {
+    this.base = sharedMemory !== false && existsSync(sharedMemory) ? sharedMemory : scratchDir;
+  }
+
+  async members(texts: readonly Uint8Array[], level: number): Promise<Uint8Array> {
+    if (!Number.isInteger(level) || level < 1 || level > 9)
+      throw new Error(`gzip level ${level} is not 1 to 9`);
+    if (this.closed) throw new Error("this gzip runner is closed");
+    if (texts.length === 0) return new Uint8Array(0);
+    try {
+      return await this.run(texts, level);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (this.base === this.scratchDir || code === undefined || !UNUSABLE_FOLDER.has(code)) throw err;
+      this.base = this.scratchDir;
+      await this.removeFree();
+      return await this.run(texts, level);
+    }
+  }
+
+  /** Removes the runner's folders; runs still going remove theirs when they end. */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.removeFree();
+  }
+
+  private async run(texts: readonly Uint8Array[], level: number): Promise<Uint8Array> {
+    const dir = this.free.pop() ?? mkdtempSync(join(this.base, "deltaship-gzip-"));
+    let keep = true;
+    try {
+      // Written synchronously: the texts are at hand, and while a diff spools the next layer on
+      // this thread each awaited write waited its turn behind the spool's chunks (175 files took
+      // 1.3-1.7 s on scenario 4 of the benchmark; written at once, 0.03-0.1 s). Files beyond
+      // `texts` from an earlier run stay, unnamed in this one.
+      const names = texts.map((_, i) => String(i));
+      try {
+        for (let i = 0; i < texts.length; i++) writeFileSync(join(dir, names[i]!), texts[i]!);
+      } catch (err) {
+        keep = false;
+        throw err;
+      }
+      let limit = 0;
+      for (const text of texts) limit += gzipBound(text.length);
+      return await runGzip(["-c", "-n", `-${level}`, "--", ...names], dir, limit);
+    } finally {
+      if (this.closed || !keep || !dir.startsWith(this.base)) await rm(dir, { recursive: true, force: true });
+      else this.free.push(dir);
+    }
+  }
+
+  private async removeFree(): Promise<void> {
+    await Promise.all(this.free.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+  }
+}
+
+/** `gzip -c -n -LEVEL` of each text in one gzip process (GzipRunner, once). */
 export async function gzipMembers(
   texts: readonly Uint8Array[],
   level: number,
   scratchDir = tmpdir(),
 ): Promise<Uint8Array> {
-  if (!Number.isInteger(level) || level < 1 || level > 9)
-    throw new Error(`gzip level ${level} is not 1 to 9`);
-  if (texts.length === 0) return new Uint8Array(0);
-  // Written synchronously: the texts are at hand, and while a diff spools the next layer on this
-  // thread each awaited write waited its turn behind the spool's chunks (175 files took 1.3-1.7 s
-  // on scenario 4 of the benchmark; written at once, 0.03-0.1 s).
-  const dir = mkdtempSync(join(scratchDir, "deltaship-gzip-"));
+  const runner = new GzipRunner(scratchDir);
   try {
-    const names = texts.map((_, i) => String(i));
-    for (let i = 0; i < texts.length; i++) writeFileSync(join(dir, names[i]!), texts[i]!);
-    let limit = 0;
-    for (const text of texts) limit += gzipBound(text.length);
-    return await runGzip(["-c", "-n", `-${level}`, "--", ...names], dir, limit);
+    return await runner.members(texts, level);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    await runner.close();
   }
 }
 
@@ -225,6 +295,18 @@ export async function findGzipRecipes(
   files: readonly Uint8Array[],
   scratchDir?: string,
 ): Promise<(GzipRecipe | undefined)[]> {
+  const runner = new GzipRunner(scratchDir);
+  try {
+    return await recipesWith(runner, files);
+  } finally {
+    await runner.close();
+  }
+}
+
+async function recipesWith(
+  runner: GzipRunner,
+  files: readonly Uint8Array[],
+): Promise<(GzipRecipe | undefined)[]> {
   const recipes: (GzipRecipe | undefined)[] = files.map(() => undefined);
   const headers = files.map(gzipHeaderLength);
   let pending = files.map((_, i) => i).filter((i) => headers[i]! >= 0);
@@ -252,7 +334,7 @@ export async function findGzipRecipes(
         bytes += text.length;
       }
       if (batch.length === 0) break;
-      const out = await gzipMembers(texts, level, scratchDir);
+      const out = await runner.members(texts, level);
       /** Files passed over after a mismatch: unchecked, so they run again. */
       const again = new Set<number>();
       let at = 0;
@@ -345,12 +427,13 @@ const SPLIT_TEXT = 1024 * 1024;
  * Rebuilds gzip files from their texts, on the device: each file's header as sent, then the
  * deflate data GNU gzip makes of the text, then the trailer as sent, which must equal gzip's own
  * (else the text or this gzip is not what the encoder had). One gzip run per level, split over
- * two processes when there is enough text. Throws GzipMismatchError, or GzipToolError when gzip
- * cannot run.
+ * two processes when there is enough text unless `processes` is 1. Throws GzipMismatchError, or
+ * GzipToolError when gzip cannot run.
  */
 export async function rebuildGzipFiles(
   items: readonly GzipToRebuild[],
-  scratchDir?: string,
+  runner: GzipRunner,
+  processes: 1 | 2 = 2,
 ): Promise<Uint8Array[]> {
   const files: Uint8Array[] = new Array(items.length);
   for (const level of new Set(items.map((g) => g.level))) {
@@ -358,18 +441,17 @@ export async function rebuildGzipFiles(
     let text = 0;
     for (const i of indexes) text += items[i]!.textLength;
     const halves =
-      text >= SPLIT_TEXT && indexes.length > 1
+      processes === 2 && text >= SPLIT_TEXT && indexes.length > 1
         ? [indexes.slice(0, Math.ceil(indexes.length / 2)), indexes.slice(Math.ceil(indexes.length / 2))]
         : [indexes];
     const runs = await Promise.all(
       halves.map((part) =>
-        gzipMembers(
+        runner.members(
           part.map((i) => {
             const g = items[i]!;
             return g.sent.subarray(g.headerLength, g.headerLength + g.textLength);
           }),
           level,
-          scratchDir,
         ),
       ),
     );

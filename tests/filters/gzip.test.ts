@@ -163,6 +163,12 @@ describe("gzip pieces in a stream", () => {
       { offset: bytes.length - 100, length: 100 },
     ].sort((a, b) => a.offset - b.offset);
     assert.deepEqual(await findGzipPieces(path, candidates, scratch), pieces);
+    // Texts over the limit stay gzip files (GPL-3 and LGPL-2.1 are over 20,000 bytes).
+    assert.deepEqual(
+      await findGzipPieces(path, candidates, scratch, 20_000),
+      pieces.filter((p) => p.textLength <= 20_000),
+    );
+    assert.equal(pieces.filter((p) => p.textLength <= 20_000).length, 3);
   });
 
   it("sends each piece as header, text and trailer and rebuilds the bytes exactly, in any chunking", async () => {

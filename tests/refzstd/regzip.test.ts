@@ -31,6 +31,7 @@ import {
 import {
   findGzipRecipes,
   GZIP_FIXED_HEADER,
+  GzipRunner,
   GzipToolError,
   gunzipText,
   gzipHeaderLength,
@@ -381,6 +382,63 @@ function debianChangelogs(limit: number): Buffer[] {
   }
   return files;
 }
+
+describe("GzipRunner", () => {
+  const texts = [gpl3, lgpl, Buffer.alloc(0), apache];
+  const expected = Buffer.concat(texts.map((t) => gzip(t, "-9", "-n")));
+  const gzipFolders = (dir: string) => readdirSync(dir).filter((n) => n.startsWith("deltaship-gzip-"));
+
+  it("makes gzip's members of the texts through files in the shared-memory folder, reused and removed at close", async () => {
+    const own = mkdtempSync(join(scratch, "runner-"));
+    // A folder of its own stands in for /dev/shm: other tests use the real one at the same time.
+    const shared = mkdtempSync(join(scratch, "shared-"));
+    const runner = new GzipRunner(own, shared);
+    try {
+      assert.ok(Buffer.from(await runner.members(texts, 9)).equals(expected));
+      // The second run overwrites the first one's files: fewer texts, same folder, right output.
+      assert.ok(Buffer.from(await runner.members([apache], 9)).equals(gzip(apache, "-9", "-n")));
+      // Two at once: two folders.
+      const both = await Promise.all([runner.members([lgpl], 6), runner.members([gpl3], 9)]);
+      assert.ok(Buffer.from(both[0]).equals(gzip(lgpl, "-6", "-n")));
+      assert.ok(Buffer.from(both[1]).equals(gzip(gpl3, "-9", "-n")));
+      assert.equal(gzipFolders(shared).length, 2);
+      assert.deepEqual(gzipFolders(own), []);
+    } finally {
+      await runner.close();
+    }
+    assert.deepEqual(gzipFolders(shared), []);
+  });
+
+  it("puts its files in /dev/shm by default, not in the scratch folder", {
+    skip: existsSync("/dev/shm") ? false : "no /dev/shm here",
+  }, async () => {
+    const own = mkdtempSync(join(scratch, "runner-"));
+    const runner = new GzipRunner(own);
+    try {
+      assert.ok(Buffer.from(await runner.members(texts, 9)).equals(expected));
+      assert.deepEqual(gzipFolders(own), []);
+    } finally {
+      await runner.close();
+    }
+  });
+
+  it("uses the scratch folder when the shared-memory folder cannot take files", async () => {
+    const own = mkdtempSync(join(scratch, "runner-"));
+    // A regular file where the shared-memory folder should be: no folder can be made in it.
+    const notAFolder = join(own, "not-a-folder");
+    writeFileSync(notAFolder, "x");
+    const runner = new GzipRunner(own, notAFolder);
+    try {
+      assert.ok(Buffer.from(await runner.members(texts, 9)).equals(expected));
+      assert.equal(gzipFolders(own).length, 1);
+      await assert.rejects(runner.members(texts, 0), /gzip level 0 is not 1 to 9/);
+    } finally {
+      await runner.close();
+    }
+    assert.deepEqual(gzipFolders(own), []);
+    await assert.rejects(runner.members(texts, 9), /closed/);
+  });
+});
 
 describe("findGzipRecipes on Debian's own files", () => {
   const changelogs = debianChangelogs(40);
