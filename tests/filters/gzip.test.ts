@@ -7,13 +7,22 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { gzipSync } from "node:zlib";
-import { BundleError, type LayerPayload, readBundleHead } from "../../delta/bundle/format.js";
-import { generateSigningKey } from "../../delta/bundle/sign.js";
+import { brotliCompressSync, brotliDecompressSync, gzipSync } from "node:zlib";
+import {
+  BundleError,
+  encodeHeader,
+  encodeManifest,
+  encodeSignatureBlock,
+  type LayerPayload,
+  readBundleHead,
+  SIGNATURE_BLOCK_SIZE,
+} from "../../delta/bundle/format.js";
+import { generateSigningKey, signManifest } from "../../delta/bundle/sign.js";
 import {
   encodeGzipTable,
   expandGzipPieces,
@@ -190,6 +199,25 @@ describe("gzip pieces in a stream", () => {
     assert.ok(Buffer.from(smallRebuilt).equals(small.bytes));
   });
 
+  it("ends every mutated stream in the layer's bytes, other bytes, or a GzipMismatchError", async () => {
+    const { bytes, pieces } = streamWithGzipFiles(300);
+    const expanded = Buffer.from(await collect(expandGzipPieces(inPieces(bytes, 4096), pieces)));
+    const next = prng(23);
+    for (let n = 0; n < 40; n++) {
+      const mutated = Buffer.from(expanded);
+      for (let k = 1 + (next() % 3); k > 0; k--) mutated[next() % mutated.length] = next() & 0xff;
+      const cut = n % 4 === 0 ? mutated.subarray(0, next() % mutated.length) : mutated;
+      try {
+        const out = await collect(rebuildGzipPieces(inPieces(cut, 1 + (next() % 5000)), pieces, scratch));
+        // Only mutations of plain bytes, or a cut after the last piece, get through; the layer's
+        // size and diff_id checks then refuse them.
+        assert.ok(out.length === bytes.length || cut.length < expanded.length, `case ${n}`);
+      } catch (err) {
+        assert.ok(err instanceof GzipMismatchError, `case ${n}: ${String(err)}`);
+      }
+    }
+  });
+
   it("refuses a changed text and a stream that ends inside a piece, naming the piece", async () => {
     const { bytes, pieces } = streamWithGzipFiles(500);
     const expanded = Buffer.from(await collect(expandGzipPieces(inPieces(bytes, 4096), pieces)));
@@ -275,6 +303,75 @@ describe("first-image bundles with gzip pieces", () => {
       await withImages([dest], ([image]) => assertLayerTars(image!, [tar]));
     }
     assert.ok(sizes.get("brotli-gz")! < sizes.get("brotli-x86")! - 1000, `sizes ${[...sizes]}`);
+  });
+
+  it("refuses a signed payload whose text does not rebuild its file, and writes nothing", async () => {
+    const tar = await firstImageLayer();
+    const to = await writeArchive(join(scratch, "first-tampered.tar"), imageOf("app", "4", [tar]));
+    const key = generateSigningKey();
+    const out = join(scratch, "first-tampered.dsb");
+    await buildBundleBetween([], to, { key, out, scratchDir: scratch });
+    // The cloud's own key signs a payload whose Apache licence text lost a letter: only gzip's
+    // rebuild can tell (as with a gzip on the device that is not GNU gzip).
+    const head = await readBundleHead(out);
+    const entry = head.manifest.layers[0] as LayerPayload;
+    const payload = readFileSync(out).subarray(
+      head.payloadsOffset + entry.offset,
+      head.payloadsOffset + entry.offset + entry.length,
+    );
+    const x86 = parseFilterTable(payload, tar.length);
+    const gzipTable = parseGzipTable(payload.subarray(x86.tableLength), tar.length);
+    const tables = payload.subarray(0, x86.tableLength + gzipTable.tableLength);
+    const stream = Buffer.from(brotliDecompressSync(payload.subarray(tables.length)));
+    const at = stream.indexOf(apache);
+    assert.ok(at > 0);
+    stream[at + 200] = stream[at + 200] === 0x61 ? 0x62 : 0x61;
+    const changed = Buffer.concat([tables, brotliCompressSync(stream)]);
+    const manifest = {
+      ...head.manifest,
+      layers: [
+        {
+          ...entry,
+          length: changed.length,
+          sha256: `sha256:${createHash("sha256").update(changed).digest("hex")}`,
+        },
+      ],
+    };
+    const manifestBytes = encodeManifest(manifest);
+    writeFileSync(
+      out,
+      Buffer.concat([
+        encodeHeader({
+          manifestLength: manifestBytes.length,
+          signatureLength: SIGNATURE_BLOCK_SIZE,
+          payloadsLength: changed.length,
+        }),
+        manifestBytes,
+        encodeSignatureBlock(signManifest(manifestBytes, key)),
+        changed,
+      ]),
+    );
+    const dest = join(scratch, "first-tampered-out.tar");
+    await assert.rejects(
+      applyFromImages({
+        bundle: out,
+        trust: [key],
+        from: [],
+        dest: `docker-archive:${dest}`,
+        scratchDir: scratch,
+        skipDiskCheck: true,
+      }),
+      (err: unknown) => {
+        assert.ok(err instanceof BundleError, String(err));
+        assert.equal(err.code, "PAYLOAD");
+        assert.match(
+          err.message,
+          /gzip piece 1 \(at byte \d+ of the layer\): gzip -9 of its 11358 bytes of text does not rebuild/,
+        );
+        return true;
+      },
+    );
+    assert.throws(() => readFileSync(dest), /ENOENT/);
   });
 
   it("fails with an IO error naming gzip when the device has none, and writes nothing", async () => {
