@@ -196,7 +196,8 @@ const cliEntry = join(cliDir, "deltaship.mjs");
 
 /**
  * Compiles the project to JavaScript as `npm run build` does (tsc, tsconfig.build.json) into the
- * bench's own folder, with a launcher like bin/deltaship.mjs minus tsx: the device runs compiled
+ * bench's own folder, with a launcher like bin/deltaship.mjs minus tsx (cli/launch.ts: `apply` runs
+ * in a child with glibc's mmap threshold fixed, as on a device): the device runs compiled
  * JavaScript, and tsx alone adds ~30 MB of RSS and start-up time. Inside the repository's tree,
  * so node_modules resolves.
  */
@@ -215,7 +216,7 @@ function buildCli(): void {
     log(`bench: tsc reported errors (the CLI was emitted anyway):\n${r.stdout.slice(0, 1000)}`);
   writeFileSync(
     cliEntry,
-    'const { main } = await import("./cli/main.js");\nprocess.exit(await main(process.argv.slice(2)));\n',
+    'import { fileURLToPath } from "node:url";\nconst { launch } = await import("./cli/launch.js");\nprocess.exit(await launch(process.argv.slice(2), fileURLToPath(import.meta.url)));\n',
   );
 }
 
@@ -755,7 +756,7 @@ function machineNotes(): string {
       .map((l) => l.toFixed(1))
       .join(" ")}), so compare times as ratios.`,
     `- Node.js ${process.version}; ${versions("xdelta3", ["-V"]).split(",")[0]}; zstd ${/v[\d.]+/.exec(versions("zstd", ["-V"]))?.[0] ?? "?"}; ${versions("gzip", ["--version"])}; bsdiff 4.3 (Debian).`,
-    `- Our times are whole CLI processes run as compiled JavaScript, as on a device (tsc -p tsconfig.build.json into the bench's folder, then node …/cli/main.js; Node.js start-up included, tsx not); apply writes the full docker-archive of the target (held layers copied in), so "MB/s of output" is the target image size over the apply time. Peers' apply is their decoder producing only the missing layers.`,
+    `- Our times are whole CLI processes run as compiled JavaScript, as on a device (tsc -p tsconfig.build.json into the bench's folder, then node …/cli/launch.js, which starts \`apply\` again with glibc's mmap threshold fixed as the edge module's image does; Node.js start-ups included, tsx not); apply writes the full docker-archive of the target (held layers copied in), so "MB/s of output" is the target image size over the apply time. Peers' apply is their decoder producing only the missing layers.`,
     `- Sizes are % of the target image's layers: uncompressed tars, and gzip -6 of each layer (the registry's compressed size).`,
   ].join("\n");
 }
