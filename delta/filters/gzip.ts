@@ -253,9 +253,6 @@ interface Batch {
   readonly held: Held[];
   text: number;
   plain: number;
-  /** Arenas holding the batch's bytes, and how much of the last one is taken. */
-  readonly arenas: Uint8Array[];
-  arenaUsed: number;
   /** The rebuilt files of the batch's pieces, in order, once its gzip runs are started. */
   files?: Promise<Uint8Array[]>;
   /** Set when `files` has settled, so finished batches are passed on without waiting. */
@@ -267,23 +264,9 @@ const BATCH_TEXT = 1 * 1024 * 1024;
 /** Plain bytes a batch holds behind its pieces before it is closed. */
 const BATCH_PLAIN = 1 * 1024 * 1024;
 /**
- * Bytes of one arena. A batch's held bytes (sent pieces and the plain bytes behind them: most of
- * a layer while gzip runs) are copied into arenas that the next batches use again once it is
- * passed on. Allocated afresh, they were some 200 MB of short-lived buffers per Debian layer,
- * which the garbage collector let pile up: the first image's apply peaked 28 MB higher.
- */
-const ARENA = 2 * 1024 * 1024;
-/**
- * Arenas kept for reuse, at most. Kept rather than freed: freeing 2 MiB buffers raised the peak
- * (glibc then serves later allocations from its heap, which it does not give back), 172 MB against
- * 176-189 with eight kept.
- */
-const FREE_ARENAS = 64;
-
-/**
  * Batches whose gzip runs while the stream goes on, so the device's second core rebuilds files
- * while the first decompresses. Two at once applied the first image 0.1 s sooner into a registry
- * (2.8 s against 2.9) and peaked 10-15 MB higher (up to 189 MB of the 200 allowed), so one.
+ * while the first decompresses. Two at once were no faster on the first image (2.5-2.7 s into an
+ * archive either way, five runs each) and hold more, so one.
  */
 const BATCHES_IN_FLIGHT = 1;
 
@@ -308,23 +291,6 @@ export async function* rebuildGzipPieces(
   let open: Batch | undefined;
   const running: Batch[] = [];
   const runner = new GzipRunner(scratchDir);
-  const freeArenas: Uint8Array[] = [];
-  const openBatch = (): Batch => {
-    open ??= { held: [], text: 0, plain: 0, arenas: [], arenaUsed: 0, settled: false };
-    return open;
-  };
-  /** `n` bytes of room in the open batch's arenas (a piece larger than an arena gets its own). */
-  const room = (n: number): Uint8Array => {
-    const b = openBatch();
-    if (n > ARENA) return new Uint8Array(n);
-    if (b.arenas.length === 0 || b.arenaUsed + n > ARENA) {
-      b.arenas.push(freeArenas.pop() ?? new Uint8Array(ARENA));
-      b.arenaUsed = 0;
-    }
-    const at = b.arenaUsed;
-    b.arenaUsed += n;
-    return b.arenas[b.arenas.length - 1]!.subarray(at, at + n);
-  };
 
   const close = () => {
     const batch = open!;
@@ -355,11 +321,9 @@ export async function* rebuildGzipPieces(
     const files = await batch.files!;
     let k = 0;
     for (const h of batch.held) yield "plain" in h ? h.plain : files[k++]!;
-    // The consumer is done with the last chunk (it pulled again): the arenas may be written over.
-    for (const arena of batch.arenas.splice(0)) if (freeArenas.length < FREE_ARENAS) freeArenas.push(arena);
   }
   const hold = (h: Held) => {
-    const b = openBatch();
+    const b = (open ??= { held: [], text: 0, plain: 0, settled: false });
     b.held.push(h);
     if ("plain" in h) b.plain += h.plain.length;
     else b.text += h.piece.textLength;
@@ -375,17 +339,13 @@ export async function* rebuildGzipPieces(
           const plain = Math.min(chunk.length, start - position);
           if (plain > 0) {
             let full: boolean | undefined;
-            if (open !== undefined || running.length > 0) {
-              const copy = room(plain);
-              copy.set(chunk.subarray(0, plain));
-              full = hold({ plain: copy });
-            }
+            if (open !== undefined || running.length > 0) full = hold({ plain: chunk.slice(0, plain) });
             if (full === undefined) yield chunk.subarray(0, plain);
             else if (full) close();
             chunk = chunk.subarray(plain);
             position += plain;
           } else {
-            sent = room(sentLength(pieces[next]!));
+            sent = new Uint8Array(sentLength(pieces[next]!));
             filled = 0;
           }
         } else {
@@ -409,9 +369,6 @@ export async function* rebuildGzipPieces(
           const waiting = open;
           open = undefined;
           for (const h of waiting.held) if ("plain" in h) yield h.plain;
-          // A piece begun in these arenas keeps them; otherwise they may be written over.
-          if (sent === undefined)
-            freeArenas.push(...waiting.arenas.splice(0, FREE_ARENAS - freeArenas.length));
         }
       }
     }
