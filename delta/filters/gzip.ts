@@ -25,8 +25,8 @@ import {
   MAX_GZIP_TEXT,
   rebuildGzipFiles,
 } from "../refzstd/regzip.js";
-import { MAX_VARINT_BYTES, VarintReader, VarintWriter } from "../varint.js";
-import { type FilterRange, readTable } from "./payload.js";
+import { MAX_VARINT_BYTES } from "../varint.js";
+import { encodeRangeTable, type FilterRange, parseRangeTable, readTable } from "./payload.js";
 
 /** Gzip files smaller than this stay as they are: their text saves less than a piece costs. */
 export const MIN_GZIP_FILE = 64;
@@ -67,23 +67,11 @@ function maxOutputLength(headerLength: number, textLength: number): number {
 }
 
 export function encodeGzipTable(pieces: readonly GzipPiece[]): Uint8Array {
-  if (pieces.length > MAX_GZIP_PIECES) {
-    throw new RangeError(`${pieces.length} gzip pieces, at most ${MAX_GZIP_PIECES}`);
-  }
-  const out = new VarintWriter();
-  out.write(pieces.length);
-  let end = 0;
-  for (const p of pieces) {
-    if (p.offset < end || p.length <= 0)
-      throw new RangeError("gzip pieces must be in order, apart and not empty");
-    out.write(p.offset - end);
-    out.write(p.length);
-    out.write(p.headerLength);
-    out.write(p.textLength);
-    out.write(p.level);
-    end = p.offset + p.length;
-  }
-  return out.result.slice();
+  return encodeRangeTable(pieces, "gzip pieces", MAX_GZIP_PIECES, (p) => [
+    p.headerLength,
+    p.textLength,
+    p.level,
+  ]);
 }
 
 /** Parses the table at the start of `bytes`; every piece must lie inside the tar of `outputSize` bytes and be one a device can rebuild. */
@@ -91,44 +79,33 @@ export function parseGzipTable(
   bytes: Uint8Array,
   outputSize: number,
 ): { pieces: GzipPiece[]; tableLength: number } {
-  const reader = new VarintReader(
-    bytes,
-    0,
-    "gzip table",
-    (_, message, offset) => new GzipTableError(message, offset),
-  );
-  const count = reader.read("the piece count");
-  if (count > MAX_GZIP_PIECES) {
-    throw new GzipTableError(`${count} pieces, at most ${MAX_GZIP_PIECES} are accepted`, 0);
-  }
-  const pieces: GzipPiece[] = [];
-  let end = 0;
-  for (let i = 0; i < count; i++) {
-    const at = reader.position;
-    const offset = end + reader.read(`piece ${i}'s offset`);
-    const length = reader.read(`piece ${i}'s output length`);
-    const headerLength = reader.read(`piece ${i}'s header length`);
-    const textLength = reader.read(`piece ${i}'s text length`);
-    const level = reader.read(`piece ${i}'s gzip level`);
-    if (
-      headerLength < GZIP_FIXED_HEADER ||
-      headerLength > MAX_GZIP_HEADER ||
-      textLength > MAX_GZIP_TEXT ||
-      level < 1 ||
-      level > 9 ||
-      length < headerLength + GZIP_TRAILER ||
-      length > maxOutputLength(headerLength, textLength) ||
-      offset + length > outputSize
-    ) {
-      throw new GzipTableError(
-        `piece ${i} (${length} bytes at ${offset} from a ${headerLength}-byte header and ${textLength} bytes of text at level ${level}) is out of bounds for a ${outputSize}-byte layer`,
-        at,
-      );
-    }
-    pieces.push({ offset, length, headerLength, textLength, level });
-    end = offset + length;
-  }
-  return { pieces, tableLength: reader.position };
+  const { entries, tableLength } = parseRangeTable<GzipPiece>(bytes, {
+    table: "gzip table",
+    entry: "piece",
+    entries: "pieces",
+    max: MAX_GZIP_PIECES,
+    fields: ["header length", "text length", "gzip level"],
+    error: (message, offset) => new GzipTableError(message, offset),
+    make: (i, offset, length, [headerLength, textLength, level], at) => {
+      if (
+        headerLength! < GZIP_FIXED_HEADER ||
+        headerLength! > MAX_GZIP_HEADER ||
+        textLength! > MAX_GZIP_TEXT ||
+        level! < 1 ||
+        level! > 9 ||
+        length < headerLength! + GZIP_TRAILER ||
+        length > maxOutputLength(headerLength!, textLength!) ||
+        offset + length > outputSize
+      ) {
+        throw new GzipTableError(
+          `piece ${i} (${length} bytes at ${offset} from a ${headerLength}-byte header and ${textLength} bytes of text at level ${level}) is out of bounds for a ${outputSize}-byte layer`,
+          at,
+        );
+      }
+      return { offset, length, headerLength: headerLength!, textLength: textLength!, level: level! };
+    },
+  });
+  return { pieces: entries, tableLength };
 }
 
 /** Bytes of gzip files held at once while their recipes are looked for. */

@@ -42,21 +42,73 @@ export function isX86Elf(head: Uint8Array): boolean {
   return head[5] === 1 && head[19] === 0 && (head[18] === 0x03 || head[18] === 0x3e);
 }
 
-export function encodeFilterTable(ranges: readonly FilterRange[]): Uint8Array {
-  if (ranges.length > MAX_FILTER_RANGES) {
-    throw new RangeError(`${ranges.length} filter ranges, at most ${MAX_FILTER_RANGES}`);
-  }
+/**
+ * A table of ranges in order, apart and not empty, each with `extra(range)` more varints:
+ *
+ *   table := varint count, (varint (offset − end of the previous range), varint length, extra…) × count
+ *
+ * The x86 filter table has no extra fields; the gzip table (gzip.ts) has three.
+ */
+export function encodeRangeTable<T extends FilterRange>(
+  ranges: readonly T[],
+  what: string,
+  max: number,
+  extra: (range: T) => readonly number[] = () => [],
+): Uint8Array {
+  if (ranges.length > max) throw new RangeError(`${ranges.length} ${what}, at most ${max}`);
   const out = new VarintWriter();
   out.write(ranges.length);
   let end = 0;
   for (const r of ranges) {
     if (r.offset < end || r.length <= 0)
-      throw new RangeError("filter ranges must be in order, apart and not empty");
+      throw new RangeError(`${what} must be in order, apart and not empty`);
     out.write(r.offset - end);
     out.write(r.length);
+    for (const value of extra(r)) out.write(value);
     end = r.offset + r.length;
   }
   return out.result.slice();
+}
+
+/** How parseRangeTable reads one kind of table. */
+export interface RangeTableShape<T> {
+  /** The table's name in messages ("filter table"), an entry's ("range"), and what a count counts ("ranges"). */
+  readonly table: string;
+  readonly entry: string;
+  readonly entries: string;
+  readonly max: number;
+  /** Names of the extra varints of each entry, in order. */
+  readonly fields: readonly string[];
+  readonly error: (message: string, offset: number) => Error;
+  /** The entry at `offset` with `length` and the extra fields; throws (with `error`, at `at`) if it is out of bounds. */
+  readonly make: (i: number, offset: number, length: number, fields: readonly number[], at: number) => T;
+}
+
+/** Parses a range table at the start of `bytes` (which may hold more than the table). */
+export function parseRangeTable<T extends FilterRange>(
+  bytes: Uint8Array,
+  shape: RangeTableShape<T>,
+): { entries: T[]; tableLength: number } {
+  const reader = new VarintReader(bytes, 0, shape.table, (_, message, offset) =>
+    shape.error(message, offset),
+  );
+  const count = reader.read(`the ${shape.entry} count`);
+  if (count > shape.max) throw shape.error(`${count} ${shape.entries}, at most ${shape.max} are accepted`, 0);
+  const entries: T[] = [];
+  let end = 0;
+  for (let i = 0; i < count; i++) {
+    const at = reader.position;
+    const offset = end + reader.read(`${shape.entry} ${i}'s offset`);
+    const length = reader.read(`${shape.entry} ${i}'s ${shape.fields.length > 0 ? "output " : ""}length`);
+    const fields = shape.fields.map((field) => reader.read(`${shape.entry} ${i}'s ${field}`));
+    entries.push(shape.make(i, offset, length, fields, at));
+    end = offset + length;
+  }
+  return { entries, tableLength: reader.position };
+}
+
+export function encodeFilterTable(ranges: readonly FilterRange[]): Uint8Array {
+  return encodeRangeTable(ranges, "filter ranges", MAX_FILTER_RANGES);
 }
 
 /**
@@ -67,32 +119,24 @@ export function parseFilterTable(
   bytes: Uint8Array,
   outputSize: number,
 ): { ranges: FilterRange[]; tableLength: number } {
-  const reader = new VarintReader(
-    bytes,
-    0,
-    "filter table",
-    (_, message, offset) => new FilterTableError(message, offset),
-  );
-  const count = reader.read("the range count");
-  if (count > MAX_FILTER_RANGES) {
-    throw new FilterTableError(`${count} ranges, at most ${MAX_FILTER_RANGES} are accepted`, 0);
-  }
-  const ranges: FilterRange[] = [];
-  let end = 0;
-  for (let i = 0; i < count; i++) {
-    const at = reader.position;
-    const offset = end + reader.read(`range ${i}'s offset`);
-    const length = reader.read(`range ${i}'s length`);
-    if (length === 0 || offset + length > outputSize) {
-      throw new FilterTableError(
-        `range ${i} (${length} bytes at ${offset}) is empty or ends past the layer's ${outputSize} bytes`,
-        at,
-      );
-    }
-    ranges.push({ offset, length });
-    end = offset + length;
-  }
-  return { ranges, tableLength: reader.position };
+  const { entries, tableLength } = parseRangeTable<FilterRange>(bytes, {
+    table: "filter table",
+    entry: "range",
+    entries: "ranges",
+    max: MAX_FILTER_RANGES,
+    fields: [],
+    error: (message, offset) => new FilterTableError(message, offset),
+    make: (i, offset, length, _, at) => {
+      if (length === 0 || offset + length > outputSize) {
+        throw new FilterTableError(
+          `range ${i} (${length} bytes at ${offset}) is empty or ends past the layer's ${outputSize} bytes`,
+          at,
+        );
+      }
+      return { offset, length };
+    },
+  });
+  return { ranges: entries, tableLength };
 }
 
 /**

@@ -259,11 +259,28 @@ async function firstImageLayer(): Promise<Uint8Array> {
   return buildTar(entries);
 }
 
+/** The first-image layer as an archive named `name` (tag `tag`), and a key to sign its bundles with. */
+async function firstImage(name: string, tag: string) {
+  const tar = await firstImageLayer();
+  const to = await writeArchive(join(scratch, `${name}.tar`), imageOf("app", tag, [tar]));
+  return { tar, to, key: generateSigningKey() };
+}
+
+/** Applies `bundle` with nothing on the device into a docker-archive at `dest`. */
+function applyFirst(bundle: string, key: ReturnType<typeof generateSigningKey>, dest: string) {
+  return applyFromImages({
+    bundle,
+    trust: [key],
+    from: [],
+    dest: `docker-archive:${dest}`,
+    scratchDir: scratch,
+    skipDiskCheck: true,
+  });
+}
+
 describe("first-image bundles with gzip pieces", () => {
   it("sends the layer's gzip files as text, smaller, and rebuilds the image exactly (Brotli and zstd)", async () => {
-    const tar = await firstImageLayer();
-    const to = await writeArchive(join(scratch, "first.tar"), imageOf("app", "1", [tar]));
-    const key = generateSigningKey();
+    const { tar, to, key } = await firstImage("first", "1");
     const sizes = new Map<string, number>();
     for (const [name, options] of [
       ["brotli-gz", {}],
@@ -292,23 +309,14 @@ describe("first-image bundles with gzip pieces", () => {
         );
       }
       const dest = join(scratch, `first-${name}-out.tar`);
-      await applyFromImages({
-        bundle: out,
-        trust: [key],
-        from: [],
-        dest: `docker-archive:${dest}`,
-        scratchDir: scratch,
-        skipDiskCheck: true,
-      });
+      await applyFirst(out, key, dest);
       await withImages([dest], ([image]) => assertLayerTars(image!, [tar]));
     }
     assert.ok(sizes.get("brotli-gz")! < sizes.get("brotli-x86")! - 1000, `sizes ${[...sizes]}`);
   });
 
   it("refuses a signed payload whose text does not rebuild its file, and writes nothing", async () => {
-    const tar = await firstImageLayer();
-    const to = await writeArchive(join(scratch, "first-tampered.tar"), imageOf("app", "4", [tar]));
-    const key = generateSigningKey();
+    const { tar, to, key } = await firstImage("first-tampered", "4");
     const out = join(scratch, "first-tampered.dsb");
     await buildBundleBetween([], to, { key, out, scratchDir: scratch });
     // The cloud's own key signs a payload whose Apache licence text lost a letter: only gzip's
@@ -352,54 +360,32 @@ describe("first-image bundles with gzip pieces", () => {
       ]),
     );
     const dest = join(scratch, "first-tampered-out.tar");
-    await assert.rejects(
-      applyFromImages({
-        bundle: out,
-        trust: [key],
-        from: [],
-        dest: `docker-archive:${dest}`,
-        scratchDir: scratch,
-        skipDiskCheck: true,
-      }),
-      (err: unknown) => {
-        assert.ok(err instanceof BundleError, String(err));
-        assert.equal(err.code, "PAYLOAD");
-        assert.match(
-          err.message,
-          /gzip piece 1 \(at byte \d+ of the layer\): gzip -9 of its 11358 bytes of text does not rebuild/,
-        );
-        return true;
-      },
-    );
+    await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
+      assert.ok(err instanceof BundleError, String(err));
+      assert.equal(err.code, "PAYLOAD");
+      assert.match(
+        err.message,
+        /gzip piece 1 \(at byte \d+ of the layer\): gzip -9 of its 11358 bytes of text does not rebuild/,
+      );
+      return true;
+    });
     assert.throws(() => readFileSync(dest), /ENOENT/);
   });
 
   it("fails with an IO error naming gzip when the device has none, and writes nothing", async () => {
-    const tar = await firstImageLayer();
-    const to = await writeArchive(join(scratch, "first-nogzip.tar"), imageOf("app", "2", [tar]));
-    const key = generateSigningKey();
+    const { to, key } = await firstImage("first-nogzip", "2");
     const out = join(scratch, "first-nogzip.dsb");
     await buildBundleBetween([], to, { key, out, scratchDir: scratch });
     const dest = join(scratch, "first-nogzip-out.tar");
     const saved = process.env.PATH;
     process.env.PATH = mkdtempSync(join(scratch, "no-gzip-"));
     try {
-      await assert.rejects(
-        applyFromImages({
-          bundle: out,
-          trust: [key],
-          from: [],
-          dest: `docker-archive:${dest}`,
-          scratchDir: scratch,
-          skipDiskCheck: true,
-        }),
-        (err: unknown) => {
-          assert.ok(err instanceof BundleError, String(err));
-          assert.equal(err.code, "IO");
-          assert.match(err.message, /needs GNU gzip, and `gzip` is not on the PATH/);
-          return true;
-        },
-      );
+      await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
+        assert.ok(err instanceof BundleError, String(err));
+        assert.equal(err.code, "IO");
+        assert.match(err.message, /needs GNU gzip, and `gzip` is not on the PATH/);
+        return true;
+      });
     } finally {
       process.env.PATH = saved;
     }
@@ -407,9 +393,7 @@ describe("first-image bundles with gzip pieces", () => {
   });
 
   it("keeps the gzip files as they are when the cloud has no gzip (a plain payload, not a failure)", async () => {
-    const tar = await firstImageLayer();
-    const to = await writeArchive(join(scratch, "first-cloud.tar"), imageOf("app", "3", [tar]));
-    const key = generateSigningKey();
+    const { to, key } = await firstImage("first-cloud", "3");
     const out = join(scratch, "first-cloud.dsb");
     const saved = process.env.PATH;
     process.env.PATH = mkdtempSync(join(scratch, "no-gzip-"));
