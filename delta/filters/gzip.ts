@@ -26,7 +26,7 @@ import {
   rebuildGzipFiles,
 } from "../refzstd/regzip.js";
 import { MAX_VARINT_BYTES } from "../varint.js";
-import { encodeRangeTable, type FilterRange, parseRangeTable, readTable } from "./payload.js";
+import { encodeRangeTable, type FilterRange, parseRangeTable, readTable, splitAtRanges } from "./payload.js";
 
 /** Gzip files smaller than this stay as they are: their text saves less than a piece costs. */
 export const MIN_GZIP_FILE = 64;
@@ -182,44 +182,31 @@ export async function* expandGzipPieces(
   chunks: AsyncIterable<Uint8Array>,
   pieces: readonly GzipPiece[],
 ): AsyncGenerator<Uint8Array> {
-  let position = 0;
-  let next = 0;
   let file: Uint8Array | undefined;
   let filled = 0;
-  for await (const whole of chunks) {
-    let chunk = whole;
-    while (chunk.length > 0) {
-      if (file === undefined) {
-        const start = next < pieces.length ? pieces[next]!.offset : Number.POSITIVE_INFINITY;
-        const plain = Math.min(chunk.length, start - position);
-        if (plain > 0) {
-          yield chunk.subarray(0, plain);
-          chunk = chunk.subarray(plain);
-          position += plain;
-          continue;
-        }
-        file = new Uint8Array(pieces[next]!.length);
-        filled = 0;
-      }
-      const take = Math.min(chunk.length, file.length - filled);
-      file.set(chunk.subarray(0, take), filled);
-      filled += take;
-      chunk = chunk.subarray(take);
-      position += take;
-      if (filled === file.length) {
-        const piece = pieces[next++]!;
-        const text = gunzipText(file);
-        if (text === undefined || text.length !== piece.textLength)
-          throw new Error(`the gzip file at ${piece.offset} of the layer changed while it was encoded`);
-        yield file.slice(0, piece.headerLength);
-        yield text;
-        yield file.slice(file.length - GZIP_TRAILER);
-        file = undefined;
-      }
+  let done = 0;
+  for await (const part of splitAtRanges(chunks, pieces)) {
+    if (part.range < 0) {
+      yield part.bytes;
+      continue;
     }
+    const piece = pieces[part.range]!;
+    file ??= new Uint8Array(piece.length);
+    file.set(part.bytes, filled);
+    filled += part.bytes.length;
+    if (!part.last) continue;
+    const text = gunzipText(file);
+    if (text === undefined || text.length !== piece.textLength)
+      throw new Error(`the gzip file at ${piece.offset} of the layer changed while it was encoded`);
+    yield file.slice(0, piece.headerLength);
+    yield text;
+    yield file.slice(file.length - GZIP_TRAILER);
+    file = undefined;
+    filled = 0;
+    done++;
   }
-  if (file !== undefined || next < pieces.length)
-    throw new Error(`the layer ended before its gzip file at ${pieces[next]?.offset ?? "?"}`);
+  if (done < pieces.length)
+    throw new Error(`the layer ended before its gzip file at ${pieces[done]!.offset}`);
 }
 
 /** A piece's sent bytes, or plain bytes that wait behind a piece for their batch. */

@@ -148,32 +148,55 @@ export async function* filterRanges(
   ranges: readonly FilterRange[],
   direction: "encode" | "decode",
 ): AsyncGenerator<Uint8Array> {
+  let active: X86Stream | undefined;
+  for await (const part of splitAtRanges(chunks, ranges)) {
+    if (part.range < 0) {
+      yield part.bytes;
+      continue;
+    }
+    active ??= new X86Stream(direction, ranges[part.range]!.length);
+    const done = active.push(part.bytes);
+    if (done.length > 0) yield done;
+    if (part.last) active = undefined;
+  }
+}
+
+/** A piece of a stream split at ranges: plain bytes (`range` −1) or bytes of range `range`. */
+export interface RangePart {
+  readonly bytes: Uint8Array;
+  readonly range: number;
+  /** Whether these are the range's last bytes. */
+  readonly last: boolean;
+}
+
+/**
+ * Splits a byte stream at the given ranges (in order, apart): each part is a subarray of an input
+ * chunk, so it is valid as long as that chunk is. Parts of a range end with one whose `last` is
+ * set; a range that the stream does not reach or complete gets no such part.
+ */
+export async function* splitAtRanges(
+  chunks: AsyncIterable<Uint8Array>,
+  ranges: readonly FilterRange[],
+): AsyncGenerator<RangePart> {
   let position = 0;
   let next = 0;
-  let active: X86Stream | undefined;
-  let activeEnd = 0;
   for await (const whole of chunks) {
     let chunk = whole;
     while (chunk.length > 0) {
-      if (active === undefined) {
-        const start = next < ranges.length ? ranges[next]!.offset : Number.POSITIVE_INFINITY;
-        const plain = Math.min(chunk.length, start - position);
-        if (plain > 0) {
-          yield chunk.subarray(0, plain);
-          chunk = chunk.subarray(plain);
-          position += plain;
-          continue;
-        }
-        const range = ranges[next++]!;
-        active = new X86Stream(direction, range.length);
-        activeEnd = range.offset + range.length;
+      const range = ranges[next];
+      if (range === undefined || position < range.offset) {
+        const plain = Math.min(chunk.length, (range?.offset ?? Number.POSITIVE_INFINITY) - position);
+        yield { bytes: chunk.subarray(0, plain), range: -1, last: false };
+        chunk = chunk.subarray(plain);
+        position += plain;
+        continue;
       }
-      const take = Math.min(chunk.length, activeEnd - position);
-      const done = active.push(chunk.subarray(0, take));
-      if (done.length > 0) yield done;
-      chunk = chunk.subarray(take);
+      const end = range.offset + range.length;
+      const take = Math.min(chunk.length, end - position);
       position += take;
-      if (position === activeEnd) active = undefined;
+      yield { bytes: chunk.subarray(0, take), range: next, last: position === end };
+      chunk = chunk.subarray(take);
+      if (position === end) next++;
     }
   }
 }
