@@ -88,6 +88,9 @@ function gzipBound(n: number): number {
   return n + Math.ceil(n / 16384) * 5 + GZIP_FIXED_HEADER + GZIP_TRAILER + 64;
 }
 
+/** Files per gzip run, at most: their names (up to 5 characters) go on its command line. */
+export const MAX_FILES_PER_RUN = 8192;
+
 /** Memory-backed files (tmpfs): where gzip's input files go when it can be written. */
 export const SHARED_MEMORY = "/dev/shm";
 
@@ -126,6 +129,14 @@ export class GzipRunner {
       throw new Error(`gzip level ${level} is not 1 to 9`);
     if (this.closed) throw new Error("this gzip runner is closed");
     if (texts.length === 0) return new Uint8Array(0);
+    // A gzip run takes its files' names as arguments, which the system bounds (ARG_MAX).
+    const runs: Uint8Array[] = [];
+    for (let i = 0; i < texts.length; i += MAX_FILES_PER_RUN)
+      runs.push(await this.runOrFallBack(texts.slice(i, i + MAX_FILES_PER_RUN), level));
+    return runs.length === 1 ? runs[0]! : Buffer.concat(runs);
+  }
+
+  private async runOrFallBack(texts: readonly Uint8Array[], level: number): Promise<Uint8Array> {
     try {
       return await this.run(texts, level);
     } catch (err) {

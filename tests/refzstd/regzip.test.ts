@@ -35,6 +35,7 @@ import {
   GzipToolError,
   gunzipText,
   gzipHeaderLength,
+  MAX_FILES_PER_RUN,
   MAX_GZIP_HEADER,
   MAX_GZIP_TEXT,
 } from "../../delta/refzstd/regzip.js";
@@ -407,6 +408,22 @@ describe("GzipRunner", () => {
       await runner.close();
     }
     assert.deepEqual(gzipFolders(shared), []);
+  });
+
+  it("splits more texts than one command line takes over several gzip runs, members in order", {
+    skip: existsSync("/dev/shm") ? false : "no /dev/shm here (thousands of files on disk are slow)",
+  }, async () => {
+    const many = Array.from({ length: MAX_FILES_PER_RUN + 5 }, (_, i) => Buffer.from(`line ${i}\n`));
+    const runner = new GzipRunner(mkdtempSync(join(scratch, "runner-")));
+    try {
+      const out = Buffer.from(await runner.members(many, 9));
+      // One member per text: gunzip reads them all, in order; the last five are gzip's own.
+      assert.ok(gunzipSync(out).equals(Buffer.concat(many)));
+      const tail = Buffer.concat(many.slice(-5).map((t) => gzip(t, "-9", "-n")));
+      assert.ok(out.subarray(out.length - tail.length).equals(tail));
+    } finally {
+      await runner.close();
+    }
   });
 
   it("puts its files in /dev/shm by default, not in the scratch folder", {
