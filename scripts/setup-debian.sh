@@ -4,9 +4,10 @@
 # skopeo and umoci (image tooling), mosquitto (MQTT broker for the IoT Hub device SDK),
 # apache2-utils (htpasswd: bcrypt users for the registry's basic-auth test mode), git (a
 # git archive is one of the real tars the tar reader is tested on), mmdebstrap (Debian root
-# file systems for `npm run bench`) and time (/usr/bin/time -v: peak RSS in the benchmarks).
+# file systems for `npm run bench`), time (/usr/bin/time -v: peak RSS in the benchmarks) and
+# binutils (readelf: an independent reading of ELF program headers for the x86 filter's tests).
 set -euo pipefail
-packages=(xdelta3 zstd brotli bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils git mmdebstrap time)
+packages=(xdelta3 zstd brotli bsdiff docker-registry skopeo umoci mosquitto openssl apache2-utils git mmdebstrap time binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

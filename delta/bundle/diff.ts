@@ -11,7 +11,13 @@ import { dirname } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { MIN_GZIP_FILE } from "../filters/gzip.js";
-import { type FilterRange, isX86Elf, MIN_FILTERED_FILE } from "../filters/payload.js";
+import {
+  ELF_HEAD,
+  executableRanges,
+  type FilterRange,
+  isX86Elf,
+  MIN_FILTERED_FILE,
+} from "../filters/payload.js";
 import { CompressionError } from "../image/compression.js";
 import { DigestError } from "../image/digest.js";
 import { FileRangeSource } from "../image/file-blob.js";
@@ -761,7 +767,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             hash = entry.type === "file" && entry.size > 0 ? sha256Hex() : undefined;
             head =
               entry.type === "file" && entry.size >= MIN_GZIP_FILE
-                ? new Uint8Array(entry.size >= MIN_FILTERED_FILE ? 20 : GZIP_MAGIC.length)
+                ? new Uint8Array(entry.size >= MIN_FILTERED_FILE ? ELF_HEAD : GZIP_MAGIC.length)
                 : undefined;
             headLength = 0;
           },
@@ -777,9 +783,11 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
             if (hash !== undefined) digests[digests.length - 1] = hash.digest("hex");
             hash = undefined;
             const entry = entries[entries.length - 1]!;
-            if (head !== undefined && isX86Elf(head))
-              x86.push({ offset: entry.dataOffset, length: entry.size });
-            else if (head !== undefined && entry.size <= MAX_GZIP_TEXT && startsWithGzipMagic(head))
+            if (head !== undefined && isX86Elf(head)) {
+              const part = head.subarray(0, headLength);
+              for (const r of executableRanges(part, entry.size))
+                x86.push({ offset: entry.dataOffset + r.offset, length: r.length });
+            } else if (head !== undefined && entry.size <= MAX_GZIP_TEXT && startsWithGzipMagic(head))
               gzip.push({ offset: entry.dataOffset, length: entry.size });
             head = undefined;
           },

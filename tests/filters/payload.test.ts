@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { closeSync, existsSync, openSync, readSync, statSync } from "node:fs";
 import { describe, it } from "node:test";
 import {
+  ELF_HEAD,
   encodeFilterTable,
+  executableRanges,
   FilterTableError,
   filterRanges,
   isX86Elf,
@@ -131,5 +135,91 @@ describe("filtering ranges of a stream", () => {
     head[18] = 0xb7; // aarch64
     assert.equal(isX86Elf(head), false);
     assert.equal(isX86Elf(head.subarray(0, 19)), false);
+  });
+});
+
+/** The first ELF_HEAD bytes of a file. */
+function headOf(path: string): Uint8Array {
+  const head = new Uint8Array(ELF_HEAD);
+  const fd = openSync(path, "r");
+  try {
+    return head.subarray(0, readSync(fd, head, 0, ELF_HEAD, 0));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The executable loadable segments as `readelf -lW` (binutils) lists them, merged. */
+function readelfCode(path: string, size: number): { offset: number; length: number }[] {
+  const out = execFileSync("readelf", ["-lW", path], { encoding: "utf8" });
+  const segments = out
+    .split("\n")
+    .filter((line) => /^\s*LOAD\s/.test(line))
+    .map((line) => line.trim().split(/\s+/))
+    .filter((f) => f.slice(7, -1).join("").includes("E"))
+    .map((f) => ({
+      offset: Number.parseInt(f[1]!, 16),
+      end: Math.min(size, Number.parseInt(f[1]!, 16) + Number.parseInt(f[4]!, 16)),
+    }))
+    .filter((s) => s.end > s.offset)
+    .sort((a, b) => a.offset - b.offset);
+  const merged: { offset: number; length: number }[] = [];
+  for (const s of segments) {
+    const last = merged.at(-1);
+    if (last !== undefined && s.offset <= last.offset + last.length)
+      last.length = Math.max(last.length, s.end - last.offset);
+    else merged.push({ offset: s.offset, length: s.end - s.offset });
+  }
+  return merged;
+}
+
+describe("executableRanges", () => {
+  const binaries = [
+    process.execPath,
+    "/usr/bin/ls",
+    "/usr/bin/xdelta3",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+  ].filter((p) => existsSync(p) && isX86Elf(headOf(p)));
+
+  it("finds the code segments readelf lists, on this machine's executables and libraries", {
+    skip: binaries.length === 0 ? "no x86 ELF files here" : false,
+  }, () => {
+    for (const path of binaries) {
+      const size = statSync(path).size;
+      const ranges = executableRanges(headOf(path), size);
+      assert.deepEqual(ranges, readelfCode(path, size), path);
+      assert.ok(ranges.length > 0 && ranges.every((r) => r.length > 0 && r.offset + r.length <= size), path);
+    }
+  });
+
+  it("reads ELF32 headers, clips segments to the file, and falls back to the whole file", () => {
+    // An ELF32 i386 header with two program headers at 52: a code segment and a data segment.
+    const head = new Uint8Array(200);
+    const v = new DataView(head.buffer);
+    head.set([0x7f, 0x45, 0x4c, 0x46, 1, 1, 1]);
+    v.setUint16(18, 3, true);
+    v.setUint32(0x1c, 52, true);
+    v.setUint16(0x2a, 32, true);
+    v.setUint16(0x2c, 2, true);
+    const ph = (i: number, flags: number, offset: number, filesz: number) => {
+      const at = 52 + i * 32;
+      v.setUint32(at, 1, true);
+      v.setUint32(at + 4, offset, true);
+      v.setUint32(at + 16, filesz, true);
+      v.setUint32(at + 24, flags, true);
+    };
+    ph(0, 5, 4096, 10_000); // R E
+    ph(1, 6, 14_096, 500); // RW
+    assert.deepEqual(executableRanges(head, 20_000), [{ offset: 4096, length: 10_000 }]);
+    // A segment past the file's end is clipped; one that starts past it is dropped.
+    assert.deepEqual(executableRanges(head, 8000), [{ offset: 4096, length: 3904 }]);
+    assert.deepEqual(executableRanges(head, 4000), []);
+    // Program headers beyond the bytes read, or a too-short entry size: the whole file.
+    v.setUint16(0x2c, 9, true);
+    assert.deepEqual(executableRanges(head, 20_000), [{ offset: 0, length: 20_000 }]);
+    v.setUint16(0x2c, 2, true);
+    v.setUint16(0x2a, 8, true);
+    assert.deepEqual(executableRanges(head, 20_000), [{ offset: 0, length: 20_000 }]);
+    assert.deepEqual(executableRanges(head.subarray(0, 40), 20_000), [{ offset: 0, length: 20_000 }]);
   });
 });
