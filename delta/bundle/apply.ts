@@ -154,59 +154,56 @@ async function* payloadChunks(
   scratchDir: string,
 ): AsyncGenerator<Uint8Array> {
   const start = head.payloadsOffset + payload.offset;
+  /** A whole-layer payload's stream (Brotli or zstd) in `length` bytes at `at` of the bundle. */
+  const inflatePlain = (brotli: boolean, at: number, length: number) =>
+    brotli
+      ? inflateBrotliFileRange(bundlePath, at, length)
+      : inflateFileRange(bundlePath, at, length, { windowLogMax: MAX_ZSTD_WINDOW_LOG, reuseOutput: true });
   if (payload.length === 0) {
     // An empty payload decodes to nothing; the size check decides.
-  } else if (payload.codec === "zstd") {
-    yield* inflateFileRange(bundlePath, start, payload.length, {
-      windowLogMax: MAX_ZSTD_WINDOW_LOG,
-      reuseOutput: true,
-    });
-  } else if (payload.codec === "brotli") {
-    yield* inflateBrotliFileRange(bundlePath, start, payload.length);
-  } else if (payload.codec === "zstd-x86" || payload.codec === "brotli-x86") {
-    let table: Awaited<ReturnType<typeof readFilterTable>>;
-    try {
-      table = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
-    } catch (err) {
-      if (!(err instanceof FilterTableError)) throw err;
-      throw new BundleError("PAYLOAD", `layer ${payload.diffId}`, err.message);
-    }
-    const at = start + table.tableLength;
-    const length = payload.length - table.tableLength;
-    const inflated =
-      payload.codec === "brotli-x86"
-        ? inflateBrotliFileRange(bundlePath, at, length)
-        : inflateFileRange(bundlePath, at, length, { windowLogMax: MAX_ZSTD_WINDOW_LOG, reuseOutput: true });
-    yield* filterRanges(inflated, table.ranges, "decode");
-  } else if (payload.codec === "zstd-gz" || payload.codec === "brotli-gz") {
+  } else if (payload.codec === "zstd" || payload.codec === "brotli") {
+    yield* inflatePlain(payload.codec === "brotli", start, payload.length);
+  } else if (
+    payload.codec === "zstd-x86" ||
+    payload.codec === "brotli-x86" ||
+    payload.codec === "zstd-gz" ||
+    payload.codec === "brotli-gz"
+  ) {
+    // The x86 filter table, then (`-gz`) the gzip table, then the stream.
     const where = `layer ${payload.diffId}`;
+    const withGzip = payload.codec.endsWith("-gz");
     let x86: Awaited<ReturnType<typeof readFilterTable>>;
-    let gzip: Awaited<ReturnType<typeof readGzipTable>>;
+    let gzip: Awaited<ReturnType<typeof readGzipTable>> = { pieces: [], tableLength: 0 };
     try {
       x86 = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
-      gzip = await readGzipTable(
-        bundlePath,
-        start + x86.tableLength,
-        payload.length - x86.tableLength,
-        payload.outputSize,
-      );
+      if (withGzip) {
+        gzip = await readGzipTable(
+          bundlePath,
+          start + x86.tableLength,
+          payload.length - x86.tableLength,
+          payload.outputSize,
+        );
+      }
     } catch (err) {
       if (!(err instanceof FilterTableError) && !(err instanceof GzipTableError)) throw err;
       throw new BundleError("PAYLOAD", where, err.message);
     }
-    const at = start + x86.tableLength + gzip.tableLength;
-    const length = payload.length - x86.tableLength - gzip.tableLength;
-    const inflated =
-      payload.codec === "brotli-gz"
-        ? inflateBrotliFileRange(bundlePath, at, length)
-        : inflateFileRange(bundlePath, at, length, { windowLogMax: MAX_ZSTD_WINDOW_LOG, reuseOutput: true });
+    const tables = x86.tableLength + gzip.tableLength;
+    const inflated = inflatePlain(
+      payload.codec.startsWith("brotli"),
+      start + tables,
+      payload.length - tables,
+    );
     try {
-      yield* filterRanges(rebuildGzipPieces(inflated, gzip.pieces, scratchDir), x86.ranges, "decode");
+      yield* filterRanges(
+        withGzip ? rebuildGzipPieces(inflated, gzip.pieces, scratchDir) : inflated,
+        x86.ranges,
+        "decode",
+      );
     } catch (err) {
       if (err instanceof GzipToolError)
         throw new BundleError("IO", where, `${err.message}; nothing was written`);
-      if (err instanceof GzipTableError || err instanceof GzipMismatchError)
-        throw new BundleError("PAYLOAD", where, err.message);
+      if (err instanceof GzipMismatchError) throw new BundleError("PAYLOAD", where, err.message);
       throw err;
     }
   } else if (payload.codec === "ref-zstd") {

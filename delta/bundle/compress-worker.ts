@@ -22,17 +22,14 @@ async function run(job: WorkerJob): Promise<WorkerReply> {
   if (job.kind === "match") {
     return { id: job.id, ok: true, pieces: await matchBinary(job.oldBytes, job.newBytes) };
   }
-  const settings = {
-    level: job.level,
-    windowLog: job.windowLog,
-    searchWholeSource: false,
-    ...(job.x86 !== undefined ? { x86: job.x86 } : {}),
-    ...(job.gzip !== undefined ? { gzip: job.gzip } : {}),
-    ...(job.scratchDir !== undefined ? { scratchDir: job.scratchDir } : {}),
-    compressor: job.compressor,
-  };
-  const payload = await encodePayload(job.targetPath, undefined, undefined, settings, job.out, (done) =>
-    port.postMessage({ id: job.id, progress: done } satisfies WorkerReply),
+  const { targetPath, out, ...settings } = job;
+  const payload = await encodePayload(
+    targetPath,
+    undefined,
+    undefined,
+    { ...settings, searchWholeSource: false },
+    out,
+    (done) => port.postMessage({ id: job.id, progress: done } satisfies WorkerReply),
   );
   return { id: job.id, ok: true, payload };
 }

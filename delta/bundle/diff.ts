@@ -618,12 +618,10 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       pool !== undefined
         ? pool.encodePlainPayload(
             {
+              ...settings,
               targetPath: path,
               out,
-              level: settings.level,
-              windowLog: settings.windowLog,
-              ...(settings.x86 !== undefined ? { x86: settings.x86 } : {}),
-              ...(settings.gzip !== undefined ? { gzip: settings.gzip, scratchDir: scratch.path } : {}),
+              scratchDir: scratch.path,
               compressor: settings.compressor ?? "zstd",
             },
             report,

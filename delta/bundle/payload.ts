@@ -117,15 +117,15 @@ export async function encodePayload(
     hints === undefined && options.gzip !== undefined && options.gzip.length > 0
       ? await findGzipPieces(targetPath, options.gzip, options.scratchDir)
       : [];
-  const x86Table =
-    options.x86 !== undefined && hints === undefined
-      ? encodeFilterTable(options.x86)
-      : pieces.length > 0
-        ? encodeFilterTable([])
+  const x86 = hints === undefined ? options.x86 : undefined;
+  // zstd-x86/brotli-x86: the filter table; -gz: the filter table (maybe empty), then the gzip table.
+  const table =
+    pieces.length > 0
+      ? Buffer.concat([encodeFilterTable(x86 ?? []), encodeGzipTable(pieces)])
+      : x86 !== undefined
+        ? encodeFilterTable(x86)
         : undefined;
-  const table = pieces.length > 0 ? Buffer.concat([x86Table!, encodeGzipTable(pieces)]) : x86Table;
-  const filtered =
-    hints === undefined && options.x86 !== undefined ? filterRanges(target, options.x86, "encode") : target;
+  const filtered = x86 !== undefined ? filterRanges(target, x86, "encode") : target;
   const input =
     hints === undefined
       ? pieces.length > 0
