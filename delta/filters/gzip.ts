@@ -15,7 +15,6 @@
  */
 import { open } from "node:fs/promises";
 import {
-  findGzipRecipesInHalves,
   GZIP_FIXED_HEADER,
   GZIP_TRAILER,
   GzipMismatchError,
@@ -23,6 +22,7 @@ import {
   gunzipText,
   MAX_GZIP_HEADER,
   MAX_GZIP_TEXT,
+  RecipeGroups,
   rebuildGzipFiles,
 } from "../refzstd/regzip.js";
 import { MAX_VARINT_BYTES } from "../varint.js";
@@ -108,9 +108,6 @@ export function parseGzipTable(
   return { pieces: entries, tableLength };
 }
 
-/** Bytes of gzip files held at once while their recipes are looked for. */
-const RECIPE_GROUP = 64 * 1024 * 1024;
-
 /**
  * Texts larger than this stay gzip files: the device pays for every text byte with GNU gzip's
  * time (about 37 ms per MB at -9), and large texts gain least. On the first image's Debian layer
@@ -140,23 +137,11 @@ export async function findGzipPieces(
   maxText = MAX_PLAIN_GZIP_TEXT,
 ): Promise<GzipPiece[]> {
   const pieces: GzipPiece[] = [];
+  const groups = new RecipeGroups<FilterRange>((range, recipe) => {
+    if (recipe.textLength <= maxText) pieces.push({ offset: range.offset, length: range.length, ...recipe });
+  }, scratchDir);
   const handle = await open(path, "r");
   try {
-    let group: { range: FilterRange; file: Uint8Array }[] = [];
-    let held = 0;
-    const settle = async () => {
-      const recipes = await findGzipRecipesInHalves(
-        group.map((g) => g.file),
-        scratchDir,
-      );
-      group.forEach((g, i) => {
-        const recipe = recipes[i];
-        if (recipe !== undefined && recipe.textLength <= maxText)
-          pieces.push({ offset: g.range.offset, length: g.range.length, ...recipe });
-      });
-      group = [];
-      held = 0;
-    };
     for (const range of candidates) {
       if (range.length < GZIP_FIXED_HEADER + GZIP_TRAILER || range.length > maxText) continue;
       const file = new Uint8Array(range.length);
@@ -164,11 +149,9 @@ export async function findGzipPieces(
       if (bytesRead !== range.length) throw new Error(`${path} ends inside the gzip file at ${range.offset}`);
       // The trailer's last word is the text's length (mod 2^32): larger texts are not inflated.
       if (new DataView(file.buffer).getUint32(file.length - 4, true) > maxText) continue;
-      group.push({ range, file });
-      held += range.length;
-      if (held >= RECIPE_GROUP) await settle();
+      await groups.add(range, file);
     }
-    if (group.length > 0) await settle();
+    await groups.settle();
   } finally {
     await handle.close();
   }

@@ -29,12 +29,12 @@ import {
   zigzag,
 } from "./format.js";
 import {
-  findGzipRecipesInHalves,
   GZIP_FIXED_HEADER,
   GZIP_MAGIC,
   GZIP_TRAILER,
   gunzipText,
   MAX_GZIP_TEXT,
+  RecipeGroups,
   startsWithGzipMagic,
 } from "./regzip.js";
 import { headerRanges } from "./tarsplit.js";
@@ -624,9 +624,6 @@ async function approximateReferences(
   await Promise.all(matching);
 }
 
-/** Bytes of changed gzip files held at once while their recipes are looked for. */
-const REGZIP_GROUP = 64 * 1024 * 1024;
-
 /**
  * Gives each reference whose old and new files are gzip files (and no copies) a gzip plan when
  * GNU gzip rebuilds the new file exactly from its text and the old one inflates: a changed
@@ -639,17 +636,8 @@ async function regzipReferences(
   scratchDir: string | undefined,
 ): Promise<void> {
   const magic = new Uint8Array(GZIP_MAGIC.length);
-  let group: { r: Reference; file: Uint8Array; oldAt: number; oldLength: number; oldTextLength: number }[] =
-    [];
-  let held = 0;
-  const settle = async (): Promise<void> => {
-    const recipes = await findGzipRecipesInHalves(
-      group.map((g) => g.file),
-      scratchDir,
-    );
-    group.forEach((g, i) => {
-      const recipe = recipes[i];
-      if (recipe === undefined) return;
+  const groups = new RecipeGroups<{ r: Reference; oldAt: number; oldLength: number; oldTextLength: number }>(
+    (g, recipe) => {
       g.r.gzip = {
         level: recipe.level,
         headerLength: recipe.headerLength,
@@ -658,10 +646,9 @@ async function regzipReferences(
         oldLength: g.oldLength,
         oldTextLength: g.oldTextLength,
       };
-    });
-    group = [];
-    held = 0;
-  };
+    },
+    scratchDir,
+  );
   for (const r of references) {
     if (r.targetHeaderLength === undefined || r.sourceHeaderLength === undefined) continue;
     const length = r.targetEnd - r.targetOffset;
@@ -681,11 +668,9 @@ async function regzipReferences(
     if (oldText === undefined) continue;
     const file = new Uint8Array(newLength);
     await readInto(target, newAt, file, 0, newLength);
-    group.push({ r, file, oldAt, oldLength, oldTextLength: oldText.length });
-    held += newLength;
-    if (held >= REGZIP_GROUP) await settle();
+    await groups.add({ r, oldAt, oldLength, oldTextLength: oldText.length }, file);
   }
-  if (group.length > 0) await settle();
+  await groups.settle();
 }
 
 /** Whether a reference's new entry (bytes from its tar header on) holds a gzip file. */

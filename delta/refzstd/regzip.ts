@@ -156,44 +156,30 @@ export class GzipRunner {
 
   private async run(texts: readonly Uint8Array[], level: number): Promise<Uint8Array> {
     const dir = this.free.pop() ?? mkdtempSync(join(this.base, "deltaship-gzip-"));
-    let keep = true;
+    // Written synchronously: the texts are at hand, and while a diff spools the next layer on
+    // this thread each awaited write waited its turn behind the spool's chunks (175 files took
+    // 1.3-1.7 s on scenario 4 of the benchmark; written at once, 0.03-0.1 s). Files beyond
+    // `texts` from an earlier run stay, unnamed in this one.
+    const names = texts.map((_, i) => String(i));
     try {
-      // Written synchronously: the texts are at hand, and while a diff spools the next layer on
-      // this thread each awaited write waited its turn behind the spool's chunks (175 files took
-      // 1.3-1.7 s on scenario 4 of the benchmark; written at once, 0.03-0.1 s). Files beyond
-      // `texts` from an earlier run stay, unnamed in this one.
-      const names = texts.map((_, i) => String(i));
-      try {
-        for (let i = 0; i < texts.length; i++) writeFileSync(join(dir, names[i]!), texts[i]!);
-      } catch (err) {
-        keep = false;
-        throw err;
-      }
-      let limit = 0;
-      for (const text of texts) limit += gzipBound(text.length);
+      for (let i = 0; i < texts.length; i++) writeFileSync(join(dir, names[i]!), texts[i]!);
+    } catch (err) {
+      // A folder that could not take the files is not used again.
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    let limit = 0;
+    for (const text of texts) limit += gzipBound(text.length);
+    try {
       return await runGzip(["-c", "-n", `-${level}`, "--", ...names], dir, limit);
     } finally {
-      if (this.closed || !keep || !dir.startsWith(this.base)) await rm(dir, { recursive: true, force: true });
+      if (this.closed || !dir.startsWith(this.base)) await rm(dir, { recursive: true, force: true });
       else this.free.push(dir);
     }
   }
 
   private async removeFree(): Promise<void> {
     await Promise.all(this.free.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
-  }
-}
-
-/** `gzip -c -n -LEVEL` of each text in one gzip process (GzipRunner, once). */
-export async function gzipMembers(
-  texts: readonly Uint8Array[],
-  level: number,
-  scratchDir = tmpdir(),
-): Promise<Uint8Array> {
-  const runner = new GzipRunner(scratchDir);
-  try {
-    return await runner.members(texts, level);
-  } finally {
-    await runner.close();
   }
 }
 
@@ -405,6 +391,46 @@ export async function findGzipRecipesInHalves(
   } catch (err) {
     if (!(err instanceof GzipToolError)) throw err;
     return files.map(() => undefined);
+  }
+}
+
+/** Bytes of gzip files held at once while their recipes are looked for. */
+const RECIPE_GROUP = 64 * 1024 * 1024;
+
+/**
+ * Gzip files collected with their owners, whose recipes are found (findGzipRecipesInHalves) a
+ * group of at most RECIPE_GROUP bytes at a time, so the files held stay bounded; `found` sees
+ * each file that has a recipe. Call `settle()` after the last `add`.
+ */
+export class RecipeGroups<T> {
+  private group: { owner: T; file: Uint8Array }[] = [];
+  private held = 0;
+
+  constructor(
+    private readonly found: (owner: T, recipe: GzipRecipe) => void,
+    private readonly scratchDir?: string,
+  ) {}
+
+  async add(owner: T, file: Uint8Array): Promise<void> {
+    this.group.push({ owner, file });
+    this.held += file.length;
+    if (this.held >= RECIPE_GROUP) await this.settle();
+  }
+
+  /** Finds the recipes of the files added since the last group. */
+  async settle(): Promise<void> {
+    const group = this.group;
+    this.group = [];
+    this.held = 0;
+    if (group.length === 0) return;
+    const recipes = await findGzipRecipesInHalves(
+      group.map((g) => g.file),
+      this.scratchDir,
+    );
+    group.forEach((g, i) => {
+      const recipe = recipes[i];
+      if (recipe !== undefined) this.found(g.owner, recipe);
+    });
   }
 }
 
