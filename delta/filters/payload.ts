@@ -11,6 +11,7 @@
  */
 import { open } from "node:fs/promises";
 import { MAX_VARINT_BYTES, VarintReader, VarintWriter } from "../varint.js";
+import { mergeRanges, type SourceRange } from "../vcdiff/matcher.js";
 import { X86Stream } from "./x86.js";
 
 /** Ranges a payload may name: the table is held in memory (two numbers each). */
@@ -70,7 +71,7 @@ export function executableRanges(head: Uint8Array, size: number): FilterRange[] 
   const phentsize = view.getUint16(wide ? 0x36 : 0x2a, true);
   const phnum = view.getUint16(wide ? 0x38 : 0x2c, true);
   if (phentsize < (wide ? 56 : 32) || phoff + phentsize * phnum > head.length) return whole;
-  const segments: FilterRange[] = [];
+  const segments: SourceRange[] = [];
   for (let i = 0; i < phnum; i++) {
     const at = phoff + i * phentsize;
     const PT_LOAD = 1;
@@ -79,19 +80,9 @@ export function executableRanges(head: Uint8Array, size: number): FilterRange[] 
     if (view.getUint32(at, true) !== PT_LOAD || (flags & PF_X) === 0) continue;
     const offset = wide ? Number(view.getBigUint64(at + 8, true)) : view.getUint32(at + 4, true);
     const filesz = wide ? Number(view.getBigUint64(at + 32, true)) : view.getUint32(at + 16, true);
-    const end = Math.min(size, offset + filesz);
-    if (offset < end) segments.push({ offset, length: end - offset });
+    segments.push({ start: offset, end: Math.min(size, offset + filesz) });
   }
-  segments.sort((a, b) => a.offset - b.offset);
-  const merged: FilterRange[] = [];
-  for (const s of segments) {
-    const last = merged[merged.length - 1];
-    if (last !== undefined && s.offset <= last.offset + last.length) {
-      const end = Math.max(last.offset + last.length, s.offset + s.length);
-      merged[merged.length - 1] = { offset: last.offset, length: end - last.offset };
-    } else merged.push(s);
-  }
-  return merged;
+  return mergeRanges(segments).map((r) => ({ offset: r.start, length: r.end - r.start }));
 }
 
 export function encodeRangeTable<T extends FilterRange>(

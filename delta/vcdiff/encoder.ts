@@ -19,6 +19,7 @@ import { InstructionList, WindowWriter } from "./instructions.js";
 import {
   type CopyRange,
   DONE,
+  mergeRanges,
   SourceIndex,
   SourcePages,
   type SourceRange,
@@ -85,10 +86,10 @@ export async function* encode(
     pages = new SourcePages(source);
     const ranges: SourceRange[] = searchAll
       ? [{ start: 0, end: source.size }]
-      : merge(searches.map((s) => ({ start: s.sourceOffset, end: s.sourceOffset + s.sourceLength })));
+      : mergeRanges(searches.map((s) => ({ start: s.sourceOffset, end: s.sourceOffset + s.sourceLength })));
     if (ranges.length > 0) index = await SourceIndex.build(source, ranges);
   }
-  const searchTargets = merge(
+  const searchTargets = mergeRanges(
     searches.map((s) => ({ start: s.targetOffset, end: s.targetOffset + s.targetLength })),
   );
   const list = new InstructionList();
@@ -203,18 +204,6 @@ function checkSearches(hints: SearchHint[], source: SourceReader | undefined): v
     }
     previousStart = h.targetOffset;
   }
-}
-
-/** Sorts and merges ranges, dropping empty ones. */
-function merge(ranges: SourceRange[]): SourceRange[] {
-  const sorted = ranges.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
-  const out: SourceRange[] = [];
-  for (const r of sorted) {
-    const last = out[out.length - 1];
-    if (last !== undefined && r.start <= last.end) last.end = Math.max(last.end, r.end);
-    else out.push({ ...r });
-  }
-  return out;
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {

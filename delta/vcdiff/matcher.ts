@@ -100,6 +100,18 @@ export interface SourceRange {
   end: number;
 }
 
+/** Sorts and merges ranges (overlapping or adjacent), dropping empty ones. */
+export function mergeRanges(ranges: readonly SourceRange[]): SourceRange[] {
+  const sorted = ranges.filter((r) => r.end > r.start).sort((a, b) => a.start - b.start);
+  const out: SourceRange[] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last !== undefined && r.start <= last.end) last.end = Math.max(last.end, r.end);
+    else out.push({ ...r });
+  }
+  return out;
+}
+
 /**
  * Hash table from the hash of SOURCE_HASH_LENGTH bytes to a source offset, for the offsets
  * `stride` apart from the start of each indexed range. The stride grows with the indexed size so the table stays
