@@ -13,7 +13,7 @@ import {
   parseFilterTable,
 } from "../../delta/filters/payload.js";
 import { filterX86 } from "../../delta/filters/x86.js";
-import { prng } from "../support/random.js";
+import { prng, randomOrMutated } from "../support/random.js";
 
 async function collect(chunks: AsyncIterable<Uint8Array>): Promise<Uint8Array> {
   const parts: Uint8Array[] = [];
@@ -58,16 +58,11 @@ describe("zstd-x86 filter table", () => {
   });
 
   it("ends every random or mutated table in a result or a FilterTableError", () => {
-    const next = prng(7);
     const valid = encodeFilterTable([
       { offset: 0, length: 5000 },
       { offset: 9000, length: 123_456 },
     ]);
-    for (let n = 0; n < 3000; n++) {
-      const bytes =
-        n % 2 === 0
-          ? Uint8Array.from({ length: next() % 40 }, () => next() & 0xff)
-          : Uint8Array.from(valid, (b) => (next() % 5 === 0 ? next() & 0xff : b));
+    for (const [n, bytes] of randomOrMutated(7, valid, 3000)) {
       try {
         const { ranges, tableLength } = parseFilterTable(bytes, 200_000);
         assert.ok(tableLength <= bytes.length);

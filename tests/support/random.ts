@@ -24,3 +24,23 @@ export function relocate(bytes: Uint8Array, from: number, to: number, delta: num
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   for (let p = from; p + 4 <= to; p += 4) view.setUint32(p, (view.getUint32(p, true) + delta) >>> 0, true);
 }
+
+/**
+ * `count` fuzz inputs for a table parser, seeded: even cases random bytes (up to 39), odd ones
+ * `valid` with about one byte in five replaced.
+ */
+export function* randomOrMutated(
+  seed: number,
+  valid: Uint8Array,
+  count: number,
+): Generator<[number, Uint8Array]> {
+  const next = prng(seed);
+  for (let n = 0; n < count; n++) {
+    yield [
+      n,
+      n % 2 === 0
+        ? Uint8Array.from({ length: next() % 40 }, () => next() & 0xff)
+        : Uint8Array.from(valid, (b) => (next() % 5 === 0 ? next() & 0xff : b)),
+    ];
+  }
+}
