@@ -7,7 +7,7 @@
  * writeWhileDecoding, blobs already pushed stay, each checked, but no manifest names them).
  */
 import { createHash } from "node:crypto";
-import { statfs } from "node:fs/promises";
+import { open, statfs } from "node:fs/promises";
 import { GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
@@ -29,7 +29,14 @@ import {
   requiredLayers,
 } from "./format.js";
 import { inflateBrotliFileRange, inflateFileRange } from "./inflate.js";
-import { readFileStream, ScratchDir, WrittenSoFar, writeToFile } from "./scratch.js";
+import {
+  ArrivingFileSource,
+  readFileStream,
+  ScratchDir,
+  WrittenSoFar,
+  writeToFile,
+  writeToHandle,
+} from "./scratch.js";
 import { type TrustedKey, verifyManifest } from "./sign.js";
 
 /** zstd frames that need a window above 2^26 (64 MiB) are refused: a device decodes in bounded memory. */
@@ -44,8 +51,11 @@ export interface LayerProvider {
   /**
    * A random-access reader over the layer's tar. It need not be hashed first: every rebuilt
    * layer is checked against its diff_id, and layers copied into the image are hashed as written.
+   * Given `size` (what the bundle expects), a layer still being copied to this device's scratch
+   * may come back at once, read as it arrives (`SourceReader.whenReadable`) and at most `size`
+   * bytes long; `locate` then resolves once it has arrived whole, or rejects if it is not intact.
    */
-  open(diffId: string): Promise<SourceReader>;
+  open(diffId: string, size?: number): Promise<SourceReader>;
   /** Where the layer's tar lies in a local file, if it does, so a writer can copy it with large reads. */
   locate?(diffId: string): Promise<LocalLayer | undefined>;
   /** Hashes the layer: after a rebuild failed, this finds the corrupted source layer to name. */
@@ -248,6 +258,8 @@ async function* verifiedPayload(
   where: string,
   onBytes: (n: number) => void,
   onMismatch: () => Promise<void>,
+  /** Awaited after the check: the layer ends only once this resolves. */
+  thenAwait?: Promise<void>,
 ): AsyncGenerator<Uint8Array> {
   const hash = createHash("sha256");
   let size = 0;
@@ -283,6 +295,7 @@ async function* verifiedPayload(
       `rebuilt layer hashes to ${digest} (${size} bytes), expected ${payload.diffId} (${payload.outputSize} bytes); a source layer on this device is corrupted or differs, nothing was written`,
     );
   }
+  await thenAwait;
 }
 
 /** Throws a DIGEST error naming the first source layer that does not hash to its diff_id, if any. */
@@ -378,7 +391,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 
     const sourceParts: SourceReader[] = [];
     for (const [n, ref] of manifest.sources.entries()) {
-      const reader = await options.layers.open(ref.diffId);
+      const reader = await options.layers.open(ref.diffId, ref.size);
       opened.push(reader);
       if (reader.size !== ref.size) {
         throw new BundleError(
@@ -390,6 +403,77 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
       sourceParts.push(reader);
     }
     const source = sourceParts.length > 0 ? new ConcatSource(sourceParts) : undefined;
+    // A source still being copied (a registry blob) is read as it arrives. The layer rebuilt last
+    // is ready (and so the image is) only once each source has arrived whole, intact and of the
+    // size the bundle says; the layers rebuilt before it are each checked against their diff_id.
+    const sourcesIntact = Promise.all(
+      manifest.sources.map(async (ref, n) => {
+        const local = await options.layers.locate?.(ref.diffId);
+        if (local !== undefined && local.location.size !== ref.size) {
+          throw new BundleError(
+            "DIGEST",
+            `sources[${n}]`,
+            `layer ${ref.diffId} on this device has ${local.location.size} bytes, the bundle expects ${ref.size}`,
+          );
+        }
+      }),
+    ).then(() => undefined);
+    sourcesIntact.catch(() => {});
+
+    // Rebuilt layers decode one at a time, into scratch files unless the writer pulls each as a
+    // stream (streamToWriter, in layer order). Into a registry (writeWhileDecoding) the largest
+    // decodes first: its upload, the longest, starts first and runs beside the others' decodes.
+    const rebuilt: { i: number; entry: LayerPayload }[] = [];
+    for (const [i, entry] of manifest.layers.entries()) if (!isPresent(entry)) rebuilt.push({ i, entry });
+    if (options.writeWhileDecoding === true) rebuilt.sort((a, b) => b.entry.outputSize - a.entry.outputSize);
+    const lastRebuilt = rebuilt.at(-1)?.i;
+    const chunksOf = (i: number, entry: LayerPayload) => () =>
+      verifiedPayload(
+        options.bundle,
+        head,
+        entry,
+        source,
+        scratch.path,
+        `layers[${i}]`,
+        (done) => options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
+        () => nameCorruptedSource(options.layers, manifest.sources),
+        i === lastRebuilt ? sourcesIntact : undefined,
+      );
+    const decodedFiles = new Map<number, LayerToWrite>();
+    if (options.streamToWriter !== true) {
+      for (const { i, entry } of rebuilt) {
+        const out = scratch.file("layer.tar");
+        const progress = new WrittenSoFar(`the rebuilt layer ${entry.diffId}`);
+        const chunks = chunksOf(i, entry);
+        const decoded = decodes.then(async () => {
+          if (stopped) throw new Error("stopped: the writer failed");
+          await decodeTo(chunks(), out, (size) => progress.advance(size));
+        });
+        // Its failure reaches the writer through ready(), open() and written(), and is awaited below.
+        decoded.then(
+          () => progress.end(),
+          (error: unknown) => progress.end(error),
+        );
+        decodes = decoded;
+        decodedFiles.set(i, {
+          diffId: entry.diffId,
+          size: entry.outputSize,
+          ready: () => decoded,
+          open: async () => {
+            await decoded;
+            return readFileStream(out);
+          },
+          // An upload may follow the file as it is written; it commits only after ready().
+          local: {
+            location: { path: out, offset: 0, size: entry.outputSize },
+            verified: true,
+            written: (end) => progress.until(end),
+          },
+        });
+      }
+      // Without writeWhileDecoding, every layer is rebuilt before the writer is called.
+      if (options.writeWhileDecoding !== true) await decodes;
+    }
 
     const layers: LayerToWrite[] = [];
     const applied: AppliedLayer[] = [];
@@ -411,19 +495,9 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
         applied.push({ diffId: ref.diffId, size: reader.size, from: "device" });
         continue;
       }
-      const chunks = () =>
-        verifiedPayload(
-          options.bundle,
-          head,
-          entry,
-          source,
-          scratch.path,
-          `layers[${i}]`,
-          (done) => options.onProgress?.({ diffId: entry.diffId, done, total: entry.outputSize }),
-          () => nameCorruptedSource(options.layers, manifest.sources),
-        );
       if (options.streamToWriter === true) {
         // Decoded while the writer writes it; the writer drops everything if the check at its end throws.
+        const chunks = chunksOf(i, entry);
         layers.push({
           diffId: entry.diffId,
           size: entry.outputSize,
@@ -431,35 +505,7 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
           checked: true,
         });
       } else {
-        const out = scratch.file("layer.tar");
-        const progress = new WrittenSoFar(`the rebuilt layer ${entry.diffId}`);
-        const decoded = decodes.then(async () => {
-          if (stopped) throw new Error("stopped: the writer failed");
-          await decodeTo(chunks(), out, (size) => progress.advance(size));
-        });
-        // Its failure reaches the writer through ready(), open() and written(), and is awaited below.
-        decoded.then(
-          () => progress.end(),
-          (error: unknown) => progress.end(error),
-        );
-        decodes = decoded;
-        // Without writeWhileDecoding, every layer is rebuilt before the writer is called.
-        if (options.writeWhileDecoding !== true) await decoded;
-        layers.push({
-          diffId: entry.diffId,
-          size: entry.outputSize,
-          ready: () => decoded,
-          open: async () => {
-            await decoded;
-            return readFileStream(out);
-          },
-          // An upload may follow the file as it is written; it commits only after ready().
-          local: {
-            location: { path: out, offset: 0, size: entry.outputSize },
-            verified: true,
-            written: (end) => progress.until(end),
-          },
-        });
+        layers.push(decodedFiles.get(i)!);
       }
       applied.push({ diffId: entry.diffId, size: entry.outputSize, from: "bundle" });
     }
@@ -505,12 +551,17 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
 /**
  * Serves layers from images at hand (archives, layouts, registries). An uncompressed layer in a
  * local file is read where it lies, unhashed (what is rebuilt from it or copied from it is
- * checked); any other is spooled once to a scratch file and verified against its diff_id.
+ * checked); any other is copied once to a scratch file (inflated, for a compressed blob) and
+ * verified against its diff_id as it goes. Copies run one at a time, in the order asked for;
+ * asked with its expected size, a layer being copied is read as it arrives.
  */
 export class ImageLayerProvider implements LayerProvider {
-  private readonly spooled = new Map<string, BlobLocation>();
+  private readonly spools = new Map<string, Spool>();
   private readonly inPlace = new Map<string, BlobLocation>();
   private scratch: ScratchDir | undefined;
+  /** The last copy started: the next one waits for it. */
+  private queue: Promise<unknown> = Promise.resolve();
+  private closing = false;
 
   constructor(
     private readonly images: readonly ImageReader[],
@@ -529,55 +580,90 @@ export class ImageLayerProvider implements LayerProvider {
     return this.find(diffId) !== undefined;
   }
 
-  async open(diffId: string): Promise<SourceReader> {
+  async open(diffId: string, size?: number): Promise<SourceReader> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return FileRangeSource.open(inPlace);
-    const spooled = this.spooled.get(diffId);
-    if (spooled !== undefined) return FileSource.open(spooled.path);
-    const found = this.find(diffId);
-    if (found === undefined) {
-      throw new BundleError(
-        "MISSING_SOURCE",
-        diffId,
-        `layer ${diffId} is not in any image given; deploy the base image first`,
-      );
+    let spool = this.spools.get(diffId);
+    if (spool === undefined) {
+      const found = this.find(diffId);
+      if (found === undefined) {
+        throw new BundleError(
+          "MISSING_SOURCE",
+          diffId,
+          `layer ${diffId} is not in any image given; deploy the base image first`,
+        );
+      }
+      const info = found.image.info.layers[found.index]!;
+      if (info.compression === "none" && found.image.locateLayerBlob !== undefined) {
+        const location = found.image.locateLayerBlob(found.index);
+        this.inPlace.set(diffId, location);
+        return FileRangeSource.open(location);
+      }
+      spool = await this.startSpool(diffId, found.image, found.index);
     }
-    const info = found.image.info.layers[found.index]!;
-    if (info.compression === "none" && found.image.locateLayerBlob !== undefined) {
-      const location = found.image.locateLayerBlob(found.index);
-      this.inPlace.set(diffId, location);
-      return FileRangeSource.open(location);
-    }
-    this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
-    const path = this.scratch.file("held.tar");
-    let size: number;
-    try {
-      // The reader checks the tar against its diff_id as it goes (ImageReader.openLayerTar).
-      size = await writeToFile(await found.image.openLayerTar(found.index), path);
-    } catch (err) {
-      const corrupt =
-        (err as Error).name === "DigestError" ||
-        (err instanceof RegistryError && err.codes.includes(DIGEST_INVALID));
-      throw new BundleError(
-        corrupt ? "DIGEST" : "IO",
-        diffId,
-        `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
-      );
-    }
-    this.spooled.set(diffId, { path, offset: 0, size });
-    return FileSource.open(path);
+    if (size !== undefined && !spool.settled)
+      return ArrivingFileSource.open(spool.path, size, spool.progress);
+    return FileSource.open((await spool.done).path);
   }
 
-  /** Known after `open`: in place (not yet hashed) or spooled (hashed while spooled). */
+  /** Creates the layer's scratch file and copies the layer into it once the copies before it end. */
+  private async startSpool(diffId: string, image: ImageReader, index: number): Promise<Spool> {
+    this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
+    const path = this.scratch.file("held.tar");
+    const handle = await open(path, "wx", 0o600);
+    const progress = new WrittenSoFar(`the copy of layer ${diffId}`);
+    const before = this.queue;
+    const spool: Spool = { path, progress, settled: false, done: Promise.resolve(undefined as never) };
+    const stopIfClosing = () => {
+      if (this.closing) throw new Error("the apply ended before the copy did");
+    };
+    spool.done = (async () => {
+      let size: number;
+      try {
+        let tar: AsyncIterable<Uint8Array>;
+        try {
+          await before.catch(() => {});
+          stopIfClosing();
+          tar = await image.openLayerTar(index);
+        } catch (err) {
+          await handle.close();
+          throw err;
+        }
+        // The reader checks the tar against its diff_id as it goes (ImageReader.openLayerTar).
+        size = await writeToHandle(tar, handle, stopIfClosing, (n) => progress.advance(n));
+      } catch (err) {
+        const corrupt =
+          (err as Error).name === "DigestError" ||
+          (err instanceof RegistryError && err.codes.includes(DIGEST_INVALID));
+        const error = new BundleError(
+          corrupt ? "DIGEST" : "IO",
+          diffId,
+          `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
+        );
+        spool.settled = true;
+        progress.end(error);
+        throw error;
+      }
+      spool.settled = true;
+      progress.end();
+      return { path, offset: 0, size };
+    })();
+    spool.done.catch(() => {});
+    this.queue = spool.done;
+    this.spools.set(diffId, spool);
+    return spool;
+  }
+
+  /** Known after `open`: in place (not yet hashed), or copied (hashed while copied; waits for the copy). */
   async locate(diffId: string): Promise<LocalLayer | undefined> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return { location: inPlace, verified: false };
-    const spooled = this.spooled.get(diffId);
-    return spooled !== undefined ? { location: spooled, verified: true } : undefined;
+    const spool = this.spools.get(diffId);
+    return spool !== undefined ? { location: await spool.done, verified: true } : undefined;
   }
 
   async digest(diffId: string): Promise<string> {
-    const location = this.inPlace.get(diffId) ?? this.spooled.get(diffId);
+    const location = this.inPlace.get(diffId) ?? (await this.spools.get(diffId)?.done);
     if (location === undefined) {
       const reader = await this.open(diffId);
       await reader.close?.();
@@ -589,10 +675,24 @@ export class ImageLayerProvider implements LayerProvider {
     return `sha256:${hash.digest("hex")}`;
   }
 
+  /** Stops the copies still running, then removes the scratch files. */
   async close(): Promise<void> {
+    this.closing = true;
+    await Promise.allSettled([...this.spools.values()].map((s) => s.done));
     await this.scratch?.remove();
     this.scratch = undefined;
-    this.spooled.clear();
+    this.spools.clear();
     this.inPlace.clear();
+    this.closing = false;
   }
+}
+
+/** A held layer's copy in a scratch file. */
+interface Spool {
+  readonly path: string;
+  readonly progress: WrittenSoFar;
+  /** Whether the copy has ended, whole and checked or failed. */
+  settled: boolean;
+  /** The copy, whole and checked against its diff_id; rejects with a BundleError naming the layer. */
+  done: Promise<BlobLocation>;
 }

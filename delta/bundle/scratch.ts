@@ -2,10 +2,12 @@
  * Scratch files for diff and apply: one private folder per run, removed whole at the end,
  * and helpers to write a stream to a file and to follow a file being written.
  */
-import { createReadStream } from "node:fs";
-import { mkdtemp, open, rm } from "node:fs/promises";
+import { createReadStream, readSync } from "node:fs";
+import { type FileHandle, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { VcdiffError } from "../vcdiff/format.js";
+import type { SourceReader } from "../vcdiff/source.js";
 
 export class ScratchDir {
   private counter = 0;
@@ -34,7 +36,16 @@ export async function writeToFile(
   onChunk?: (chunk: Uint8Array) => void,
   onWritten?: (size: number) => void,
 ): Promise<number> {
-  const handle = await open(path, "wx", 0o600);
+  return writeToHandle(stream, await open(path, "wx", 0o600), onChunk, onWritten);
+}
+
+/** writeToFile into a file already created (and open for writing): closes `handle` at the end. */
+export async function writeToHandle(
+  stream: AsyncIterable<Uint8Array>,
+  handle: FileHandle,
+  onChunk?: (chunk: Uint8Array) => void,
+  onWritten?: (size: number) => void,
+): Promise<number> {
   let size = 0;
   try {
     for await (const chunk of stream) {
@@ -61,6 +72,11 @@ export class WrittenSoFar {
 
   constructor(private readonly what: string) {}
 
+  /** Whether the file holds its bytes before `end` already. */
+  has(end: number): boolean {
+    return end <= this.size;
+  }
+
   /** Resolves once the file holds its bytes before `end`; rejects if it never will. */
   until(end: number): Promise<void> {
     if (end <= this.size) return Promise.resolve();
@@ -86,6 +102,73 @@ export class WrittenSoFar {
   private failure(end: number): unknown {
     if (this.outcome !== undefined && "error" in this.outcome) return this.outcome.error;
     return new Error(`${this.what} ended at ${this.size} bytes, before byte ${end}`);
+  }
+}
+
+/**
+ * A file this process is still writing (a held layer being copied from a registry), read by
+ * position as it arrives: `whenReadable` waits for a range, `readSync` reads one that is there
+ * and throws for one that is not. `size` is the size the file is to have, the caller's
+ * expectation; the writer checks the real one.
+ */
+export class ArrivingFileSource implements SourceReader {
+  private closed = false;
+
+  private constructor(
+    readonly path: string,
+    readonly size: number,
+    private readonly progress: WrittenSoFar,
+    private readonly handle: FileHandle,
+  ) {}
+
+  /** `path` must exist already (created by its writer). */
+  static async open(path: string, size: number, progress: WrittenSoFar): Promise<ArrivingFileSource> {
+    return new ArrivingFileSource(path, size, progress, await open(path, "r"));
+  }
+
+  whenReadable(position: number, length: number): Promise<void> | undefined {
+    this.checkRange(position, length);
+    return this.progress.has(position + length) ? undefined : this.progress.until(position + length);
+  }
+
+  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+    await this.whenReadable(position, length);
+    this.readSync(position, into, offset, length);
+  }
+
+  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
+    this.checkRange(position, length);
+    if (!this.progress.has(position + length)) {
+      throw new VcdiffError(
+        "SOURCE",
+        `read of ${length} bytes at ${position} of ${this.path} before they were copied there`,
+        -1,
+      );
+    }
+    let done = 0;
+    while (done < length) {
+      const n = readSync(this.handle.fd, into, offset + done, length - done, position + done);
+      if (n === 0) {
+        throw new VcdiffError("SOURCE", `${this.path} ended at ${position + done}; did it shrink?`, -1);
+      }
+      done += n;
+    }
+  }
+
+  private checkRange(position: number, length: number): void {
+    if (position < 0 || position + length > this.size) {
+      throw new VcdiffError(
+        "SOURCE",
+        `read of ${length} bytes at ${position} is past the end of ${this.path} (${this.size} bytes)`,
+        -1,
+      );
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.handle.close();
   }
 }
 

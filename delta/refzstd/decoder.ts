@@ -7,7 +7,7 @@
  * texts they come from, so at most the segment's literal bytes again, twice.
  */
 import zstd from "zstd-napi/binding.js";
-import type { SourceReader } from "../vcdiff/source.js";
+import { readFrom, type SourceReader } from "../vcdiff/source.js";
 import { addDifferences } from "./approx.js";
 import {
   compressBound,
@@ -64,8 +64,7 @@ export interface DecodeOptions {
 
 async function readExact(reader: SourceReader, position: number, length: number): Promise<Uint8Array> {
   const bytes = new Uint8Array(length);
-  if (reader.readSync !== undefined) reader.readSync(position, bytes, 0, length);
-  else await reader.read(position, bytes, 0, length);
+  await readFrom(reader, position, bytes, 0, length);
   return bytes;
 }
 
@@ -579,8 +578,7 @@ async function* decodeSegments(
           at += inflated;
           continue;
         }
-        if (source!.readSync !== undefined) source!.readSync(tables.extentOffsets[i]!, dictionary, at, n);
-        else await source!.read(tables.extentOffsets[i]!, dictionary, at, n);
+        await readFrom(source!, tables.extentOffsets[i]!, dictionary, at, n);
         at += n;
       }
       literalBuffer = room(literalBuffer, header.literalLength, literalLimit(version));
@@ -653,10 +651,12 @@ async function* decodeSegments(
           out.set(bytes.subarray(bytesAt, bytesAt + n), fill);
           bytesAt += n;
           if (gzip === undefined) literalAt += n;
-        } else if (source!.readSync !== undefined) {
-          source!.readSync(from + copied, out, fill, n);
         } else {
-          await source!.read(from + copied, out, fill, n);
+          // Inline for the common case, a local source read synchronously: this runs per piece.
+          const wait = source!.whenReadable?.(from + copied, n);
+          if (wait !== undefined) await wait;
+          if (source!.readSync !== undefined) source!.readSync(from + copied, out, fill, n);
+          else await source!.read(from + copied, out, fill, n);
         }
         if (split && (isDiff || isX86) && literalAt + n > literalEnd) throw overrun();
         if (isDiff) {

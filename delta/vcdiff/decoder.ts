@@ -687,6 +687,14 @@ class WindowDecoder {
         ? [this.rangeStart[i], this.stagedAt + this.rangeAt[i], this.rangeEnd[i] - this.rangeStart[i]]
         : [this.directFrom[i - ranges], targetAt + this.directTo[i - ranges], this.directLength[i - ranges]];
     const readSync = source.readSync;
+    // A source still arriving is read once the window's segment is there.
+    if (source.whenReadable !== undefined) {
+      try {
+        await source.whenReadable(w.segmentPosition, w.segmentLength);
+      } catch (err) {
+        throw this.readError(w, 0, w.segmentLength, err);
+      }
+    }
     // A local source (readSync) is read synchronously: an async read costs a thread-pool round trip.
     if (readSync !== undefined) {
       for (let i = 0; i < count; i++) {

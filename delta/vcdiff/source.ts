@@ -18,6 +18,12 @@ export interface SourceReader {
    * of event-loop and thread-pool overhead. A remote source leaves it out and gets parallel reads.
    */
   readSync?(position: number, into: Uint8Array, offset: number, length: number): void;
+  /**
+   * For a source still arriving (a held layer copied from a registry while the bundle decodes):
+   * a promise that resolves once [position, position + length) can be read, or undefined when it
+   * can be read now. A reader calls it before reading; `readSync` of a range not yet there throws.
+   */
+  whenReadable?(position: number, length: number): Promise<void> | undefined;
   /** Releases file handles or connections; safe to call twice. */
   close?(): Promise<void>;
 }
@@ -131,9 +137,18 @@ export class ConcatSource implements SourceReader {
         this.spans(position, length, (part, from, at, n) => part.readSync!(from, into, offset + at, n));
       };
     }
+    if (parts.some((p) => p.whenReadable !== undefined)) {
+      this.whenReadable = (position, length) => {
+        const waits = this.spans(position, length, (part, from, _at, n) => part.whenReadable?.(from, n));
+        const pending = waits.filter((w) => w !== undefined) as Promise<void>[];
+        if (pending.length === 0) return undefined;
+        return pending.length === 1 ? pending[0] : Promise.all(pending).then(() => undefined);
+      };
+    }
   }
 
   readonly readSync?: (position: number, into: Uint8Array, offset: number, length: number) => void;
+  readonly whenReadable?: (position: number, length: number) => Promise<void> | undefined;
 
   /** Calls visit for each part the range [position, position+length) touches. */
   private spans(
@@ -177,6 +192,23 @@ export class ConcatSource implements SourceReader {
   async close(): Promise<void> {
     for (const part of this.parts) await part.close?.();
   }
+}
+
+/**
+ * Reads `length` bytes at `position`, synchronously when the source can (see `readSync`), after
+ * waiting for them if the source is still arriving (`whenReadable`).
+ */
+export async function readFrom(
+  source: SourceReader,
+  position: number,
+  into: Uint8Array,
+  offset: number,
+  length: number,
+): Promise<void> {
+  const wait = source.whenReadable?.(position, length);
+  if (wait !== undefined) await wait;
+  if (source.readSync !== undefined) source.readSync(position, into, offset, length);
+  else await source.read(position, into, offset, length);
 }
 
 /** Default size of the chunks fileChunks yields: big sequential reads, a fixed 1 MiB of memory. */

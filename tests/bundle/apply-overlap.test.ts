@@ -81,35 +81,50 @@ function apply(from: string, write: ImageWriter): Promise<ApplyResult> {
   });
 }
 
-/** A copy of v1 with bytes flipped inside the app layer: in place, so only the decode notices. */
-async function v1WithBadApp(): Promise<string> {
+/**
+ * The rebuilt layers in the order they decode: the largest first (its upload, the longest, then
+ * starts first), then by layer order.
+ */
+function decodeOrder<T extends { size: number }>(layers: readonly T[]): T[] {
+  return [...layers].sort((a, b) => b.size - a.size);
+}
+
+/** A copy of v1 with bytes flipped inside one of its layers: in place, so only the decode notices. */
+async function v1WithBad(layer: Uint8Array): Promise<string> {
   const archive = await readFile(v1Path);
-  const at = archive.indexOf(Buffer.from(app1.subarray(40_000, 40_064)));
+  const at = archive.indexOf(Buffer.from(layer.subarray(40_000, 40_064)));
   assert.ok(at > 0, "the layer's bytes are in the archive");
   for (let i = 0; i < 200_000; i += 4096) archive[at + i]! ^= 0xff;
-  const path = join(dir, "v1-bad-app.tar");
+  const path = join(dir, `v1-bad-${sha256(layer).slice(7, 19)}.tar`);
   await writeFile(path, archive);
   return path;
 }
 
 describe("apply with writeWhileDecoding", () => {
-  it("gives the writer the first layer while the second still decodes, and writes the target byte for byte", async () => {
-    let secondWhenFirstReady: "pending" | "settled" | undefined;
+  it("gives the writer the first layer decoded while the other still decodes, and writes the target byte for byte", async () => {
+    let otherWhenFirstReady: boolean | undefined;
+    let order: number[] = [];
     const dest = join(dir, "overlap.tar");
     const result = await apply(v1Path, async (image) => {
-      const [first, second] = image.layers;
+      const [first, other] = decodeOrder(image.layers);
+      order = [first!, other!].map((l) => image.layers.indexOf(l));
+      let otherSettled = false;
+      other!.ready!().then(() => {
+        otherSettled = true;
+      });
       await first!.ready!();
-      // Layer 1 starts decoding only once layer 0 is done and takes many turns of file I/O, while
-      // this line runs in the turn layer 0 is handed over: it would find layer 1 settled only if
-      // the writer had been called after every layer was decoded.
-      secondWhenFirstReady = await Promise.race([
-        second!.ready!().then(() => "settled" as const),
-        Promise.resolve("pending" as const),
-      ]);
+      // The other layer starts decoding only once the first is done, and takes many turns of file
+      // I/O: one turn of the event loop later it is still decoding, unless the writer had been
+      // called after every layer was decoded.
+      await new Promise((resolve) => setImmediate(resolve));
+      otherWhenFirstReady = otherSettled;
+      await other!.ready!();
       const written = await writeImage(`docker-archive:${dest}`, image);
       return { image: written.path, digest: written.manifestDigest, bytesWritten: 0 };
     });
-    assert.equal(secondWhenFirstReady, "pending");
+    assert.equal(otherWhenFirstReady, false);
+    // The larger layer went first (the app layer here: its libraries outweigh the base's tools).
+    assert.deepEqual(order, app2.length > base2.length ? [1, 0] : [0, 1]);
     assert.deepEqual(
       result.layers.map((l) => l.from),
       ["bundle", "bundle"],
@@ -141,15 +156,20 @@ describe("apply with writeWhileDecoding", () => {
   });
 
   it("a later layer that fails its check stops the writer: no manifest, only verified blobs placed", async () => {
-    const from = await v1WithBadApp();
+    // The layer decoded second reads a corrupted source; the one decoded first is intact.
+    const [goodTar, badTar] = decodeOrder([base2, app2].map((tar, i) => ({ size: tar.length, i }))).map(
+      (l) => l.i,
+    );
+    const good = [base2, app2][goodTar!]!;
+    const bad = [base2, app2][badTar!]!;
+    const from = await v1WithBad([base1, app1][badTar!]!);
     const seen: string[] = [];
     await assert.rejects(
       apply(from, async (image) => {
-        const [first, second] = image.layers;
-        await first!.ready!();
-        seen.push("base ready");
-        await second!.ready!().catch((error: unknown) => {
-          seen.push("app refused");
+        await image.layers[goodTar!]!.ready!();
+        seen.push("first ready");
+        await image.layers[badTar!]!.ready!().catch((error: unknown) => {
+          seen.push("second refused");
           throw error;
         });
         throw new Error("the writer must not get here");
@@ -157,14 +177,17 @@ describe("apply with writeWhileDecoding", () => {
       (err: unknown) => {
         assert.ok(err instanceof BundleError, String(err));
         assert.equal(err.code, "DIGEST");
-        assert.match(err.message, new RegExp(`layer ${sha256(app1)} on this device hashes to sha256:`));
+        assert.match(
+          err.message,
+          new RegExp(`layer ${sha256([base1, app1][badTar!]!)} on this device hashes to sha256:`),
+        );
         return true;
       },
     );
-    assert.deepEqual(seen, ["base ready", "app refused"]);
+    assert.deepEqual(seen, ["first ready", "second refused"]);
 
-    // The same into a registry: the rebuilt base (checked) may be there, the bad app layer and the
-    // manifest are not.
+    // The same into a registry: the layer rebuilt first (checked) may be there, the bad one and
+    // the manifest are not.
     await assert.rejects(
       apply(from, async (image) => {
         const pushed = await pushImage(`${registry.host}/apps/overlap-bad:2`, image);
@@ -175,13 +198,13 @@ describe("apply with writeWhileDecoding", () => {
     const client = new RegistryClient(registry.host);
     try {
       assert.deepEqual(await client.listTags("apps/overlap-bad"), []);
-      assert.equal(await client.blobSize("apps/overlap-bad", sha256(app2)), undefined);
-      const placed = await client.blobSize("apps/overlap-bad", sha256(base2));
+      assert.equal(await client.blobSize("apps/overlap-bad", sha256(bad)), undefined);
+      const placed = await client.blobSize("apps/overlap-bad", sha256(good));
       if (placed !== undefined) {
         const parts: Buffer[] = [];
-        for await (const chunk of await client.openBlob("apps/overlap-bad", sha256(base2)))
+        for await (const chunk of await client.openBlob("apps/overlap-bad", sha256(good)))
           parts.push(Buffer.from(chunk));
-        assert.equal(sha256(Buffer.concat(parts)), sha256(base2));
+        assert.equal(sha256(Buffer.concat(parts)), sha256(good));
       }
     } finally {
       client.close();
