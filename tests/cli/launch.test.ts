@@ -8,7 +8,13 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { launch, MALLOC_TUNABLE, tunedEnvironment } from "../../cli/launch.js";
+import {
+  launch,
+  MALLOC_TUNABLE,
+  tunedEnvironment,
+  tunedFlags,
+  YOUNG_GENERATION_FLAG,
+} from "../../cli/launch.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "deltaship-launch-test-"));
 after(() => rmSync(scratch, { recursive: true, force: true }));
@@ -33,12 +39,23 @@ describe("tunedEnvironment", () => {
   });
 });
 
+describe("tunedFlags", () => {
+  it("caps V8's semi-spaces unless the flags or NODE_OPTIONS say otherwise", () => {
+    assert.deepEqual(tunedFlags([], {}), [YOUNG_GENERATION_FLAG]);
+    assert.deepEqual(tunedFlags(["--import", "tsx"], { NODE_OPTIONS: "--max-old-space-size=512" }), [
+      YOUNG_GENERATION_FLAG,
+    ]);
+    assert.deepEqual(tunedFlags(["--max-semi-space-size=4"], {}), []);
+    assert.deepEqual(tunedFlags([], { NODE_OPTIONS: "--trace-gc --max-semi-space-size=8" }), []);
+  });
+});
+
 describe("launch", () => {
-  /** A stand-in entry script: writes its arguments and GLIBC_TUNABLES to the file named first after the command, exits 7. */
+  /** A stand-in entry script: writes its arguments, V8 flags and GLIBC_TUNABLES to the file named first after the command, exits 7. */
   const script = join(scratch, "entry.mjs");
   writeFileSync(
     script,
-    'import { writeFileSync } from "node:fs";\nconst [, , command, out, ...rest] = process.argv;\nwriteFileSync(out, JSON.stringify({ command, rest, tunables: process.env.GLIBC_TUNABLES ?? null }));\nprocess.exit(7);\n',
+    'import { writeFileSync } from "node:fs";\nconst [, , command, out, ...rest] = process.argv;\nwriteFileSync(out, JSON.stringify({ command, rest, flags: process.execArgv, tunables: process.env.GLIBC_TUNABLES ?? null }));\nprocess.exit(7);\n',
   );
 
   it("starts apply again in a child with the tunable and returns the child's exit code", {
@@ -52,6 +69,7 @@ describe("launch", () => {
       assert.deepEqual(JSON.parse(readFileSync(out, "utf8")), {
         command: "apply",
         rest: ["bundle.dsb", "--to", "x.tar"],
+        flags: [YOUNG_GENERATION_FLAG, ...process.execArgv],
         tunables: MALLOC_TUNABLE,
       });
     } finally {
