@@ -602,7 +602,7 @@ export class ImageLayerProvider implements LayerProvider {
       spool = await this.startSpool(diffId, found.image, found.index);
     }
     if (size !== undefined && !spool.settled)
-      return ArrivingFileSource.open(spool.path, size, spool.progress);
+      return ArrivingFileSource.follow(spool.path, size, spool.progress);
     return FileSource.open((await spool.done).path);
   }
 

@@ -2,12 +2,12 @@
  * Scratch files for diff and apply: one private folder per run, removed whole at the end,
  * and helpers to write a stream to a file and to follow a file being written.
  */
-import { createReadStream, readSync } from "node:fs";
+import { createReadStream } from "node:fs";
 import { type FileHandle, mkdtemp, open, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { VcdiffError } from "../vcdiff/format.js";
-import type { SourceReader } from "../vcdiff/source.js";
+import { FileSource } from "../vcdiff/source.js";
 
 export class ScratchDir {
   private counter = 0;
@@ -111,19 +111,19 @@ export class WrittenSoFar {
  * and throws for one that is not. `size` is the size the file is to have, the caller's
  * expectation; the writer checks the real one.
  */
-export class ArrivingFileSource implements SourceReader {
-  private closed = false;
-
+export class ArrivingFileSource extends FileSource {
   private constructor(
-    readonly path: string,
-    readonly size: number,
+    path: string,
+    handle: FileHandle,
+    size: number,
     private readonly progress: WrittenSoFar,
-    private readonly handle: FileHandle,
-  ) {}
+  ) {
+    super(path, handle, size);
+  }
 
-  /** `path` must exist already (created by its writer). */
-  static async open(path: string, size: number, progress: WrittenSoFar): Promise<ArrivingFileSource> {
-    return new ArrivingFileSource(path, size, progress, await open(path, "r"));
+  /** Follows the file at `path`, which must exist already (created by its writer). */
+  static async follow(path: string, size: number, progress: WrittenSoFar): Promise<ArrivingFileSource> {
+    return new ArrivingFileSource(path, await open(path, "r"), size, progress);
   }
 
   whenReadable(position: number, length: number): Promise<void> | undefined {
@@ -131,13 +131,12 @@ export class ArrivingFileSource implements SourceReader {
     return this.progress.has(position + length) ? undefined : this.progress.until(position + length);
   }
 
-  async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
+  override async read(position: number, into: Uint8Array, offset: number, length: number): Promise<void> {
     await this.whenReadable(position, length);
     this.readSync(position, into, offset, length);
   }
 
-  readSync(position: number, into: Uint8Array, offset: number, length: number): void {
-    this.checkRange(position, length);
+  override readSync(position: number, into: Uint8Array, offset: number, length: number): void {
     if (!this.progress.has(position + length)) {
       throw new VcdiffError(
         "SOURCE",
@@ -145,30 +144,7 @@ export class ArrivingFileSource implements SourceReader {
         -1,
       );
     }
-    let done = 0;
-    while (done < length) {
-      const n = readSync(this.handle.fd, into, offset + done, length - done, position + done);
-      if (n === 0) {
-        throw new VcdiffError("SOURCE", `${this.path} ended at ${position + done}; did it shrink?`, -1);
-      }
-      done += n;
-    }
-  }
-
-  private checkRange(position: number, length: number): void {
-    if (position < 0 || position + length > this.size) {
-      throw new VcdiffError(
-        "SOURCE",
-        `read of ${length} bytes at ${position} is past the end of ${this.path} (${this.size} bytes)`,
-        -1,
-      );
-    }
-  }
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    await this.handle.close();
+    super.readSync(position, into, offset, length);
   }
 }
 

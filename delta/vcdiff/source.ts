@@ -56,7 +56,8 @@ export class BufferSource implements SourceReader {
 export class FileSource implements SourceReader {
   private closed = false;
 
-  private constructor(
+  /** `size` is what the reads are checked against (ArrivingFileSource: the size the file is to have). */
+  protected constructor(
     readonly path: string,
     private readonly handle: FileHandle,
     readonly size: number,
@@ -94,7 +95,7 @@ export class FileSource implements SourceReader {
     }
   }
 
-  private checkRange(position: number, length: number): void {
+  protected checkRange(position: number, length: number): void {
     if (position < 0 || position + length > this.size) {
       throw new VcdiffError(
         "SOURCE",

@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
+import { type ApplyResult, applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
 import {
   BundleError,
   encodeHeader,
@@ -19,16 +19,7 @@ import type { ImageReader } from "../../delta/image/types.js";
 import { BufferSource, ConcatSource } from "../../delta/vcdiff/source.js";
 import { assertLayerTars } from "../support/bundles.js";
 import { startRegistry, type TestRegistry } from "../support/registry.js";
-import {
-  buildTar,
-  bundleBetween,
-  imageOf,
-  patched,
-  realFiles,
-  sha256,
-  withContent,
-  writeArchive,
-} from "./fixtures.js";
+import { bundleBetween, imageOf, sha256, twoLayerUpdate, writeArchive } from "./fixtures.js";
 
 /**
  * Held layers that must be copied to this device's scratch first (registry blobs, compressed
@@ -49,22 +40,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), "apply-arriving-"));
   registry = await startRegistry();
   key = generateSigningKey();
-  const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000 });
-  const libs = realFiles("/usr/lib/x86_64-linux-gnu", "usr/lib", { limit: 20, maxBytes: 3_000_000 });
-  const update = (entries: typeof bins) =>
-    entries.map((e, i) => (i % 4 === 1 ? withContent(e, patched(e.content!, i)) : e));
-  const dirs = [
-    { path: "usr", type: "directory" as const },
-    { path: "usr/bin", type: "directory" as const },
-  ];
-  v1 = [
-    await buildTar([...dirs, ...bins]),
-    await buildTar([{ path: "usr/lib", type: "directory" }, ...libs]),
-  ];
-  v2 = [
-    await buildTar([...dirs, ...update(bins)]),
-    await buildTar([{ path: "usr/lib", type: "directory" }, ...update(libs)]),
-  ];
+  ({ v1, v2 } = await twoLayerUpdate());
   const v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/held", "1", v1));
   const v2Path = await writeArchive(join(dir, "v2.tar"), imageOf("apps/held", "2", v2));
   bundle = join(dir, "v1-to-v2.bundle");
@@ -117,6 +93,28 @@ async function heldBack(index: number, first: number, release: Promise<void>): P
   return paused;
 }
 
+/** Applies `path` with the device's layers from `provider`, pushing into the test registry as `ref`; `beforePush` runs first. */
+function applyIntoRegistry(
+  path: string,
+  provider: ImageLayerProvider,
+  ref: string,
+  beforePush?: () => Promise<void>,
+): Promise<ApplyResult> {
+  return applyBundle({
+    bundle: path,
+    trust: [key],
+    layers: provider,
+    scratchDir: dir,
+    skipDiskCheck: true,
+    writeWhileDecoding: true,
+    write: async (target) => {
+      await beforePush?.();
+      const pushed = await pushImage(`${registry.host}/${ref}`, target);
+      return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
+    },
+  });
+}
+
 describe("held layers read as they arrive", () => {
   it("ArrivingFileSource: ranges there are read at once, others waited for; a copy that fails fails the wait", async () => {
     const path = join(dir, "arriving.bin");
@@ -124,7 +122,7 @@ describe("held layers read as they arrive", () => {
     await writeFile(path, bytes.subarray(0, 4000));
     const progress = new WrittenSoFar("the test copy");
     progress.advance(4000);
-    const source = await ArrivingFileSource.open(path, bytes.length, progress);
+    const source = await ArrivingFileSource.follow(path, bytes.length, progress);
     try {
       assert.equal(source.whenReadable(0, 4000), undefined);
       const into = new Uint8Array(100);
@@ -147,7 +145,7 @@ describe("held layers read as they arrive", () => {
       await source.close();
     }
     const failing = new WrittenSoFar("the failing copy");
-    const partial = await ArrivingFileSource.open(path, bytes.length, failing);
+    const partial = await ArrivingFileSource.follow(path, bytes.length, failing);
     try {
       const wait = partial.whenReadable(0, 10);
       failing.end(new Error("the registry went away"));
@@ -201,22 +199,12 @@ describe("held layers read as they arrive", () => {
     const provider = new ImageLayerProvider([image], dir);
     let copiedWhenWriterCalled: boolean | undefined;
     try {
-      const result = await applyBundle({
-        bundle,
-        trust: [key],
-        layers: provider,
-        scratchDir: dir,
-        skipDiskCheck: true,
-        writeWhileDecoding: true,
-        write: async (target) => {
-          copiedWhenWriterCalled = (await Promise.race([
-            provider.locate(sha256(v1[1]!)).then(() => true),
-            new Promise((resolve) => setTimeout(() => resolve(false), 50)),
-          ])) as boolean;
-          release.open();
-          const pushed = await pushImage(`${registry.host}/apps/arrived:2`, target);
-          return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
-        },
+      const result = await applyIntoRegistry(bundle, provider, "apps/arrived:2", async () => {
+        copiedWhenWriterCalled = (await Promise.race([
+          provider.locate(sha256(v1[1]!)).then(() => true),
+          new Promise((resolve) => setTimeout(() => resolve(false), 50)),
+        ])) as boolean;
+        release.open();
       });
       assert.equal(copiedWhenWriterCalled, false);
       assert.deepEqual(
@@ -263,31 +251,17 @@ describe("held layers read as they arrive", () => {
     const image = await openRegistryImage(held());
     const provider = new ImageLayerProvider([image], dir);
     try {
-      await assert.rejects(
-        applyBundle({
-          bundle: longer,
-          trust: [key],
-          layers: provider,
-          scratchDir: dir,
-          skipDiskCheck: true,
-          writeWhileDecoding: true,
-          write: async (target) => {
-            const pushed = await pushImage(`${registry.host}/apps/longer:2`, target);
-            return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
-          },
-        }),
-        (err: unknown) => {
-          assert.ok(err instanceof BundleError, String(err));
-          assert.equal(err.code, "DIGEST");
-          assert.match(
-            err.message,
-            new RegExp(
-              `layer ${sha256(v1[1]!)} on this device has ${v1[1]!.length} bytes, the bundle expects ${v1[1]!.length + 1024}$`,
-            ),
-          );
-          return true;
-        },
-      );
+      await assert.rejects(applyIntoRegistry(longer, provider, "apps/longer:2"), (err: unknown) => {
+        assert.ok(err instanceof BundleError, String(err));
+        assert.equal(err.code, "DIGEST");
+        assert.match(
+          err.message,
+          new RegExp(
+            `layer ${sha256(v1[1]!)} on this device has ${v1[1]!.length} bytes, the bundle expects ${v1[1]!.length + 1024}$`,
+          ),
+        );
+        return true;
+      });
     } finally {
       await provider.close();
       await image.close();

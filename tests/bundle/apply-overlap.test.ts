@@ -11,13 +11,10 @@ import { openRegistryImage, pushImage, RegistryClient } from "../../delta/image/
 import { startRegistry, type TestRegistry } from "../support/registry.js";
 import {
   applyFromArchive,
-  buildTar,
   bundleBetween,
   imageOf,
-  patched,
-  realFiles,
   sha256,
-  withContent,
+  twoLayerUpdate,
   writeArchive,
 } from "./fixtures.js";
 
@@ -43,22 +40,10 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), "apply-overlap-"));
   registry = await startRegistry();
   key = generateSigningKey();
-  const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000 });
-  const libs = realFiles("/usr/lib/x86_64-linux-gnu", "usr/lib", { limit: 20, maxBytes: 3_000_000 });
-  const update = (entries: typeof bins) =>
-    entries.map((e, i) => (i % 4 === 1 ? withContent(e, patched(e.content!, i)) : e));
-  base1 = await buildTar([
-    { path: "usr", type: "directory" },
-    { path: "usr/bin", type: "directory" },
-    ...bins,
-  ]);
-  base2 = await buildTar([
-    { path: "usr", type: "directory" },
-    { path: "usr/bin", type: "directory" },
-    ...update(bins),
-  ]);
-  app1 = await buildTar([{ path: "usr/lib", type: "directory" }, ...libs]);
-  app2 = await buildTar([{ path: "usr/lib", type: "directory" }, ...update(libs)]);
+  ({
+    v1: [base1, app1],
+    v2: [base2, app2],
+  } = await twoLayerUpdate());
   v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/overlap", "1", [base1, app1]));
   v2Path = await writeArchive(join(dir, "v2.tar"), imageOf("apps/overlap", "2", [base2, app2]));
   bundle = join(dir, "v1-to-v2.bundle");

@@ -43,6 +43,25 @@ export function realFiles(
   return out;
 }
 
+/**
+ * Two versions of a two-layer image: a base of real executables and an app of real libraries,
+ * then both updated (every fourth file patched).
+ */
+type TwoLayers = [base: Uint8Array, app: Uint8Array];
+export async function twoLayerUpdate(): Promise<{ v1: TwoLayers; v2: TwoLayers }> {
+  const bins = realFiles("/usr/bin", "usr/bin", { limit: 30, maxBytes: 3_000_000 });
+  const libs = realFiles("/usr/lib/x86_64-linux-gnu", "usr/lib", { limit: 20, maxBytes: 3_000_000 });
+  const update = (entries: typeof bins) =>
+    entries.map((e, i) => (i % 4 === 1 ? withContent(e, patched(e.content!, i)) : e));
+  const base = (files: typeof bins) =>
+    buildTar([{ path: "usr", type: "directory" }, { path: "usr/bin", type: "directory" }, ...files]);
+  const app = (files: typeof libs) => buildTar([{ path: "usr/lib", type: "directory" }, ...files]);
+  return {
+    v1: [await base(bins), await app(libs)],
+    v2: [await base(update(bins)), await app(update(libs))],
+  };
+}
+
 /** A "patch release" of a binary: a few bytes inserted near the start (shifting the rest) and some scattered changes. */
 export function patched(content: Uint8Array, seed: number): Uint8Array {
   const out = Buffer.concat([
