@@ -557,11 +557,13 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
  */
 export class ImageLayerProvider implements LayerProvider {
   private readonly spools = new Map<string, Spool>();
+  private readonly starting = new Map<string, Promise<Spool>>();
   private readonly inPlace = new Map<string, BlobLocation>();
-  private scratch: ScratchDir | undefined;
+  private scratch: Promise<ScratchDir> | undefined;
   /** The last copy started: the next one waits for it. */
   private queue: Promise<unknown> = Promise.resolve();
-  private closing = false;
+  /** Counts closes: a copy started before the last one stops at its next chunk. */
+  private closes = 0;
 
   constructor(
     private readonly images: readonly ImageReader[],
@@ -599,7 +601,13 @@ export class ImageLayerProvider implements LayerProvider {
         this.inPlace.set(diffId, location);
         return FileRangeSource.open(location);
       }
-      spool = await this.startSpool(diffId, found.image, found.index);
+      // Set before the first await, so that two opens of one layer share its copy.
+      let starting = this.starting.get(diffId);
+      if (starting === undefined) {
+        starting = this.startSpool(diffId, found.image, found.index);
+        this.starting.set(diffId, starting);
+      }
+      spool = await starting;
     }
     if (size !== undefined && !spool.settled)
       return ArrivingFileSource.follow(spool.path, size, spool.progress);
@@ -608,14 +616,16 @@ export class ImageLayerProvider implements LayerProvider {
 
   /** Creates the layer's scratch file and copies the layer into it once the copies before it end. */
   private async startSpool(diffId: string, image: ImageReader, index: number): Promise<Spool> {
-    this.scratch ??= await ScratchDir.create(this.scratchDir, "deltaship-layers-");
-    const path = this.scratch.file("held.tar");
+    const closes = this.closes;
+    const path = (await (this.scratch ??= ScratchDir.create(this.scratchDir, "deltaship-layers-"))).file(
+      "held.tar",
+    );
     const handle = await open(path, "wx", 0o600);
     const progress = new WrittenSoFar(`the copy of layer ${diffId}`);
     const before = this.queue;
     const spool: Spool = { path, progress, settled: false, done: Promise.resolve(undefined as never) };
     const stopIfClosing = () => {
-      if (this.closing) throw new Error("the apply ended before the copy did");
+      if (this.closes !== closes) throw new Error("the apply ended before the copy did");
     };
     spool.done = (async () => {
       let size: number;
@@ -675,15 +685,18 @@ export class ImageLayerProvider implements LayerProvider {
     return `sha256:${hash.digest("hex")}`;
   }
 
-  /** Stops the copies still running, then removes the scratch files. */
+  /**
+   * Removes the scratch files. A copy still running stops at its next chunk (a stalled source
+   * is not waited for); until then it writes to a file no longer in any folder.
+   */
   async close(): Promise<void> {
-    this.closing = true;
-    await Promise.allSettled([...this.spools.values()].map((s) => s.done));
-    await this.scratch?.remove();
+    this.closes++;
+    const scratch = this.scratch;
     this.scratch = undefined;
     this.spools.clear();
+    this.starting.clear();
     this.inPlace.clear();
-    this.closing = false;
+    await (await scratch?.catch(() => undefined))?.remove();
   }
 }
 

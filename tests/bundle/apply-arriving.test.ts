@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -57,13 +57,18 @@ after(async () => {
  * A gate: `wait()` resolves once `open()` was called, or after 5 s at the latest, so that code
  * that waited for the whole copy before going on fails these tests instead of hanging them.
  */
-function gate(): { wait: () => Promise<void>; open: () => void } {
-  let open!: () => void;
-  const opened = new Promise<void>((resolve) => {
-    open = resolve;
+function gate(): { wait: () => Promise<void>; open: () => void; isOpen: () => boolean } {
+  let opened = false;
+  let resolve!: () => void;
+  const done = new Promise<void>((r) => {
+    resolve = r;
   });
+  const open = () => {
+    opened = true;
+    resolve();
+  };
   setTimeout(open, 5000).unref();
-  return { wait: () => opened, open };
+  return { wait: () => done, open, isOpen: () => opened };
 }
 
 /**
@@ -153,6 +158,33 @@ describe("held layers read as they arrive", () => {
       await assert.rejects(partial.read(0, new Uint8Array(1), 0, 1), /the registry went away/);
     } finally {
       await partial.close();
+    }
+  });
+
+  it("two opens of one layer at once share one copy; closing the provider stops a copy and removes it", async () => {
+    const release = gate();
+    const image = await heldBack(1, 100_000, release.wait());
+    const scratch = await mkdtemp(join(dir, "shared-"));
+    const provider = new ImageLayerProvider([image], scratch);
+    try {
+      const id = sha256(v1[1]!);
+      const [a, b] = await Promise.all([provider.open(id, v1[1]!.length), provider.open(id, v1[1]!.length)]);
+      const copies = (await readdir(scratch, { recursive: true })).filter((f) => f.endsWith("held.tar"));
+      assert.equal(copies.length, 1, copies.join(", "));
+      // The copy has got to the point where it is held back.
+      await a.whenReadable?.(0, 100_000);
+      await a.close?.();
+      await b.close?.();
+      // The copy is still held back: closing does not wait for it, and clears scratch.
+      await provider.close();
+      assert.equal(release.isOpen(), false, "close waited for the held-back copy");
+      release.open();
+      assert.deepEqual(await readdir(scratch), []);
+      assert.equal(await provider.locate(id), undefined);
+    } finally {
+      release.open();
+      await provider.close();
+      await image.close();
     }
   });
 
