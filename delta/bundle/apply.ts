@@ -22,6 +22,7 @@ import { ConcatSource, FileSource, type SourceReader } from "../vcdiff/source.js
 import {
   BundleError,
   type BundleHead,
+  type BundleManifest,
   isPresent,
   type LayerPayload,
   manifestConfig,
@@ -58,6 +59,8 @@ export interface LayerProvider {
   open(diffId: string, size?: number): Promise<SourceReader>;
   /** Where the layer's tar lies in a local file, if it does, so a writer can copy it with large reads. */
   locate?(diffId: string): Promise<LocalLayer | undefined>;
+  /** Whether `open` copies the layer to scratch first (for the free-space check); absent: no. */
+  copies?(diffId: string): Promise<boolean>;
   /** Hashes the layer: after a rebuild failed, this finds the corrupted source layer to name. */
   digest?(diffId: string): Promise<string>;
   close?(): Promise<void>;
@@ -298,6 +301,26 @@ async function* verifiedPayload(
   await thenAwait;
 }
 
+/**
+ * Scratch bytes an apply needs, at most: the rebuilt layers, and the held layers (sources and
+ * layers copied into the image) that the provider copies to scratch before reading them.
+ */
+export async function scratchNeeded(
+  manifest: BundleManifest,
+  layers: LayerProvider,
+): Promise<{ rebuilt: number; held: number }> {
+  let rebuilt = 0;
+  const held = new Map<string, number>();
+  for (const [i, entry] of manifest.layers.entries()) {
+    if (!isPresent(entry)) rebuilt += entry.outputSize;
+    else held.set(manifest.target.layers[i]!.diffId, manifest.target.layers[i]!.size);
+  }
+  for (const ref of manifest.sources) held.set(ref.diffId, ref.size);
+  let copied = 0;
+  for (const [diffId, size] of held) if ((await layers.copies?.(diffId)) === true) copied += size;
+  return { rebuilt, held: copied };
+}
+
 /** Throws a DIGEST error naming the first source layer that does not hash to its diff_id, if any. */
 async function nameCorruptedSource(
   provider: LayerProvider,
@@ -376,15 +399,14 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
   let stopped = false;
   try {
     if (options.skipDiskCheck !== true) {
-      let rebuilt = 0;
-      for (const entry of manifest.layers) if (!isPresent(entry)) rebuilt += entry.outputSize;
+      const { rebuilt, held } = await scratchNeeded(manifest, options.layers);
       const fs = await statfs(scratch.path);
       const free = fs.bavail * fs.bsize;
-      if (free < rebuilt + DISK_MARGIN) {
+      if (free < rebuilt + held + DISK_MARGIN) {
         throw new BundleError(
           "IO",
           scratch.path,
-          `rebuilding ${bundleName} needs ${rebuilt} bytes of scratch space plus a margin, only ${free} are free; free some disk space`,
+          `rebuilding ${bundleName} needs ${rebuilt + held} bytes of scratch space (${rebuilt} for the rebuilt layers, ${held} for held layers copied out of a registry or inflated) plus a margin, only ${free} are free; free some disk space`,
         );
       }
     }
@@ -582,6 +604,15 @@ export class ImageLayerProvider implements LayerProvider {
     return this.find(diffId) !== undefined;
   }
 
+  /** Not for a layer read where it lies (uncompressed in a local file), nor one copied already. */
+  async copies(diffId: string): Promise<boolean> {
+    if (this.inPlace.has(diffId) || this.spools.has(diffId)) return false;
+    const found = this.find(diffId);
+    if (found === undefined) return false;
+    const info = found.image.info.layers[found.index]!;
+    return !(info.compression === "none" && found.image.locateLayerBlob !== undefined);
+  }
+
   async open(diffId: string, size?: number): Promise<SourceReader> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return FileRangeSource.open(inPlace);
@@ -642,14 +673,7 @@ export class ImageLayerProvider implements LayerProvider {
         // The reader checks the tar against its diff_id as it goes (ImageReader.openLayerTar).
         size = await writeToHandle(tar, handle, stopIfClosing, (n) => progress.advance(n));
       } catch (err) {
-        const corrupt =
-          (err as Error).name === "DigestError" ||
-          (err instanceof RegistryError && err.codes.includes(DIGEST_INVALID));
-        const error = new BundleError(
-          corrupt ? "DIGEST" : "IO",
-          diffId,
-          `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${(err as Error).message}); re-deploy the image that holds it`,
-        );
+        const error = copyError(diffId, err);
         spool.settled = true;
         progress.end(error);
         throw error;
@@ -698,6 +722,26 @@ export class ImageLayerProvider implements LayerProvider {
     this.inPlace.clear();
     await (await scratch?.catch(() => undefined))?.remove();
   }
+}
+
+/** The error for a held layer's copy that failed: its data (`DIGEST`), or the scratch disk, or else (`IO`). */
+export function copyError(diffId: string, err: unknown): BundleError {
+  const message = (err as Error).message;
+  if ((err as NodeJS.ErrnoException).code === "ENOSPC") {
+    return new BundleError(
+      "IO",
+      diffId,
+      `the scratch disk filled up while layer ${diffId} on this device was copied there (${message}); free some disk space`,
+    );
+  }
+  const corrupt =
+    (err as Error).name === "DigestError" ||
+    (err instanceof RegistryError && err.codes.includes(DIGEST_INVALID));
+  return new BundleError(
+    corrupt ? "DIGEST" : "IO",
+    diffId,
+    `layer ${diffId} on this device could not be read${corrupt ? " intact" : ""} (${message}); re-deploy the image that holds it`,
+  );
 }
 
 /** A held layer's copy in a scratch file. */

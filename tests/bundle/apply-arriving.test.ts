@@ -3,7 +3,13 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type ApplyResult, applyBundle, ImageLayerProvider } from "../../delta/bundle/apply.js";
+import {
+  type ApplyResult,
+  applyBundle,
+  copyError,
+  ImageLayerProvider,
+  scratchNeeded,
+} from "../../delta/bundle/apply.js";
 import {
   BundleError,
   encodeHeader,
@@ -14,6 +20,7 @@ import {
 } from "../../delta/bundle/format.js";
 import { ArrivingFileSource, WrittenSoFar } from "../../delta/bundle/scratch.js";
 import { generateSigningKey, type SigningKey, signManifest } from "../../delta/bundle/sign.js";
+import { openImage } from "../../delta/image/open.js";
 import { openRegistryImage, pushImage, RegistryClient } from "../../delta/image/registry.js";
 import type { ImageReader } from "../../delta/image/types.js";
 import { BufferSource, ConcatSource } from "../../delta/vcdiff/source.js";
@@ -32,6 +39,7 @@ let dir: string;
 let registry: TestRegistry;
 let key: SigningKey;
 let bundle: string;
+let v1Path: string;
 let v1: Uint8Array[];
 let v2: Uint8Array[];
 const held = () => `${registry.host}/apps/held:1`;
@@ -41,7 +49,7 @@ before(async () => {
   registry = await startRegistry();
   key = generateSigningKey();
   ({ v1, v2 } = await twoLayerUpdate());
-  const v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/held", "1", v1));
+  v1Path = await writeArchive(join(dir, "v1.tar"), imageOf("apps/held", "1", v1));
   const v2Path = await writeArchive(join(dir, "v2.tar"), imageOf("apps/held", "2", v2));
   bundle = join(dir, "v1-to-v2.bundle");
   await bundleBetween(v1Path, v2Path, key, bundle, dir);
@@ -253,6 +261,61 @@ describe("held layers read as they arrive", () => {
     } finally {
       await written.close();
     }
+  });
+
+  it("the free-space check counts the held layers the provider copies to scratch, not those read in place", async () => {
+    const { manifest } = parseBundle(await readFile(bundle));
+    const rebuilt = manifest.layers.reduce((sum, l) => sum + ("outputSize" in l ? l.outputSize : 0), 0);
+    const sources = manifest.sources.reduce((sum, l) => sum + l.size, 0);
+    assert.ok(sources > 0 && rebuilt > 0);
+    const fromRegistry = await openRegistryImage(held());
+    const registryProvider = new ImageLayerProvider([fromRegistry], dir);
+    const fromArchive = await openImage(v1Path);
+    const archiveProvider = new ImageLayerProvider([fromArchive], dir);
+    try {
+      assert.deepEqual(await scratchNeeded(manifest, registryProvider), { rebuilt, held: sources });
+      assert.deepEqual(await scratchNeeded(manifest, archiveProvider), { rebuilt, held: 0 });
+      // The check runs (no skipDiskCheck) and passes with this machine's free space.
+      const result = await applyBundle({
+        bundle,
+        trust: [key],
+        layers: registryProvider,
+        scratchDir: dir,
+        writeWhileDecoding: true,
+        write: async (target) => {
+          const pushed = await pushImage(`${registry.host}/apps/checked:2`, target);
+          return { image: pushed.reference, digest: pushed.manifestDigest, bytesWritten: 0 };
+        },
+      });
+      assert.equal(result.layers.length, 2);
+    } finally {
+      await registryProvider.close();
+      await archiveProvider.close();
+      await fromRegistry.close();
+      await fromArchive.close();
+    }
+  });
+
+  it("a failed copy is named for what failed: the scratch disk, the layer's data, or the reading", () => {
+    const id = sha256(v1[0]!);
+    const full = copyError(
+      id,
+      Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }),
+    );
+    assert.equal(full.code, "IO");
+    assert.match(
+      full.message,
+      /the scratch disk filled up while layer sha256:\w+ on this device was copied there .*; free some disk space$/,
+    );
+    const damaged = copyError(
+      id,
+      Object.assign(new Error("tar hashes to sha256:00"), { name: "DigestError" }),
+    );
+    assert.equal(damaged.code, "DIGEST");
+    assert.match(damaged.message, /could not be read intact .*re-deploy the image that holds it$/);
+    const lost = copyError(id, new Error("socket hang up"));
+    assert.equal(lost.code, "IO");
+    assert.match(lost.message, /could not be read \(socket hang up\); re-deploy the image that holds it$/);
   });
 
   it("a source that arrives with another size than the bundle says stops the image: DIGEST, no manifest", async () => {
