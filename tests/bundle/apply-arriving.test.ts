@@ -81,7 +81,7 @@ function gate(): { wait: () => Promise<void>; open: () => void; isOpen: () => bo
 
 /**
  * The registry image, with layer `index`'s tar stream paused after its first `first` bytes until
- * `release` opens: the copy of that layer is then still running.
+ * `release` resolves (the copy of that layer is then still running), or failing there if it rejects.
  */
 async function heldBack(index: number, first: number, release: Promise<void>): Promise<ImageReader> {
   const image = await openRegistryImage(held());
@@ -316,6 +316,35 @@ describe("held layers read as they arrive", () => {
     const lost = copyError(id, new Error("socket hang up"));
     assert.equal(lost.code, "IO");
     assert.match(lost.message, /could not be read \(socket hang up\); re-deploy the image that holds it$/);
+  });
+
+  it("a source whose copy breaks off while the bundle decodes stops the image: IO naming the layer, no manifest", async () => {
+    const broken = Promise.reject(new Error("connection reset by the registry"));
+    broken.catch(() => {});
+    const image = await heldBack(1, 100_000, broken);
+    const provider = new ImageLayerProvider([image], dir);
+    try {
+      await assert.rejects(applyIntoRegistry(bundle, provider, "apps/broken:2"), (err: unknown) => {
+        assert.ok(err instanceof BundleError, String(err));
+        assert.equal(err.code, "IO");
+        assert.match(
+          err.message,
+          new RegExp(
+            `layer ${sha256(v1[1]!)} on this device could not be read \\(connection reset by the registry\\); re-deploy the image that holds it$`,
+          ),
+        );
+        return true;
+      });
+    } finally {
+      await provider.close();
+      await image.close();
+    }
+    const client = new RegistryClient(registry.host);
+    try {
+      assert.deepEqual(await client.listTags("apps/broken"), []);
+    } finally {
+      client.close();
+    }
   });
 
   it("a source that arrives with another size than the bundle says stops the image: DIGEST, no manifest", async () => {
