@@ -11,7 +11,7 @@ import { open, statfs } from "node:fs/promises";
 import { GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
-import { FileRangeSource } from "../image/file-blob.js";
+import { FileRangeSource, layerTarInPlace } from "../image/file-blob.js";
 import { DIGEST_INVALID } from "../image/registry/client.js";
 import { RegistryError } from "../image/registry/errors.js";
 import type { BlobLocation, ImageReader, ImageToWrite, LayerToWrite, LocalLayer } from "../image/types.js";
@@ -578,8 +578,8 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
  * asked with its expected size, a layer being copied is read as it arrives.
  */
 export class ImageLayerProvider implements LayerProvider {
-  private readonly spools = new Map<string, Spool>();
-  private readonly starting = new Map<string, Promise<Spool>>();
+  /** Each layer's copy, set before its first await so that two opens of one layer share it. */
+  private readonly spools = new Map<string, Promise<Spool>>();
   private readonly inPlace = new Map<string, BlobLocation>();
   private scratch: Promise<ScratchDir> | undefined;
   /** The last copy started: the next one waits for it. */
@@ -608,16 +608,14 @@ export class ImageLayerProvider implements LayerProvider {
   async copies(diffId: string): Promise<boolean> {
     if (this.inPlace.has(diffId) || this.spools.has(diffId)) return false;
     const found = this.find(diffId);
-    if (found === undefined) return false;
-    const info = found.image.info.layers[found.index]!;
-    return !(info.compression === "none" && found.image.locateLayerBlob !== undefined);
+    return found !== undefined && layerTarInPlace(found.image, found.index) === undefined;
   }
 
   async open(diffId: string, size?: number): Promise<SourceReader> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return FileRangeSource.open(inPlace);
-    let spool = this.spools.get(diffId);
-    if (spool === undefined) {
+    let copy = this.spools.get(diffId);
+    if (copy === undefined) {
       const found = this.find(diffId);
       if (found === undefined) {
         throw new BundleError(
@@ -626,20 +624,15 @@ export class ImageLayerProvider implements LayerProvider {
           `layer ${diffId} is not in any image given; deploy the base image first`,
         );
       }
-      const info = found.image.info.layers[found.index]!;
-      if (info.compression === "none" && found.image.locateLayerBlob !== undefined) {
-        const location = found.image.locateLayerBlob(found.index);
+      const location = layerTarInPlace(found.image, found.index);
+      if (location !== undefined) {
         this.inPlace.set(diffId, location);
         return FileRangeSource.open(location);
       }
-      // Set before the first await, so that two opens of one layer share its copy.
-      let starting = this.starting.get(diffId);
-      if (starting === undefined) {
-        starting = this.startSpool(diffId, found.image, found.index);
-        this.starting.set(diffId, starting);
-      }
-      spool = await starting;
+      copy = this.startSpool(diffId, found.image, found.index);
+      this.spools.set(diffId, copy);
     }
+    const spool = await copy;
     if (size !== undefined && !spool.settled)
       return ArrivingFileSource.follow(spool.path, size, spool.progress);
     return FileSource.open((await spool.done).path);
@@ -684,7 +677,6 @@ export class ImageLayerProvider implements LayerProvider {
     })();
     spool.done.catch(() => {});
     this.queue = spool.done;
-    this.spools.set(diffId, spool);
     return spool;
   }
 
@@ -692,12 +684,12 @@ export class ImageLayerProvider implements LayerProvider {
   async locate(diffId: string): Promise<LocalLayer | undefined> {
     const inPlace = this.inPlace.get(diffId);
     if (inPlace !== undefined) return { location: inPlace, verified: false };
-    const spool = this.spools.get(diffId);
-    return spool !== undefined ? { location: await spool.done, verified: true } : undefined;
+    const copy = this.spools.get(diffId);
+    return copy !== undefined ? { location: await (await copy).done, verified: true } : undefined;
   }
 
   async digest(diffId: string): Promise<string> {
-    const location = this.inPlace.get(diffId) ?? (await this.spools.get(diffId)?.done);
+    const location = this.inPlace.get(diffId) ?? (await (await this.spools.get(diffId))?.done);
     if (location === undefined) {
       const reader = await this.open(diffId);
       await reader.close?.();
@@ -718,7 +710,6 @@ export class ImageLayerProvider implements LayerProvider {
     const scratch = this.scratch;
     this.scratch = undefined;
     this.spools.clear();
-    this.starting.clear();
     this.inPlace.clear();
     await (await scratch?.catch(() => undefined))?.remove();
   }

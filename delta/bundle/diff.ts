@@ -20,7 +20,7 @@ import {
 } from "../filters/payload.js";
 import { CompressionError } from "../image/compression.js";
 import { DigestError } from "../image/digest.js";
-import { FileRangeSource } from "../image/file-blob.js";
+import { FileRangeSource, layerTarInPlace } from "../image/file-blob.js";
 import type { BlobLocation, ImageReader } from "../image/types.js";
 import { type ScannedEntry, TarScanner } from "../index/tar-scan.js";
 import { encodeRefZstd } from "../refzstd/encoder.js";
@@ -382,10 +382,9 @@ async function addSourceLayer(
     done += chunk.length;
     onProgress?.(done);
   };
-  let location: BlobLocation;
-  if (info.compression === "none" && image.locateLayerBlob !== undefined) {
+  let location = layerTarInPlace(image, index);
+  if (location !== undefined) {
     // An uncompressed layer in a local file is read where it lies: scanned and hashed, not copied.
-    location = image.locateLayerBlob(index);
     const hash = sha256Hex();
     for await (const chunk of readFileStream(location.path, location.offset, location.size)) {
       hash.update(chunk);

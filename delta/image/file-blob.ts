@@ -5,9 +5,19 @@
 import { readSync } from "node:fs";
 import { type FileHandle, open } from "node:fs/promises";
 import type { SourceReader } from "../vcdiff/source.js";
-import type { BlobLocation } from "./types.js";
+import type { BlobLocation, ImageReader } from "./types.js";
 
 /** 1 MiB reads: large enough that per-call overhead is noise, small enough to bound memory. */
+/**
+ * Where an image's layer tar lies in a local file, to be read where it lies: an uncompressed layer
+ * of an archive or layout. Undefined for any other (registry blobs, compressed layers).
+ */
+export function layerTarInPlace(image: ImageReader, index: number): BlobLocation | undefined {
+  if (image.info.layers[index]!.compression !== "none" || image.locateLayerBlob === undefined)
+    return undefined;
+  return image.locateLayerBlob(index);
+}
+
 export const FILE_READ_CHUNK = 1024 * 1024;
 
 /**
