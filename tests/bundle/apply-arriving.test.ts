@@ -128,6 +128,37 @@ function applyIntoRegistry(
   });
 }
 
+/**
+ * Applies `path` from `image` into the test registry as `repository:2`, expects it refused with a
+ * BundleError of `code` whose message matches `message`, and no tag in `repository`; closes `image`.
+ */
+async function assertRefused(
+  path: string,
+  image: ImageReader,
+  repository: string,
+  code: string,
+  message: RegExp,
+): Promise<void> {
+  const provider = new ImageLayerProvider([image], dir);
+  try {
+    await assert.rejects(applyIntoRegistry(path, provider, `${repository}:2`), (err: unknown) => {
+      assert.ok(err instanceof BundleError, String(err));
+      assert.equal(err.code, code);
+      assert.match(err.message, message);
+      return true;
+    });
+  } finally {
+    await provider.close();
+    await image.close();
+  }
+  const client = new RegistryClient(registry.host);
+  try {
+    assert.deepEqual(await client.listTags(repository), []);
+  } finally {
+    client.close();
+  }
+}
+
 describe("held layers read as they arrive", () => {
   it("ArrivingFileSource: ranges there are read at once, others waited for; a copy that fails fails the wait", async () => {
     const path = join(dir, "arriving.bin");
@@ -322,29 +353,15 @@ describe("held layers read as they arrive", () => {
     const broken = Promise.reject(new Error("connection reset by the registry"));
     broken.catch(() => {});
     const image = await heldBack(1, 100_000, broken);
-    const provider = new ImageLayerProvider([image], dir);
-    try {
-      await assert.rejects(applyIntoRegistry(bundle, provider, "apps/broken:2"), (err: unknown) => {
-        assert.ok(err instanceof BundleError, String(err));
-        assert.equal(err.code, "IO");
-        assert.match(
-          err.message,
-          new RegExp(
-            `layer ${sha256(v1[1]!)} on this device could not be read \\(connection reset by the registry\\); re-deploy the image that holds it$`,
-          ),
-        );
-        return true;
-      });
-    } finally {
-      await provider.close();
-      await image.close();
-    }
-    const client = new RegistryClient(registry.host);
-    try {
-      assert.deepEqual(await client.listTags("apps/broken"), []);
-    } finally {
-      client.close();
-    }
+    await assertRefused(
+      bundle,
+      image,
+      "apps/broken",
+      "IO",
+      new RegExp(
+        `layer ${sha256(v1[1]!)} on this device could not be read \\(connection reset by the registry\\); re-deploy the image that holds it$`,
+      ),
+    );
   });
 
   it("a source that arrives with another size than the bundle says stops the image: DIGEST, no manifest", async () => {
@@ -372,29 +389,14 @@ describe("held layers read as they arrive", () => {
         payloads,
       ]),
     );
-    const image = await openRegistryImage(held());
-    const provider = new ImageLayerProvider([image], dir);
-    try {
-      await assert.rejects(applyIntoRegistry(longer, provider, "apps/longer:2"), (err: unknown) => {
-        assert.ok(err instanceof BundleError, String(err));
-        assert.equal(err.code, "DIGEST");
-        assert.match(
-          err.message,
-          new RegExp(
-            `layer ${sha256(v1[1]!)} on this device has ${v1[1]!.length} bytes, the bundle expects ${v1[1]!.length + 1024}$`,
-          ),
-        );
-        return true;
-      });
-    } finally {
-      await provider.close();
-      await image.close();
-    }
-    const client = new RegistryClient(registry.host);
-    try {
-      assert.deepEqual(await client.listTags("apps/longer"), []);
-    } finally {
-      client.close();
-    }
+    await assertRefused(
+      longer,
+      await openRegistryImage(held()),
+      "apps/longer",
+      "DIGEST",
+      new RegExp(
+        `layer ${sha256(v1[1]!)} on this device has ${v1[1]!.length} bytes, the bundle expects ${v1[1]!.length + 1024}$`,
+      ),
+    );
   });
 });
