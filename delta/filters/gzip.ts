@@ -287,7 +287,9 @@ export async function* rebuildGzipPieces(
           const plain = Math.min(chunk.length, start - position);
           if (plain > 0) {
             let full: boolean | undefined;
-            if (open !== undefined || running.length > 0) full = hold({ plain: chunk.slice(0, plain) });
+            // A copy: the producer may reuse its chunk (Buffer's slice would be a view).
+            if (open !== undefined || running.length > 0)
+              full = hold({ plain: new Uint8Array(chunk.subarray(0, plain)) });
             if (full === undefined) yield chunk.subarray(0, plain);
             else if (full) close();
             chunk = chunk.subarray(plain);

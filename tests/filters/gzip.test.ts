@@ -59,9 +59,12 @@ async function* inPieces(bytes: Uint8Array, size: number): AsyncGenerator<Uint8A
   for (let at = 0; at < bytes.length; at += size) yield Uint8Array.from(bytes.subarray(at, at + size));
 }
 
-/** Like a zstd stream with reused output: every chunk is the same buffer, overwritten after it is pulled. */
+/**
+ * Like a zstd stream with reused output: every chunk is the same Buffer (as zstd's are, whose
+ * slice() is a view, not a copy), overwritten after it is pulled.
+ */
 async function* reusing(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
-  const buffer = new Uint8Array(size);
+  const buffer = Buffer.alloc(size);
   for (let at = 0; at < bytes.length; at += size) {
     const n = Math.min(size, bytes.length - at);
     buffer.set(bytes.subarray(at, at + n));
