@@ -6,8 +6,10 @@
  * writer. On any failure the scratch folder goes and nothing reaches the destination (with
  * writeWhileDecoding, blobs already pushed stay, each checked, but no manifest names them).
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { open, statfs } from "node:fs/promises";
+import { join } from "node:path";
+import { FarCopyError, FarTableError, insertFarCopies, readFarTable } from "../filters/far.js";
 import { GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
@@ -180,43 +182,54 @@ async function* payloadChunks(
     payload.codec === "zstd-x86" ||
     payload.codec === "brotli-x86" ||
     payload.codec === "zstd-gz" ||
-    payload.codec === "brotli-gz"
+    payload.codec === "brotli-gz" ||
+    payload.codec === "zstd-far" ||
+    payload.codec === "brotli-far"
   ) {
-    // The x86 filter table, then (`-gz`) the gzip table, then the stream.
+    // (`-far`) The far copy table; the x86 filter table; (`-gz`, `-far`) the gzip table; the stream.
+    // Behind far copies, the other tables name ranges of the layer without the copied bytes.
     const where = `layer ${payload.diffId}`;
-    const withGzip = payload.codec.endsWith("-gz");
+    const withFar = payload.codec.endsWith("-far");
+    const withGzip = withFar || payload.codec.endsWith("-gz");
+    let far: Awaited<ReturnType<typeof readFarTable>> = { copies: [], copied: 0, tableLength: 0 };
     let x86: Awaited<ReturnType<typeof readFilterTable>>;
     let gzip: Awaited<ReturnType<typeof readGzipTable>> = { pieces: [], tableLength: 0 };
     try {
-      x86 = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
-      if (withGzip) {
-        gzip = await readGzipTable(
-          bundlePath,
-          start + x86.tableLength,
-          payload.length - x86.tableLength,
-          payload.outputSize,
-        );
-      }
+      if (withFar) far = await readFarTable(bundlePath, start, payload.length, payload.outputSize);
+      const streamSize = payload.outputSize - far.copied;
+      let at = start + far.tableLength;
+      x86 = await readFilterTable(bundlePath, at, start + payload.length - at, streamSize);
+      at += x86.tableLength;
+      if (withGzip) gzip = await readGzipTable(bundlePath, at, start + payload.length - at, streamSize);
     } catch (err) {
-      if (!(err instanceof FilterTableError) && !(err instanceof GzipTableError)) throw err;
+      if (
+        !(err instanceof FilterTableError) &&
+        !(err instanceof GzipTableError) &&
+        !(err instanceof FarTableError)
+      )
+        throw err;
       throw new BundleError("PAYLOAD", where, err.message);
     }
-    const tables = x86.tableLength + gzip.tableLength;
+    const tables = far.tableLength + x86.tableLength + gzip.tableLength;
     const inflated = inflatePlain(
       payload.codec.startsWith("brotli"),
       start + tables,
       payload.length - tables,
     );
     try {
-      yield* filterRanges(
+      const layer = filterRanges(
         withGzip ? rebuildGzipPieces(inflated, gzip.pieces, scratchDir) : inflated,
         x86.ranges,
         "decode",
       );
+      yield* withFar
+        ? insertFarCopies(layer, far.copies, payload.outputSize, join(scratchDir, `far-${randomUUID()}`))
+        : layer;
     } catch (err) {
       if (err instanceof GzipToolError)
         throw new BundleError("IO", where, `${err.message}; nothing was written`);
-      if (err instanceof GzipMismatchError) throw new BundleError("PAYLOAD", where, err.message);
+      if (err instanceof GzipMismatchError || err instanceof FarCopyError)
+        throw new BundleError("PAYLOAD", where, err.message);
       throw err;
     }
   } else if (payload.codec === "ref-zstd") {

@@ -54,6 +54,8 @@ export interface PlainPayloadJob {
   readonly gzip?: readonly FilterRange[];
   readonly scratchDir?: string;
   readonly compressor: PlainCompressor;
+  /** Repeats beyond the compressor's window as far copies (PayloadSettings.farCopies). */
+  readonly farCopies?: boolean;
 }
 
 export interface PlainPayloadResult {
@@ -61,6 +63,8 @@ export interface PlainPayloadResult {
   readonly sha256: string;
   /** Gzip files sent as their text. */
   readonly gzipPieces: number;
+  /** Far copies in its table. */
+  readonly farCopies: number;
 }
 
 interface Pending {

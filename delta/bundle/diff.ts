@@ -125,8 +125,8 @@ export interface BuildBundleOptions {
    * Payload codec for layers with a source: default `ref-zstd` (file-aligned zstd against the
    * old versions; smallest on every benchmark scenario); `vcdiff-zstd` forces the VCDIFF codec.
    * Layers with nothing in common with the source go as a plain payload either way. A plain
-   * codec (`zstd`, `zstd-x86`, `brotli`, `brotli-x86`) makes every layer plain, with that
-   * compressor and with the x86 filter only if asked.
+   * codec (`zstd`, `zstd-x86`, `brotli`, `brotli-x86`, `-gz`, `-far`) makes every layer plain,
+   * with that compressor and with the x86 filter, gzip texts and far copies only if asked.
    */
   readonly codec?: PayloadCodec;
   /**
@@ -146,6 +146,12 @@ export interface BuildBundleOptions {
    * `brotli-gz`); default true unless `codec` names another plain codec.
    */
   readonly plainGzip?: boolean;
+  /**
+   * Send a plain payload's repeats that lie beyond its compressor's window as copies of the
+   * layer's earlier bytes (`zstd-far`, `brotli-far`); default true unless `codec` names another
+   * plain codec.
+   */
+  readonly plainFarCopies?: boolean;
   /**
    * Worker threads that compress `ref-zstd` frames and plain payloads, so a diff uses several
    * cores; default one per core up to 2 (compress-pool.ts). Below 2 everything runs in this thread.
@@ -668,16 +674,18 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       // A whole-layer payload runs executables through the x86 filter unless `zstd` or `brotli` was asked for.
       const plainX86 =
         p.x86.length > 0 && preferred !== "zstd" && preferred !== "brotli" ? { x86: p.x86 } : {};
-      // Gzip files go as their text unless turned off or another plain codec was asked for.
+      // Far copies, and gzip files as their text, unless turned off or another plain codec was asked for.
+      const farAsked = preferred === "zstd-far" || preferred === "brotli-far";
       const plainGzip =
         p.gzip.length > 0 &&
         options.plainGzip !== false &&
-        (!plainAsked || preferred === "zstd-gz" || preferred === "brotli-gz")
+        (!plainAsked || preferred === "zstd-gz" || preferred === "brotli-gz" || farAsked)
           ? { gzip: p.gzip }
           : {};
-      const plainSettings = { ...settings, ...plainX86, ...plainGzip, compressor };
-      const plainCodecFor = (gzipPieces: number) =>
-        plainCodecOf(compressor, plainX86.x86 !== undefined, gzipPieces > 0);
+      const farCopies = options.plainFarCopies !== false && (!plainAsked || farAsked);
+      const plainSettings = { ...settings, ...plainX86, ...plainGzip, compressor, farCopies };
+      const plainCodecFor = (result: { gzipPieces: number; farCopies: number }) =>
+        plainCodecOf(compressor, plainX86.x86 !== undefined, result.gzipPieces > 0, result.farCopies > 0);
       let codec: PayloadCodec | "plain" =
         source === undefined || plainAsked
           ? "plain"
@@ -705,7 +713,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
       } else {
         const plain = await plainPayload(p.path, plainSettings, out, report);
         ({ length, sha256 } = plain);
-        codec = plainCodecFor(plain.gzipPieces);
+        codec = plainCodecFor(plain);
       }
       // Nothing known in common (a VCDIFF search on its own), or a ref-zstd payload that is
       // mostly literal data: keep the delta only if it beats the whole-layer payload. An explicit
@@ -719,7 +727,7 @@ export async function buildBundle(options: BuildBundleOptions): Promise<BuildBun
         if (alternative.length <= length) {
           await rm(out);
           out = plain;
-          codec = plainCodecFor(alternative.gzipPieces);
+          codec = plainCodecFor(alternative);
           ({ length, sha256 } = alternative);
         } else {
           await rm(plain);

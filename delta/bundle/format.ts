@@ -35,7 +35,10 @@ export const SIGNATURE_BLOCK_SIZE = 1 + KEY_ID_SIZE + ED25519_SIGNATURE_SIZE;
  * (delta/filters/payload.ts); `brotli` and `brotli-x86`: the same as `zstd` and `zstd-x86` with
  * a Brotli stream (RFC 7932, window at most 16 MiB) instead of the zstd frame; `zstd-gz` and
  * `brotli-gz`: the x86 filter table (maybe empty), then a table of gzip files sent as their text
- * (delta/filters/gzip.ts), then the zstd frame or Brotli stream of the tar so transformed.
+ * (delta/filters/gzip.ts), then the zstd frame or Brotli stream of the tar so transformed;
+ * `zstd-far` and `brotli-far`: a table of far copies (repeats of the layer's own earlier bytes,
+ * delta/filters/far.ts), then the x86 and gzip tables (each maybe empty) of the layer without the
+ * copied bytes, then its zstd frame or Brotli stream.
  */
 export const PAYLOAD_CODECS = [
   "vcdiff-zstd",
@@ -46,12 +49,23 @@ export const PAYLOAD_CODECS = [
   "brotli-x86",
   "zstd-gz",
   "brotli-gz",
+  "zstd-far",
+  "brotli-far",
 ] as const;
 export type PayloadCodec = (typeof PAYLOAD_CODECS)[number];
 /** What compresses a plain (whole-layer) payload. */
 export type PlainCompressor = "zstd" | "brotli";
-/** The plain codec of `compressor`, with or without the x86 filter table, or with gzip pieces (and the x86 table). */
-export function plainCodecOf(compressor: PlainCompressor, x86: boolean, gzip = false): PayloadCodec {
+/**
+ * The plain codec of `compressor`, with or without the x86 filter table, or with gzip pieces (and
+ * the x86 table), or with far copies (and both tables).
+ */
+export function plainCodecOf(
+  compressor: PlainCompressor,
+  x86: boolean,
+  gzip = false,
+  far = false,
+): PayloadCodec {
+  if (far) return compressor === "brotli" ? "brotli-far" : "zstd-far";
   if (gzip) return compressor === "brotli" ? "brotli-gz" : "zstd-gz";
   if (compressor === "brotli") return x86 ? "brotli-x86" : "brotli";
   return x86 ? "zstd-x86" : "zstd";

@@ -11,6 +11,14 @@ import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { createBrotliCompress, constants as zlib } from "node:zlib";
 import { CompressStream } from "zstd-napi";
+import {
+  clearOfCopies,
+  dropCopies,
+  encodeFarTable,
+  type FarCopy,
+  findFarCopies,
+  withoutCopies,
+} from "../filters/far.js";
 import { encodeGzipTable, expandGzipPieces, findGzipPieces } from "../filters/gzip.js";
 import { encodeFilterTable, type FilterRange, filterRanges } from "../filters/payload.js";
 import type { ReferenceHint } from "../refzstd/encoder.js";
@@ -36,6 +44,11 @@ export interface PayloadSettings {
   readonly gzip?: readonly FilterRange[];
   /** Where gzip's input files go while recipes are checked; default the system's temporary folder. */
   readonly scratchDir?: string;
+  /**
+   * Send the layer's repeats that lie beyond the compressor's window as copies of earlier output
+   * (plain payloads only): makes a `zstd-far` or `brotli-far` payload when there are any.
+   */
+  readonly farCopies?: boolean;
 }
 
 /**
@@ -90,18 +103,19 @@ export async function encodePayload(
   options: PayloadSettings,
   out: string,
   onBytes: (n: number) => void,
-): Promise<{ length: number; sha256: string; gzipPieces: number }> {
-  const compressor =
-    hints === undefined && options.compressor === "brotli"
-      ? brotliCompressor(statSync(targetPath).size)
-      : new CompressStream({
-          compressionLevel: options.level,
-          windowLog: options.windowLog,
-          // Ultra levels' own match tables (hashLog 25, chainLog 27) take over 1 GiB for no gain at this window.
-          ...(options.level >= 20 ? { hashLog: options.windowLog, chainLog: options.windowLog + 1 } : {}),
-          checksumFlag: false,
-          nbWorkers: ZSTD_WORKERS,
-        });
+): Promise<{ length: number; sha256: string; gzipPieces: number; farCopies: number }> {
+  const size = statSync(targetPath).size;
+  const brotli = hints === undefined && options.compressor === "brotli";
+  const compressor = brotli
+    ? brotliCompressor(size)
+    : new CompressStream({
+        compressionLevel: options.level,
+        windowLog: options.windowLog,
+        // Ultra levels' own match tables (hashLog 25, chainLog 27) take over 1 GiB for no gain at this window.
+        ...(options.level >= 20 ? { hashLog: options.windowLog, chainLog: options.windowLog + 1 } : {}),
+        checksumFlag: false,
+        nbWorkers: ZSTD_WORKERS,
+      });
   const hash = createHash("sha256");
   let length = 0;
   let read = 0;
@@ -113,19 +127,34 @@ export async function encodePayload(
     }
   }
   const target = counted(readFileStream(targetPath));
-  const pieces =
-    hints === undefined && options.gzip !== undefined && options.gzip.length > 0
-      ? await findGzipPieces(targetPath, options.gzip, options.scratchDir)
+  // Far copies first: the x86 ranges and gzip pieces are then ranges of the layer without them.
+  const far: FarCopy[] =
+    hints === undefined && options.farCopies === true
+      ? findFarCopies(targetPath, size, {
+          minDistance: 2 ** (brotli ? BROTLI_WINDOW_LOG : options.windowLog),
+          whole: options.gzip ?? [],
+        })
       : [];
-  const x86 = hints === undefined ? options.x86 : undefined;
-  // zstd-x86/brotli-x86: the filter table; -gz: the filter table (maybe empty), then the gzip table.
+  // Gzip files are found in the layer, then named in the stream without the copies.
+  const piecesInLayer =
+    hints === undefined && options.gzip !== undefined && options.gzip.length > 0
+      ? await findGzipPieces(targetPath, clearOfCopies(options.gzip, far), options.scratchDir)
+      : [];
+  const pieces = withoutCopies(piecesInLayer, far, true);
+  const x86 =
+    hints === undefined && options.x86 !== undefined ? withoutCopies(options.x86, far, false) : undefined;
+  // zstd-x86/brotli-x86: the filter table; -gz: the filter table (maybe empty), then the gzip table;
+  // -far: the far copy table, then the filter and gzip tables (each maybe empty).
   const table =
-    pieces.length > 0
-      ? Buffer.concat([encodeFilterTable(x86 ?? []), encodeGzipTable(pieces)])
-      : x86 !== undefined
-        ? encodeFilterTable(x86)
-        : undefined;
-  const filtered = x86 !== undefined ? filterRanges(target, x86, "encode") : target;
+    far.length > 0
+      ? Buffer.concat([encodeFarTable(far), encodeFilterTable(x86 ?? []), encodeGzipTable(pieces)])
+      : pieces.length > 0
+        ? Buffer.concat([encodeFilterTable(x86 ?? []), encodeGzipTable(pieces)])
+        : x86 !== undefined
+          ? encodeFilterTable(x86)
+          : undefined;
+  const reduced = far.length > 0 ? dropCopies(target, far) : target;
+  const filtered = x86 !== undefined ? filterRanges(reduced, x86, "encode") : reduced;
   const input =
     hints === undefined
       ? pieces.length > 0
@@ -154,5 +183,5 @@ export async function encodePayload(
     },
     createWriteStream(out, { mode: 0o600 }),
   );
-  return { length, sha256: `sha256:${hash.digest("hex")}`, gzipPieces: pieces.length };
+  return { length, sha256: `sha256:${hash.digest("hex")}`, gzipPieces: pieces.length, farCopies: far.length };
 }
