@@ -1,6 +1,7 @@
 /** What the module reads from a bundle file before trusting it: the declared length, then the head. */
 import { createHash } from "node:crypto";
 import { open } from "node:fs/promises";
+import { farKeptBytes } from "../delta/bundle/apply.js";
 import { HEADER_SIZE, isPresent, parseHeader, readBundleHead } from "../delta/bundle/format.js";
 import type { BundleHead } from "./engine.js";
 
@@ -61,7 +62,8 @@ export async function readHead(path: string): Promise<BundleHead> {
     sourceDigest: manifest.target.manifestDigest,
     sourceLayers: [...held.keys()],
     outputBytes: manifest.target.layers.reduce((sum, layer) => sum + layer.size, 0) + configBytes,
-    // Held layers are inflated into scratch once, then read by random access.
-    scratchBytes: [...held.values()].reduce((sum, size) => sum + size, 0),
+    // Held layers are inflated into scratch once, then read by random access; far copies keep
+    // the bytes they read there too.
+    scratchBytes: [...held.values()].reduce((sum, size) => sum + size, 0) + (await farKeptBytes(path, head)),
   };
 }

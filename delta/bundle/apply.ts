@@ -9,7 +9,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { open, statfs } from "node:fs/promises";
 import { join } from "node:path";
-import { FarCopyError, FarTableError, insertFarCopies, readFarTable } from "../filters/far.js";
+import { FarCopyError, FarTableError, insertFarCopies, keptRanges, readFarTable } from "../filters/far.js";
 import { GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
 import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
@@ -318,6 +318,30 @@ async function* verifiedPayload(
  * Scratch bytes an apply needs, at most: the rebuilt layers, and the held layers (sources and
  * layers copied into the image) that the provider copies to scratch before reading them.
  */
+/**
+ * Scratch bytes the far copies of a bundle's `-far` payloads keep while they decode (the bytes
+ * later copies read, delta/filters/far.ts), from their tables. A malformed table counts 0 here and
+ * fails the payload's decode.
+ */
+export async function farKeptBytes(bundlePath: string, head: BundleHead): Promise<number> {
+  let total = 0;
+  for (const entry of head.manifest.layers) {
+    if (isPresent(entry) || !entry.codec.endsWith("-far")) continue;
+    try {
+      const { copies } = await readFarTable(
+        bundlePath,
+        head.payloadsOffset + entry.offset,
+        entry.length,
+        entry.outputSize,
+      );
+      total += keptRanges(copies).keptBytes;
+    } catch (err) {
+      if (!(err instanceof FarTableError)) throw err;
+    }
+  }
+  return total;
+}
+
 export async function scratchNeeded(
   manifest: BundleManifest,
   layers: LayerProvider,
@@ -413,13 +437,14 @@ export async function applyBundle(options: ApplyBundleOptions): Promise<ApplyRes
   try {
     if (options.skipDiskCheck !== true) {
       const { rebuilt, held } = await scratchNeeded(manifest, options.layers);
+      const kept = await farKeptBytes(options.bundle, head);
       const fs = await statfs(scratch.path);
       const free = fs.bavail * fs.bsize;
-      if (free < rebuilt + held + DISK_MARGIN) {
+      if (free < rebuilt + held + kept + DISK_MARGIN) {
         throw new BundleError(
           "IO",
           scratch.path,
-          `rebuilding ${bundleName} needs ${rebuilt + held} bytes of scratch space (${rebuilt} for the rebuilt layers, ${held} for held layers copied out of a registry or inflated) plus a margin, only ${free} are free; free some disk space`,
+          `rebuilding ${bundleName} needs ${rebuilt + held + kept} bytes of scratch space (${rebuilt} for the rebuilt layers, ${held} for held layers copied out of a registry or inflated${kept > 0 ? `, ${kept} kept for far copies` : ""}) plus a margin, only ${free} are free; free some disk space`,
         );
       }
     }

@@ -317,23 +317,14 @@ export function clearOfCopies<T extends FilterRange>(ranges: readonly T[], copie
   return out;
 }
 
-/** Output chunk of the device's side, and the shortest run of the stream passed on without a copy. */
-const OUTPUT_PIECE = 1024 * 1024;
-const DIRECT_PIECE = 64 * 1024;
-
 /**
- * The device's side: the layer from the stream without its copied bytes. The bytes later copies
- * read are kept in a file at `keepPath` as they pass (and removed at the end). Chunks passed in
- * may be reused by their producer after the next is pulled, and so may the chunks this yields.
- * Throws FarCopyError when the stream is longer or shorter than the table says.
+ * The output ranges that copies read, merged and in order, each with where its bytes go in the
+ * device's keep file, and how many bytes that file holds in all.
  */
-export async function* insertFarCopies(
-  chunks: AsyncIterable<Uint8Array>,
-  copies: readonly FarCopy[],
-  outputSize: number,
-  keepPath: string,
-): AsyncGenerator<Uint8Array> {
-  // The output ranges copies read, merged, each with where its bytes go in the keep file.
+export function keptRanges(copies: readonly FarCopy[]): {
+  kept: { start: number; end: number; at: number }[];
+  keptBytes: number;
+} {
   const sources = copies
     .map((c) => ({ start: c.offset - c.distance, end: c.offset - c.distance + c.length }))
     .sort((x, y) => x.start - y.start);
@@ -351,6 +342,26 @@ export async function* insertFarCopies(
       keptBytes += s.end - s.start;
     }
   }
+  return { kept, keptBytes };
+}
+
+/** Output chunk of the device's side, and the shortest run of the stream passed on without a copy. */
+const OUTPUT_PIECE = 1024 * 1024;
+const DIRECT_PIECE = 64 * 1024;
+
+/**
+ * The device's side: the layer from the stream without its copied bytes. The bytes later copies
+ * read are kept in a file at `keepPath` as they pass (and removed at the end). Chunks passed in
+ * may be reused by their producer after the next is pulled, and so may the chunks this yields.
+ * Throws FarCopyError when the stream is longer or shorter than the table says.
+ */
+export async function* insertFarCopies(
+  chunks: AsyncIterable<Uint8Array>,
+  copies: readonly FarCopy[],
+  outputSize: number,
+  keepPath: string,
+): AsyncGenerator<Uint8Array> {
+  const { kept } = keptRanges(copies);
   const fd = openSync(keepPath, "w+", 0o600);
   try {
     let position = 0;
