@@ -28,11 +28,12 @@ const USAGE = `usage: deltaship diff --to IMAGE --key KEY --out BUNDLE [--from I
   --level N         zstd level (default ${DEFAULT_ZSTD_LEVEL})
   --window-log N    zstd window log; the device needs 2^N bytes to decode (default ${DEFAULT_ZSTD_WINDOW_LOG}, at most 26)
   --codec NAME      payload codec: ref-zstd (default for layers with a source), vcdiff-zstd,
-                    brotli-gz or brotli-x86 (default without a source, up to 256 MiB: .gz files
-                    as their text, executables through the x86 filter; larger layers the zstd
-                    forms), brotli (no filter), or zstd-gz, zstd-x86 and zstd (zstd instead of
+                    brotli-far, brotli-gz or brotli-x86 (default without a source, up to
+                    256 MiB: repeats beyond Brotli's window as copies, .gz files as their text,
+                    executables through the x86 filter; larger layers the zstd forms), brotli
+                    (no filter), or zstd-far, zstd-gz, zstd-x86 and zstd (zstd instead of
                     Brotli: about three times faster to build; with --level 12, a first image
-                    diffs at about 50 MB/s and its bundle is about 17% larger)
+                    diffs at about 50 MB/s and its bundle is about 16% larger)
   --scratch DIR     scratch folder (default the system temp folder)
   --insecure        plain http for registries other than localhost
   --json            print the result as JSON

@@ -117,7 +117,7 @@ export function readFarTable(
 
 /** Bytes hashed per anchor: a repeat is found from 32 equal bytes, then extended both ways. */
 const SEED = 32;
-/** Slots of the anchor table (2^24: 64 MiB of positions and 16 MiB of check bytes). */
+/** Slots of the anchor table (2^24: 128 MiB of positions and 16 MiB of check bytes). */
 const TABLE_BITS = 24;
 /** Block the layer is read in, and the unit of a comparison's reads. */
 const SCAN_BLOCK = 4 * 1024 * 1024;
@@ -144,7 +144,7 @@ function gearTable(): Int32Array {
  *
  * Content-defined anchors (about one position in 8, chosen by a rolling hash of the 32 bytes
  * before) go into a table of the latest position per hash; a position whose latest match lies
- * far enough back is checked and extended by reading both places. Memory: the table (80 MiB)
+ * far enough back is checked and extended by reading both places. Memory: the table (144 MiB)
  * and a few read buffers, whatever the layer's size.
  */
 export function findFarCopies(
@@ -157,7 +157,8 @@ export function findFarCopies(
   const copies: FarCopy[] = [];
   if (size < options.minDistance + minLength) return copies;
   const gear = gearTable();
-  const positions = size < 2 ** 32 ? new Uint32Array(1 << TABLE_BITS) : new Float64Array(1 << TABLE_BITS);
+  // One array type whatever the size (a layer may pass 4 GiB), so the hot loop stays monomorphic.
+  const positions = new Float64Array(1 << TABLE_BITS);
   const checks = new Uint8Array(1 << TABLE_BITS);
   const fd = openSync(path, "r");
   try {
