@@ -1,8 +1,8 @@
 /**
  * Far copies in plain payloads (`zstd-far`, `brotli-far`): a layer's own repeats that lie farther
  * back than its compressor's window. Brotli sees 16 MiB back; a Debian layer repeats Perl modules
- * between /usr/lib and /usr/share, and the Node.js layer repeats its JavaScript sources across
- * its 99 MB executable, farther apart than that. The payload names each repeat as a copy of
+ * between /usr/lib and /usr/share, and the Node.js executable (99 MB) repeats parts of itself,
+ * farther apart than that. The payload names each repeat as a copy of
  * earlier output, and the compressed stream holds the layer without those bytes:
  *
  *   far table := varint count, (varint (offset − end of the previous copy), varint length,
@@ -348,6 +348,8 @@ export function keptRanges(copies: readonly FarCopy[]): {
 
 /** Output chunk of the device's side, and the shortest run of the stream passed on without a copy. */
 const OUTPUT_PIECE = 1024 * 1024;
+/** Kept bytes gathered before they are written to the keep file, and read from it at a time. */
+const KEEP_BUFFER = 256 * 1024;
 const DIRECT_PIECE = 64 * 1024;
 
 /**
@@ -367,43 +369,64 @@ export async function* insertFarCopies(
   try {
     let position = 0;
     let nextKept = 0;
-    /** Writes the parts of `bytes` (output at `at`) that later copies read. */
+    // The keep file is written in order (kept ranges are sorted, output comes in order), through a
+    // buffer, so thousands of short kept runs cost a few writes.
+    const pending = Buffer.allocUnsafe(KEEP_BUFFER);
+    let pendingLength = 0;
+    let flushed = 0;
+    const flushKept = () => {
+      if (pendingLength === 0) return;
+      writeSync(fd, pending, 0, pendingLength, flushed);
+      flushed += pendingLength;
+      pendingLength = 0;
+    };
+    const appendKept = (bytes: Uint8Array) => {
+      if (pendingLength + bytes.length > pending.length) flushKept();
+      if (bytes.length > pending.length) {
+        writeSync(fd, bytes, 0, bytes.length, flushed);
+        flushed += bytes.length;
+        return;
+      }
+      pending.set(bytes, pendingLength);
+      pendingLength += bytes.length;
+    };
+    // Copies in a row often read kept bytes in a row (a repeated file cut by a changed byte), so
+    // reads go through a block read ahead from the keep file.
+    const block = Buffer.allocUnsafe(KEEP_BUFFER);
+    let blockStart = 0;
+    let blockLength = 0;
+    /** Copies `n` kept bytes from keep-file offset `at` into `into` at `offset`. */
+    const readKept = (into: Buffer, offset: number, n: number, at: number, copy: number) => {
+      if (at < blockStart || at + n > blockStart + blockLength) {
+        if (at + n > flushed) flushKept();
+        if (n > block.length) {
+          if (readSync(fd, into, offset, n, at) !== n)
+            throw new FarCopyError(`the kept bytes of far copy ${copy} could not be read back`);
+          return;
+        }
+        blockStart = at;
+        blockLength = readSync(fd, block, 0, Math.min(block.length, flushed - at), at);
+        if (blockLength < n)
+          throw new FarCopyError(`the kept bytes of far copy ${copy} could not be read back`);
+      }
+      block.copy(into, offset, at - blockStart, at - blockStart + n);
+    };
+    /** Keeps the parts of `bytes` (output at `at`) that later copies read. */
     const keep = (bytes: Uint8Array, at: number) => {
       const end = at + bytes.length;
       while (nextKept < kept.length && kept[nextKept]!.end <= at) nextKept++;
       for (let k = nextKept; k < kept.length && kept[k]!.start < end; k++) {
         const r = kept[k]!;
         const from = Math.max(r.start, at);
-        const to = Math.min(r.end, end);
-        writeSync(fd, bytes, from - at, to - from, r.at + (from - r.start));
+        appendKept(bytes.subarray(from - at, Math.min(r.end, end) - at));
       }
     };
     // Output goes out in pieces of OUTPUT_PIECE bytes (copies are short, and each chunk costs its
-    // consumers a hash update, a progress report and a write); long runs of the stream go as they are.
+    // consumers a hash update, a progress report and a write); long runs of the stream go as they
+    // are. Plain functions fill the piece, and only this generator yields: generators made per
+    // copy cost more in allocation and collection than the copies themselves.
     const out = Buffer.allocUnsafe(OUTPUT_PIECE);
     let filled = 0;
-    function* flush(): Generator<Uint8Array> {
-      if (filled === 0) return;
-      const bytes = out.subarray(0, filled);
-      filled = 0;
-      yield bytes;
-    }
-    function* put(bytes: Uint8Array): Generator<Uint8Array> {
-      keep(bytes, position);
-      position += bytes.length;
-      if (bytes.length >= DIRECT_PIECE) {
-        yield* flush();
-        yield bytes;
-        return;
-      }
-      for (let rest = bytes; rest.length > 0; ) {
-        const n = Math.min(rest.length, out.length - filled);
-        out.set(rest.subarray(0, n), filled);
-        filled += n;
-        rest = rest.subarray(n);
-        if (filled === out.length) yield* flush();
-      }
-    }
     /** The kept range that holds output byte `at` (copies read only kept bytes). */
     const keptAt = (at: number) => {
       let lo = 0;
@@ -416,28 +439,35 @@ export async function* insertFarCopies(
       return kept[lo]!;
     };
     let next = 0;
-    function* copiesHere(): Generator<Uint8Array> {
-      while (next < copies.length && copies[next]!.offset === position) {
-        const copy = copies[next++]!;
-        const from = copy.offset - copy.distance;
+    /** Bytes of copy `next` already out. */
+    let copyDone = 0;
+    /** Puts the copies that start at `position` into the piece; true when it is full first. */
+    const fillCopies = (): boolean => {
+      while (next < copies.length && copies[next]!.offset + copyDone === position) {
+        const copy = copies[next]!;
+        const from = copy.offset - copy.distance + copyDone;
         const range = keptAt(from);
-        for (let done = 0; done < copy.length; ) {
-          const n = Math.min(out.length - filled, copy.length - done);
-          const got = readSync(fd, out, filled, n, range.at + (from - range.start) + done);
-          if (got !== n)
-            throw new FarCopyError(`the kept bytes of far copy ${next - 1} could not be read back`);
-          keep(out.subarray(filled, filled + n), position);
-          position += n;
-          filled += n;
-          done += n;
-          if (filled === out.length) yield* flush();
+        const n = Math.min(out.length - filled, copy.length - copyDone);
+        readKept(out, filled, n, range.at + (from - range.start), next);
+        keep(out.subarray(filled, filled + n), position);
+        position += n;
+        filled += n;
+        copyDone += n;
+        if (copyDone === copy.length) {
+          next++;
+          copyDone = 0;
         }
+        if (filled === out.length) return true;
       }
-    }
+      return false;
+    };
     for await (const chunk of chunks) {
       let rest = chunk;
       while (rest.length > 0) {
-        yield* copiesHere();
+        while (fillCopies()) {
+          yield out;
+          filled = 0;
+        }
         const limit = next < copies.length ? copies[next]!.offset : outputSize;
         const take = Math.min(rest.length, limit - position);
         if (take <= 0)
@@ -446,11 +476,33 @@ export async function* insertFarCopies(
           );
         const part = rest.subarray(0, take);
         rest = rest.subarray(take);
-        yield* put(part);
+        keep(part, position);
+        position += take;
+        if (take >= DIRECT_PIECE) {
+          if (filled > 0) {
+            yield out.subarray(0, filled);
+            filled = 0;
+          }
+          yield part;
+          continue;
+        }
+        for (let done = 0; done < take; ) {
+          const n = Math.min(take - done, out.length - filled);
+          out.set(part.subarray(done, done + n), filled);
+          filled += n;
+          done += n;
+          if (filled === out.length) {
+            yield out;
+            filled = 0;
+          }
+        }
       }
     }
-    yield* copiesHere();
-    yield* flush();
+    while (fillCopies()) {
+      yield out;
+      filled = 0;
+    }
+    if (filled > 0) yield out.subarray(0, filled);
     if (position !== outputSize) {
       throw new FarCopyError(
         `the stream ends at byte ${position} of the layer's ${outputSize} with its far copies`,
