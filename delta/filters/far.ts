@@ -13,6 +13,7 @@
  * that later copies read, in a scratch file, so its memory does not grow with the distance.
  */
 import { closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { GEAR } from "../index/chunker.js";
 import { unzigzag, zigzag } from "../refzstd/format.js";
 import { MAX_VARINT_BYTES } from "../varint.js";
 import { encodeRangeTable, type FilterRange, parseRangeTable, readTable, splitAtRanges } from "./payload.js";
@@ -123,19 +124,6 @@ const TABLE_BITS = 24;
 const SCAN_BLOCK = 4 * 1024 * 1024;
 const COMPARE_BLOCK = 64 * 1024;
 
-/** A byte → 32-bit value table for the rolling hash, the same on every run. */
-function gearTable(): Int32Array {
-  const gear = new Int32Array(256);
-  let s = 0x9e3779b9;
-  for (let i = 0; i < 256; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    gear[i] = s;
-  }
-  return gear;
-}
-
 /**
  * The far copies of the layer tar at `path` (`size` bytes): repeats of at least `minLength`
  * bytes whose earlier occurrence is at least `minDistance` bytes back, in order and apart. A copy
@@ -156,7 +144,6 @@ export function findFarCopies(
   const whole = options.whole ?? [];
   const copies: FarCopy[] = [];
   if (size < options.minDistance + minLength) return copies;
-  const gear = gearTable();
   // One array type whatever the size (a layer may pass 4 GiB), so the hot loop stays monomorphic.
   const positions = new Float64Array(1 << TABLE_BITS);
   const checks = new Uint8Array(1 << TABLE_BITS);
@@ -220,7 +207,7 @@ export function findFarCopies(
       const length = Math.min(SCAN_BLOCK, size - base);
       read(block, base, length);
       for (let k = 0; k < length; k++) {
-        hash = ((hash << 1) + gear[block[k]!]!) | 0;
+        hash = ((hash << 1) + GEAR[block[k]!]!) | 0;
         const i = base + k;
         // An anchor where the hash's top three bits are 0, once SEED bytes are in it.
         if (hash >>> 29 !== 0 || i < SEED - 1) continue;

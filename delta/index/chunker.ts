@@ -11,8 +11,11 @@ const AVERAGE_BITS = 14;
 export const MAX_CHUNK = 64 * 1024;
 const BOUNDARY_MASK = ((1 << AVERAGE_BITS) - 1) << (32 - AVERAGE_BITS);
 
-/** 256 fixed pseudo-random words (xorshift32 from a constant seed), so every build cuts the same chunks. */
-const GEAR = (() => {
+/**
+ * 256 fixed pseudo-random words (xorshift32 from a constant seed), so every build cuts the same
+ * chunks; the far copy search (filters/far.ts) rolls its hash with them too.
+ */
+export const GEAR = (() => {
   const table = new Int32Array(256);
   let x = 0x9e3779b9 | 0;
   for (let i = 0; i < 256; i++) {

@@ -7,8 +7,6 @@
  * 1 benchmark measures Brotli's 16 MiB.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,16 +14,8 @@ import { after, describe, it } from "node:test";
 import { brotliCompressSync, constants as zlib } from "node:zlib";
 import { decompress } from "zstd-napi";
 import { farKeptBytes } from "../../delta/bundle/apply.js";
-import {
-  BundleError,
-  encodeHeader,
-  encodeManifest,
-  encodeSignatureBlock,
-  type LayerPayload,
-  readBundleHead,
-  SIGNATURE_BLOCK_SIZE,
-} from "../../delta/bundle/format.js";
-import { generateSigningKey, type SigningKey, signManifest } from "../../delta/bundle/sign.js";
+import { BundleError, type LayerPayload, readBundleHead } from "../../delta/bundle/format.js";
+import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
 import {
   clearOfCopies,
   dropCopies,
@@ -45,36 +35,26 @@ import { type FilterRange, parseFilterTable } from "../../delta/filters/payload.
 import type { TarWriterEntry } from "../../delta/tar/writer.js";
 import { readHead } from "../../edge-module/bundle-file.js";
 import { buildTar, imageOf, realFiles, writeArchive } from "../bundle/fixtures.js";
-import { applyFromImages, assertLayerTars, buildBundleBetween, withImages } from "../support/bundles.js";
-import { collect } from "../support/collect.js";
+import {
+  applyFirstImage,
+  applyFromImages,
+  assertLayerTars,
+  buildBundleBetween,
+  resignWithPayload,
+  withImages,
+} from "../support/bundles.js";
+import { collect, reusing } from "../support/collect.js";
+import { gnuGzip, licence } from "../support/gnu-gzip.js";
 import { prng, randomOrMutated, seededBytes } from "../support/random.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "deltaship-far-test-"));
 after(() => rmSync(scratch, { recursive: true, force: true }));
 
-/** A stream of `bytes` in chunks of `size`, each the same Buffer overwritten after it is pulled (as zstd's). */
-async function* reusing(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
-  const buffer = Buffer.alloc(size);
-  for (let at = 0; at < bytes.length; at += size) {
-    const n = Math.min(size, bytes.length - at);
-    buffer.set(bytes.subarray(at, at + n));
-    yield buffer.subarray(0, n);
-    buffer.fill(0xee);
-  }
-}
-
-/** Chunks of a stream, each copied as it comes (for streams that reuse their buffers). */
-async function copied(chunks: AsyncIterable<Uint8Array>): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of chunks) parts.push(Buffer.from(chunk));
-  return Buffer.concat(parts);
-}
-
 /** The layer with its copies' bytes taken out, then put back through the device's side. */
 async function roundTrip(bytes: Uint8Array, copies: readonly FarCopy[], chunk: number): Promise<Buffer> {
-  const stream = await copied(dropCopies(reusing(bytes, 4096), copies));
+  const stream = await collect(dropCopies(reusing(bytes, 4096), copies));
   const keep = join(scratch, `keep-${chunk}`);
-  const out = await copied(insertFarCopies(reusing(stream, chunk), copies, bytes.length, keep));
+  const out = await collect(insertFarCopies(reusing(stream, chunk), copies, bytes.length, keep));
   assert.ok(!existsSync(keep), "the kept bytes are removed");
   return out;
 }
@@ -316,7 +296,7 @@ describe("far copies in a stream", () => {
     const copies = findFarCopies(writeTemp("short.bin", bytes), bytes.length, { minDistance: 100_000 });
     const stream = await collect(dropCopies(reusing(bytes, 4096), copies));
     const run = (s: Uint8Array) =>
-      copied(insertFarCopies(reusing(s, 65_536), copies, bytes.length, join(scratch, "keep-bad")));
+      collect(insertFarCopies(reusing(s, 65_536), copies, bytes.length, join(scratch, "keep-bad")));
     await assert.rejects(run(stream.subarray(0, stream.length - 1)), (err: unknown) => {
       assert.ok(err instanceof FarCopyError, String(err));
       assert.match(
@@ -335,13 +315,6 @@ describe("far copies in a stream", () => {
 // ---------------------------------------------------------------------------------------------
 // Bundles of a first image: far copies beside the x86 filter and gzip files sent as text.
 
-/** The real `gzip` binary over `input` with these flags. */
-function gzip(input: Uint8Array, ...flags: string[]): Buffer {
-  return execFileSync("gzip", ["-c", ...flags], { input, maxBuffer: 64 * 1024 * 1024 });
-}
-
-const licence = (name: string) => readFileSync(`/usr/share/common-licenses/${name}`);
-
 /**
  * A layer whose executables and gzip files repeat farther apart than 2^17 bytes: the same
  * executables again under another folder, a gzip changelog copied to a second package, and
@@ -349,15 +322,15 @@ const licence = (name: string) => readFileSync(`/usr/share/common-licenses/${nam
  */
 function repeatingLayer(): { tar: Promise<Uint8Array>; repeated: number } {
   const tools = realFiles("/usr/bin", "usr/bin", { limit: 4, maxFile: 300_000, maxBytes: 600_000 });
-  const changelog = gzip(licence("GPL-3"), "-9", "-n");
+  const changelog = gnuGzip(licence("GPL-3"), "-9", "-n");
   const entries: TarWriterEntry[] = [
     ...tools,
     { path: "usr/share/doc/a/changelog.gz", type: "file", content: changelog },
-    { path: "usr/share/doc/b/man.1.gz", type: "file", content: gzip(licence("GPL-2"), "-6", "-n") },
+    { path: "usr/share/doc/b/man.1.gz", type: "file", content: gnuGzip(licence("GPL-2"), "-6", "-n") },
     { path: "opt/data/filler", type: "file", content: seededBytes(300_000, 5) },
     ...tools.map((t) => ({ ...t, path: t.path.replace("usr/bin/", "opt/copy/bin/") })),
     { path: "usr/share/doc/c/changelog.gz", type: "file", content: changelog },
-    { path: "usr/share/doc/c/NEWS.gz", type: "file", content: gzip(licence("Apache-2.0"), "-9", "-n") },
+    { path: "usr/share/doc/c/NEWS.gz", type: "file", content: gnuGzip(licence("Apache-2.0"), "-9", "-n") },
   ];
   const contentOf = (e: TarWriterEntry) => (e.type === "file" ? (e.content?.length ?? 0) : 0);
   return { tar: buildTar(entries), repeated: tools.reduce((n, t) => n + contentOf(t), 0) + changelog.length };
@@ -370,16 +343,8 @@ async function repeatingImage(name: string) {
   return { tar, repeated: layer.repeated, to, key: generateSigningKey() };
 }
 
-function applyFirst(bundle: string, key: SigningKey, dest: string) {
-  return applyFromImages({
-    bundle,
-    trust: [key],
-    from: [],
-    dest: `docker-archive:${dest}`,
-    scratchDir: scratch,
-    skipDiskCheck: true,
-  });
-}
+const applyFirst = (bundle: string, key: SigningKey, dest: string) =>
+  applyFirstImage(bundle, key, dest, scratch);
 
 /** zstd with a 2^17 window: far copies reach what zstd cannot. */
 const SMALL_WINDOW = {
@@ -405,40 +370,6 @@ async function tablesOf(bundle: string, layerSize: number) {
   );
   const tables = far.tableLength + x86.tableLength + gzipTable.tableLength;
   return { head, entry, payload, far, x86, gzip: gzipTable, stream: payload.subarray(tables), tables };
-}
-
-/** Rewrites a one-layer bundle with another payload, signed by `key` (as a cloud with a bug would). */
-function resign(
-  bundle: string,
-  head: Awaited<ReturnType<typeof readBundleHead>>,
-  payload: Uint8Array,
-  key: SigningKey,
-) {
-  const entry = head.manifest.layers[0] as LayerPayload;
-  const manifest = {
-    ...head.manifest,
-    layers: [
-      {
-        ...entry,
-        length: payload.length,
-        sha256: `sha256:${createHash("sha256").update(payload).digest("hex")}`,
-      },
-    ],
-  };
-  const bytes = encodeManifest(manifest);
-  writeFileSync(
-    bundle,
-    Buffer.concat([
-      encodeHeader({
-        manifestLength: bytes.length,
-        signatureLength: SIGNATURE_BLOCK_SIZE,
-        payloadsLength: payload.length,
-      }),
-      bytes,
-      encodeSignatureBlock(signManifest(bytes, key)),
-      payload,
-    ]),
-  );
 }
 
 describe("first-image bundles with far copies", () => {
@@ -503,18 +434,7 @@ describe("first-image bundles with far copies", () => {
     // The same tables over a Brotli stream of the same bytes (quality 5 keeps the test quick;
     // the encoder's own Brotli needs a layer past its 16 MiB window to find far copies).
     const brotli = brotliCompressSync(decompress(stream), { params: { [zlib.BROTLI_PARAM_QUALITY]: 5 } });
-    resign(
-      out,
-      {
-        ...head,
-        manifest: {
-          ...head.manifest,
-          layers: [{ ...(head.manifest.layers[0] as LayerPayload), codec: "brotli-far" }],
-        },
-      },
-      Buffer.concat([payload.subarray(0, tables), brotli]),
-      key,
-    );
+    resignWithPayload(out, head, Buffer.concat([payload.subarray(0, tables), brotli]), key, "brotli-far");
     const dest = join(scratch, "first-brotli-out.tar");
     await applyFirst(out, key, dest);
     await withImages([dest], ([image]) => assertLayerTars(image!, [tar]));
@@ -528,7 +448,7 @@ describe("first-image bundles with far copies", () => {
     const rest = payload.subarray(far.tableLength);
     // One copy reads one byte farther back: the layer is rebuilt, but not the one signed for.
     const moved = far.copies.map((c, i) => (i === 0 ? { ...c, distance: c.distance + 1 } : c));
-    resign(out, head, Buffer.concat([encodeFarTable(moved), rest]), key);
+    resignWithPayload(out, head, Buffer.concat([encodeFarTable(moved), rest]), key);
     const dest = join(scratch, "first-tampered-out.tar");
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));
@@ -540,14 +460,19 @@ describe("first-image bundles with far copies", () => {
     const longer = far.copies.map((c, i) =>
       i === far.copies.length - 1 ? { ...c, length: c.length + 1 } : c,
     );
-    resign(out, head, Buffer.concat([encodeFarTable(longer), rest]), key);
+    resignWithPayload(out, head, Buffer.concat([encodeFarTable(longer), rest]), key);
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));
       assert.equal(err.code, "PAYLOAD");
       return true;
     });
     // A malformed table: PAYLOAD naming the table.
-    resign(out, head, Buffer.concat([Uint8Array.from([1, 5, 0, 0]), payload.subarray(tables)]), key);
+    resignWithPayload(
+      out,
+      head,
+      Buffer.concat([Uint8Array.from([1, 5, 0, 0]), payload.subarray(tables)]),
+      key,
+    );
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));
       assert.equal(err.code, "PAYLOAD");

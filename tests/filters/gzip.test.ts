@@ -6,23 +6,13 @@
  * the executables in the bundle test are real files of /usr/bin.
  */
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { brotliCompressSync, brotliDecompressSync, gzipSync } from "node:zlib";
-import {
-  BundleError,
-  encodeHeader,
-  encodeManifest,
-  encodeSignatureBlock,
-  type LayerPayload,
-  readBundleHead,
-  SIGNATURE_BLOCK_SIZE,
-} from "../../delta/bundle/format.js";
-import { generateSigningKey, signManifest } from "../../delta/bundle/sign.js";
+import { BundleError, type LayerPayload, readBundleHead } from "../../delta/bundle/format.js";
+import { generateSigningKey, type SigningKey } from "../../delta/bundle/sign.js";
 import {
   encodeGzipTable,
   expandGzipPieces,
@@ -37,40 +27,28 @@ import { parseFilterTable } from "../../delta/filters/payload.js";
 import { GzipMismatchError } from "../../delta/refzstd/regzip.js";
 import type { TarWriterEntry } from "../../delta/tar/writer.js";
 import { buildTar, imageOf, realFiles, writeArchive } from "../bundle/fixtures.js";
-import { applyFromImages, assertLayerTars, buildBundleBetween, withImages } from "../support/bundles.js";
-import { collect } from "../support/collect.js";
+import {
+  applyFirstImage,
+  assertLayerTars,
+  buildBundleBetween,
+  resignWithPayload,
+  withImages,
+} from "../support/bundles.js";
+import { collect, reusing } from "../support/collect.js";
+import { gnuGzip, licence } from "../support/gnu-gzip.js";
 import { prng, randomOrMutated, seededBytes } from "../support/random.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "deltaship-gzip-filter-test-"));
 after(() => rmSync(scratch, { recursive: true, force: true }));
 
-const licence = (name: string) => readFileSync(`/usr/share/common-licenses/${name}`);
 const gpl3 = licence("GPL-3");
 const gpl2 = licence("GPL-2");
 const lgpl = licence("LGPL-2.1");
 const apache = licence("Apache-2.0");
-
-/** The real `gzip` binary over `input` on stdin (so no name is stored) with these flags. */
-function gzip(input: Uint8Array, ...flags: string[]): Buffer {
-  return execFileSync("gzip", ["-c", ...flags], { input, maxBuffer: 64 * 1024 * 1024 });
-}
+const gzip = gnuGzip;
 
 async function* inPieces(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
   for (let at = 0; at < bytes.length; at += size) yield Uint8Array.from(bytes.subarray(at, at + size));
-}
-
-/**
- * Like a zstd stream with reused output: every chunk is the same Buffer (as zstd's are, whose
- * slice() is a view, not a copy), overwritten after it is pulled.
- */
-async function* reusing(bytes: Uint8Array, size: number): AsyncGenerator<Uint8Array> {
-  const buffer = Buffer.alloc(size);
-  for (let at = 0; at < bytes.length; at += size) {
-    const n = Math.min(size, bytes.length - at);
-    buffer.set(bytes.subarray(at, at + n));
-    yield buffer.subarray(0, n);
-    buffer.fill(0xee);
-  }
 }
 
 /** A byte stream of plain runs and gzip files, and the pieces (with recipes) where gzip rebuilds them. */
@@ -264,17 +242,8 @@ async function firstImage(name: string, tag: string) {
   return { tar, to, key: generateSigningKey() };
 }
 
-/** Applies `bundle` with nothing on the device into a docker-archive at `dest`. */
-function applyFirst(bundle: string, key: ReturnType<typeof generateSigningKey>, dest: string) {
-  return applyFromImages({
-    bundle,
-    trust: [key],
-    from: [],
-    dest: `docker-archive:${dest}`,
-    scratchDir: scratch,
-    skipDiskCheck: true,
-  });
-}
+const applyFirst = (bundle: string, key: SigningKey, dest: string) =>
+  applyFirstImage(bundle, key, dest, scratch);
 
 describe("first-image bundles with gzip pieces", () => {
   it("sends the layer's gzip files as text, smaller, and rebuilds the image exactly (Brotli and zstd)", async () => {
@@ -332,31 +301,7 @@ describe("first-image bundles with gzip pieces", () => {
     const at = stream.indexOf(apache);
     assert.ok(at > 0);
     stream[at + 200] = stream[at + 200] === 0x61 ? 0x62 : 0x61;
-    const changed = Buffer.concat([tables, brotliCompressSync(stream)]);
-    const manifest = {
-      ...head.manifest,
-      layers: [
-        {
-          ...entry,
-          length: changed.length,
-          sha256: `sha256:${createHash("sha256").update(changed).digest("hex")}`,
-        },
-      ],
-    };
-    const manifestBytes = encodeManifest(manifest);
-    writeFileSync(
-      out,
-      Buffer.concat([
-        encodeHeader({
-          manifestLength: manifestBytes.length,
-          signatureLength: SIGNATURE_BLOCK_SIZE,
-          payloadsLength: changed.length,
-        }),
-        manifestBytes,
-        encodeSignatureBlock(signManifest(manifestBytes, key)),
-        changed,
-      ]),
-    );
+    resignWithPayload(out, head, Buffer.concat([tables, brotliCompressSync(stream)]), key);
     const dest = join(scratch, "first-tampered-out.tar");
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));

@@ -3,6 +3,8 @@
  * the images, hand their layers over, close them whatever happens.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { writeFileSync } from "node:fs";
 import {
   type ApplyBundleOptions,
   type ApplyResult,
@@ -10,6 +12,15 @@ import {
   ImageLayerProvider,
 } from "../../delta/bundle/apply.js";
 import { buildBundle } from "../../delta/bundle/diff.js";
+import {
+  type BundleHead,
+  encodeHeader,
+  encodeManifest,
+  encodeSignatureBlock,
+  type LayerPayload,
+  SIGNATURE_BLOCK_SIZE,
+} from "../../delta/bundle/format.js";
+import { type SigningKey, signManifest } from "../../delta/bundle/sign.js";
 import { openImage, writeImage } from "../../delta/image/open.js";
 import type { ImageReader } from "../../delta/image/types.js";
 import { sha256 } from "../bundle/fixtures.js";
@@ -67,6 +78,23 @@ export function applyFromImages(options: ApplyFromImagesOptions): Promise<ApplyR
   });
 }
 
+/** Applies `bundle` with nothing on the device (a first image) into a docker-archive at `dest`. */
+export function applyFirstImage(
+  bundle: string,
+  key: SigningKey,
+  dest: string,
+  scratchDir: string,
+): Promise<ApplyResult> {
+  return applyFromImages({
+    bundle,
+    trust: [key],
+    from: [],
+    dest: `docker-archive:${dest}`,
+    scratchDir,
+    skipDiskCheck: true,
+  });
+}
+
 /** Each of the image's layers reads back as a tar with the same sha256 as the one expected. */
 export async function assertLayerTars(image: ImageReader, expected: readonly Uint8Array[]): Promise<void> {
   for (let i = 0; i < expected.length; i++) {
@@ -74,4 +102,39 @@ export async function assertLayerTars(image: ImageReader, expected: readonly Uin
     for await (const chunk of await image.openLayerTar(i)) parts.push(chunk);
     assert.equal(sha256(Buffer.concat(parts)), sha256(expected[i]!));
   }
+}
+
+/**
+ * Rewrites a one-layer bundle (`head` read from it) with another payload for its layer, the
+ * manifest's length and sha256 updated and signed by `key`: what a cloud with a bug would send.
+ * `codec`, if given, replaces the layer's codec too.
+ */
+export function resignWithPayload(
+  bundle: string,
+  head: BundleHead,
+  payload: Uint8Array,
+  key: SigningKey,
+  codec?: LayerPayload["codec"],
+): void {
+  const entry = head.manifest.layers[0] as LayerPayload;
+  const layer = {
+    ...entry,
+    ...(codec !== undefined ? { codec } : {}),
+    length: payload.length,
+    sha256: `sha256:${createHash("sha256").update(payload).digest("hex")}`,
+  };
+  const manifest = encodeManifest({ ...head.manifest, layers: [layer] });
+  writeFileSync(
+    bundle,
+    Buffer.concat([
+      encodeHeader({
+        manifestLength: manifest.length,
+        signatureLength: SIGNATURE_BLOCK_SIZE,
+        payloadsLength: payload.length,
+      }),
+      manifest,
+      encodeSignatureBlock(signManifest(manifest, key)),
+      payload,
+    ]),
+  );
 }
