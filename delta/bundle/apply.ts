@@ -315,10 +315,6 @@ async function* verifiedPayload(
 }
 
 /**
- * Scratch bytes an apply needs, at most: the rebuilt layers, and the held layers (sources and
- * layers copied into the image) that the provider copies to scratch before reading them.
- */
-/**
  * Scratch bytes the far copies of a bundle's `-far` payloads keep while they decode (the bytes
  * later copies read, delta/filters/far.ts), from their tables. A malformed table counts 0 here and
  * fails the payload's decode.
@@ -342,6 +338,10 @@ export async function farKeptBytes(bundlePath: string, head: BundleHead): Promis
   return total;
 }
 
+/**
+ * Scratch bytes an apply needs, at most: the rebuilt layers, and the held layers (sources and
+ * layers copied into the image) that the provider copies to scratch before reading them.
+ */
 export async function scratchNeeded(
   manifest: BundleManifest,
   layers: LayerProvider,
