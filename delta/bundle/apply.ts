@@ -9,9 +9,16 @@
 import { createHash, randomUUID } from "node:crypto";
 import { open, statfs } from "node:fs/promises";
 import { join } from "node:path";
-import { FarCopyError, FarTableError, insertFarCopies, keptRanges, readFarTable } from "../filters/far.js";
-import { GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
-import { FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
+import {
+  type FarCopy,
+  FarCopyError,
+  FarTableError,
+  insertFarCopies,
+  keptRanges,
+  readFarTables,
+} from "../filters/far.js";
+import { type GzipPiece, GzipTableError, readGzipTable, rebuildGzipPieces } from "../filters/gzip.js";
+import { type FilterRange, FilterTableError, filterRanges, readFilterTable } from "../filters/payload.js";
 import { DigestError, verifyingStream } from "../image/digest.js";
 import { FileRangeSource, layerTarInPlace } from "../image/file-blob.js";
 import { DIGEST_INVALID } from "../image/registry/client.js";
@@ -186,21 +193,35 @@ async function* payloadChunks(
     payload.codec === "zstd-far" ||
     payload.codec === "brotli-far"
   ) {
-    // (`-far`) The far copy table; the x86 filter table; (`-gz`, `-far`) the gzip table; the stream.
-    // Behind far copies, the other tables name ranges of the layer without the copied bytes.
+    // (`-far`) The packed tables, of the layer without its copied bytes; else the x86 filter table
+    // and (`-gz`) the gzip table. Then the stream.
     const where = `layer ${payload.diffId}`;
     const withFar = payload.codec.endsWith("-far");
     const withGzip = withFar || payload.codec.endsWith("-gz");
-    let far: Awaited<ReturnType<typeof readFarTable>> = { copies: [], copied: 0, tableLength: 0 };
-    let x86: Awaited<ReturnType<typeof readFilterTable>>;
-    let gzip: Awaited<ReturnType<typeof readGzipTable>> = { pieces: [], tableLength: 0 };
+    let far: { copies: FarCopy[]; copied: number } = { copies: [], copied: 0 };
+    let x86: FilterRange[];
+    let pieces: GzipPiece[] = [];
+    let tables: number;
     try {
-      if (withFar) far = await readFarTable(bundlePath, start, payload.length, payload.outputSize);
-      const streamSize = payload.outputSize - far.copied;
-      let at = start + far.tableLength;
-      x86 = await readFilterTable(bundlePath, at, start + payload.length - at, streamSize);
-      at += x86.tableLength;
-      if (withGzip) gzip = await readGzipTable(bundlePath, at, start + payload.length - at, streamSize);
+      if (withFar) {
+        const read = await readFarTables(bundlePath, start, payload.length, payload.outputSize);
+        ({ x86, pieces, tablesLength: tables } = read);
+        far = read;
+      } else {
+        const filter = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
+        x86 = filter.ranges;
+        tables = filter.tableLength;
+        if (withGzip) {
+          const gzip = await readGzipTable(
+            bundlePath,
+            start + tables,
+            payload.length - tables,
+            payload.outputSize,
+          );
+          pieces = gzip.pieces;
+          tables += gzip.tableLength;
+        }
+      }
     } catch (err) {
       if (
         !(err instanceof FilterTableError) &&
@@ -210,7 +231,6 @@ async function* payloadChunks(
         throw err;
       throw new BundleError("PAYLOAD", where, err.message);
     }
-    const tables = far.tableLength + x86.tableLength + gzip.tableLength;
     const inflated = inflatePlain(
       payload.codec.startsWith("brotli"),
       start + tables,
@@ -218,8 +238,8 @@ async function* payloadChunks(
     );
     try {
       const layer = filterRanges(
-        withGzip ? rebuildGzipPieces(inflated, gzip.pieces, scratchDir) : inflated,
-        x86.ranges,
+        withGzip ? rebuildGzipPieces(inflated, pieces, scratchDir) : inflated,
+        x86,
         "decode",
       );
       yield* withFar
@@ -324,7 +344,7 @@ export async function farKeptBytes(bundlePath: string, head: BundleHead): Promis
   for (const entry of head.manifest.layers) {
     if (isPresent(entry) || !entry.codec.endsWith("-far")) continue;
     try {
-      const { copies } = await readFarTable(
+      const { copies } = await readFarTables(
         bundlePath,
         head.payloadsOffset + entry.offset,
         entry.length,
@@ -332,7 +352,8 @@ export async function farKeptBytes(bundlePath: string, head: BundleHead): Promis
       );
       total += keptRanges(copies).keptBytes;
     } catch (err) {
-      if (!(err instanceof FarTableError)) throw err;
+      if (!(err instanceof FarTableError || err instanceof FilterTableError || err instanceof GzipTableError))
+        throw err;
     }
   }
   return total;

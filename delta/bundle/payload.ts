@@ -14,9 +14,9 @@ import { CompressStream } from "zstd-napi";
 import {
   clearOfCopies,
   dropCopies,
-  encodeFarTable,
   type FarCopy,
   findFarCopies,
+  packFarTables,
   withoutCopies,
 } from "../filters/far.js";
 import { encodeGzipTable, expandGzipPieces, findGzipPieces } from "../filters/gzip.js";
@@ -144,10 +144,10 @@ export async function encodePayload(
   const x86 =
     hints === undefined && options.x86 !== undefined ? withoutCopies(options.x86, far, false) : undefined;
   // zstd-x86/brotli-x86: the filter table; -gz: the filter table (maybe empty), then the gzip table;
-  // -far: the far copy table, then the filter and gzip tables (each maybe empty).
+  // -far: the far copy, filter and gzip tables (each maybe empty), packed in one Brotli stream.
   const table =
     far.length > 0
-      ? Buffer.concat([encodeFarTable(far), encodeFilterTable(x86 ?? []), encodeGzipTable(pieces)])
+      ? packFarTables(far, x86 ?? [], pieces)
       : pieces.length > 0
         ? Buffer.concat([encodeFilterTable(x86 ?? []), encodeGzipTable(pieces)])
         : x86 !== undefined

@@ -5,18 +5,35 @@
  * farther apart than that. The payload names each repeat as a copy of
  * earlier output, and the compressed stream holds the layer without those bytes:
  *
+ *   payload   := varint n, n bytes: one Brotli stream of (far table, x86 table, gzip table),
+ *                then the layer's zstd frame or Brotli stream without the copied bytes
  *   far table := varint count, (varint (offset − end of the previous copy), varint length,
  *                varint zigzag(distance − the previous copy's distance)) × count
+ *
+ * The x86 and gzip tables are those of `zstd-gz` (filters/payload.ts, filters/gzip.ts), naming
+ * ranges of the layer without the copied bytes. The three tables are compressed together: on the
+ * first image they are 191 KB as varints and 146 KB so.
  *
  * A copy's output bytes are the `length` bytes that start `distance` bytes before its offset in
  * the layer; distance ≥ length, so they were all written before. The device keeps only the bytes
  * that later copies read, in a scratch file, so its memory does not grow with the distance.
  */
 import { closeSync, openSync, readSync, rmSync, writeSync } from "node:fs";
+import { open } from "node:fs/promises";
+import { brotliCompressSync, brotliDecompressSync, constants as zlib } from "node:zlib";
 import { GEAR } from "../index/chunker.js";
 import { unzigzag, zigzag } from "../refzstd/format.js";
-import { MAX_VARINT_BYTES } from "../varint.js";
-import { encodeRangeTable, type FilterRange, parseRangeTable, readTable, splitAtRanges } from "./payload.js";
+import { MAX_VARINT_BYTES, VarintReader, VarintWriter } from "../varint.js";
+import { encodeGzipTable, type GzipPiece, MAX_GZIP_TABLE_SIZE, parseGzipTable } from "./gzip.js";
+import {
+  encodeFilterTable,
+  encodeRangeTable,
+  type FilterRange,
+  MAX_FILTER_TABLE_SIZE,
+  parseFilterTable,
+  parseRangeTable,
+  splitAtRanges,
+} from "./payload.js";
 
 export interface FarCopy {
   /** Where the copy's bytes go in the layer, and how many. */
@@ -99,21 +116,94 @@ export function parseFarTable(
   return { copies: entries, copied, tableLength };
 }
 
-/** Reads and parses the far copy table at `start` of a payload of `length` bytes in `path`. */
-export function readFarTable(
+/** The three tables of a `-far` payload. */
+export interface FarTables {
+  readonly copies: FarCopy[];
+  /** Bytes the copies make: the layer without them is this much shorter. */
+  readonly copied: number;
+  readonly x86: FilterRange[];
+  readonly pieces: GzipPiece[];
+}
+
+/** The tables' largest size unpacked, and packed (Brotli adds a little to what it cannot shrink). */
+export const MAX_FAR_TABLES_SIZE = MAX_FAR_TABLE_SIZE + MAX_FILTER_TABLE_SIZE + MAX_GZIP_TABLE_SIZE;
+const MAX_PACKED_TABLES_SIZE = MAX_FAR_TABLES_SIZE + 64 * 1024;
+
+/** The start of a `-far` payload: the packed length, then the three tables in one Brotli stream. */
+export function packFarTables(
+  copies: readonly FarCopy[],
+  x86: readonly FilterRange[],
+  pieces: readonly GzipPiece[],
+): Uint8Array {
+  const tables = Buffer.concat([encodeFarTable(copies), encodeFilterTable(x86), encodeGzipTable(pieces)]);
+  const packed = brotliCompressSync(tables, {
+    params: {
+      [zlib.BROTLI_PARAM_QUALITY]: zlib.BROTLI_MAX_QUALITY,
+      [zlib.BROTLI_PARAM_SIZE_HINT]: tables.length,
+    },
+  });
+  const length = new VarintWriter();
+  length.write(packed.length);
+  return Buffer.concat([length.result, packed]);
+}
+
+/**
+ * Unpacks and parses the tables from `packed` (the Brotli stream, without its length) for a layer
+ * of `outputSize` bytes. Errors name offsets in the unpacked tables.
+ */
+export function unpackFarTables(packed: Uint8Array, outputSize: number): FarTables {
+  let tables: Buffer;
+  try {
+    tables = brotliDecompressSync(packed, { maxOutputLength: MAX_FAR_TABLES_SIZE });
+  } catch (err) {
+    throw new FarTableError(`the tables' Brotli stream does not decode (${(err as Error).message})`, 0);
+  }
+  const far = parseFarTable(tables, outputSize);
+  const size = outputSize - far.copied;
+  const x86 = parseFilterTable(tables.subarray(far.tableLength), size);
+  const gzip = parseGzipTable(tables.subarray(far.tableLength + x86.tableLength), size);
+  const used = far.tableLength + x86.tableLength + gzip.tableLength;
+  if (used !== tables.length)
+    throw new FarTableError(`${tables.length - used} bytes follow the gzip table`, used);
+  return { copies: far.copies, copied: far.copied, x86: x86.ranges, pieces: gzip.pieces };
+}
+
+/**
+ * Reads the tables at `start` of a `-far` payload of `length` bytes in `path`; `tablesLength` is
+ * where the layer's stream starts in the payload. Throws FarTableError (or the x86 and gzip
+ * tables' own errors) when they are malformed.
+ */
+export async function readFarTables(
   path: string,
   start: number,
   length: number,
   outputSize: number,
-): Promise<{ copies: FarCopy[]; copied: number; tableLength: number }> {
-  return readTable(
-    path,
-    start,
-    length,
-    MAX_FAR_TABLE_SIZE,
-    (bytes) => parseFarTable(bytes, outputSize),
-    FarTableError,
-  );
+): Promise<FarTables & { tablesLength: number }> {
+  const handle = await open(path, "r");
+  try {
+    const head = new Uint8Array(Math.min(MAX_VARINT_BYTES, length));
+    const { bytesRead } = await handle.read(head, 0, head.length, start);
+    const reader = new VarintReader(
+      head.subarray(0, bytesRead),
+      0,
+      "far copy tables",
+      (_, message, offset) => new FarTableError(message, offset),
+    );
+    const packedLength = reader.read("the packed tables' length");
+    if (packedLength > MAX_PACKED_TABLES_SIZE || reader.position + packedLength > length) {
+      throw new FarTableError(
+        `the packed tables' ${packedLength} bytes run past the ${length}-byte payload or the ${MAX_PACKED_TABLES_SIZE}-byte limit`,
+        0,
+      );
+    }
+    const packed = new Uint8Array(packedLength);
+    const got = await handle.read(packed, 0, packedLength, start + reader.position);
+    if (got.bytesRead !== packedLength)
+      throw new FarTableError("the payload ends inside its packed tables", 0);
+    return { ...unpackFarTables(packed, outputSize), tablesLength: reader.position + packedLength };
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Bytes hashed per anchor: a repeat is found from 32 equal bytes, then extended both ways. */

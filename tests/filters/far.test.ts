@@ -27,11 +27,19 @@ import {
   insertFarCopies,
   keptRanges,
   MAX_FAR_COPIES,
+  packFarTables,
   parseFarTable,
+  readFarTables,
+  unpackFarTables,
   withoutCopies,
 } from "../../delta/filters/far.js";
-import { parseGzipTable } from "../../delta/filters/gzip.js";
-import { type FilterRange, parseFilterTable } from "../../delta/filters/payload.js";
+import { encodeGzipTable, GzipTableError } from "../../delta/filters/gzip.js";
+import {
+  encodeFilterTable,
+  type FilterRange,
+  FilterTableError,
+  parseFilterTable,
+} from "../../delta/filters/payload.js";
 import type { TarWriterEntry } from "../../delta/tar/writer.js";
 import { readHead } from "../../edge-module/bundle-file.js";
 import { buildTar, imageOf, realFiles, writeArchive } from "../bundle/fixtures.js";
@@ -163,6 +171,65 @@ describe("far copy table", () => {
         }
       } catch (err) {
         assert.ok(err instanceof FarTableError, `case ${n}: ${String(err)}`);
+      }
+    }
+  });
+});
+
+describe("packed far copy tables", () => {
+  const copies = [
+    { offset: 1000, length: 100, distance: 500 },
+    { offset: 5000, length: 2000, distance: 4000 },
+  ];
+  // Ranges of the 5,900-byte layer without the 2,100 copied bytes.
+  const x86 = [{ offset: 10, length: 400 }];
+  const pieces = [{ offset: 2000, length: 300, headerLength: 10, textLength: 900, level: 9 }];
+
+  it("packs the three tables in one Brotli stream and reads them back from a payload", async () => {
+    const packed = packFarTables(copies, x86, pieces);
+    const path = writeTemp("packed.bin", Buffer.concat([Buffer.from("xx"), packed, Buffer.from("stream")]));
+    const read = await readFarTables(path, 2, packed.length + 6, 8000);
+    assert.deepEqual(read, { copies, copied: 2100, x86, pieces, tablesLength: packed.length });
+    // Small tables pack into fewer than 128 bytes: their length is one varint byte.
+    assert.ok(packed[0]! < 0x80);
+    assert.deepEqual(unpackFarTables(packed.subarray(1), 8000).copies, copies);
+  });
+
+  it("refuses packed tables that run past the payload, do not decode, or hold more than the tables", async () => {
+    const packed = packFarTables(copies, x86, pieces);
+    const path = writeTemp("packed-bad.bin", packed);
+    await assert.rejects(readFarTables(path, 0, packed.length - 1, 8000), /run past the \d+-byte payload/);
+    const garbage = Buffer.from(packed);
+    garbage[5] ^= 0xff;
+    garbage[9] ^= 0x55;
+    assert.throws(() => unpackFarTables(garbage.subarray(1), 8000), FarTableError);
+    const extra = brotliCompressSync(
+      Buffer.concat([
+        encodeFarTable(copies),
+        encodeFilterTable(x86),
+        encodeGzipTable(pieces),
+        Buffer.from([0]),
+      ]),
+    );
+    assert.throws(() => unpackFarTables(extra, 8000), /1 bytes follow the gzip table/);
+    // The x86 and gzip tables are checked against the layer without the copied bytes.
+    assert.throws(
+      () => unpackFarTables(packFarTables(copies, [{ offset: 5000, length: 901 }], []).subarray(1), 8000),
+      /ends past the layer's 5900 bytes/,
+    );
+  });
+
+  it("ends every random or mutated packed table in tables or a table error", () => {
+    const valid = packFarTables(copies, x86, pieces).subarray(1);
+    for (const [n, bytes] of randomOrMutated(37, valid, 200)) {
+      try {
+        const tables = unpackFarTables(bytes, 8000);
+        assert.ok(tables.copied <= 8000, `case ${n}`);
+      } catch (err) {
+        assert.ok(
+          err instanceof FarTableError || err instanceof FilterTableError || err instanceof GzipTableError,
+          `case ${n}: ${String(err)}`,
+        );
       }
     }
   });
@@ -354,22 +421,20 @@ const SMALL_WINDOW = {
   compressWorkers: 1,
 };
 
-/** The payload of a one-layer bundle, with its tables parsed. */
+/** The payload of a one-layer bundle, with its tables unpacked. */
 async function tablesOf(bundle: string, layerSize: number) {
   const head = await readBundleHead(bundle);
   const entry = head.manifest.layers[0] as LayerPayload;
-  const payload = readFileSync(bundle).subarray(
-    head.payloadsOffset + entry.offset,
-    head.payloadsOffset + entry.offset + entry.length,
-  );
-  const far = parseFarTable(payload, layerSize);
-  const x86 = parseFilterTable(payload.subarray(far.tableLength), layerSize - far.copied);
-  const gzipTable = parseGzipTable(
-    payload.subarray(far.tableLength + x86.tableLength),
-    layerSize - far.copied,
-  );
-  const tables = far.tableLength + x86.tableLength + gzipTable.tableLength;
-  return { head, entry, payload, far, x86, gzip: gzipTable, stream: payload.subarray(tables), tables };
+  const start = head.payloadsOffset + entry.offset;
+  const payload = readFileSync(bundle).subarray(start, start + entry.length);
+  const tables = await readFarTables(bundle, start, entry.length, layerSize);
+  return { head, entry, payload, tables, stream: payload.subarray(tables.tablesLength) };
+}
+
+/** Packed tables whose far table is `far` as it is (maybe malformed), then empty x86 and gzip tables. */
+function packedRaw(far: Uint8Array): Buffer {
+  const packed = brotliCompressSync(Buffer.concat([far, encodeFilterTable([]), encodeGzipTable([])]));
+  return Buffer.concat([Uint8Array.from([(packed.length & 0x7f) | 0x80, packed.length >> 7]), packed]);
 }
 
 describe("first-image bundles with far copies", () => {
@@ -377,15 +442,15 @@ describe("first-image bundles with far copies", () => {
     const { tar, repeated, to, key } = await repeatingImage("first");
     const out = join(scratch, "first-far.dsb");
     await buildBundleBetween([], to, { key, out, scratchDir: scratch, ...SMALL_WINDOW });
-    const { head, entry, far, x86, gzip: gzipTable } = await tablesOf(out, tar.length);
+    const { head, entry, tables: far } = await tablesOf(out, tar.length);
     assert.equal(entry.codec, "zstd-far");
     // The second copies of the executables and of the changelog are copies, not stream bytes.
     assert.ok(repeated > 100_000);
     assert.ok(far.copied >= repeated, `copied ${far.copied} of ${repeated} repeated bytes`);
-    assert.ok(x86.ranges.length > 0, "the first executables still go through the x86 filter");
+    assert.ok(far.x86.length > 0, "the first executables still go through the x86 filter");
     // The changelog copied whole is not a gzip piece; the other three files are.
     assert.deepEqual(
-      gzipTable.pieces.map((p) => p.textLength),
+      far.pieces.map((p) => p.textLength),
       [licence("GPL-3").length, licence("GPL-2").length, licence("Apache-2.0").length],
     );
     // The scratch the device needs counts the bytes kept for the copies (both the library's
@@ -421,7 +486,7 @@ describe("first-image bundles with far copies", () => {
       readFileSync(without).subarray(withoutHead.payloadsOffset + plain.offset),
       tar.length,
     );
-    assert.equal(plainX86.ranges.length, 2 * x86.ranges.length);
+    assert.equal(plainX86.ranges.length, 2 * far.x86.length);
     assert.ok(entry.length < plain.length * 0.9, `far ${entry.length} bytes, without ${plain.length}`);
     assert.equal(await farKeptBytes(without, withoutHead), 0);
   });
@@ -434,7 +499,13 @@ describe("first-image bundles with far copies", () => {
     // The same tables over a Brotli stream of the same bytes (quality 5 keeps the test quick;
     // the encoder's own Brotli needs a layer past its 16 MiB window to find far copies).
     const brotli = brotliCompressSync(decompress(stream), { params: { [zlib.BROTLI_PARAM_QUALITY]: 5 } });
-    resignWithPayload(out, head, Buffer.concat([payload.subarray(0, tables), brotli]), key, "brotli-far");
+    resignWithPayload(
+      out,
+      head,
+      Buffer.concat([payload.subarray(0, tables.tablesLength), brotli]),
+      key,
+      "brotli-far",
+    );
     const dest = join(scratch, "first-brotli-out.tar");
     await applyFirst(out, key, dest);
     await withImages([dest], ([image]) => assertLayerTars(image!, [tar]));
@@ -444,11 +515,12 @@ describe("first-image bundles with far copies", () => {
     const { tar, to, key } = await repeatingImage("tampered");
     const out = join(scratch, "first-tampered.dsb");
     await buildBundleBetween([], to, { key, out, scratchDir: scratch, ...SMALL_WINDOW });
-    const { head, payload, far, tables } = await tablesOf(out, tar.length);
-    const rest = payload.subarray(far.tableLength);
+    const { head, tables: far, stream } = await tablesOf(out, tar.length);
+    const withCopies = (copies: FarCopy[]) =>
+      Buffer.concat([packFarTables(copies, far.x86, far.pieces), stream]);
     // One copy reads one byte farther back: the layer is rebuilt, but not the one signed for.
     const moved = far.copies.map((c, i) => (i === 0 ? { ...c, distance: c.distance + 1 } : c));
-    resignWithPayload(out, head, Buffer.concat([encodeFarTable(moved), rest]), key);
+    resignWithPayload(out, head, withCopies(moved), key);
     const dest = join(scratch, "first-tampered-out.tar");
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));
@@ -460,19 +532,14 @@ describe("first-image bundles with far copies", () => {
     const longer = far.copies.map((c, i) =>
       i === far.copies.length - 1 ? { ...c, length: c.length + 1 } : c,
     );
-    resignWithPayload(out, head, Buffer.concat([encodeFarTable(longer), rest]), key);
+    resignWithPayload(out, head, withCopies(longer), key);
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));
       assert.equal(err.code, "PAYLOAD");
       return true;
     });
     // A malformed table: PAYLOAD naming the table.
-    resignWithPayload(
-      out,
-      head,
-      Buffer.concat([Uint8Array.from([1, 5, 0, 0]), payload.subarray(tables)]),
-      key,
-    );
+    resignWithPayload(out, head, Buffer.concat([packedRaw(Uint8Array.from([1, 5, 0, 0])), stream]), key);
     await assert.rejects(applyFirst(out, key, dest), (err: unknown) => {
       assert.ok(err instanceof BundleError, String(err));
       assert.equal(err.code, "PAYLOAD");
