@@ -37,8 +37,8 @@ export const SIGNATURE_BLOCK_SIZE = 1 + KEY_ID_SIZE + ED25519_SIGNATURE_SIZE;
  * `brotli-gz`: the x86 filter table (maybe empty), then a table of gzip files sent as their text
  * (delta/filters/gzip.ts), then the zstd frame or Brotli stream of the tar so transformed;
  * `zstd-far` and `brotli-far`: a table of far copies (repeats of the layer's own earlier bytes,
- * delta/filters/far.ts), then the x86 and gzip tables (each maybe empty) of the layer without the
- * copied bytes, then its zstd frame or Brotli stream.
+ * delta/filters/far.ts) and the x86 and gzip tables (each maybe empty) of the layer without the
+ * copied bytes, packed in one Brotli stream, then its zstd frame or Brotli stream.
  */
 export const PAYLOAD_CODECS = [
   "vcdiff-zstd",
