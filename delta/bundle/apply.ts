@@ -198,15 +198,18 @@ async function* payloadChunks(
     const where = `layer ${payload.diffId}`;
     const withFar = payload.codec.endsWith("-far");
     const withGzip = withFar || payload.codec.endsWith("-gz");
-    let far: { copies: FarCopy[]; copied: number } = { copies: [], copied: 0 };
+    let copies: FarCopy[] = [];
     let x86: FilterRange[];
     let pieces: GzipPiece[] = [];
     let tables: number;
     try {
       if (withFar) {
-        const read = await readFarTables(bundlePath, start, payload.length, payload.outputSize);
-        ({ x86, pieces, tablesLength: tables } = read);
-        far = read;
+        ({
+          copies,
+          x86,
+          pieces,
+          tablesLength: tables,
+        } = await readFarTables(bundlePath, start, payload.length, payload.outputSize));
       } else {
         const filter = await readFilterTable(bundlePath, start, payload.length, payload.outputSize);
         x86 = filter.ranges;
@@ -243,7 +246,7 @@ async function* payloadChunks(
         "decode",
       );
       yield* withFar
-        ? insertFarCopies(layer, far.copies, payload.outputSize, join(scratchDir, `far-${randomUUID()}`))
+        ? insertFarCopies(layer, copies, payload.outputSize, join(scratchDir, `far-${randomUUID()}`))
         : layer;
     } catch (err) {
       if (err instanceof GzipToolError)

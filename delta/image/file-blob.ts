@@ -7,7 +7,6 @@ import { type FileHandle, open } from "node:fs/promises";
 import type { SourceReader } from "../vcdiff/source.js";
 import type { BlobLocation, ImageReader } from "./types.js";
 
-/** 1 MiB reads: large enough that per-call overhead is noise, small enough to bound memory. */
 /**
  * Where an image's layer tar lies in a local file, to be read where it lies: an uncompressed layer
  * of an archive or layout. Undefined for any other (registry blobs, compressed layers).
@@ -18,6 +17,7 @@ export function layerTarInPlace(image: ImageReader, index: number): BlobLocation
   return image.locateLayerBlob(index);
 }
 
+/** 1 MiB reads: large enough that per-call overhead is noise, small enough to bound memory. */
 export const FILE_READ_CHUNK = 1024 * 1024;
 
 /**
